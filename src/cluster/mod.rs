@@ -1,0 +1,9 @@
+//! Cluster state: the kinds volguard reads, their slim records, and the indexed model
+//! that snapshots and watches fill and that the webhook and extender read.
+
+pub mod objects;
+pub mod records;
+pub mod state;
+
+pub use objects::{ClusterObject, Kind};
+pub use state::{ClusterState, SharedState, VolumeUser};

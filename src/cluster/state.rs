@@ -1,0 +1,575 @@
+//! The cluster-state model: slim records plus the indexes the hot paths read, kept
+//! current object by object so that no request ever scans the cluster.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{Arc, RwLock},
+};
+
+use super::{
+    objects::{ClusterObject, Kind},
+    records::{
+        CsiNodeRecord, NodeRecord, PodRecord, PodVolumeRef, PvRecord, PvcRecord,
+        StorageClassRecord, VaRecord, VaSource, key,
+    },
+};
+use crate::{
+    config::Config,
+    drivers::{DriverId, Drivers, VolumeId},
+};
+
+/// The state shared between the watchers (writers) and the request handlers (readers).
+pub type SharedState = Arc<RwLock<ClusterState>>;
+
+/// Who put a volume on a node in the usage index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Source {
+    Pod(String),
+    Attachment(String),
+    NodeStatus(Arc<str>),
+}
+
+/// Distinct volumes held by one node.
+#[derive(Debug, Default)]
+struct NodeUsage {
+    /// How many sources name each volume on this node.
+    refs: HashMap<VolumeId, u32>,
+    /// Distinct volumes per driver: what the attach limit is compared with.
+    per_driver: HashMap<DriverId, u32>,
+}
+
+/// A non-terminal pod bound to a node that uses a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeUser {
+    /// The node it is bound to.
+    pub node: Arc<str>,
+    /// `namespace/name` of the pod.
+    pub pod: String,
+}
+
+/// The indexed cluster state. Build it with [`ClusterState::apply`] as objects arrive.
+#[derive(Debug)]
+pub struct ClusterState {
+    drivers: Arc<Drivers>,
+    config: Arc<Config>,
+    nodes: HashMap<Arc<str>, NodeRecord>,
+    csinodes: HashMap<String, CsiNodeRecord>,
+    pvs: HashMap<String, PvRecord>,
+    pvcs: HashMap<String, PvcRecord>,
+    pods: HashMap<String, PodRecord>,
+    vas: HashMap<String, VaRecord>,
+    storage_classes: HashMap<String, StorageClassRecord>,
+    csi_drivers: HashSet<String>,
+
+    usage: HashMap<Arc<str>, NodeUsage>,
+    contributions: HashMap<Source, (Arc<str>, Vec<VolumeId>)>,
+    users: HashMap<VolumeId, Vec<VolumeUser>>,
+    device_holders: HashMap<VolumeId, BTreeSet<Arc<str>>>,
+    claim_pods: HashMap<String, HashSet<String>>,
+    pv_claim: HashMap<String, String>,
+    pv_attachments: HashMap<String, HashSet<String>>,
+
+    synced: HashSet<Kind>,
+}
+
+impl ClusterState {
+    /// An empty, not yet synced state for these drivers.
+    pub fn new(config: Arc<Config>, drivers: Arc<Drivers>) -> Self {
+        ClusterState {
+            drivers,
+            config,
+            nodes: HashMap::new(),
+            csinodes: HashMap::new(),
+            pvs: HashMap::new(),
+            pvcs: HashMap::new(),
+            pods: HashMap::new(),
+            vas: HashMap::new(),
+            storage_classes: HashMap::new(),
+            csi_drivers: HashSet::new(),
+            usage: HashMap::new(),
+            contributions: HashMap::new(),
+            users: HashMap::new(),
+            device_holders: HashMap::new(),
+            claim_pods: HashMap::new(),
+            pv_claim: HashMap::new(),
+            pv_attachments: HashMap::new(),
+            synced: HashSet::new(),
+        }
+    }
+
+    /// The driver table the records were slimmed with.
+    pub fn drivers(&self) -> &Drivers {
+        &self.drivers
+    }
+
+    /// Adds or replaces one object and updates every index it touches.
+    pub fn apply(&mut self, object: &ClusterObject) {
+        let d = self.drivers.clone();
+        match object {
+            ClusterObject::Node(n) => {
+                let name: Arc<str> = n.metadata.name.as_deref().unwrap_or_default().into();
+                let rec = NodeRecord::from_node(n, &d);
+                self.put_node(name, rec);
+            }
+            ClusterObject::CsiNode(c) => {
+                let name = c.metadata.name.clone().unwrap_or_default();
+                self.csinodes
+                    .insert(name, CsiNodeRecord::from_csinode(c, &d));
+            }
+            ClusterObject::PersistentVolume(pv) => {
+                let name = pv.metadata.name.clone().unwrap_or_default();
+                self.pvs.insert(name.clone(), PvRecord::from_pv(pv, &d));
+                self.pv_changed(&name);
+            }
+            ClusterObject::PersistentVolumeClaim(pvc) => {
+                let k = key(
+                    pvc.metadata.namespace.as_deref().unwrap_or_default(),
+                    pvc.metadata.name.as_deref().unwrap_or_default(),
+                );
+                self.put_pvc(k, PvcRecord::from_pvc(pvc));
+            }
+            ClusterObject::Pod(p) => {
+                let k = key(
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                );
+                let config = self.config.clone();
+                self.put_pod(k, PodRecord::from_pod(p, &d, &config));
+            }
+            ClusterObject::VolumeAttachment(va) => {
+                let name = va.metadata.name.clone().unwrap_or_default();
+                match VaRecord::from_va(va, &d) {
+                    Some(rec) => self.put_va(name, rec),
+                    None => self.delete(Kind::VolumeAttachment, &name),
+                }
+            }
+            ClusterObject::StorageClass(sc) => {
+                let name = sc.metadata.name.clone().unwrap_or_default();
+                self.storage_classes
+                    .insert(name, StorageClassRecord::from_storage_class(sc, &d));
+            }
+            ClusterObject::CsiDriver(c) => {
+                self.csi_drivers
+                    .insert(c.metadata.name.clone().unwrap_or_default());
+            }
+        }
+    }
+
+    /// Removes one object by kind and key (`namespace/name` for namespaced kinds).
+    pub fn delete(&mut self, kind: Kind, key: &str) {
+        match kind {
+            Kind::Node => {
+                if let Some(name) = self.nodes.get_key_value(key).map(|(k, _)| k.clone()) {
+                    self.set_devices(&name, None);
+                    self.nodes.remove(key);
+                    self.set_contribution(Source::NodeStatus(name), None);
+                }
+            }
+            Kind::CsiNode => {
+                self.csinodes.remove(key);
+            }
+            Kind::PersistentVolume => {
+                if self.pvs.remove(key).is_some() {
+                    self.pv_changed(key);
+                }
+            }
+            Kind::PersistentVolumeClaim => {
+                if let Some(old) = self.pvcs.remove(key) {
+                    self.unlink_pvc(key, &old);
+                    self.claim_changed(key);
+                }
+            }
+            Kind::Pod => {
+                if let Some(old) = self.pods.remove(key) {
+                    self.unlink_pod(key, &old);
+                    self.set_pod_usage(key, None);
+                }
+            }
+            Kind::VolumeAttachment => {
+                if let Some(old) = self.vas.remove(key) {
+                    if let VaSource::Pv(pv) = &old.source {
+                        remove_from(&mut self.pv_attachments, pv, key);
+                    }
+                    self.set_contribution(Source::Attachment(key.to_owned()), None);
+                }
+            }
+            Kind::StorageClass => {
+                self.storage_classes.remove(key);
+            }
+            Kind::CsiDriver => {
+                self.csi_drivers.remove(key);
+            }
+        }
+    }
+
+    /// Replaces everything of one kind with a fresh listing (a relist): objects that
+    /// vanished meanwhile are deleted, then the kind counts as synced.
+    pub fn replace_kind(&mut self, kind: Kind, objects: &[ClusterObject]) {
+        let fresh: HashSet<String> = objects.iter().map(object_key).collect();
+        for stale in self.keys(kind).into_iter().filter(|k| !fresh.contains(k)) {
+            self.delete(kind, &stale);
+        }
+        for o in objects {
+            self.apply(o);
+        }
+        self.synced.insert(kind);
+    }
+
+    /// Marks a kind as listed once (a snapshot, or a watch's first complete list).
+    pub fn mark_synced(&mut self, kind: Kind) {
+        self.synced.insert(kind);
+    }
+
+    /// Every kind has been listed once: verdicts are meaningful.
+    pub fn is_ready(&self) -> bool {
+        Kind::ALL.iter().all(|k| self.synced.contains(k))
+    }
+
+    /// The kinds not listed yet, for readiness messages.
+    pub fn unsynced(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| !self.synced.contains(k))
+            .collect()
+    }
+
+    /// How many objects of each kind are cached.
+    pub fn counts(&self) -> [(Kind, usize); 8] {
+        Kind::ALL.map(|k| (k, self.len(k)))
+    }
+
+    fn len(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Node => self.nodes.len(),
+            Kind::CsiNode => self.csinodes.len(),
+            Kind::PersistentVolume => self.pvs.len(),
+            Kind::PersistentVolumeClaim => self.pvcs.len(),
+            Kind::Pod => self.pods.len(),
+            Kind::VolumeAttachment => self.vas.len(),
+            Kind::StorageClass => self.storage_classes.len(),
+            Kind::CsiDriver => self.csi_drivers.len(),
+        }
+    }
+
+    fn keys(&self, kind: Kind) -> Vec<String> {
+        match kind {
+            Kind::Node => self.nodes.keys().map(|k| k.to_string()).collect(),
+            Kind::CsiNode => self.csinodes.keys().cloned().collect(),
+            Kind::PersistentVolume => self.pvs.keys().cloned().collect(),
+            Kind::PersistentVolumeClaim => self.pvcs.keys().cloned().collect(),
+            Kind::Pod => self.pods.keys().cloned().collect(),
+            Kind::VolumeAttachment => self.vas.keys().cloned().collect(),
+            Kind::StorageClass => self.storage_classes.keys().cloned().collect(),
+            Kind::CsiDriver => self.csi_drivers.iter().cloned().collect(),
+        }
+    }
+
+    // ---- reads used by the webhook and the extender ----
+
+    /// A node's record.
+    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.get(name)
+    }
+
+    /// A node's CSINode record.
+    pub fn csinode(&self, name: &str) -> Option<&CsiNodeRecord> {
+        self.csinodes.get(name)
+    }
+
+    /// A claim by namespace and name.
+    pub fn pvc(&self, namespace: &str, name: &str) -> Option<&PvcRecord> {
+        self.pvcs.get(&key(namespace, name))
+    }
+
+    /// A PersistentVolume by name.
+    pub fn pv(&self, name: &str) -> Option<&PvRecord> {
+        self.pvs.get(name)
+    }
+
+    /// A StorageClass by name.
+    pub fn storage_class(&self, name: &str) -> Option<&StorageClassRecord> {
+        self.storage_classes.get(name)
+    }
+
+    /// A pod by namespace and name.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodRecord> {
+        self.pods.get(&key(namespace, name))
+    }
+
+    /// Distinct volumes of `driver` attached to or used on `node`.
+    pub fn used(&self, node: &str, driver: DriverId) -> u32 {
+        self.usage
+            .get(node)
+            .and_then(|u| u.per_driver.get(&driver))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The volume is attached to, or used on, `node` already.
+    pub fn holds(&self, node: &str, volume: &VolumeId) -> bool {
+        self.usage
+            .get(node)
+            .is_some_and(|u| u.refs.contains_key(volume))
+    }
+
+    /// Non-terminal bound pods using the volume, with their nodes.
+    pub fn users(&self, volume: &VolumeId) -> &[VolumeUser] {
+        self.users
+            .get(volume)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Nodes where a device plugin advertises the volume with a count of 1 or more.
+    pub fn device_holders(&self, volume: &VolumeId) -> impl Iterator<Item = &str> {
+        self.device_holders
+            .get(volume)
+            .into_iter()
+            .flatten()
+            .map(|n| &**n)
+    }
+
+    // ---- index maintenance ----
+
+    fn put_node(&mut self, name: Arc<str>, rec: NodeRecord) {
+        self.set_devices(&name, Some(&rec));
+        let attached = rec.attached.clone();
+        self.nodes.insert(name.clone(), rec);
+        self.set_contribution(Source::NodeStatus(name.clone()), Some((name, attached)));
+    }
+
+    fn set_devices(&mut self, node: &Arc<str>, new: Option<&NodeRecord>) {
+        if let Some(old) = self.nodes.get(node) {
+            for v in old.devices.keys() {
+                if let Some(set) = self.device_holders.get_mut(v) {
+                    set.remove(node);
+                    if set.is_empty() {
+                        self.device_holders.remove(v);
+                    }
+                }
+            }
+        }
+        for (v, count) in new.into_iter().flat_map(|r| &r.devices) {
+            if *count >= 1 {
+                self.device_holders
+                    .entry(v.clone())
+                    .or_default()
+                    .insert(node.clone());
+            }
+        }
+    }
+
+    fn put_pvc(&mut self, k: String, rec: PvcRecord) {
+        if let Some(old) = self.pvcs.get(&k).cloned() {
+            self.unlink_pvc(&k, &old);
+        }
+        if let Some(pv) = &rec.volume_name {
+            self.pv_claim.insert(pv.clone(), k.clone());
+        }
+        self.pvcs.insert(k.clone(), rec);
+        self.claim_changed(&k);
+    }
+
+    fn unlink_pvc(&mut self, k: &str, old: &PvcRecord) {
+        if let Some(pv) = &old.volume_name
+            && self.pv_claim.get(pv).is_some_and(|c| c == k)
+        {
+            self.pv_claim.remove(pv);
+        }
+    }
+
+    fn put_pod(&mut self, k: String, rec: PodRecord) {
+        if let Some(old) = self.pods.get(&k).cloned() {
+            self.unlink_pod(&k, &old);
+        }
+        let namespace = k
+            .split_once('/')
+            .map(|(ns, _)| ns)
+            .unwrap_or_default()
+            .to_owned();
+        for u in &rec.uses {
+            if let PodVolumeRef::Claim(c) = u {
+                self.claim_pods
+                    .entry(key(&namespace, c))
+                    .or_default()
+                    .insert(k.clone());
+            }
+        }
+        self.pods.insert(k.clone(), rec);
+        self.recompute_pod(&k);
+    }
+
+    fn unlink_pod(&mut self, k: &str, old: &PodRecord) {
+        let namespace = k.split_once('/').map(|(ns, _)| ns).unwrap_or_default();
+        for u in &old.uses {
+            if let PodVolumeRef::Claim(c) = u {
+                remove_from(&mut self.claim_pods, &key(namespace, c), k);
+            }
+        }
+    }
+
+    fn put_va(&mut self, name: String, rec: VaRecord) {
+        if let Some(VaRecord {
+            source: VaSource::Pv(pv),
+            ..
+        }) = self.vas.get(&name)
+        {
+            let pv = pv.clone();
+            remove_from(&mut self.pv_attachments, &pv, &name);
+        }
+        if let VaSource::Pv(pv) = &rec.source {
+            self.pv_attachments
+                .entry(pv.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+        self.vas.insert(name.clone(), rec);
+        self.recompute_va(&name);
+    }
+
+    fn pv_changed(&mut self, pv: &str) {
+        if let Some(claim) = self.pv_claim.get(pv).cloned() {
+            self.claim_changed(&claim);
+        }
+        for va in self.pv_attachments.get(pv).cloned().unwrap_or_default() {
+            self.recompute_va(&va);
+        }
+    }
+
+    fn claim_changed(&mut self, claim: &str) {
+        for pod in self.claim_pods.get(claim).cloned().unwrap_or_default() {
+            self.recompute_pod(&pod);
+        }
+    }
+
+    /// The managed volume behind a claim, when it is bound and its PV is known.
+    fn claim_volume(&self, namespace: &str, claim: &str) -> Option<&PvRecord> {
+        let pv = self
+            .pvcs
+            .get(&key(namespace, claim))?
+            .volume_name
+            .as_ref()?;
+        self.pvs.get(pv)
+    }
+
+    fn recompute_pod(&mut self, k: &str) {
+        let Some(rec) = self.pods.get(k) else {
+            return;
+        };
+        let held = match (&rec.node, rec.terminal) {
+            (Some(node), false) => {
+                let namespace = k.split_once('/').map(|(ns, _)| ns).unwrap_or_default();
+                let mut vols: Vec<VolumeId> = rec
+                    .uses
+                    .iter()
+                    .filter_map(|u| match u {
+                        PodVolumeRef::Claim(c) => self.claim_volume(namespace, c)?.volume.clone(),
+                        PodVolumeRef::Direct(v) => Some(v.clone()),
+                    })
+                    .collect();
+                vols.sort();
+                vols.dedup();
+                Some((node.clone(), vols))
+            }
+            _ => None,
+        };
+        self.set_pod_usage(k, held);
+    }
+
+    fn set_pod_usage(&mut self, k: &str, held: Option<(Arc<str>, Vec<VolumeId>)>) {
+        let source = Source::Pod(k.to_owned());
+        if let Some((_, old)) = self.contributions.get(&source) {
+            for v in old.clone() {
+                if let Some(list) = self.users.get_mut(&v) {
+                    list.retain(|u| u.pod != k);
+                    if list.is_empty() {
+                        self.users.remove(&v);
+                    }
+                }
+            }
+        }
+        if let Some((node, vols)) = &held {
+            for v in vols {
+                self.users.entry(v.clone()).or_default().push(VolumeUser {
+                    node: node.clone(),
+                    pod: k.to_owned(),
+                });
+            }
+        }
+        self.set_contribution(source, held);
+    }
+
+    fn recompute_va(&mut self, name: &str) {
+        let Some(rec) = self.vas.get(name) else {
+            return;
+        };
+        let volume = match &rec.source {
+            VaSource::Inline(v) => Some(v.clone()),
+            VaSource::Pv(pv) => self.pvs.get(pv).and_then(|p| p.volume.clone()),
+        };
+        let held = volume.map(|v| (rec.node.clone(), vec![v]));
+        self.set_contribution(Source::Attachment(name.to_owned()), held);
+    }
+
+    fn set_contribution(&mut self, source: Source, new: Option<(Arc<str>, Vec<VolumeId>)>) {
+        if let Some((node, vols)) = self.contributions.remove(&source) {
+            let usage = self.usage.entry(node.clone()).or_default();
+            for v in vols {
+                if let Some(n) = usage.refs.get_mut(&v) {
+                    *n -= 1;
+                    if *n == 0 {
+                        usage.refs.remove(&v);
+                        if let Some(c) = usage.per_driver.get_mut(&v.driver) {
+                            *c -= 1;
+                        }
+                    }
+                }
+            }
+            if usage.refs.is_empty() {
+                self.usage.remove(&node);
+            }
+        }
+        if let Some((node, vols)) = new {
+            if vols.is_empty() {
+                return;
+            }
+            let usage = self.usage.entry(node.clone()).or_default();
+            for v in &vols {
+                let n = usage.refs.entry(v.clone()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    *usage.per_driver.entry(v.driver).or_insert(0) += 1;
+                }
+            }
+            self.contributions.insert(source, (node, vols));
+        }
+    }
+}
+
+fn remove_from(map: &mut HashMap<String, HashSet<String>>, k: &str, v: &str) {
+    if let Some(set) = map.get_mut(k) {
+        set.remove(v);
+        if set.is_empty() {
+            map.remove(k);
+        }
+    }
+}
+
+/// The key an object is stored under: `namespace/name`, or the name for cluster-scoped kinds.
+pub fn object_key(o: &ClusterObject) -> String {
+    let meta = match o {
+        ClusterObject::Node(x) => &x.metadata,
+        ClusterObject::CsiNode(x) => &x.metadata,
+        ClusterObject::PersistentVolume(x) => &x.metadata,
+        ClusterObject::PersistentVolumeClaim(x) => &x.metadata,
+        ClusterObject::Pod(x) => &x.metadata,
+        ClusterObject::VolumeAttachment(x) => &x.metadata,
+        ClusterObject::StorageClass(x) => &x.metadata,
+        ClusterObject::CsiDriver(x) => &x.metadata,
+    };
+    let name = meta.name.as_deref().unwrap_or_default();
+    match meta.namespace.as_deref() {
+        Some(ns) if matches!(o.kind(), Kind::Pod | Kind::PersistentVolumeClaim) => key(ns, name),
+        _ => name.to_owned(),
+    }
+}

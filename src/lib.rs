@@ -1,0 +1,16 @@
+//! volguard: a storage-aware mutating admission webhook and kube-scheduler extender for
+//! block volumes. The pure core (`resolve`, `mutate`) reads the cluster-state model
+//! (`cluster`); thin adapters feed it (`snapshot`) and serve it (`admission`, `server`).
+
+pub mod admission;
+pub mod certs;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod daemon;
+pub mod drivers;
+pub mod mutate;
+pub mod resolve;
+pub mod server;
+pub mod snapshot;
+pub mod tls;

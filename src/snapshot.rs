@@ -1,0 +1,138 @@
+//! Cluster state from files: a YAML or JSON file (multi-document, or a `kind: List` as
+//! `kubectl get -o yaml` prints it) or a directory of such files.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::cluster::{ClusterObject, ClusterState, Kind};
+
+/// A snapshot that cannot be read, naming the file and the document.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct SnapshotError {
+    /// The offending file.
+    pub file: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// What a snapshot holds: the objects, and how many documents of other kinds were skipped.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Objects of the kinds volguard reads.
+    pub objects: Vec<ClusterObject>,
+    /// Documents of kinds volguard does not read (Services, ConfigMaps, ...), by kind.
+    pub skipped: Vec<String>,
+}
+
+/// Reads a snapshot file or directory.
+pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
+    let mut snapshot = Snapshot::default();
+    for file in files(path)? {
+        let name = file.display().to_string();
+        let fail = |message: String| SnapshotError {
+            file: name.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let docs = parse_documents(&text, is_json(&file)).map_err(fail)?;
+        for (i, doc) in docs.into_iter().enumerate() {
+            add_document(doc, &mut snapshot)
+                .map_err(|m| fail(format!("document {}: {m}", i + 1)))?;
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Builds a synced state from a snapshot's objects.
+pub fn into_state(snapshot: &Snapshot, mut state: ClusterState) -> ClusterState {
+    for o in &snapshot.objects {
+        state.apply(o);
+    }
+    for k in Kind::ALL {
+        state.mark_synced(k);
+    }
+    state
+}
+
+fn files(path: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
+    let meta = std::fs::metadata(path).map_err(|e| SnapshotError {
+        file: path.display().to_string(),
+        message: format!("cannot read: {e}"),
+    })?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(path).map_err(|e| SnapshotError {
+        file: path.display().to_string(),
+        message: format!("cannot list: {e}"),
+    })?;
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(files(&p)?);
+        } else if matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "json")
+}
+
+/// Splits a file into documents; YAML may hold several separated by `---`.
+pub fn parse_documents(text: &str, json: bool) -> Result<Vec<Value>, String> {
+    if json {
+        let mut docs = Vec::new();
+        for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            docs.push(doc.map_err(|e| format!("invalid JSON: {e}"))?);
+        }
+        return Ok(docs);
+    }
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        format!(
+            "invalid YAML: {}",
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    })?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn add_document(doc: Value, snapshot: &mut Snapshot) -> Result<(), String> {
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if kind == "List" || (kind.ends_with("List") && doc.get("items").is_some()) {
+        let Some(Value::Array(items)) = doc.get("items").cloned() else {
+            return Err(format!("{kind} without an items array"));
+        };
+        let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+        for (i, mut item) in items.into_iter().enumerate() {
+            if let (Some(k), Some(obj)) = (item_kind, item.as_object_mut()) {
+                obj.entry("kind")
+                    .or_insert_with(|| Value::String(k.to_owned()));
+            }
+            add_document(item, snapshot).map_err(|m| format!("item {}: {m}", i + 1))?;
+        }
+        return Ok(());
+    }
+    match ClusterObject::from_value(doc) {
+        Ok(o) => snapshot.objects.push(o),
+        Err(crate::cluster::objects::ObjectError::UnknownKind(k)) => snapshot.skipped.push(k),
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(())
+}

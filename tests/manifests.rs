@@ -1,0 +1,760 @@
+//! Renders the deployment manifests with `kubectl kustomize` and checks them
+//! against the external contract: every object must deserialize into its
+//! Kubernetes type with no unknown field, and the webhook, RBAC, Deployments
+//! and scheduler configuration must have the properties operators rely on.
+//!
+//! Needs `kubectl` (with its bundled kustomize) on PATH; no cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::Resource;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, Probe, SecurityContext, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+const NAMESPACE: &str = "volguard-system";
+const MARKER_RESOURCE: &str = "volguard.io/volumes";
+const IMAGE: &str = "ghcr.io/volguard/volguard:0.1.0";
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// `kubectl kustomize <dir>`, offline.
+fn kustomize(rel: &str) -> String {
+    let dir = repo_path(rel);
+    let output = match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
+        Ok(output) => output,
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "`kubectl` is not on PATH: this test renders the manifests with \
+             `kubectl kustomize`; install kubectl (any version with kustomize v5)"
+        ),
+        Err(e) => panic!("could not run `kubectl kustomize {}`: {e}", dir.display()),
+    };
+    assert!(
+        output.status.success(),
+        "`kubectl kustomize {}` failed ({}):\n{}",
+        dir.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("kubectl kustomize printed non-UTF-8 output")
+}
+
+/// Every object of a rendered kustomization, by kind.
+#[derive(Default)]
+struct Rendered {
+    namespaces: Vec<Namespace>,
+    service_accounts: Vec<ServiceAccount>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
+    role_bindings: Vec<RoleBinding>,
+    config_maps: Vec<ConfigMap>,
+    deployments: Vec<Deployment>,
+    pdbs: Vec<PodDisruptionBudget>,
+    services: Vec<Service>,
+    webhooks: Vec<MutatingWebhookConfiguration>,
+    /// cert-manager objects (no Rust types for these CRDs).
+    cert_manager: Vec<Value>,
+}
+
+/// The first place where `a` and `b` (called `names`) differ, as a JSON path.
+fn first_difference(a: &Value, b: &Value, path: &str, names: (&str, &str)) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let p = format!("{path}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(v), Some(w)) => first_difference(v, w, &p, names),
+                    (Some(_), None) => Some(format!("{p} is only in the {}", names.0)),
+                    (None, Some(_)) => Some(format!("{p} is only in the {}", names.1)),
+                    (None, None) => None,
+                }
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (v, w))| first_difference(v, w, &format!("{path}[{i}]"), names)),
+        _ if a == b => None,
+        _ => Some(format!(
+            "{path}: {a} in the {} vs {b} in the {}",
+            names.0, names.1
+        )),
+    }
+}
+
+/// Deserializes `doc` into `T` and re-serializes it: any field the typed
+/// object drops (a typo, a wrong nesting level) fails the test.
+fn typed<T: Resource + DeserializeOwned + Serialize>(doc: &Value, what: &str) -> T {
+    let object: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{what} does not deserialize as {}: {e}", T::KIND));
+    let back = serde_json::to_value(&object)
+        .unwrap_or_else(|e| panic!("{what} does not serialize back to JSON: {e}"));
+    if let Some(diff) = first_difference(doc, &back, "", ("manifest", "typed object")) {
+        panic!("{what}: unknown or malformed field ({diff})");
+    }
+    object
+}
+
+fn parse(yaml: &str, source: &str) -> Rendered {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml)
+        .unwrap_or_else(|e| panic!("output of `kubectl kustomize {source}` is not YAML: {e}"));
+    let mut r = Rendered::default();
+    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+        let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_owned();
+        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        let what = format!("{source}: {kind} {name}");
+        macro_rules! is {
+            ($t:ty) => {
+                api_version == <$t>::API_VERSION && kind == <$t>::KIND
+            };
+        }
+        if is!(Namespace) {
+            r.namespaces.push(typed(&doc, &what));
+        } else if is!(ServiceAccount) {
+            r.service_accounts.push(typed(&doc, &what));
+        } else if is!(ClusterRole) {
+            r.cluster_roles.push(typed(&doc, &what));
+        } else if is!(ClusterRoleBinding) {
+            r.cluster_role_bindings.push(typed(&doc, &what));
+        } else if is!(RoleBinding) {
+            r.role_bindings.push(typed(&doc, &what));
+        } else if is!(ConfigMap) {
+            r.config_maps.push(typed(&doc, &what));
+        } else if is!(Deployment) {
+            r.deployments.push(typed(&doc, &what));
+        } else if is!(PodDisruptionBudget) {
+            r.pdbs.push(typed(&doc, &what));
+        } else if is!(Service) {
+            r.services.push(typed(&doc, &what));
+        } else if is!(MutatingWebhookConfiguration) {
+            r.webhooks.push(typed(&doc, &what));
+        } else if api_version == "cert-manager.io/v1"
+            && matches!(kind.as_str(), "Issuer" | "ClusterIssuer" | "Certificate")
+        {
+            r.cert_manager.push(doc);
+        } else {
+            panic!("{what}: unexpected apiVersion/kind {api_version:?}/{kind:?}");
+        }
+    }
+    r
+}
+
+fn by_name<'a, T: Resource>(items: &'a [T], name: &str, meta: impl Fn(&T) -> &str) -> &'a T {
+    let found: Vec<&T> = items.iter().filter(|o| meta(o) == name).collect();
+    match found.as_slice() {
+        [one] => one,
+        [] => panic!("no {} named {name:?}", T::KIND),
+        _ => panic!("{} {name:?} appears more than once", T::KIND),
+    }
+}
+
+fn webhook(r: &Rendered) -> &MutatingWebhook {
+    let config = by_name(&r.webhooks, "volguard", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    let hooks = config.webhooks.as_deref().unwrap_or_default();
+    assert_eq!(
+        hooks.len(),
+        1,
+        "MutatingWebhookConfiguration volguard: one webhook"
+    );
+    &hooks[0]
+}
+
+fn config_map<'a>(r: &'a Rendered, name: &str) -> &'a ConfigMap {
+    by_name(&r.config_maps, name, |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    })
+}
+
+fn deployment<'a>(r: &'a Rendered, name: &str) -> &'a Deployment {
+    by_name(&r.deployments, name, |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    })
+}
+
+fn pod_spec(d: &Deployment) -> &PodSpec {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("Deployment has a pod template spec")
+}
+
+fn yaml_value(text: &str, what: &str) -> Value {
+    serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("{what} is not valid YAML: {e}"))
+}
+
+/// The parsed volguard config.yaml.
+fn volguard_config(r: &Rendered) -> Value {
+    let cm = config_map(r, "volguard-config");
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("config.yaml"))
+        .expect("ConfigMap volguard-config has the key config.yaml");
+    yaml_value(text, "volguard-config config.yaml")
+}
+
+/// The parsed KubeSchedulerConfiguration of the second scheduler.
+fn scheduler_config(r: &Rendered) -> Value {
+    let cm = config_map(r, "volguard-scheduler-config");
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("scheduler-config.yaml"))
+        .expect("ConfigMap volguard-scheduler-config has the key scheduler-config.yaml");
+    yaml_value(text, "KubeSchedulerConfiguration")
+}
+
+fn the_extender(config: &Value, what: &str) -> Value {
+    let extenders = config["extenders"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no `extenders` list"));
+    assert_eq!(extenders.len(), 1, "{what}: exactly one extender");
+    extenders[0].clone()
+}
+
+fn strings(v: &Option<Vec<String>>) -> BTreeSet<&str> {
+    v.iter().flatten().map(String::as_str).collect()
+}
+
+fn check_webhook(r: &Rendered) {
+    let hook = webhook(r);
+    assert_eq!(hook.name, "pods.volguard.io");
+    assert_eq!(hook.side_effects, "None");
+    assert_eq!(hook.admission_review_versions, ["v1"]);
+    let timeout = hook.timeout_seconds.expect("webhook sets timeoutSeconds");
+    assert!(
+        (1..=10).contains(&timeout),
+        "timeoutSeconds {timeout} not in 1..=10"
+    );
+    assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    assert_eq!(hook.match_policy.as_deref(), Some("Equivalent"));
+
+    let service = hook
+        .client_config
+        .service
+        .as_ref()
+        .expect("webhook clientConfig uses a service");
+    assert_eq!(
+        (service.name.as_str(), service.namespace.as_str()),
+        ("volguard", NAMESPACE)
+    );
+    assert_eq!(service.path.as_deref(), Some("/mutate"));
+    assert_eq!(service.port, Some(443));
+
+    let rules = hook.rules.as_deref().unwrap_or_default();
+    assert!(
+        rules.iter().any(|rule| {
+            strings(&rule.operations).contains("CREATE")
+                && strings(&rule.api_groups).contains("")
+                && strings(&rule.api_versions).contains("v1")
+                && strings(&rule.resources).contains("pods")
+        }),
+        "webhook has no rule for CREATE on core v1 pods"
+    );
+
+    let selector = hook
+        .namespace_selector
+        .as_ref()
+        .expect("webhook has a namespaceSelector");
+    let excluded: BTreeSet<&str> = selector
+        .match_expressions
+        .iter()
+        .flatten()
+        .filter(|e| e.key == "kubernetes.io/metadata.name" && e.operator == "NotIn")
+        .flat_map(|e| e.values.iter().flatten().map(String::as_str))
+        .collect();
+    for ns in ["kube-system", NAMESPACE] {
+        assert!(
+            excluded.contains(ns),
+            "namespaceSelector must exclude {ns} (a webhook admitting its own pods deadlocks)"
+        );
+    }
+
+    // Fail is only coherent with onError: deny (see the comment in webhook.yaml).
+    match hook.failure_policy.as_deref() {
+        Some("Ignore") => {}
+        Some("Fail") => assert_eq!(
+            volguard_config(r)["onError"],
+            "deny",
+            "failurePolicy Fail requires onError: deny"
+        ),
+        other => panic!("webhook failurePolicy must be set explicitly, got {other:?}"),
+    }
+}
+
+fn check_cluster_role(r: &Rendered) {
+    let role = by_name(&r.cluster_roles, "volguard", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    let mut resources = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        for verb in &rule.verbs {
+            assert!(
+                matches!(verb.as_str(), "get" | "list" | "watch"),
+                "ClusterRole volguard grants {verb:?}; it must stay read-only"
+            );
+        }
+        assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none());
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                resources.insert((group.as_str(), resource.as_str()));
+            }
+        }
+    }
+    let expected: BTreeSet<(&str, &str)> = [
+        ("", "nodes"),
+        ("", "pods"),
+        ("", "persistentvolumes"),
+        ("", "persistentvolumeclaims"),
+        ("storage.k8s.io", "csinodes"),
+        ("storage.k8s.io", "volumeattachments"),
+        ("storage.k8s.io", "storageclasses"),
+        ("storage.k8s.io", "csidrivers"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(resources, expected, "ClusterRole volguard resources");
+
+    let binding = by_name(&r.cluster_role_bindings, "volguard", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    assert_eq!(binding.role_ref.name, "volguard");
+    assert!(binding.subjects.iter().flatten().any(|s| {
+        s.kind == "ServiceAccount"
+            && s.name == "volguard"
+            && s.namespace.as_deref() == Some(NAMESPACE)
+    }));
+}
+
+fn check_hardening(name: &str, pod: &PodSpec, container: &Container) {
+    let pod_sc = pod.security_context.as_ref();
+    let sc: Option<&SecurityContext> = container.security_context.as_ref();
+    let what = format!("Deployment {name}, container {}", container.name);
+
+    let non_root = sc
+        .and_then(|s| s.run_as_non_root)
+        .or(pod_sc.and_then(|s| s.run_as_non_root));
+    assert_eq!(non_root, Some(true), "{what}: runAsNonRoot");
+    let uid = sc
+        .and_then(|s| s.run_as_user)
+        .or(pod_sc.and_then(|s| s.run_as_user));
+    assert!(
+        matches!(uid, Some(u) if u > 0),
+        "{what}: needs a numeric non-zero runAsUser"
+    );
+    let sc = sc.unwrap_or_else(|| panic!("{what}: no securityContext"));
+    assert_eq!(
+        sc.read_only_root_filesystem,
+        Some(true),
+        "{what}: readOnlyRootFilesystem"
+    );
+    assert_eq!(
+        sc.allow_privilege_escalation,
+        Some(false),
+        "{what}: allowPrivilegeEscalation"
+    );
+    let drops_all = sc
+        .capabilities
+        .as_ref()
+        .is_some_and(|c| strings(&c.drop).contains("ALL"));
+    assert!(drops_all, "{what}: capabilities must drop ALL");
+    let seccomp = sc
+        .seccomp_profile
+        .as_ref()
+        .or(pod_sc.and_then(|s| s.seccomp_profile.as_ref()))
+        .map(|p| p.type_.as_str());
+    assert_eq!(seccomp, Some("RuntimeDefault"), "{what}: seccompProfile");
+
+    let resources = container
+        .resources
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: no resources"));
+    for (kind, map) in [
+        ("requests", &resources.requests),
+        ("limits", &resources.limits),
+    ] {
+        assert!(
+            map.as_ref().is_some_and(|m| m.contains_key("memory")),
+            "{what}: resources.{kind}.memory"
+        );
+    }
+    assert!(
+        resources
+            .requests
+            .as_ref()
+            .is_some_and(|m| m.contains_key("cpu")),
+        "{what}: resources.requests.cpu"
+    );
+}
+
+fn http_probe_path(probe: &Option<Probe>) -> Option<(&str, &IntOrString)> {
+    let get = probe.as_ref()?.http_get.as_ref()?;
+    Some((get.path.as_deref()?, &get.port))
+}
+
+/// The directory mounted at a prefix of `file`, if any.
+fn mounted(container: &Container, file: &str) -> bool {
+    container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| Path::new(file).starts_with(&m.mount_path))
+}
+
+fn check_volguard_deployment(r: &Rendered) {
+    let d = deployment(r, "volguard");
+    assert_eq!(d.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let spec = d.spec.as_ref().expect("Deployment volguard has a spec");
+    assert!(
+        spec.replicas.unwrap_or(1) >= 2,
+        "volguard needs >= 2 replicas"
+    );
+    let pod = pod_spec(d);
+    assert_eq!(pod.service_account_name.as_deref(), Some("volguard"));
+    let [container] = pod.containers.as_slice() else {
+        panic!("Deployment volguard: expected one container");
+    };
+    check_hardening("volguard", pod, container);
+    assert_eq!(container.image.as_deref(), Some(IMAGE));
+
+    let ports: BTreeMap<&str, i32> = container
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| Some((p.name.as_deref()?, p.container_port)))
+        .collect();
+    assert_eq!(ports.get("https"), Some(&8443));
+    assert_eq!(ports.get("metrics"), Some(&9090));
+
+    let metrics_port = IntOrString::String("metrics".into());
+    assert_eq!(
+        http_probe_path(&container.readiness_probe),
+        Some(("/readyz", &metrics_port)),
+        "readinessProbe: GET /readyz on the metrics port"
+    );
+    assert_eq!(
+        http_probe_path(&container.liveness_probe),
+        Some(("/healthz", &metrics_port)),
+        "livenessProbe: GET /healthz on the metrics port"
+    );
+    for probe in [&container.readiness_probe, &container.liveness_probe] {
+        let scheme = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref()?.scheme.as_deref());
+        assert!(
+            matches!(scheme, None | Some("HTTP")),
+            "metrics port is plain HTTP"
+        );
+    }
+
+    let args = container.args.as_deref().unwrap_or_default();
+    assert_eq!(args.first().map(String::as_str), Some("serve"));
+    for flag in ["--config", "--tls-cert", "--tls-key"] {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("volguard args lack {flag}"));
+        let file = args.get(i + 1).expect("flag has a value");
+        assert!(
+            mounted(container, file),
+            "{flag} {file} is not under any volumeMount"
+        );
+    }
+    let env: BTreeMap<&str, &str> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+        .collect();
+    assert_eq!(env.get("RUST_LOG"), Some(&"info"));
+    let secrets: BTreeSet<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.as_deref())
+        .collect();
+    assert!(
+        secrets.contains("volguard-tls"),
+        "TLS comes from Secret volguard-tls"
+    );
+
+    // The Service and the PDB select these pods.
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    let labels = labels.expect("pod template has labels");
+    let selects = |selector: &BTreeMap<String, String>| {
+        !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let service = by_name(&r.services, "volguard", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    let service_spec = service.spec.as_ref().expect("Service volguard has a spec");
+    assert!(selects(
+        service_spec
+            .selector
+            .as_ref()
+            .expect("Service has a selector")
+    ));
+    let https = service_spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.port == 443)
+        .expect("Service volguard has port 443");
+    assert_eq!(https.target_port, Some(IntOrString::String("https".into())));
+    assert!(service_spec.ports.iter().flatten().any(|p| p.port == 9090));
+
+    let pdb = by_name(&r.pdbs, "volguard", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    let pdb_spec = pdb.spec.as_ref().expect("PDB volguard has a spec");
+    assert_eq!(pdb_spec.min_available, Some(IntOrString::Int(1)));
+    let pdb_selector = pdb_spec
+        .selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref());
+    assert!(selects(pdb_selector.expect("PDB has matchLabels")));
+}
+
+fn check_extender(extender: &Value, what: &str) {
+    assert_eq!(
+        extender["urlPrefix"],
+        format!("https://volguard.{NAMESPACE}.svc:443"),
+        "{what}: urlPrefix"
+    );
+    assert_eq!(extender["filterVerb"], "filter", "{what}: filterVerb");
+    assert_eq!(
+        extender["prioritizeVerb"], "prioritize",
+        "{what}: prioritizeVerb"
+    );
+    assert_eq!(extender["enableHTTPS"], true, "{what}: enableHTTPS");
+    assert_eq!(
+        extender["nodeCacheCapable"], true,
+        "{what}: nodeCacheCapable"
+    );
+    assert_eq!(
+        extender["tlsConfig"]["serverName"],
+        format!("volguard.{NAMESPACE}.svc"),
+        "{what}: tlsConfig.serverName"
+    );
+    let managed = extender["managedResources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no managedResources"));
+    assert!(
+        managed
+            .iter()
+            .any(|m| m["name"] == MARKER_RESOURCE && m["ignoredByScheduler"] == true),
+        "{what}: managedResources needs {{name: {MARKER_RESOURCE}, ignoredByScheduler: true}}"
+    );
+}
+
+fn check_scheduler(r: &Rendered) {
+    let config = scheduler_config(r);
+    assert_eq!(config["apiVersion"], "kubescheduler.config.k8s.io/v1");
+    assert_eq!(config["kind"], "KubeSchedulerConfiguration");
+    let profiles = config["profiles"].as_array().expect("scheduler profiles");
+    assert!(
+        profiles
+            .iter()
+            .any(|p| p["schedulerName"] == "volguard-scheduler")
+    );
+    assert_eq!(
+        config["leaderElection"]["resourceName"],
+        "volguard-scheduler"
+    );
+    let extender = the_extender(&config, "volguard-scheduler-config");
+    check_extender(&extender, "volguard-scheduler-config");
+
+    // The marker the webhook injects is the one the scheduler routes on.
+    assert_eq!(volguard_config(r)["markerResource"], MARKER_RESOURCE);
+
+    let d = deployment(r, "volguard-scheduler");
+    let pod = pod_spec(d);
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("volguard-scheduler")
+    );
+    let [container] = pod.containers.as_slice() else {
+        panic!("Deployment volguard-scheduler: expected one container");
+    };
+    check_hardening("volguard-scheduler", pod, container);
+    let command_line: Vec<&String> = container
+        .command
+        .iter()
+        .flatten()
+        .chain(container.args.iter().flatten())
+        .collect();
+    let config_file = command_line
+        .iter()
+        .find_map(|a| a.strip_prefix("--config="))
+        .expect("kube-scheduler gets --config=FILE");
+    assert!(
+        mounted(container, config_file),
+        "{config_file} is not mounted"
+    );
+    let ca_file = extender["tlsConfig"]["caFile"]
+        .as_str()
+        .expect("tlsConfig.caFile");
+    assert!(mounted(container, ca_file), "{ca_file} is not mounted");
+
+    let bound: BTreeSet<&str> = r
+        .cluster_role_bindings
+        .iter()
+        .filter(|b| {
+            b.subjects.iter().flatten().any(|s| {
+                s.name == "volguard-scheduler" && s.namespace.as_deref() == Some(NAMESPACE)
+            })
+        })
+        .map(|b| b.role_ref.name.as_str())
+        .collect();
+    for role in ["system:kube-scheduler", "system:volume-scheduler"] {
+        assert!(
+            bound.contains(role),
+            "volguard-scheduler is not bound to {role}"
+        );
+    }
+    assert!(
+        r.role_bindings.iter().any(|b| {
+            b.metadata.namespace.as_deref() == Some("kube-system")
+                && b.role_ref.name == "extension-apiserver-authentication-reader"
+        }),
+        "volguard-scheduler needs extension-apiserver-authentication-reader in kube-system"
+    );
+    assert!(
+        r.cluster_roles
+            .iter()
+            .flat_map(|c| c.rules.iter().flatten())
+            .any(|rule| {
+                strings(&rule.resources).contains("leases")
+                    && strings(&rule.resource_names).contains("volguard-scheduler")
+                    && rule.verbs.iter().any(|v| v == "update")
+            }),
+        "volguard-scheduler cannot renew its leader-election Lease"
+    );
+}
+
+fn check_base(r: &Rendered) {
+    assert!(
+        r.namespaces
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(NAMESPACE))
+    );
+    for sa in ["volguard", "volguard-scheduler"] {
+        by_name(&r.service_accounts, sa, |o| {
+            o.metadata.name.as_deref().unwrap_or_default()
+        });
+    }
+    check_webhook(r);
+    check_cluster_role(r);
+    check_volguard_deployment(r);
+    check_scheduler(r);
+}
+
+#[test]
+fn base_renders_and_matches_the_contract() {
+    let r = parse(&kustomize("manifests"), "manifests");
+    check_base(&r);
+    assert!(
+        r.cert_manager.is_empty(),
+        "the base must not need cert-manager"
+    );
+    let hook = webhook(&r);
+    assert!(
+        hook.client_config
+            .ca_bundle
+            .as_ref()
+            .is_none_or(|b| b.0.is_empty()),
+        "the base leaves caBundle empty"
+    );
+}
+
+#[test]
+fn cert_manager_overlay_injects_the_ca() {
+    let r = parse(
+        &kustomize("manifests/overlays/cert-manager"),
+        "manifests/overlays/cert-manager",
+    );
+    check_base(&r);
+
+    let config = by_name(&r.webhooks, "volguard", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    let annotation = config
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("cert-manager.io/inject-ca-from"))
+        .map(String::as_str);
+    assert_eq!(annotation, Some("volguard-system/volguard-tls"));
+
+    let certificate = r
+        .cert_manager
+        .iter()
+        .find(|o| o["kind"] == "Certificate" && o["metadata"]["name"] == "volguard-tls")
+        .expect("Certificate volguard-tls");
+    assert_eq!(certificate["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(certificate["spec"]["secretName"], "volguard-tls");
+    let dns: BTreeSet<&str> = certificate["spec"]["dnsNames"]
+        .as_array()
+        .expect("dnsNames")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for name in [
+        "volguard",
+        "volguard.volguard-system",
+        "volguard.volguard-system.svc",
+        "volguard.volguard-system.svc.cluster.local",
+    ] {
+        assert!(
+            dns.contains(name),
+            "Certificate volguard-tls lacks dnsName {name}"
+        );
+    }
+    // serverName of the scheduler extender must be covered by the certificate.
+    let extender = the_extender(&scheduler_config(&r), "volguard-scheduler-config");
+    let server_name = extender["tlsConfig"]["serverName"]
+        .as_str()
+        .expect("serverName");
+    assert!(dns.contains(server_name));
+}
+
+#[test]
+fn extender_snippet_matches_the_scheduler_config() {
+    let path = repo_path("manifests/docs/extender-snippet.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let snippet = the_extender(
+        &yaml_value(&text, "extender-snippet.yaml"),
+        "extender-snippet.yaml",
+    );
+    check_extender(&snippet, "extender-snippet.yaml");
+
+    let r = parse(&kustomize("manifests"), "manifests");
+    let deployed = the_extender(&scheduler_config(&r), "volguard-scheduler-config");
+    let names = ("scheduler ConfigMap", "snippet");
+    if let Some(diff) = first_difference(&deployed, &snippet, "extenders[0]", names) {
+        panic!("docs/extender-snippet.yaml drifted from the scheduler ConfigMap: {diff}");
+    }
+}

@@ -1,0 +1,453 @@
+//! The mutating webhook driven over real TLS with AdmissionReview JSON as kube-apiserver
+//! sends it; returned patches are applied and the resulting Pod is checked.
+
+mod common;
+
+use common::{TestServer, create_review, patch_of, read_doc, response_of};
+use hyper::StatusCode;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
+
+const UID: &str = "705ab4f5-6393-11e8-b7cc-42010a800002";
+
+/// Sends a pod through the webhook, applies the patch, and checks that a second pass
+/// over the result is empty. Returns the patched pod and the first response.
+async fn admit_twice(server: &TestServer, pod: &Value, namespace: &str) -> (Pod, Value) {
+    let (status, body) = server
+        .post("/mutate", create_review(pod, namespace).to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], true, "{response}");
+    let mut patched = pod.clone();
+    if let Some(patch) = patch_of(&response) {
+        json_patch::patch(&mut patched, &patch).expect("patch applies");
+        let mut twice = patched.clone();
+        json_patch::patch(&mut twice, &patch).expect("patch applies twice");
+        assert_eq!(twice, patched, "applying the patch twice changes nothing");
+    }
+    let (_, body) = server
+        .post("/mutate", create_review(&patched, namespace).to_string())
+        .await;
+    let second = response_of(&body, UID);
+    assert!(
+        patch_of(&second).is_none(),
+        "second pass must not patch: {second}"
+    );
+    let pod: Pod = serde_json::from_value(patched).expect("result is a valid Pod");
+    (pod, response)
+}
+
+fn limits(pod: &Pod, container: usize) -> std::collections::BTreeMap<String, String> {
+    pod.spec.as_ref().unwrap().containers[container]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+fn probe_command(pod: &Pod, container: usize) -> Option<Vec<String>> {
+    let c = &pod.spec.as_ref().unwrap().containers[container];
+    c.liveness_probe.as_ref()?.exec.as_ref()?.command.clone()
+}
+
+fn annotation(pod: &Pod, key: &str) -> Option<String> {
+    pod.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+#[tokio::test]
+async fn apiserver_fixture_gets_marker_probe_and_annotations() {
+    let server = TestServer::example().await;
+    let review = read_doc("tests/fixtures/admissionreview-create-pod.json");
+    let uid = review["request"]["uid"].as_str().unwrap().to_owned();
+    let (status, body) = server.post("/mutate", review.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let response = response_of(&body, &uid);
+    assert_eq!(response["allowed"], true);
+    let patch = patch_of(&response).expect("a patch");
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).expect("patch applies to the apiserver's object");
+    let pod: Pod = serde_json::from_value(pod).expect("valid Pod");
+
+    let web = limits(&pod, 0);
+    assert_eq!(
+        web.get("volguard.io/volumes").map(String::as_str),
+        Some("1")
+    );
+    assert!(
+        !web.keys().any(|k| k.starts_with("volumes.brightbox.com/")),
+        "linode is attach mode"
+    );
+    let cmd = probe_command(&pod, 0).expect("web gets a probe");
+    assert_eq!(cmd, ["/bin/sh", "-c", "ls '/srv/data' >/dev/null"]);
+    let probe = pod.spec.as_ref().unwrap().containers[0]
+        .liveness_probe
+        .clone()
+        .unwrap();
+    assert_eq!(probe.period_seconds, Some(10));
+    assert_eq!(probe.timeout_seconds, Some(5));
+    assert!(
+        probe_command(&pod, 1).is_none(),
+        "sidecar mounts no managed volume"
+    );
+    assert!(limits(&pod, 1).is_empty() || !limits(&pod, 1).contains_key("volguard.io/volumes"));
+    assert_eq!(
+        annotation(&pod, "volguard.io/volumes").as_deref(),
+        Some("linode=310200-pvcweb")
+    );
+    assert!(
+        annotation(&pod, "volguard.io/mutated")
+            .unwrap()
+            .contains("liveness probes on web")
+    );
+}
+
+#[tokio::test]
+async fn seed_000_device_annotation_injects_resource_and_device_probe() {
+    let server = TestServer::example().await;
+    let pod = read_doc("examples/pods/seed-000-device.yaml");
+    let (pod, _) = admit_twice(&server, &pod, "default").await;
+    let l = limits(&pod, 0);
+    assert_eq!(
+        l.get("volumes.brightbox.com/vol-qsk4v").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(l.get("volguard.io/volumes").map(String::as_str), Some("1"));
+    let cmd = probe_command(&pod, 0).unwrap();
+    assert_eq!(cmd[2], "ls '/dev/disk/by-id/virtio-vol-qsk4v' >/dev/null");
+    assert_eq!(
+        annotation(&pod, "volguard.io/volumes").as_deref(),
+        Some("brightbox=vol-qsk4v")
+    );
+}
+
+#[tokio::test]
+async fn inline_flex_volume_goes_to_the_mounting_container_not_init() {
+    let server = TestServer::example().await;
+    let pod = read_doc("examples/pods/flex-inline.yaml");
+    let (pod, _) = admit_twice(&server, &pod, "shop").await;
+    let spec = pod.spec.as_ref().unwrap();
+    let mounting = spec
+        .containers
+        .iter()
+        .position(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/data")
+        })
+        .expect("an app container mounts /data");
+    assert_eq!(
+        limits(&pod, mounting)
+            .get("volumes.brightbox.com/vol-x9y8z")
+            .map(String::as_str),
+        Some("1")
+    );
+    let claims = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| {
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some_and(|l| l.contains_key("volumes.brightbox.com/vol-x9y8z"))
+        })
+        .count();
+    assert_eq!(claims, 1, "exactly one container claims the device");
+    for init in spec.init_containers.iter().flatten() {
+        assert!(
+            init.liveness_probe.is_none(),
+            "init containers are never probed"
+        );
+    }
+    assert!(probe_command(&pod, mounting).unwrap()[2].contains("'/data'"));
+}
+
+#[tokio::test]
+async fn unbound_wait_for_first_consumer_claim_is_managed_without_a_handle() {
+    let server = TestServer::example().await;
+    let pod = read_doc("examples/pods/wffc-scratch.yaml");
+    let (pod, _) = admit_twice(&server, &pod, "shop").await;
+    assert_eq!(
+        limits(&pod, 0)
+            .get("volguard.io/volumes")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        annotation(&pod, "volguard.io/volumes").as_deref(),
+        Some("linode=pending:scratch")
+    );
+}
+
+#[tokio::test]
+async fn opt_out_and_unmanaged_pods_are_left_alone() {
+    let server = TestServer::example().await;
+    for (file, ns) in [
+        ("examples/pods/opt-out.yaml", "shop"),
+        ("examples/pods/no-volumes.yaml", "default"),
+    ] {
+        let pod = read_doc(file);
+        let (_, body) = server
+            .post("/mutate", create_review(&pod, ns).to_string())
+            .await;
+        let response = response_of(&body, UID);
+        assert_eq!(response["allowed"], true, "{file}");
+        assert!(patch_of(&response).is_none(), "{file} must not be patched");
+        assert!(response.get("warnings").is_none(), "{file}: {response}");
+    }
+}
+
+#[tokio::test]
+async fn existing_probe_is_kept_and_resources_still_injected() {
+    let server = TestServer::example().await;
+    let original = read_doc("examples/pods/existing-probe.yaml");
+    let before: Pod = serde_json::from_value(original.clone()).unwrap();
+    let (pod, _) = admit_twice(&server, &original, "shop").await;
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.containers[0].liveness_probe,
+        before.spec.as_ref().unwrap().containers[0].liveness_probe
+    );
+    assert_eq!(
+        limits(&pod, 0)
+            .get("volguard.io/volumes")
+            .map(String::as_str),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn liveness_probe_annotation_false_injects_resources_only() {
+    let server = TestServer::example().await;
+    let mut pod = read_doc("examples/pods/seed-000-device.yaml");
+    pod["metadata"]["annotations"]["volguard.io/liveness-probe"] = "false".into();
+    let (pod, _) = admit_twice(&server, &pod, "default").await;
+    assert!(probe_command(&pod, 0).is_none());
+    assert!(limits(&pod, 0).contains_key("volumes.brightbox.com/vol-qsk4v"));
+}
+
+#[tokio::test]
+async fn existing_resource_entries_are_never_overwritten_or_duplicated() {
+    let server = TestServer::example().await;
+    let mut pod = read_doc("examples/pods/seed-000-device.yaml");
+    pod["spec"]["containers"][0]["resources"] = serde_json::json!({
+        "limits": {"volumes.brightbox.com/vol-qsk4v": "1", "volguard.io/volumes": "7"}
+    });
+    let (pod, _) = admit_twice(&server, &pod, "default").await;
+    let l = limits(&pod, 0);
+    assert_eq!(l.get("volguard.io/volumes").map(String::as_str), Some("7"));
+    assert_eq!(
+        l.get("volumes.brightbox.com/vol-qsk4v").map(String::as_str),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn annotation_keys_with_slashes_and_missing_parents_are_escaped() {
+    let server = TestServer::example().await;
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bare", "namespace": "shop"},
+        "spec": {
+            "containers": [{"name": "a", "image": "busybox"}],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "web-data"}}]
+        }
+    });
+    let (status, body) = server
+        .post("/mutate", create_review(&pod, "shop").to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let response = response_of(&body, UID);
+    let patch = patch_of(&response).expect("patch");
+    let text = serde_json::to_string(&patch).unwrap();
+    assert!(
+        text.contains("volguard.io~1volumes") || text.contains("\"/metadata/annotations\""),
+        "{text}"
+    );
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+    assert_eq!(
+        patched["spec"]["containers"][0]["resources"]["limits"]["volguard.io/volumes"],
+        "1"
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["volguard.io/volumes"],
+        "linode=310200-pvcweb"
+    );
+    assert!(
+        patched["spec"]["containers"][0]
+            .get("livenessProbe")
+            .is_none(),
+        "a container that mounts nothing gets no probe"
+    );
+}
+
+#[tokio::test]
+async fn missing_claim_allows_unchanged_with_a_warning() {
+    let server = TestServer::example().await;
+    let mut pod = read_doc("examples/pods/linode-web.yaml");
+    pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "no-such-claim".into();
+    let (status, body) = server
+        .post("/mutate", create_review(&pod, "shop").to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], true);
+    assert!(patch_of(&response).is_none());
+    let warning = response["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("PersistentVolumeClaim shop/no-such-claim not found"),
+        "{warning}"
+    );
+}
+
+#[tokio::test]
+async fn missing_claim_is_denied_when_on_error_is_deny() {
+    let mut config = common::example_config();
+    config.on_error = volguard::config::OnError::Deny;
+    let state = common::example_state(&config);
+    let server = TestServer::start(config, state).await;
+    let mut pod = read_doc("examples/pods/linode-web.yaml");
+    pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "no-such-claim".into();
+    let (_, body) = server
+        .post("/mutate", create_review(&pod, "shop").to_string())
+        .await;
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], false);
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-claim")
+    );
+}
+
+#[tokio::test]
+async fn unsynced_state_allows_with_a_warning() {
+    let config = common::example_config();
+    let state = common::empty_state(&config);
+    let server = TestServer::start(config, state).await;
+    let pod = read_doc("examples/pods/linode-web.yaml");
+    let (_, body) = server
+        .post("/mutate", create_review(&pod, "shop").to_string())
+        .await;
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], true);
+    assert!(
+        response["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("not synced")
+    );
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&body).contains("not synced"));
+}
+
+#[tokio::test]
+async fn bad_device_entries_warn_but_good_ones_are_injected() {
+    let server = TestServer::example().await;
+    let mut pod = read_doc("examples/pods/seed-000-device.yaml");
+    pod["metadata"]["annotations"]["volguard.io/devices"] =
+        "brightbox=vol-qsk4v,acme=vol-1,garbage".into();
+    let (_, body) = server
+        .post("/mutate", create_review(&pod, "default").to_string())
+        .await;
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], true);
+    let warnings = response["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("unknown driver \"acme\""))
+    );
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &patch_of(&response).unwrap()).unwrap();
+    assert_eq!(
+        patched["spec"]["containers"][0]["resources"]["limits"]["volumes.brightbox.com/vol-qsk4v"],
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn update_and_non_pod_requests_are_allowed_unchanged() {
+    let server = TestServer::example().await;
+    for fixture in [
+        "tests/fixtures/admissionreview-update-pod.json",
+        "tests/fixtures/admissionreview-configmap.json",
+    ] {
+        let review = read_doc(fixture);
+        let uid = review["request"]["uid"].as_str().unwrap().to_owned();
+        let (status, body) = server.post("/mutate", review.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{fixture}");
+        let response = response_of(&body, &uid);
+        assert_eq!(response["allowed"], true, "{fixture}");
+        assert!(patch_of(&response).is_none(), "{fixture}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_one_line_400_or_413_and_the_server_keeps_serving() {
+    let server = TestServer::example().await;
+    let mut wrong_version = read_doc("tests/fixtures/admissionreview-create-pod.json");
+    wrong_version["apiVersion"] = "admission.k8s.io/v1beta1".into();
+    let mut no_request = wrong_version.clone();
+    no_request["apiVersion"] = "admission.k8s.io/v1".into();
+    no_request.as_object_mut().unwrap().remove("request");
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        ("empty", Vec::new(), StatusCode::BAD_REQUEST, "empty body"),
+        (
+            "malformed",
+            b"{\"kind\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not an AdmissionReview",
+        ),
+        (
+            "array",
+            b"[1,2,3]".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not an AdmissionReview",
+        ),
+        (
+            "wrong version",
+            wrong_version.to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "admission.k8s.io/v1",
+        ),
+        (
+            "no request",
+            no_request.to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "no request",
+        ),
+        (
+            "20 MB",
+            vec![b' '; 20 << 20],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+    ];
+    for (name, body, want, says) in cases {
+        let (status, body) = server.post("/mutate", body).await;
+        assert_eq!(status, want, "{name}: {}", String::from_utf8_lossy(&body));
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains(says), "{name}: {text}");
+        assert!(
+            text.trim_end().lines().count() <= 1,
+            "{name}: one line, got {text:?}"
+        );
+    }
+    let (status, _) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "still serving");
+    let pod = read_doc("examples/pods/seed-000-device.yaml");
+    let (status, _) = server
+        .post("/mutate", create_review(&pod, "default").to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "still answering reviews");
+}
