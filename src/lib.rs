@@ -13,4 +13,5 @@ pub mod mutate;
 pub mod resolve;
 pub mod server;
 pub mod snapshot;
+pub mod synthetic;
 pub mod tls;
