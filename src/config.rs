@@ -313,9 +313,14 @@ impl Config {
     }
 }
 
-/// Folds a multi-line parser message into one line for the operator's terminal.
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Folds a multi-line parser message into one line for the operator's terminal,
+/// dropping the source excerpt the YAML parser appends after its location.
+pub fn one_line(message: &str) -> String {
+    let folded = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    match folded.split_once(" --> ") {
+        Some((head, _)) => head.to_owned(),
+        None => folded,
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,9 @@ use crate::{
 /// Runs the server; returns only on a startup failure or when both listeners end.
 pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let config = Arc::new(Config::load(args.config.as_deref()).map_err(Failure::usage)?);
-    let tls_config = server_tls(&args)?;
     let drivers = Arc::new(Drivers::new(&config));
     let empty = ClusterState::new(config.clone(), drivers);
+    let (tls_config, generated_ca) = server_tls(&args)?;
     let state = match &args.snapshot {
         Some(path) => {
             let snap = snapshot::load(path).map_err(Failure::usage)?;
@@ -41,6 +41,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
             ));
         }
     };
+    if let Some(ca) = generated_ca {
+        print!("{ca}");
+        tracing::info!("self-signed: the CA certificate is on stdout; save it for curl --cacert");
+    }
     let app = App {
         config,
         cluster: Arc::new(RwLock::new(state)),
@@ -63,8 +67,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The TLS server config from files, or a generated bundle whose CA goes to stdout.
-fn server_tls(args: &ServeArgs) -> Result<rustls::ServerConfig, Failure> {
+/// The TLS server config from files, or from a generated bundle (with its CA PEM).
+fn server_tls(args: &ServeArgs) -> Result<(rustls::ServerConfig, Option<String>), Failure> {
     let client_ca = match &args.client_ca {
         Some(p) => Some(tls::read_pem(p).map_err(Failure::usage)?),
         None => None,
@@ -72,20 +76,20 @@ fn server_tls(args: &ServeArgs) -> Result<rustls::ServerConfig, Failure> {
     if args.self_signed {
         let bundle = certs::generate(&certs::service_names("volguard", "volguard-system"), 30)
             .map_err(|e| Failure::runtime(format!("cannot generate a certificate: {e}")))?;
-        print!("{}", bundle.ca_pem);
-        tracing::info!("self-signed: the CA certificate is on stdout; save it for curl --cacert");
-        return tls::server_config(
+        let config = tls::server_config(
             bundle.cert_pem.as_bytes(),
             bundle.key_pem.as_bytes(),
             client_ca.as_deref(),
             ("generated certificate", "generated key"),
         )
-        .map_err(Failure::usage);
+        .map_err(Failure::usage)?;
+        return Ok((config, Some(bundle.ca_pem)));
     }
     let cert = tls::read_pem(&args.tls_cert).map_err(Failure::usage)?;
     let key = tls::read_pem(&args.tls_key).map_err(Failure::usage)?;
     let cert_name = args.tls_cert.display().to_string();
     let key_name = args.tls_key.display().to_string();
-    tls::server_config(&cert, &key, client_ca.as_deref(), (&cert_name, &key_name))
-        .map_err(Failure::usage)
+    let config = tls::server_config(&cert, &key, client_ca.as_deref(), (&cert_name, &key_name))
+        .map_err(Failure::usage)?;
+    Ok((config, None))
 }

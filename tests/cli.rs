@@ -1,0 +1,196 @@
+//! The binary's command line: `certs` output, and one-line exit-2 failures for bad
+//! flags, configs, certificates and snapshots.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn volguard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_volguard"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("binary runs")
+}
+
+/// Exit code 2 and exactly one line on stderr that contains `says`.
+fn assert_usage_failure(out: &Output, says: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+    assert!(lines[0].contains(says), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn certs_writes_a_ca_and_a_serving_cert_for_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = volguard(&[
+        "certs",
+        "--service",
+        "volguard",
+        "--namespace",
+        "volguard-system",
+        "--out",
+        out.to_str().unwrap(),
+        "--days",
+        "30",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ca = std::fs::read(out.join("ca.crt")).unwrap();
+    let cert = std::fs::read(out.join("tls.crt")).unwrap();
+    let key = std::fs::read(out.join("tls.key")).unwrap();
+    use base64::Engine;
+    let printed = String::from_utf8(o.stdout).unwrap();
+    let bundle = base64::engine::general_purpose::STANDARD
+        .decode(printed.trim())
+        .expect("caBundle is base64");
+    assert_eq!(bundle, ca, "the printed caBundle is ca.crt");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is private");
+    }
+    // The pair loads, and a client trusting ca.crt accepts it for every Service name.
+    volguard::tls::install_crypto_provider();
+    volguard::tls::server_config(&cert, &key, None, ("tls.crt", "tls.key")).expect("pair loads");
+    let ca_cert = volguard::tls::parse_certs(&ca, "ca").unwrap().remove(0);
+    let leaf = volguard::tls::parse_certs(&cert, "cert").unwrap().remove(0);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert).unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    use rustls::client::danger::ServerCertVerifier;
+    for name in [
+        "volguard",
+        "volguard.volguard-system",
+        "volguard.volguard-system.svc",
+        "volguard.volguard-system.svc.cluster.local",
+        "localhost",
+        "127.0.0.1",
+    ] {
+        let server_name = rustls_pki_types::ServerName::try_from(name).unwrap();
+        verifier
+            .verify_server_cert(
+                &leaf,
+                &[],
+                &server_name,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn broken_config_exits_2_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("unknown.yaml", "annotationPrefx: x.io\n", "annotationPrefx"),
+        (
+            "template.yaml",
+            "drivers:\n  - name: b\n    resourceTemplate: volumes.example.com/x\n",
+            "drivers[0].resourceTemplate",
+        ),
+        (
+            "negative.yaml",
+            "drivers:\n  - name: l\n    csiDriver: l.csi\n    attachLimit:\n      default: -2\n",
+            "drivers[0].attachLimit.default",
+        ),
+        ("notyaml.yaml", "drivers: [\n", "notyaml.yaml"),
+        ("onerror.yaml", "onError: maybe\n", "onerror.yaml"),
+    ];
+    for (file, text, says) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let out = volguard(&[
+            "serve",
+            "--self-signed",
+            "--snapshot",
+            common::repo("examples/cluster").to_str().unwrap(),
+            "--config",
+            path.to_str().unwrap(),
+        ]);
+        assert_usage_failure(&out, says);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(file),
+            "names the file"
+        );
+    }
+    let out = volguard(&["serve", "--config", "/nonexistent/volguard.yaml"]);
+    assert_usage_failure(&out, "/nonexistent/volguard.yaml");
+}
+
+#[test]
+fn missing_or_broken_certificates_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = common::repo("examples/cluster");
+    let out = volguard(&[
+        "serve",
+        "--snapshot",
+        snapshot.to_str().unwrap(),
+        "--tls-cert",
+        dir.path().join("missing.crt").to_str().unwrap(),
+    ]);
+    assert_usage_failure(&out, "missing.crt");
+    let bad = dir.path().join("bad.crt");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let out = volguard(&[
+        "serve",
+        "--snapshot",
+        snapshot.to_str().unwrap(),
+        "--tls-cert",
+        bad.to_str().unwrap(),
+        "--tls-key",
+        bad.to_str().unwrap(),
+    ]);
+    assert_usage_failure(&out, "bad.crt");
+}
+
+#[test]
+fn broken_snapshot_exits_2_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nodes.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: [oops\n",
+    )
+    .unwrap();
+    let out = volguard(&[
+        "serve",
+        "--self-signed",
+        "--snapshot",
+        file.to_str().unwrap(),
+    ]);
+    assert_usage_failure(&out, "nodes.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: 7\nstatus: {allocatable: 3}\n",
+    )
+    .unwrap();
+    let out = volguard(&[
+        "serve",
+        "--self-signed",
+        "--snapshot",
+        file.to_str().unwrap(),
+    ]);
+    assert_usage_failure(&out, "invalid Node");
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    let out = volguard(&["serve", "--listen", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = volguard(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
