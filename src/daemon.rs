@@ -43,7 +43,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     };
     if let Some(ca) = generated_ca {
         print!("{ca}");
-        tracing::info!("self-signed: the CA certificate is on stdout; save it for curl --cacert");
+        tracing::info!(
+            "self-signed: the CA certificate is on stdout; with it saved as ca.pem: curl --cacert ca.pem https://localhost:{}/readyz",
+            args.listen.port()
+        );
     }
     let app = App {
         config,
