@@ -20,27 +20,26 @@ use crate::{
 pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let config = Arc::new(Config::load(args.config.as_deref()).map_err(Failure::usage)?);
     let drivers = Arc::new(Drivers::new(&config));
-    let empty = ClusterState::new(config.clone(), drivers);
+    let mut state = ClusterState::new(config.clone(), drivers);
     let (tls_config, generated_ca) = server_tls(&args)?;
-    let state = match &args.snapshot {
+    match &args.snapshot {
         Some(path) => {
-            let snap = snapshot::load(path).map_err(Failure::usage)?;
-            if !snap.skipped.is_empty() {
+            let (objects, skipped) =
+                snapshot::load_into(path, &mut state).map_err(Failure::usage)?;
+            if !skipped.is_empty() {
                 tracing::info!(
-                    count = snap.skipped.len(),
+                    count = skipped.len(),
                     "snapshot documents of kinds volguard does not read were skipped"
                 );
             }
-            let state = snapshot::into_state(&snap, empty);
-            tracing::info!(path = %path.display(), objects = snap.objects.len(), "cluster state loaded from snapshot");
-            state
+            tracing::info!(path = %path.display(), objects, "cluster state loaded from snapshot");
         }
         None => {
             return Err(Failure::usage(
                 "no --snapshot given and live API watching is not available in this build: pass --snapshot PATH",
             ));
         }
-    };
+    }
     if let Some(ca) = generated_ca {
         print!("{ca}");
         tracing::info!(

@@ -26,23 +26,29 @@ pub struct Snapshot {
     pub skipped: Vec<String>,
 }
 
-/// Reads a snapshot file or directory.
+/// Reads a snapshot file or directory into memory.
 pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
-    let mut snapshot = Snapshot::default();
-    for file in files(path)? {
-        let name = file.display().to_string();
-        let fail = |message: String| SnapshotError {
-            file: name.clone(),
-            message,
-        };
-        let text = std::fs::read_to_string(&file).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let docs = parse_documents(&text, is_json(&file)).map_err(fail)?;
-        for (i, doc) in docs.into_iter().enumerate() {
-            add_document(doc, &mut snapshot)
-                .map_err(|m| fail(format!("document {}: {m}", i + 1)))?;
-        }
+    let mut objects = Vec::new();
+    let skipped = read(path, &mut |o| objects.push(o))?;
+    Ok(Snapshot { objects, skipped })
+}
+
+/// Streams a snapshot straight into `state`, one object at a time, so a large cluster
+/// never sits in memory as full objects; then marks every kind synced. Returns the
+/// number of objects applied and the kinds skipped.
+pub fn load_into(
+    path: &Path,
+    state: &mut ClusterState,
+) -> Result<(usize, Vec<String>), SnapshotError> {
+    let mut applied = 0;
+    let skipped = read(path, &mut |o| {
+        state.apply(&o);
+        applied += 1;
+    })?;
+    for k in Kind::ALL {
+        state.mark_synced(k);
     }
-    Ok(snapshot)
+    Ok((applied, skipped))
 }
 
 /// Builds a synced state from a snapshot's objects.
@@ -54,6 +60,26 @@ pub fn into_state(snapshot: &Snapshot, mut state: ClusterState) -> ClusterState 
         state.mark_synced(k);
     }
     state
+}
+
+/// Hands every object of the snapshot to `each`; returns the kinds it skipped.
+fn read(path: &Path, each: &mut dyn FnMut(ClusterObject)) -> Result<Vec<String>, SnapshotError> {
+    let mut skipped = Vec::new();
+    for file in files(path)? {
+        let name = file.display().to_string();
+        let fail = |message: String| SnapshotError {
+            file: name.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let mut index = 0;
+        for_each_document(&text, is_json(&file), &mut |doc| {
+            index += 1;
+            add_document(doc, each, &mut skipped).map_err(|m| format!("document {index}: {m}"))
+        })
+        .map_err(fail)?;
+    }
+    Ok(skipped)
 }
 
 fn files(path: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
@@ -88,28 +114,39 @@ fn is_json(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "json")
 }
 
-/// Splits a file into documents; YAML may hold several separated by `---`.
+/// Splits a file into documents; YAML may hold several separated by `---`, JSON may be
+/// several concatenated values.
 pub fn parse_documents(text: &str, json: bool) -> Result<Vec<Value>, String> {
-    if json {
-        let mut docs = Vec::new();
-        for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-            docs.push(doc.map_err(|e| format!("invalid JSON: {e}"))?);
-        }
-        return Ok(docs);
-    }
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
-        format!(
-            "invalid YAML: {}",
-            e.to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        )
+    let mut docs = Vec::new();
+    for_each_document(text, json, &mut |d| {
+        docs.push(d);
+        Ok(())
     })?;
-    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+    Ok(docs)
 }
 
-fn add_document(doc: Value, snapshot: &mut Snapshot) -> Result<(), String> {
+/// Hands each non-empty document of a file to `each`; JSON is streamed document by document.
+fn for_each_document(
+    text: &str,
+    json: bool,
+    each: &mut dyn FnMut(Value) -> Result<(), String>,
+) -> Result<(), String> {
+    if json {
+        for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            each(doc.map_err(|e| format!("invalid JSON: {e}"))?)?;
+        }
+        return Ok(());
+    }
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+        .map_err(|e| format!("invalid YAML: {}", crate::config::one_line(&e.to_string())))?;
+    docs.into_iter().filter(|d| !d.is_null()).try_for_each(each)
+}
+
+fn add_document(
+    doc: Value,
+    each: &mut dyn FnMut(ClusterObject),
+    skipped: &mut Vec<String>,
+) -> Result<(), String> {
     let kind = doc
         .get("kind")
         .and_then(Value::as_str)
@@ -125,13 +162,13 @@ fn add_document(doc: Value, snapshot: &mut Snapshot) -> Result<(), String> {
                 obj.entry("kind")
                     .or_insert_with(|| Value::String(k.to_owned()));
             }
-            add_document(item, snapshot).map_err(|m| format!("item {}: {m}", i + 1))?;
+            add_document(item, each, skipped).map_err(|m| format!("item {}: {m}", i + 1))?;
         }
         return Ok(());
     }
     match ClusterObject::from_value(doc) {
-        Ok(o) => snapshot.objects.push(o),
-        Err(crate::cluster::objects::ObjectError::UnknownKind(k)) => snapshot.skipped.push(k),
+        Ok(o) => each(o),
+        Err(crate::cluster::objects::ObjectError::UnknownKind(k)) => skipped.push(k),
         Err(e) => return Err(e.to_string()),
     }
     Ok(())

@@ -1,0 +1,131 @@
+//! Writes the inputs of `scripts/loadtest.sh` into a directory: the large synthetic
+//! cluster as a snapshot, a realistic 6 KB AdmissionReview (3 containers, 2 managed
+//! volumes), and a 5,000-node ExtenderArgs (nodeCacheCapable) for a pod with 2 volumes.
+//!
+//! `cargo run --release --example loadtest_data -- DIR [nodes pods volumes]`
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::PathBuf,
+};
+
+use serde_json::{Value, json};
+use volguard::synthetic::{self, Size};
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(dir) = args.first().map(PathBuf::from) else {
+        eprintln!("usage: loadtest_data DIR [nodes pods volumes]");
+        std::process::exit(2);
+    };
+    let n = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let size = Size {
+        nodes: n(1, Size::LARGE.nodes),
+        pods: n(2, Size::LARGE.pods),
+        volumes: n(3, Size::LARGE.volumes),
+    };
+    std::fs::create_dir_all(&dir)?;
+
+    let mut snap = BufWriter::new(File::create(dir.join("snapshot.json"))?);
+    for doc in synthetic::documents(size).chain(synthetic::fresh_volumes(2)) {
+        serde_json::to_writer(&mut snap, &doc)?;
+        snap.write_all(b"\n")?;
+    }
+    snap.flush()?;
+
+    let review = admission_review(synthetic::pending_pod(2));
+    std::fs::write(dir.join("mutate.json"), serde_json::to_vec(&review)?)?;
+
+    let names: Vec<String> = (0..size.nodes).map(synthetic::node_name).collect();
+    let args = json!({"Pod": synthetic::pending_pod(2), "Nodes": null, "NodeNames": names});
+    std::fs::write(dir.join("filter.json"), serde_json::to_vec(&args)?)?;
+    eprintln!(
+        "wrote {}: snapshot.json ({} nodes, {} pods, {} volumes), mutate.json, filter.json",
+        dir.display(),
+        size.nodes,
+        size.pods,
+        size.volumes
+    );
+    Ok(())
+}
+
+/// A CREATE review of `pod` dressed the way the apiserver sends a real Deployment's pod:
+/// three containers with env, ports and probes, defaulted fields, the service-account volume.
+fn admission_review(mut pod: Value) -> Value {
+    let app = pod["spec"]["containers"][0].clone();
+    let mut containers = vec![app];
+    for name in ["log-shipper", "metrics-exporter"] {
+        containers
+            .push(json!({"name": name, "image": format!("registry.example.com/{name}:1.4.2")}));
+    }
+    for c in &mut containers {
+        let c = c.as_object_mut().expect("container");
+        c.insert("env".into(), json!((0..11).map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-{i}-for-a-realistic-environment")})).collect::<Vec<_>>()));
+        c.insert(
+            "ports".into(),
+            json!([{"containerPort": 8080, "name": "http", "protocol": "TCP"}]),
+        );
+        c.insert(
+            "terminationMessagePath".into(),
+            "/dev/termination-log".into(),
+        );
+        c.insert("terminationMessagePolicy".into(), "File".into());
+        c.insert("imagePullPolicy".into(), "IfNotPresent".into());
+        let mounts = c.entry("volumeMounts").or_insert_with(|| json!([]));
+        mounts.as_array_mut().expect("mounts").push(json!({
+            "name": "kube-api-access-x7k2p", "readOnly": true,
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"
+        }));
+    }
+    pod["spec"]["containers"] = containers.into();
+    pod["spec"]["volumes"].as_array_mut().expect("volumes").push(json!({
+        "name": "kube-api-access-x7k2p",
+        "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+        ]}
+    }));
+    for (k, v) in [
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("restartPolicy", json!("Always")),
+        ("schedulerName", json!("default-scheduler")),
+        ("securityContext", json!({})),
+        ("serviceAccountName", json!("default")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("enableServiceLinks", json!(true)),
+        ("preemptionPolicy", json!("PreemptLowerPriority")),
+        ("priority", json!(0)),
+        (
+            "tolerations",
+            json!([
+                {"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300},
+                {"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists", "tolerationSeconds": 300}
+            ]),
+        ),
+    ] {
+        pod["spec"][k] = v;
+    }
+    pod["metadata"]["labels"] = json!({"app": "bench", "pod-template-hash": "7d9f8c6b5"});
+    pod["metadata"]["generateName"] = "bench-7d9f8c6b5-".into();
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "bench-7d9f8c6b5",
+        "uid": "3c1e8a4f-2b7d-4f0e-9a61-5d2c8b7e4f10", "controller": true, "blockOwnerDeletion": true}]);
+    pod.as_object_mut().expect("pod").remove("status");
+    json!({
+        "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": "b7c0d7a2-3e1f-4a5b-8c9d-0e1f2a3b4c5d",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": "", "namespace": "bench", "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
+                         "uid": "5d6c1c1e-8e57-4bde-9f3a-2b2f8f1e0a11",
+                         "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]},
+            "object": pod, "oldObject": null, "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+        }
+    })
+}
