@@ -21,15 +21,14 @@ fn main() {
     let tls =
         volguard::tls::server_config(&read(cert), &read(key), None, (cert, key)).expect("tls");
     let (mutate, filter) = (Bytes::from(read(mutate)), Bytes::from(read(filter)));
-    let json = [(header::CONTENT_TYPE, "application/json")];
     let router = Router::new()
         .route(
             "/mutate",
-            post(move |_body: Bytes| async move { (json, mutate) }),
+            post(move |_body: Bytes| constant(mutate.clone())),
         )
         .route(
             "/filter",
-            post(move |_body: Bytes| async move { (json, filter) }),
+            post(move |_body: Bytes| constant(filter.clone())),
         )
         .layer(DefaultBodyLimit::max(128 << 20));
     tokio::runtime::Runtime::new()
@@ -41,4 +40,9 @@ fn main() {
                 .await
                 .expect("serve");
         });
+}
+
+/// The fixed answer, as JSON.
+async fn constant(body: Bytes) -> impl axum::response::IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
