@@ -1,7 +1,7 @@
 //! The command line: flags (each also a `VOLGUARD_*` variable), dispatch, and the rule
 //! that every failure is one line on stderr with a meaningful exit code.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -64,6 +64,43 @@ pub struct ServeArgs {
     /// Generate an in-memory certificate and print its CA on stdout, instead of reading files.
     #[arg(long, env = "VOLGUARD_SELF_SIGNED")]
     pub self_signed: bool,
+    /// How often the certificate and key files are checked for changes (0s: never).
+    #[arg(long, env = "VOLGUARD_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// After SIGTERM/SIGINT, keep accepting connections this long with /readyz failing.
+    #[arg(long, env = "VOLGUARD_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// Then give in-flight requests this long to finish (keep delay + timeout under the
+    /// pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "VOLGUARD_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Longest time for one HTTPS request, upload included; later: 503.
+    #[arg(long, env = "VOLGUARD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// HTTPS requests handled at the same time; more wait within their timeout.
+    #[arg(long, env = "VOLGUARD_MAX_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests: u32,
+    /// Open HTTPS connections; more are closed at once.
+    #[arg(long, env = "VOLGUARD_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+}
+
+/// Parses `500ms`, `10s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
 }
 
 /// Flags of `volguard certs`.
@@ -179,4 +216,21 @@ fn write_private(path: &std::path::Path, data: &[u8], secret: bool) -> std::io::
         options.mode(0o600);
     }
     options.open(path)?.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_or_as_seconds() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "1h", "-1s", "1.5s", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

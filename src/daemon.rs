@@ -1,10 +1,12 @@
-//! `volguard serve`: load config and cluster state, build TLS, and run the TLS and
-//! plain listeners until the process is told to stop.
+//! `volguard serve`: load config and cluster state, build TLS (hot-reloaded from files),
+//! and run the TLS and plain listeners until a stop signal drains them.
 
 use std::{
     process::ExitCode,
     sync::{Arc, RwLock},
 };
+
+use axum_server::tls_rustls::RustlsConfig;
 
 use crate::{
     certs,
@@ -12,16 +14,28 @@ use crate::{
     cluster::ClusterState,
     config::Config,
     drivers::Drivers,
-    server::{self, App},
+    limits::Limits,
+    reload::{CertFiles, Loaded, Pair, Reloader},
+    server::App,
+    shutdown::{self, Drain, StopSignals},
     snapshot, tls,
 };
 
-/// Runs the server; returns only on a startup failure or when both listeners end.
+/// Where the serving certificate came from.
+enum Source {
+    /// Files, watched for changes; with the pair now served.
+    Files(CertFiles, Pair),
+    /// `--self-signed`: generated in memory; with its CA (PEM) for the operator.
+    Generated(String),
+}
+
+/// Runs the server; returns on a startup or listener failure, or after a stop signal
+/// drained it.
 pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let config = Arc::new(Config::load(args.config.as_deref()).map_err(Failure::usage)?);
     let drivers = Arc::new(Drivers::new(&config));
     let mut state = ClusterState::new(config.clone(), drivers);
-    let (tls_config, generated_ca) = server_tls(&args)?;
+    let (serving, source) = serving_tls(&args)?;
     match &args.snapshot {
         Some(path) => {
             let (objects, skipped) =
@@ -40,37 +54,53 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
             ));
         }
     }
-    if let Some(ca) = generated_ca {
+    if let Source::Generated(ca) = &source {
         print!("{ca}");
         tracing::info!(
             "self-signed: the CA certificate is on stdout; with it saved as ca.pem: curl --cacert ca.pem https://localhost:{}/readyz",
             args.listen.port()
         );
     }
-    let app = App {
-        config,
-        cluster: Arc::new(RwLock::new(state)),
+    let mut app = App::new(config, Arc::new(RwLock::new(state)));
+    app.limits = Limits {
+        request_timeout: args.request_timeout,
+        max_requests: args.max_requests as usize,
+        max_connections: args.max_connections as usize,
+        ..Limits::default()
+    };
+    app.metrics.certificate_in_use(serving.not_after);
+    let drain = Drain {
+        delay: args.shutdown_delay,
+        timeout: args.shutdown_timeout,
     };
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls_config));
-        let router = server::router(app.clone());
-        tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "serving");
-        let listener = std::net::TcpListener::bind(args.listen)
-            .map_err(|e| Failure::runtime(format!("{}: {e}", args.listen)))?;
-        let https = server::serve_tls(listener, tls, router, axum_server::Handle::new());
-        let plain = server::serve_plain(args.metrics_listen, app);
-        tokio::select! {
-            r = https => r.map_err(|e| Failure::runtime(format!("{}: {e}", args.listen))),
-            r = plain => r.map_err(|e| Failure::runtime(format!("{}: {e}", args.metrics_listen))),
+        let signals = StopSignals::install()
+            .map_err(|e| Failure::runtime(format!("cannot catch stop signals: {e}")))?;
+        let tls = RustlsConfig::from_config(Arc::new(serving.config));
+        if let Source::Files(files, pair) = source
+            && !args.tls_reload_interval.is_zero()
+        {
+            let reloader = Reloader::new(files, pair, tls.clone(), app.metrics.clone());
+            tokio::spawn(reloader.run(args.tls_reload_interval));
         }
+        let bind = |addr| {
+            std::net::TcpListener::bind(addr).map_err(|e| Failure::runtime(format!("{addr}: {e}")))
+        };
+        let listener = bind(args.listen)?;
+        let plain = bind(args.metrics_listen)?;
+        tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "serving");
+        shutdown::serve_until_stopped(app, listener, plain, tls, drain, signals)
+            .await
+            .map_err(Failure::runtime)
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The TLS server config from files, or from a generated bundle (with its CA PEM).
-fn server_tls(args: &ServeArgs) -> Result<(rustls::ServerConfig, Option<String>), Failure> {
+/// The serving certificate from files (which the reloader then watches), or from a
+/// generated bundle.
+fn serving_tls(args: &ServeArgs) -> Result<(Loaded, Source), Failure> {
     let client_ca = match &args.client_ca {
         Some(p) => Some(tls::read_pem(p).map_err(Failure::usage)?),
         None => None,
@@ -78,20 +108,24 @@ fn server_tls(args: &ServeArgs) -> Result<(rustls::ServerConfig, Option<String>)
     if args.self_signed {
         let bundle = certs::generate(&certs::service_names("volguard", "volguard-system"), 30)
             .map_err(|e| Failure::runtime(format!("cannot generate a certificate: {e}")))?;
+        let names = ("generated certificate", "generated key");
         let config = tls::server_config(
             bundle.cert_pem.as_bytes(),
             bundle.key_pem.as_bytes(),
             client_ca.as_deref(),
-            ("generated certificate", "generated key"),
+            names,
         )
         .map_err(Failure::usage)?;
-        return Ok((config, Some(bundle.ca_pem)));
+        let not_after =
+            tls::not_after(bundle.cert_pem.as_bytes(), names.0).map_err(Failure::usage)?;
+        return Ok((Loaded { config, not_after }, Source::Generated(bundle.ca_pem)));
     }
-    let cert = tls::read_pem(&args.tls_cert).map_err(Failure::usage)?;
-    let key = tls::read_pem(&args.tls_key).map_err(Failure::usage)?;
-    let cert_name = args.tls_cert.display().to_string();
-    let key_name = args.tls_key.display().to_string();
-    let config = tls::server_config(&cert, &key, client_ca.as_deref(), (&cert_name, &key_name))
-        .map_err(Failure::usage)?;
-    Ok((config, None))
+    let files = CertFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        client_ca,
+    };
+    let pair = files.read().map_err(Failure::usage)?;
+    let loaded = files.build(&pair).map_err(Failure::usage)?;
+    Ok((loaded, Source::Files(files, pair)))
 }

@@ -1,13 +1,21 @@
 //! The HTTP adapters: the TLS router (webhook, health) and the plain metrics/health
 //! listener, over the shared application state.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use axum::{
     Json, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, State},
     http::{StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -16,6 +24,8 @@ use crate::{
     admission::{self, Decision},
     cluster::SharedState,
     config::Config,
+    limits::{self, ConnectionSlots, Limits},
+    metrics::{self, Metrics},
 };
 
 /// Largest AdmissionReview accepted: the apiserver caps objects far below this.
@@ -28,16 +38,49 @@ pub struct App {
     pub config: Arc<Config>,
     /// The cluster-state model.
     pub cluster: SharedState,
+    /// The Prometheus families, moved by handlers and middleware.
+    pub metrics: Arc<Metrics>,
+    /// Request and connection limits of the TLS listener.
+    pub limits: Limits,
+    /// Set once a stop signal arrived: readiness fails while in-flight requests finish.
+    pub draining: Arc<AtomicBool>,
 }
 
-/// The router served over TLS.
+impl App {
+    /// An app with fresh metrics, default limits, not draining.
+    pub fn new(config: Arc<Config>, cluster: SharedState) -> Self {
+        let metrics = Metrics::new();
+        metrics.expect_drivers(config.drivers.iter().map(|d| d.name.as_str()));
+        App {
+            config,
+            cluster,
+            metrics: Arc::new(metrics),
+            limits: Limits::default(),
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The router served over TLS, with its limits and request metrics.
 pub fn router(app: App) -> Router {
+    let limits = app.limits;
     Router::new()
         .route(
             "/mutate",
             post(mutate).layer(DefaultBodyLimit::max(MUTATE_BODY_LIMIT)),
         )
         .merge(health_routes())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_requests,
+        ))
+        .layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            limits::deadline,
+        ))
+        .layer(middleware::from_fn_with_state(
+            app.metrics.clone(),
+            metrics::track,
+        ))
         .with_state(app)
 }
 
@@ -49,6 +92,9 @@ pub fn health_routes() -> Router<App> {
 }
 
 async fn readyz(State(app): State<App>) -> Response {
+    if app.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
     let unsynced = app.cluster.read().map(|s| s.unsynced()).unwrap_or_default();
     if unsynced.is_empty() {
         "ok".into_response()
@@ -93,28 +139,68 @@ async fn mutate(State(app): State<App>, body: Bytes) -> Response {
             }
         }
     };
-    if let Decision::Trouble(why) = &decision {
-        tracing::warn!(uid = %req.uid, namespace = ?req.namespace, name = %req.name, "webhook trouble: {why}");
+    match &decision {
+        Decision::Trouble(why) => {
+            tracing::warn!(uid = %req.uid, namespace = ?req.namespace, name = %req.name, "webhook trouble: {why}");
+        }
+        Decision::Mutated { mutation, .. } if !mutation.patch.0.is_empty() => {
+            app.metrics.pod_mutated(&mutation.drivers);
+        }
+        _ => {}
     }
     Json(admission::respond(&req, decision, &app.config)).into_response()
 }
 
-/// Serves `router` over TLS on an already bound listener until `handle` shuts it down.
+/// Serves the TLS router of `app` on an already bound listener until `handle` shuts it
+/// down, within the app's connection limit and with a deadline for request heads.
 pub async fn serve_tls(
     listener: std::net::TcpListener,
     tls: axum_server::tls_rustls::RustlsConfig,
-    router: Router,
+    app: App,
     handle: axum_server::Handle<SocketAddr>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    axum_server::from_tcp_rustls(listener, tls)?
+    let slots = ConnectionSlots::new(app.limits.max_connections, app.metrics.clone());
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(slots);
+    let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor);
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(app.limits.request_timeout);
+    server
         .handle(handle)
-        .serve(router.into_make_service())
+        .serve(router(app).into_make_service())
         .await
 }
 
-/// Serves the plain-HTTP health listener until the process stops.
-pub async fn serve_plain(addr: SocketAddr, app: App) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, health_routes().with_state(app)).await
+/// Serves `/metrics`, `/healthz` and `/readyz` in plain HTTP on an already bound
+/// listener until `stop` resolves.
+pub async fn serve_plain(
+    listener: std::net::TcpListener,
+    app: App,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let routes = health_routes()
+        .route("/metrics", get(scrape))
+        .with_state(app);
+    axum::serve(listener, routes)
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+async fn scrape(State(app): State<App>) -> Response {
+    if let Ok(state) = app.cluster.read() {
+        app.metrics.observe_cache(&state);
+    }
+    match app.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}\n"),
+        )
+            .into_response(),
+    }
 }

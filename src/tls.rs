@@ -89,3 +89,31 @@ fn client_verifier(
         .build()
         .map_err(|e| err("client CA", e))
 }
+
+/// The notAfter (Unix seconds) of the first certificate in a PEM chain: the serving
+/// certificate, whose expiry operators alert on.
+pub fn not_after(cert_pem: &[u8], what: &str) -> Result<i64, TlsError> {
+    let certs = parse_certs(cert_pem, what)?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(certs[0].as_ref())
+        .map_err(|e| err(what, format!("not an X.509 certificate: {e}")))?;
+    Ok(leaf.validity().not_after.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_after_reads_the_leaf_validity() {
+        let bundle = crate::certs::generate(&["localhost".to_owned()], 3).unwrap();
+        let got = not_after(bundle.cert_pem.as_bytes(), "tls.crt").unwrap();
+        let want = (time::OffsetDateTime::now_utc() + time::Duration::days(3)).unix_timestamp();
+        assert!((want - 3600..=want).contains(&got), "{got} vs {want}");
+        let broken = not_after(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "tls.crt",
+        )
+        .unwrap_err();
+        assert!(broken.to_string().starts_with("tls.crt: "), "{broken}");
+    }
+}

@@ -2,12 +2,15 @@
 //! its generated CA, and the shipped example cluster.
 #![allow(dead_code)]
 
+pub mod openmetrics;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
 };
 
+use axum_server::tls_rustls::RustlsConfig;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, body::Bytes};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
@@ -50,12 +53,16 @@ type HttpsClient = Client<
 
 /// The server under test and a client for it.
 pub struct TestServer {
-    /// Where it listens.
+    /// Where the TLS listener is.
     pub addr: SocketAddr,
+    /// Where the plain listener (/metrics, /healthz, /readyz) is.
+    pub metrics_addr: SocketAddr,
     /// The CA that signed its certificate.
     pub ca_pem: String,
     /// Its application state, to change the cluster between requests.
     pub app: App,
+    /// Its TLS config, to swap certificates.
+    pub tls: RustlsConfig,
     client: HttpsClient,
 }
 
@@ -69,37 +76,70 @@ impl TestServer {
 
     /// Starts the real router over TLS with the given config and state.
     pub async fn start(config: Config, state: ClusterState) -> Self {
-        tls::install_crypto_provider();
         let bundle =
             certs::generate(&["localhost".to_owned(), "127.0.0.1".to_owned()], 1).expect("certs");
+        let app = App::new(Arc::new(config), Arc::new(RwLock::new(state)));
+        Self::launch(app, &bundle, None).await
+    }
+
+    /// Serves `app` over TLS with `bundle`'s certificate, requiring client certificates
+    /// signed by `client_ca_pem` when given, plus the plain listener.
+    pub async fn launch(app: App, bundle: &certs::CertBundle, client_ca_pem: Option<&str>) -> Self {
+        tls::install_crypto_provider();
         let server_config = tls::server_config(
             bundle.cert_pem.as_bytes(),
             bundle.key_pem.as_bytes(),
-            None,
+            client_ca_pem.map(str::as_bytes),
             ("cert", "key"),
         )
         .expect("tls config");
-        let app = App {
-            config: Arc::new(config),
-            cluster: Arc::new(RwLock::new(state)),
-        };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server_config));
-        let router = server::router(app.clone());
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let metrics_addr = plain.local_addr().expect("addr");
+        let tls = RustlsConfig::from_config(Arc::new(server_config));
         tokio::spawn(server::serve_tls(
             listener,
-            tls,
-            router,
+            tls.clone(),
+            app.clone(),
             axum_server::Handle::new(),
+        ));
+        tokio::spawn(server::serve_plain(
+            plain,
+            app.clone(),
+            std::future::pending(),
         ));
         let client = client_for(&bundle.ca_pem);
         TestServer {
             addr,
-            ca_pem: bundle.ca_pem,
+            metrics_addr,
+            ca_pem: bundle.ca_pem.clone(),
             app,
+            tls,
             client,
         }
+    }
+
+    /// GETs a path from the plain listener; returns status, content type and body.
+    pub async fn get_plain(&self, path: &str) -> (StatusCode, String, String) {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let req = Request::get(format!("http://{}{path}", self.metrics_addr))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = client.request(req).await.expect("plain request");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
     }
 
     /// POSTs a JSON body over TLS; returns status and body.
@@ -129,22 +169,42 @@ impl TestServer {
 
 /// A keep-alive HTTPS client trusting only `ca_pem`.
 pub fn client_for(ca_pem: &str) -> HttpsClient {
+    client_with(ca_pem, None)
+}
+
+/// A keep-alive HTTPS client trusting only `ca_pem`, presenting `identity`
+/// (certificate chain PEM, key PEM) when asked for a client certificate.
+pub fn client_with(ca_pem: &str, identity: Option<(&str, &str)>) -> HttpsClient {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_config(ca_pem, identity))
+        .https_only()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// A rustls client config trusting only `ca_pem`, with an optional client identity.
+pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for c in tls::parse_certs(ca_pem.as_bytes(), "ca").expect("ca") {
         roots.add(c).expect("root");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_only()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new()).build(connector)
+        .with_root_certificates(roots);
+    match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+            let chain = tls::parse_certs(cert.as_bytes(), "client cert").expect("client cert");
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client identity")
+        }
+    }
 }
 
 /// Reads a YAML or JSON file of the repository into JSON.

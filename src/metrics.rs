@@ -1,0 +1,377 @@
+//! Prometheus metrics served on the plain listener's `/metrics`: what operators alert on
+//! (errors, latency, certificate expiry, cache health) and what volguard did (pods
+//! mutated, nodes failed). Counters move where things happen; cache gauges and the
+//! certificate countdown are computed at scrape time, so nothing polls in the background.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::StatusCode,
+    middleware::Next,
+    response::Response,
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::cluster::ClusterState;
+
+/// The content type of a `/metrics` answer (OpenMetrics text).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latency buckets in seconds: sub-millisecond verdicts up to the scheduler's 5 s timeout.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// `i64::MIN` stands for "no serving certificate known" (the gauge is then left at 0).
+const UNKNOWN: i64 = i64::MIN;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriverLabels {
+    driver: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Every metric family volguard exports, registered once per process.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    pods_mutated: Family<DriverLabels, Counter>,
+    nodes_failed: Family<ReasonLabels, Counter>,
+    cache_objects: Family<KindLabels, Gauge>,
+    cache_ready: Gauge,
+    certificate_expiry: Gauge,
+    certificate_not_after: AtomicI64,
+    certificate_reloads: Counter,
+    certificate_reload_failures: Counter,
+    connections_refused: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered under the `volguard_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("volguard");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTPS requests by endpoint (matched route) and outcome",
+            requests.clone(),
+        );
+        let latency = Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request head to response head, by endpoint",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let pods_mutated = Family::<DriverLabels, Counter>::default();
+        registry.register(
+            "pods_mutated",
+            "Pods the webhook patched, by managed driver",
+            pods_mutated.clone(),
+        );
+        let nodes_failed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "nodes_failed",
+            "Nodes the extender filtered out, by kind of reason",
+            nodes_failed.clone(),
+        );
+        let cache_objects = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "cache_objects",
+            "Objects in the cluster-state cache, by kind",
+            cache_objects.clone(),
+        );
+        let cache_ready = Gauge::default();
+        registry.register(
+            "cache_ready",
+            "1 once every cached kind has been listed, else 0",
+            cache_ready.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register_with_unit(
+            "certificate_expiry",
+            "Seconds until the serving certificate in use expires (negative: expired)",
+            Unit::Seconds,
+            certificate_expiry.clone(),
+        );
+        let certificate_reloads = Counter::default();
+        registry.register(
+            "certificate_reloads",
+            "Serving certificates taken into use after the files changed",
+            certificate_reloads.clone(),
+        );
+        let certificate_reload_failures = Counter::default();
+        registry.register(
+            "certificate_reload_failures",
+            "Changed certificate files refused (unreadable or broken pair); the old one stays",
+            certificate_reload_failures.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "TLS connections closed at once because the connection limit was reached",
+            connections_refused.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            pods_mutated,
+            nodes_failed,
+            cache_objects,
+            cache_ready,
+            certificate_expiry,
+            certificate_not_after: AtomicI64::new(UNKNOWN),
+            certificate_reloads,
+            certificate_reload_failures,
+            connections_refused,
+        }
+    }
+
+    /// Counts one answered HTTPS request and its latency.
+    pub fn observe_request(&self, endpoint: &str, status: StatusCode, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_owned(),
+                outcome: outcome(status),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Exports 0 for every configured driver, so rates and alerts work before the first pod.
+    pub fn expect_drivers<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            let _ = self.pods_mutated.get_or_create(&DriverLabels {
+                driver: name.to_owned(),
+            });
+        }
+    }
+
+    /// Counts a pod the webhook patched, once per distinct managed driver it uses.
+    pub fn pod_mutated(&self, drivers: &[String]) {
+        let mut seen: Vec<&String> = drivers.iter().collect();
+        seen.sort();
+        seen.dedup();
+        for driver in seen {
+            self.pods_mutated
+                .get_or_create(&DriverLabels {
+                    driver: driver.clone(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts a node the extender filtered out; `reason` is a short fixed kind such as
+    /// `device_missing`, `driver_not_registered`, `volume_in_use` or `attach_limit`
+    /// (never the free-text message: label values must stay few).
+    pub fn node_failed(&self, reason: &str) {
+        self.nodes_failed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records the serving certificate in use by its notAfter (Unix seconds).
+    pub fn certificate_in_use(&self, not_after: i64) {
+        self.certificate_not_after
+            .store(not_after, Ordering::Relaxed);
+    }
+
+    /// Records a successful hot reload of a certificate valid until `not_after`.
+    pub fn certificate_reloaded(&self, not_after: i64) {
+        self.certificate_in_use(not_after);
+        self.certificate_reloads.inc();
+    }
+
+    /// Records changed certificate files that were refused.
+    pub fn certificate_reload_failed(&self) {
+        self.certificate_reload_failures.inc();
+    }
+
+    /// Records a connection closed by the connection limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Copies the cache's object counts and readiness into their gauges.
+    pub fn observe_cache(&self, state: &ClusterState) {
+        for (kind, count) in state.counts() {
+            self.cache_objects
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        self.cache_ready.set(i64::from(state.is_ready()));
+    }
+
+    /// The OpenMetrics text of every family, with the certificate countdown as of now.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let not_after = self.certificate_not_after.load(Ordering::Relaxed);
+        if not_after != UNKNOWN {
+            self.certificate_expiry
+                .set(not_after.saturating_sub(unix_now()));
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Middleware: counts every request by matched route and outcome, and times it.
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    metrics.observe_request(&endpoint, response.status(), start.elapsed());
+    response
+}
+
+/// A small fixed set of outcomes, so the label never explodes.
+fn outcome(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=399 => "ok",
+        400 | 422 => "bad_request",
+        413 => "too_large",
+        404 | 405 => "not_found",
+        503 => "unavailable",
+        400..=499 => "client_error",
+        _ => "error",
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample line `name{labels}` in `text`, if present.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == series).then(|| value.parse().ok())?
+        })
+    }
+
+    #[test]
+    fn node_failed_counts_by_reason_kind() {
+        let metrics = Metrics::new();
+        metrics.node_failed("attach_limit");
+        metrics.node_failed("attach_limit");
+        metrics.node_failed("driver_not_registered");
+        let text = metrics.encode().unwrap();
+        assert_eq!(
+            sample(
+                &text,
+                r#"volguard_nodes_failed_total{reason="attach_limit"}"#
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"volguard_nodes_failed_total{reason="driver_not_registered"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pod_mutated_counts_each_driver_once_per_pod() {
+        let metrics = Metrics::new();
+        metrics.pod_mutated(&["linode".into(), "brightbox".into(), "linode".into()]);
+        let text = metrics.encode().unwrap();
+        for driver in ["linode", "brightbox"] {
+            let series = format!(r#"volguard_pods_mutated_total{{driver="{driver}"}}"#);
+            assert_eq!(sample(&text, &series), Some(1.0), "{text}");
+        }
+    }
+
+    #[test]
+    fn outcomes_are_few_and_named() {
+        let cases = [
+            (200, "ok"),
+            (400, "bad_request"),
+            (413, "too_large"),
+            (404, "not_found"),
+            (503, "unavailable"),
+            (429, "client_error"),
+            (500, "error"),
+        ];
+        for (code, want) in cases {
+            assert_eq!(outcome(StatusCode::from_u16(code).unwrap()), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn certificate_expiry_counts_down_from_not_after() {
+        let metrics = Metrics::new();
+        let in_a_day = unix_now() + 86_400;
+        metrics.certificate_in_use(in_a_day);
+        let text = metrics.encode().unwrap();
+        let left = sample(&text, "volguard_certificate_expiry_seconds").expect("exported");
+        assert!((86_000.0..=86_400.0).contains(&left), "{left}");
+    }
+}

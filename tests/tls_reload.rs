@@ -1,0 +1,236 @@
+//! Certificate hot reload against a directory laid out like a kubelet Secret volume
+//! (`tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>/`), rotated the way the
+//! kubelet does it: a new timestamped directory, then an atomic rename of a fresh
+//! `..data` symlink over the old one. New connections must see the new certificate
+//! (compared by DER as the TLS client receives it); a broken pair must be refused and
+//! the old certificate kept.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use common::{TestServer, example_config, example_state, openmetrics};
+use rustls_pki_types::CertificateDer;
+use volguard::{
+    certs::{self, CertBundle},
+    reload::{CertFiles, Check, Reloader},
+    server::App,
+    tls,
+};
+
+/// A Secret volume directory with the kubelet's atomic-writer layout.
+struct SecretVolume {
+    dir: tempfile::TempDir,
+    generation: u32,
+}
+
+impl SecretVolume {
+    fn new(cert: &str, key: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut volume = SecretVolume { dir, generation: 0 };
+        let first = volume.write_generation(cert, key);
+        std::os::unix::fs::symlink(&first, volume.path("..data")).unwrap();
+        for file in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(Path::new("..data").join(file), volume.path(file)).unwrap();
+        }
+        volume
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes the files into a new timestamped directory; returns its name.
+    fn write_generation(&mut self, cert: &str, key: &str) -> String {
+        self.generation += 1;
+        let name = format!(
+            "..2026_11_21_12_{:02}_00.{:03}",
+            self.generation,
+            100 + self.generation
+        );
+        std::fs::create_dir(self.path(&name)).unwrap();
+        std::fs::write(self.path(&name).join("tls.crt"), cert).unwrap();
+        std::fs::write(self.path(&name).join("tls.key"), key).unwrap();
+        name
+    }
+
+    /// The kubelet's update: new directory, `..data_tmp` symlink, rename over `..data`,
+    /// remove the old directory.
+    fn rotate(&mut self, cert: &str, key: &str) {
+        let old = std::fs::read_link(self.path("..data")).unwrap();
+        let new = self.write_generation(cert, key);
+        std::os::unix::fs::symlink(&new, self.path("..data_tmp")).unwrap();
+        std::fs::rename(self.path("..data_tmp"), self.path("..data")).unwrap();
+        std::fs::remove_dir_all(self.dir.path().join(old)).unwrap();
+    }
+
+    fn files(&self) -> CertFiles {
+        CertFiles {
+            cert: self.path("tls.crt"),
+            key: self.path("tls.key"),
+            client_ca: None,
+        }
+    }
+}
+
+fn bundle(days: u32) -> CertBundle {
+    certs::generate(&["localhost".to_owned()], days).unwrap()
+}
+
+fn der(bundle: &CertBundle) -> CertificateDer<'static> {
+    tls::parse_certs(bundle.cert_pem.as_bytes(), "cert").unwrap()[0].clone()
+}
+
+/// The leaf certificate a brand-new TLS connection is served, trusting every CA in
+/// `cas` (the bundles' CAs differ).
+async fn served_on_new_connection(addr: SocketAddr, cas: &str) -> CertificateDer<'static> {
+    let config = Arc::new(common::client_config(cas, None));
+    tokio::task::spawn_blocking(move || {
+        let mut conn =
+            rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).expect("handshake");
+        }
+        conn.peer_certificates().expect("a server certificate")[0].clone()
+    })
+    .await
+    .unwrap()
+}
+
+async fn start(first: &CertBundle) -> TestServer {
+    let config = example_config();
+    let state = example_state(&config);
+    let app = App::new(Arc::new(config), Arc::new(std::sync::RwLock::new(state)));
+    let server = TestServer::launch(app, first, None).await;
+    let not_after = tls::not_after(first.cert_pem.as_bytes(), "cert").unwrap();
+    server.app.metrics.certificate_in_use(not_after);
+    server
+}
+
+async fn scrape(server: &TestServer) -> openmetrics::Exposition {
+    let (_, _, body) = server.get_plain("/metrics").await;
+    openmetrics::parse(&body).unwrap()
+}
+
+#[tokio::test]
+async fn symlink_swap_reaches_new_connections_and_broken_pairs_are_refused() {
+    let (a, b, c) = (bundle(1), bundle(60), bundle(90));
+    let cas = format!("{}{}{}", a.ca_pem, b.ca_pem, c.ca_pem);
+    let mut volume = SecretVolume::new(&a.cert_pem, &a.key_pem);
+    let server = start(&a).await;
+    let files = volume.files();
+    let mut reloader = Reloader::new(
+        files.clone(),
+        files.read().unwrap(),
+        server.tls.clone(),
+        server.app.metrics.clone(),
+    );
+    assert_eq!(served_on_new_connection(server.addr, &cas).await, der(&a));
+    assert_eq!(reloader.check(), Check::Unchanged);
+
+    volume.rotate(&b.cert_pem, &b.key_pem);
+    assert_eq!(reloader.check(), Check::Reloaded);
+    assert_eq!(served_on_new_connection(server.addr, &cas).await, der(&b));
+    let expiry = scrape(&server)
+        .await
+        .value("volguard_certificate_expiry_seconds", &[])
+        .unwrap();
+    assert!(
+        expiry > 59.0 * 86_400.0,
+        "the 60-day certificate is counted down: {expiry}"
+    );
+
+    // c's certificate with b's key: refused, b stays; looking again does not refuse twice.
+    volume.rotate(&c.cert_pem, &b.key_pem);
+    let Check::Refused(why) = reloader.check() else {
+        panic!("a mismatched pair must be refused")
+    };
+    assert!(why.contains("do not fit together"), "{why}");
+    assert!(why.contains("tls.crt"), "names the file: {why}");
+    assert_eq!(served_on_new_connection(server.addr, &cas).await, der(&b));
+    assert_eq!(reloader.check(), Check::Unchanged);
+
+    volume.rotate("not a certificate\n", &c.key_pem);
+    assert!(matches!(reloader.check(), Check::Refused(_)));
+    assert_eq!(served_on_new_connection(server.addr, &cas).await, der(&b));
+
+    volume.rotate(&c.cert_pem, &c.key_pem);
+    assert_eq!(reloader.check(), Check::Reloaded);
+    assert_eq!(served_on_new_connection(server.addr, &cas).await, der(&c));
+
+    let scraped = scrape(&server).await;
+    assert_eq!(
+        scraped.value("volguard_certificate_reloads_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        scraped.value("volguard_certificate_reload_failures_total", &[]),
+        Some(2.0)
+    );
+    let expiry = scraped
+        .value("volguard_certificate_expiry_seconds", &[])
+        .unwrap();
+    assert!(
+        expiry > 89.0 * 86_400.0,
+        "now the 90-day certificate: {expiry}"
+    );
+}
+
+#[tokio::test]
+async fn files_that_vanish_are_refused_and_picked_up_when_back() {
+    let (a, b) = (bundle(1), bundle(2));
+    let cas = format!("{}{}", a.ca_pem, b.ca_pem);
+    let volume = SecretVolume::new(&a.cert_pem, &a.key_pem);
+    let server = start(&a).await;
+    let files = volume.files();
+    let mut reloader = Reloader::new(
+        files.clone(),
+        files.read().unwrap(),
+        server.tls.clone(),
+        server.app.metrics.clone(),
+    );
+    let target = std::fs::read_link(volume.path("..data")).unwrap();
+    let hidden = volume.path("..hidden");
+    std::fs::rename(volume.dir.path().join(&target), &hidden).unwrap();
+    let Check::Refused(why) = reloader.check() else {
+        panic!("missing files must be refused")
+    };
+    assert!(why.contains("cannot read"), "{why}");
+    assert_eq!(served_on_new_connection(server.addr, &cas).await, der(&a));
+
+    std::fs::write(hidden.join("tls.crt"), &b.cert_pem).unwrap();
+    std::fs::write(hidden.join("tls.key"), &b.key_pem).unwrap();
+    std::fs::rename(&hidden, volume.dir.path().join(&target)).unwrap();
+    assert_eq!(reloader.check(), Check::Reloaded);
+    assert_eq!(served_on_new_connection(server.addr, &cas).await, der(&b));
+}
+
+#[tokio::test]
+async fn the_polling_loop_picks_up_a_rotation_on_its_own() {
+    let (a, b) = (bundle(1), bundle(2));
+    let cas = format!("{}{}", a.ca_pem, b.ca_pem);
+    let mut volume = SecretVolume::new(&a.cert_pem, &a.key_pem);
+    let server = start(&a).await;
+    let files = volume.files();
+    let reloader = Reloader::new(
+        files.clone(),
+        files.read().unwrap(),
+        server.tls.clone(),
+        server.app.metrics.clone(),
+    );
+    tokio::spawn(reloader.run(Duration::from_millis(20)));
+    volume.rotate(&b.cert_pem, &b.key_pem);
+    for _ in 0..500 {
+        if served_on_new_connection(server.addr, &cas).await == der(&b) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the rotated certificate was never served");
+}
