@@ -1,7 +1,7 @@
 //! Limits of the TLS listener, so that a flood or a stuck client degrades volguard
 //! instead of exhausting it: a cap on open connections (refused at once beyond it), a
 //! cap on requests handled at the same time (the rest queue), a per-request deadline
-//! (queueing and body upload included), and a deadline for request heads. Body sizes
+//! (queueing and body upload included), and an idle deadline for request heads. Body sizes
 //! are limited per route, next to the handlers.
 
 use std::{
@@ -25,9 +25,12 @@ use crate::metrics::Metrics;
 /// The limits; flags of `volguard serve` set them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest time from request head to response head; also the deadline for a
-    /// request head once a connection is open.
+    /// Longest time from request head to response head.
     pub request_timeout: Duration,
+    /// Longest wait for a request head on an open connection, idle keep-alive time
+    /// included: above the 90 s after which Go clients (apiserver, scheduler) drop idle
+    /// connections themselves, so they never reuse one volguard is closing.
+    pub idle_timeout: Duration,
     /// Requests handled at the same time; more wait (within their deadline).
     pub max_requests: usize,
     /// Open TLS connections; more are closed right after accept.
@@ -40,6 +43,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
             max_requests: 256,
             max_connections: 1024,
         }

@@ -152,7 +152,7 @@ async fn mutate(State(app): State<App>, body: Bytes) -> Response {
 }
 
 /// Serves the TLS router of `app` on an already bound listener until `handle` shuts it
-/// down, within the app's connection limit and with a deadline for request heads.
+/// down, within the app's connection limit and idle deadline.
 pub async fn serve_tls(
     listener: std::net::TcpListener,
     tls: axum_server::tls_rustls::RustlsConfig,
@@ -167,7 +167,7 @@ pub async fn serve_tls(
         .http_builder()
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(app.limits.request_timeout);
+        .header_read_timeout(app.limits.idle_timeout);
     server
         .handle(handle)
         .serve(router(app).into_make_service())

@@ -4,15 +4,12 @@
 
 mod common;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use common::{TestServer, client_config, client_with, example_config, example_state};
+use common::{TestServer, client_config, client_with, example_app, raw};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, body::Bytes};
-use volguard::{
-    certs::{self, CertBundle},
-    server::App,
-};
+use volguard::certs::{self, CertBundle};
 
 fn bundle(name: &str) -> CertBundle {
     certs::generate(&[name.to_owned(), "localhost".to_owned()], 1).unwrap()
@@ -20,10 +17,7 @@ fn bundle(name: &str) -> CertBundle {
 
 /// The server, whose client CA is `clients`' CA.
 async fn start(serving: &CertBundle, clients: &CertBundle) -> TestServer {
-    let config = example_config();
-    let state = example_state(&config);
-    let app = App::new(Arc::new(config), Arc::new(RwLock::new(state)));
-    TestServer::launch(app, serving, Some(&clients.ca_pem)).await
+    TestServer::launch(example_app(), serving, Some(&clients.ca_pem)).await
 }
 
 /// GET /healthz with `identity`; the status, or the error text when refused.
@@ -56,22 +50,10 @@ async fn alert_for(
     ));
     let addr = server.addr;
     tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
-        let sock = std::net::TcpStream::connect(addr).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, sock);
-        let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-        let mut answer = Vec::new();
-        let outcome = tls
-            .write_all(request)
-            .and_then(|()| tls.read_to_end(&mut answer).map(|_| ()));
-        match outcome {
-            Ok(()) => {
-                assert!(
-                    answer.starts_with(b"HTTP/1.1 200"),
-                    "{}",
-                    String::from_utf8_lossy(&answer)
-                );
+        let mut tls = raw::connect_with(addr, config).expect("client side of the handshake");
+        match raw::get(&mut tls, "/healthz") {
+            Ok((status, answer)) => {
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
                 None
             }
             Err(e) => match e

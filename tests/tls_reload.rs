@@ -10,16 +10,14 @@ mod common;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
-use common::{TestServer, example_config, example_state, openmetrics};
+use common::{TestServer, example_app, openmetrics, raw};
 use rustls_pki_types::CertificateDer;
 use volguard::{
     certs::{self, CertBundle},
     reload::{CertFiles, Check, Reloader},
-    server::App,
     tls,
 };
 
@@ -89,25 +87,17 @@ fn der(bundle: &CertBundle) -> CertificateDer<'static> {
 /// The leaf certificate a brand-new TLS connection is served, trusting every CA in
 /// `cas` (the bundles' CAs differ).
 async fn served_on_new_connection(addr: SocketAddr, cas: &str) -> CertificateDer<'static> {
-    let config = Arc::new(common::client_config(cas, None));
+    let cas = cas.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut conn =
-            rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
-        let mut sock = std::net::TcpStream::connect(addr).unwrap();
-        while conn.is_handshaking() {
-            conn.complete_io(&mut sock).expect("handshake");
-        }
-        conn.peer_certificates().expect("a server certificate")[0].clone()
+        let tls = raw::connect(addr, &cas);
+        tls.conn.peer_certificates().expect("a server certificate")[0].clone()
     })
     .await
     .unwrap()
 }
 
 async fn start(first: &CertBundle) -> TestServer {
-    let config = example_config();
-    let state = example_state(&config);
-    let app = App::new(Arc::new(config), Arc::new(std::sync::RwLock::new(state)));
-    let server = TestServer::launch(app, first, None).await;
+    let server = TestServer::launch(example_app(), first, None).await;
     let not_after = tls::not_after(first.cert_pem.as_bytes(), "cert").unwrap();
     server.app.metrics.certificate_in_use(not_after);
     server

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod openmetrics;
+pub mod raw;
 
 use std::{
     net::SocketAddr,
@@ -39,6 +40,13 @@ pub fn example_state(config: &Config) -> ClusterState {
     snapshot::into_state(&snap, empty_state(config))
 }
 
+/// An app over the example config and cluster, to adjust before serving it.
+pub fn example_app() -> App {
+    let config = example_config();
+    let state = example_state(&config);
+    App::new(Arc::new(config), Arc::new(RwLock::new(state)))
+}
+
 /// An empty state for `config`.
 pub fn empty_state(config: &Config) -> ClusterState {
     let config = Arc::new(config.clone());
@@ -69,16 +77,18 @@ pub struct TestServer {
 impl TestServer {
     /// Starts the real router over TLS on 127.0.0.1 with the example cluster.
     pub async fn example() -> Self {
-        let config = example_config();
-        let state = example_state(&config);
-        Self::start(config, state).await
+        Self::with_app(example_app()).await
     }
 
     /// Starts the real router over TLS with the given config and state.
     pub async fn start(config: Config, state: ClusterState) -> Self {
+        Self::with_app(App::new(Arc::new(config), Arc::new(RwLock::new(state)))).await
+    }
+
+    /// Serves `app` over TLS with a fresh certificate for localhost.
+    pub async fn with_app(app: App) -> Self {
         let bundle =
             certs::generate(&["localhost".to_owned(), "127.0.0.1".to_owned()], 1).expect("certs");
-        let app = App::new(Arc::new(config), Arc::new(RwLock::new(state)));
         Self::launch(app, &bundle, None).await
     }
 

@@ -1,0 +1,167 @@
+//! The TLS listener's limits, each set small on the real server: a request not
+//! answered in time gets a one-line 503, requests beyond the concurrency cap wait for a
+//! slot, connections beyond the cap are closed at once, and idle keep-alive connections
+//! are closed.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    time::Duration,
+};
+
+use common::{TestServer, create_review, example_app, openmetrics, raw, read_doc};
+use hyper::StatusCode;
+use volguard::limits::Limits;
+
+async fn start(limits: Limits) -> TestServer {
+    let mut app = example_app();
+    app.limits = limits;
+    TestServer::with_app(app).await
+}
+
+fn review_body() -> Vec<u8> {
+    let pod = read_doc("examples/pods/seed-000-device.yaml");
+    create_review(&pod, "default").to_string().into_bytes()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_request_not_answered_in_time_gets_a_one_line_503_and_serving_goes_on() {
+    let server = start(Limits {
+        request_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    })
+    .await;
+    let (addr, ca) = (server.addr, server.ca_pem.clone());
+    let (status, body) = blocking(move || {
+        let mut conn = raw::connect(addr, &ca);
+        // Half a body, and never the rest.
+        raw::start_request(&mut conn, "/mutate", &review_body());
+        raw::read_response(&mut conn).unwrap()
+    })
+    .await;
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("not answered within 0.2 s"), "{text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "{text:?}");
+
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, metrics) = server.get_plain("/metrics").await;
+    let scraped = openmetrics::parse(&metrics).unwrap();
+    assert_eq!(
+        scraped.value(
+            "volguard_requests_total",
+            &[("endpoint", "/mutate"), ("outcome", "unavailable")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn requests_beyond_the_concurrency_cap_wait_for_a_slot() {
+    let server = start(Limits {
+        max_requests: 1,
+        ..Limits::default()
+    })
+    .await;
+    let (addr, ca) = (server.addr, server.ca_pem.clone());
+    blocking(move || {
+        let body = review_body();
+        let mut first = raw::connect(addr, &ca);
+        raw::start_request(&mut first, "/mutate", &body);
+        // The only slot is taken: a second request is not answered meanwhile.
+        let mut second = raw::connect(addr, &ca);
+        second
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let waiting = raw::get(&mut second, "/healthz");
+        let Err(e) = waiting else {
+            panic!("answered while the only slot was taken: {waiting:?}")
+        };
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e:?}"
+        );
+        raw::finish_request(&mut first, &body);
+        assert_eq!(raw::read_response(&mut first).unwrap().0, 200);
+        second
+            .sock
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        assert_eq!(raw::read_response(&mut second).unwrap().0, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
+    let server = start(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    })
+    .await;
+    let (addr, ca) = (server.addr, server.ca_pem.clone());
+    blocking(move || {
+        let first = raw::connect(addr, &ca);
+        let _second = raw::connect(addr, &ca);
+        assert!(
+            raw::try_connect(addr, &ca).is_err(),
+            "a third connection must be refused"
+        );
+        drop(first);
+        for _ in 0..600 {
+            if raw::try_connect(addr, &ca).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the closed connection's slot never came back");
+    })
+    .await;
+    let (_, _, metrics) = server.get_plain("/metrics").await;
+    let refused = openmetrics::parse(&metrics)
+        .unwrap()
+        .value("volguard_connections_refused_total", &[])
+        .unwrap();
+    assert!(refused >= 1.0, "{refused}");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let server = start(Limits {
+        idle_timeout: Duration::from_millis(100),
+        ..Limits::default()
+    })
+    .await;
+    let (addr, ca) = (server.addr, server.ca_pem.clone());
+    blocking(move || {
+        let mut conn = raw::connect(addr, &ca);
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        assert_eq!(raw::read_response(&mut conn).unwrap().0, 200);
+        // Kept alive, then nothing more is sent: the server closes it, and the read
+        // ends instead of running into the client's 30 s read timeout.
+        let mut rest = Vec::new();
+        let end = conn.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        if let Err(e) = end {
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "the server kept the idle connection open: {e:?}"
+            );
+        }
+    })
+    .await;
+}
