@@ -36,9 +36,18 @@ fn main() {
         .block_on(async move {
             let listener = std::net::TcpListener::bind(addr).expect("bind");
             let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-            volguard::server::serve_tls(listener, tls, router, axum_server::Handle::new())
-                .await
-                .expect("serve");
+            let metrics = Arc::new(volguard::metrics::Metrics::new());
+            let limits = volguard::limits::Limits::default();
+            volguard::server::serve_tls(
+                listener,
+                tls,
+                router,
+                limits,
+                metrics,
+                axum_server::Handle::new(),
+            )
+            .await
+            .expect("serve");
         });
 }
 

@@ -67,7 +67,8 @@ pub struct ServeArgs {
     /// How often the certificate and key files are checked for changes (0s: never).
     #[arg(long, env = "VOLGUARD_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
-    /// After SIGTERM/SIGINT, keep accepting connections this long with /readyz failing.
+    /// After SIGTERM, keep accepting connections this long with /readyz failing
+    /// (SIGINT skips it).
     #[arg(long, env = "VOLGUARD_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
     /// Then give in-flight requests this long to finish (keep delay + timeout under the

@@ -118,7 +118,10 @@ fn serving_tls(args: &ServeArgs) -> Result<(Loaded, Source), Failure> {
         .map_err(Failure::usage)?;
         let not_after =
             tls::not_after(bundle.cert_pem.as_bytes(), names.0).map_err(Failure::usage)?;
-        return Ok((Loaded { config, not_after }, Source::Generated(bundle.ca_pem)));
+        return Ok((
+            Loaded { config, not_after },
+            Source::Generated(bundle.ca_pem),
+        ));
     }
     let files = CertFiles {
         cert: args.tls_cert.clone(),

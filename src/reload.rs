@@ -97,7 +97,9 @@ impl Reloader {
     }
 
     /// Reads the files once and reloads when their contents changed; a refusal is
-    /// logged and counted once per distinct change, not on every look.
+    /// logged and counted once per distinct change, not on every look. A read that
+    /// straddles a symlink swap (old certificate, new key) is refused once and healed by
+    /// the next look, which reads the consistent new pair.
     pub fn check(&mut self) -> Check {
         let now = self.files.read().map_err(|e| e.to_string());
         if now == self.last {

@@ -151,26 +151,29 @@ async fn mutate(State(app): State<App>, body: Bytes) -> Response {
     Json(admission::respond(&req, decision, &app.config)).into_response()
 }
 
-/// Serves the TLS router of `app` on an already bound listener until `handle` shuts it
-/// down, within the app's connection limit and idle deadline.
+/// Serves `router` over TLS on an already bound listener until `handle` shuts it down,
+/// within the connection cap and idle deadline of `limits` (refusals counted in
+/// `metrics`).
 pub async fn serve_tls(
     listener: std::net::TcpListener,
     tls: axum_server::tls_rustls::RustlsConfig,
-    app: App,
+    router: Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
     handle: axum_server::Handle<SocketAddr>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let slots = ConnectionSlots::new(app.limits.max_connections, app.metrics.clone());
+    let slots = ConnectionSlots::new(limits.max_connections, metrics);
     let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(slots);
     let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor);
     server
         .http_builder()
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(app.limits.idle_timeout);
+        .header_read_timeout(limits.idle_timeout);
     server
         .handle(handle)
-        .serve(router(app).into_make_service())
+        .serve(router.into_make_service())
         .await
 }
 

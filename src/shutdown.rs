@@ -1,8 +1,8 @@
 //! Running both listeners until SIGTERM or SIGINT, then stopping without dropping work:
-//! readiness fails at once, new connections are still taken for a short delay (while
-//! the endpoint removal reaches the apiservers and schedulers), then the TLS listener
-//! stops accepting and in-flight requests get until a deadline to finish. The plain
-//! listener goes last, so probes and scrapes see the drain.
+//! readiness fails at once, new connections are still taken for a short delay after
+//! SIGTERM (while the endpoint removal reaches the apiservers and schedulers), then the
+//! TLS listener stops accepting and in-flight requests get until a deadline to finish.
+//! The plain listener goes last, so probes and scrapes see the drain.
 
 use std::{
     sync::atomic::Ordering,
@@ -44,7 +44,8 @@ impl StopSignals {
 /// How a stop drains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Drain {
-    /// Keep accepting new connections this long after the signal, with readiness failing.
+    /// Keep accepting new connections this long after SIGTERM (what the kubelet sends),
+    /// with readiness failing. SIGINT (Ctrl-C at a terminal) skips it.
     pub delay: Duration,
     /// Then give in-flight requests this long before closing their connections.
     pub timeout: Duration,
@@ -65,7 +66,9 @@ pub async fn serve_until_stopped(
     let mut https = tokio::spawn(server::serve_tls(
         tls_listener,
         tls,
-        app.clone(),
+        server::router(app.clone()),
+        app.limits,
+        app.metrics.clone(),
         handle.clone(),
     ));
     let mut plain = tokio::spawn(server::serve_plain(plain_listener, app.clone(), async {
@@ -83,7 +86,9 @@ pub async fn serve_until_stopped(
         timeout = ?drain.timeout,
         "stop signal: readiness fails from now on; draining"
     );
-    tokio::time::sleep(drain.delay).await;
+    if signal == "SIGTERM" {
+        tokio::time::sleep(drain.delay).await;
+    }
     let started = Instant::now();
     handle.graceful_shutdown(Some(drain.timeout));
     if let Err(e) = flatten(https.await) {

@@ -1,7 +1,8 @@
 //! Graceful shutdown of the real binary: requests in flight when SIGTERM arrives are
 //! all answered in full, /readyz turns 503 meanwhile, new connections stop being
 //! accepted, and the process exits 0. A request that never completes does not hold the
-//! process past the drain deadline.
+//! process past the drain deadline. SIGTERM keeps serving for the shutdown delay first;
+//! SIGINT does not.
 //!
 //! Requests are put in flight with `raw::start_request` (see there).
 
@@ -247,4 +248,12 @@ fn readiness_fails_during_the_shutdown_delay_while_requests_are_still_served() {
         "/readyz over TLS too: {}",
         String::from_utf8_lossy(&answer)
     );
+}
+
+#[test]
+fn sigint_skips_the_shutdown_delay() {
+    let mut daemon = Daemon::start(&["--shutdown-delay", "10m"]);
+    daemon.signal("INT");
+    let status = daemon.exit_status();
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
 }

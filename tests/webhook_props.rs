@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::LazyLock;
 
 use axum::{body::Body, http::Request};
 use http_body_util::BodyExt;
@@ -16,14 +16,7 @@ use tower::ServiceExt;
 use volguard::server::{self, App};
 
 /// The example cluster, loaded once for all cases: the handler never writes to it.
-static APP: LazyLock<App> = LazyLock::new(|| {
-    let config = common::example_config();
-    let state = common::example_state(&config);
-    App {
-        config: Arc::new(config),
-        cluster: Arc::new(RwLock::new(state)),
-    }
-});
+static APP: LazyLock<App> = LazyLock::new(common::example_app);
 
 fn app() -> App {
     APP.clone()
@@ -32,6 +25,7 @@ fn app() -> App {
 /// Calls the real router in-process (no TLS: the transport is covered by tests/webhook.rs).
 fn call(app: &App, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap();
     rt.block_on(async {

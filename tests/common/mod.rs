@@ -111,7 +111,9 @@ impl TestServer {
         tokio::spawn(server::serve_tls(
             listener,
             tls.clone(),
-            app.clone(),
+            server::router(app.clone()),
+            app.limits,
+            app.metrics.clone(),
             axum_server::Handle::new(),
         ));
         tokio::spawn(server::serve_plain(
