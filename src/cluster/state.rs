@@ -29,13 +29,36 @@ enum Source {
     NodeStatus(Arc<str>),
 }
 
+/// The maps the extender reads per node and per request: keyed by trusted cluster
+/// names, so a fast hasher beats SipHash's flood resistance.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Distinct volumes held by one node.
 #[derive(Debug, Default)]
 struct NodeUsage {
     /// How many sources name each volume on this node.
-    refs: HashMap<VolumeId, u32>,
+    refs: FastMap<VolumeId, u32>,
     /// Distinct volumes per driver: what the attach limit is compared with.
-    per_driver: HashMap<DriverId, u32>,
+    per_driver: FastMap<DriverId, u32>,
+}
+
+/// What one node holds, looked up once to answer several questions about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Holdings<'a>(Option<&'a NodeUsage>);
+
+impl Holdings<'_> {
+    /// Distinct volumes of `driver` attached to or used on the node.
+    pub fn used(&self, driver: DriverId) -> u32 {
+        self.0
+            .and_then(|u| u.per_driver.get(&driver))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The volume is attached to, or used on, the node already.
+    pub fn holds(&self, volume: &VolumeId) -> bool {
+        self.0.is_some_and(|u| u.refs.contains_key(volume))
+    }
 }
 
 /// A non-terminal pod bound to a node that uses a volume.
@@ -52,8 +75,8 @@ pub struct VolumeUser {
 pub struct ClusterState {
     drivers: Arc<Drivers>,
     config: Arc<Config>,
-    nodes: HashMap<Arc<str>, NodeRecord>,
-    csinodes: HashMap<String, CsiNodeRecord>,
+    nodes: FastMap<Arc<str>, NodeRecord>,
+    csinodes: FastMap<String, CsiNodeRecord>,
     pvs: HashMap<String, PvRecord>,
     pvcs: HashMap<String, PvcRecord>,
     pods: HashMap<String, PodRecord>,
@@ -61,7 +84,7 @@ pub struct ClusterState {
     storage_classes: HashMap<String, StorageClassRecord>,
     csi_drivers: HashSet<String>,
 
-    usage: HashMap<Arc<str>, NodeUsage>,
+    usage: FastMap<Arc<str>, NodeUsage>,
     contributions: HashMap<Source, (Arc<str>, Vec<VolumeId>)>,
     users: HashMap<VolumeId, Vec<VolumeUser>>,
     device_holders: HashMap<VolumeId, BTreeSet<Arc<str>>>,
@@ -78,15 +101,15 @@ impl ClusterState {
         ClusterState {
             drivers,
             config,
-            nodes: HashMap::new(),
-            csinodes: HashMap::new(),
+            nodes: FastMap::default(),
+            csinodes: FastMap::default(),
             pvs: HashMap::new(),
             pvcs: HashMap::new(),
             pods: HashMap::new(),
             vas: HashMap::new(),
             storage_classes: HashMap::new(),
             csi_drivers: HashSet::new(),
-            usage: HashMap::new(),
+            usage: FastMap::default(),
             contributions: HashMap::new(),
             users: HashMap::new(),
             device_holders: HashMap::new(),
@@ -298,18 +321,17 @@ impl ClusterState {
 
     /// Distinct volumes of `driver` attached to or used on `node`.
     pub fn used(&self, node: &str, driver: DriverId) -> u32 {
-        self.usage
-            .get(node)
-            .and_then(|u| u.per_driver.get(&driver))
-            .copied()
-            .unwrap_or(0)
+        self.holdings(node).used(driver)
     }
 
     /// The volume is attached to, or used on, `node` already.
     pub fn holds(&self, node: &str, volume: &VolumeId) -> bool {
-        self.usage
-            .get(node)
-            .is_some_and(|u| u.refs.contains_key(volume))
+        self.holdings(node).holds(volume)
+    }
+
+    /// Everything `node` holds, for several questions at the price of one lookup.
+    pub fn holdings(&self, node: &str) -> Holdings<'_> {
+        Holdings(self.usage.get(node))
     }
 
     /// Non-terminal bound pods using the volume, with their nodes.
