@@ -24,6 +24,7 @@ use crate::{
     admission::{self, Decision},
     cluster::SharedState,
     config::Config,
+    extender,
     limits::{self, ConnectionSlots, Limits},
     metrics::{self, Metrics},
 };
@@ -68,6 +69,18 @@ pub fn router(app: App) -> Router {
         .route(
             "/mutate",
             post(mutate).layer(DefaultBodyLimit::max(MUTATE_BODY_LIMIT)),
+        )
+        .route(
+            "/filter",
+            post(extender::endpoints::filter_handler).layer(DefaultBodyLimit::max(
+                extender::endpoints::EXTENDER_BODY_LIMIT,
+            )),
+        )
+        .route(
+            "/prioritize",
+            post(extender::endpoints::prioritize_handler).layer(DefaultBodyLimit::max(
+                extender::endpoints::EXTENDER_BODY_LIMIT,
+            )),
         )
         .merge(health_routes())
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(

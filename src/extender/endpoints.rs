@@ -1,0 +1,266 @@
+//! `/filter` and `/prioritize`: request body in, response body out, around the pure
+//! judge. The axum handlers are thin wrappers so that benchmarks drive exactly the code
+//! the server runs.
+
+use std::borrow::Cow;
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use k8s_openapi::api::core::v1::Pod;
+
+use super::{
+    judge::{Judge, Judgement, Verdict},
+    wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList, node_name},
+};
+use crate::{
+    cluster::{ClusterState, SharedState, records::PodRecord},
+    config::Config,
+    resolve::resolve,
+    server::{App, bad_request},
+};
+
+/// Largest ExtenderArgs accepted: room for 5,000 full Node objects in `Nodes` mode.
+pub const EXTENDER_BODY_LIMIT: usize = 128 << 20;
+
+/// Why a body got no judgement.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtenderError {
+    /// Not ExtenderArgs: HTTP 400 with this line.
+    #[error("{0}")]
+    BadArgs(String),
+    /// The cluster state cannot be read yet: HTTP 503 (a failed prioritize is ignored).
+    #[error("{0}")]
+    NotReady(String),
+    /// volguard failed to produce an answer: HTTP 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The candidates of one request, in the order the scheduler sent them.
+struct Candidates<'a> {
+    names: Vec<Cow<'a, str>>,
+    /// The raw Node list when the scheduler sent objects rather than names.
+    nodes: Option<NodeList<'a>>,
+}
+
+fn parse(body: &[u8]) -> Result<(Box<Pod>, Candidates<'_>), ExtenderError> {
+    let bad = ExtenderError::BadArgs;
+    if body.is_empty() {
+        return Err(bad(
+            "empty body: expected kube-scheduler ExtenderArgs".into()
+        ));
+    }
+    let args: ExtenderArgs =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not ExtenderArgs: {e}")))?;
+    let pod = args
+        .pod
+        .ok_or_else(|| bad("ExtenderArgs has no Pod".into()))?;
+    let candidates = match (args.node_names, args.nodes) {
+        (Some(names), _) => Candidates {
+            names: names.into_iter().map(|n| n.0).collect(),
+            nodes: None,
+        },
+        (None, Some(list)) => Candidates {
+            names: list
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| node_name(item, i))
+                .collect::<Result<_, _>>()
+                .map_err(bad)?,
+            nodes: Some(list),
+        },
+        (None, None) => {
+            return Err(bad(
+                "ExtenderArgs has neither NodeNames nor Nodes: no candidate nodes".into(),
+            ));
+        }
+    };
+    Ok((pod, candidates))
+}
+
+/// A pod none of whose volumes can belong to a managed driver, judged from its spec
+/// alone: no lookups, and an answer even before the cluster state is synced.
+fn has_no_managed_volumes(pod: &Pod, state: &ClusterState, config: &Config) -> bool {
+    PodRecord::from_pod(pod, state.drivers(), config)
+        .uses
+        .is_empty()
+}
+
+/// The state's readiness problem, if any, as one line.
+fn not_ready(state: &ClusterState) -> Option<String> {
+    (!state.is_ready()).then(|| {
+        let kinds: Vec<&str> = state.unsynced().iter().map(|k| k.as_str()).collect();
+        format!(
+            "volguard's cluster state is not synced yet ({}): retry later",
+            kinds.join(", ")
+        )
+    })
+}
+
+/// Judges every candidate, in order. A pod with no managed volume passes everywhere
+/// with score 0, decided before the state's readiness is even looked at.
+fn judge_all(
+    pod: &Pod,
+    names: &[Cow<'_, str>],
+    state: &ClusterState,
+    config: &Config,
+) -> Result<Vec<Judgement>, String> {
+    let indifferent = || vec![Judgement::indifferent(); names.len()];
+    if has_no_managed_volumes(pod, state, config) {
+        return Ok(indifferent());
+    }
+    if let Some(why) = not_ready(state) {
+        return Err(why);
+    }
+    let namespace = pod
+        .metadata
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    let resolution = resolve(pod, namespace, state, config);
+    let judge = Judge::new(resolution.as_ref(), state, config);
+    if judge.is_indifferent() {
+        return Ok(indifferent());
+    }
+    Ok(names.iter().map(|n| judge.judge(n)).collect())
+}
+
+/// Sorts judged candidates into the filter answer, in the mode they were sent in.
+fn sort_out<'a>(
+    candidates: &'a Candidates<'a>,
+    judgements: Vec<Judgement>,
+) -> ExtenderFilterResult<'a> {
+    let mut result = ExtenderFilterResult::default();
+    let mut passing = Vec::with_capacity(candidates.names.len());
+    for (i, (name, j)) in candidates.names.iter().zip(judgements).enumerate() {
+        match j.verdict {
+            Verdict::Pass => passing.push(i),
+            Verdict::Fail {
+                reason,
+                resolvable: true,
+            } => {
+                result.failed_nodes.insert(name, reason);
+            }
+            Verdict::Fail {
+                reason,
+                resolvable: false,
+            } => {
+                result.failed_and_unresolvable_nodes.insert(name, reason);
+            }
+        }
+    }
+    match &candidates.nodes {
+        Some(list) => {
+            result.nodes = Some(NodeList {
+                items: passing.iter().map(|&i| list.items[i]).collect(),
+                ..list.clone()
+            })
+        }
+        None => {
+            result.node_names = Some(
+                passing
+                    .iter()
+                    .map(|&i| candidates.names[i].as_ref())
+                    .collect(),
+            )
+        }
+    }
+    result
+}
+
+/// Answers a `/filter` body with an `ExtenderFilterResult` body. When the state is not
+/// ready, the answer carries `Error` (the scheduler retries), never a guessed verdict.
+pub fn filter(
+    body: &[u8],
+    cluster: &SharedState,
+    config: &Config,
+) -> Result<Vec<u8>, ExtenderError> {
+    let (pod, candidates) = parse(body)?;
+    let judged = match cluster.read() {
+        Err(_) => Err("volguard's cluster state is unavailable".to_owned()),
+        Ok(state) => judge_all(&pod, &candidates.names, &state, config),
+    };
+    let result = match judged {
+        Err(why) => {
+            tracing::warn!(pod = ?pod.metadata.name, "extender filter not answered: {why}");
+            ExtenderFilterResult::error(why)
+        }
+        Ok(judgements) => sort_out(&candidates, judgements),
+    };
+    serde_json::to_vec(&result).map_err(encode_failed)
+}
+
+/// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
+pub fn prioritize(
+    body: &[u8],
+    cluster: &SharedState,
+    config: &Config,
+) -> Result<Vec<u8>, ExtenderError> {
+    let (pod, candidates) = parse(body)?;
+    let state = cluster
+        .read()
+        .map_err(|_| ExtenderError::NotReady("volguard's cluster state is unavailable".into()))?;
+    let judged =
+        judge_all(&pod, &candidates.names, &state, config).map_err(ExtenderError::NotReady)?;
+    drop(state);
+    let list: Vec<HostPriority> = candidates
+        .names
+        .iter()
+        .zip(judged)
+        .map(|(name, j)| HostPriority {
+            host: name,
+            score: j.score,
+        })
+        .collect();
+    serde_json::to_vec(&list).map_err(encode_failed)
+}
+
+fn encode_failed(e: serde_json::Error) -> ExtenderError {
+    ExtenderError::Internal(format!("cannot encode the answer: {e}"))
+}
+
+fn reply(outcome: Result<Vec<u8>, ExtenderError>) -> Response {
+    match outcome {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(ExtenderError::BadArgs(why)) => bad_request(why),
+        Err(ExtenderError::NotReady(why)) => {
+            tracing::warn!("extender prioritize not answered: {why}");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+        }
+        Err(ExtenderError::Internal(why)) => {
+            tracing::error!("extender: {why}");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")).into_response()
+        }
+    }
+}
+
+/// [`filter`] or [`prioritize`].
+type BodyHandler = fn(&[u8], &SharedState, &Config) -> Result<Vec<u8>, ExtenderError>;
+
+/// Runs a body handler off the async workers: a large `Nodes` body takes a while to parse.
+async fn off_runtime(app: App, body: Bytes, handle: BodyHandler) -> Response {
+    let outcome = tokio::task::spawn_blocking(move || handle(&body, &app.cluster, &app.config))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ExtenderError::Internal(format!(
+                "extender task failed: {e}"
+            )))
+        });
+    reply(outcome)
+}
+
+/// `POST /filter`.
+pub async fn filter_handler(State(app): State<App>, body: Bytes) -> Response {
+    off_runtime(app, body, filter).await
+}
+
+/// `POST /prioritize`.
+pub async fn prioritize_handler(State(app): State<App>, body: Bytes) -> Response {
+    off_runtime(app, body, prioritize).await
+}

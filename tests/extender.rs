@@ -1,0 +1,651 @@
+//! The scheduler extender driven over real TLS with ExtenderArgs JSON as kube-scheduler
+//! sends it, in both modes (`NodeNames` with nodeCacheCapable, full `Nodes` without):
+//! one test per rule of contract section 5 and per counting edge.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{TestServer, read_doc};
+use hyper::StatusCode;
+use serde_json::{Value, json};
+use volguard::cluster::{ClusterObject, Kind};
+
+const NODES: [&str; 4] = ["worker-1", "worker-2", "worker-3", "worker-4"];
+const STALE_VA: &str = "csi-d47301085ab3df176c574ca5b674a40183b43f9701486e6cb12dcaaf63bcb2c4";
+
+/// ExtenderArgs as a nodeCacheCapable scheduler sends them.
+fn by_names(pod: &Value, names: &[&str]) -> String {
+    json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string()
+}
+
+/// The Node objects of the example snapshot, as the scheduler embeds them.
+fn example_nodes() -> Vec<Value> {
+    read_doc("examples/cluster/nodes.yaml")["items"]
+        .as_array()
+        .expect("a List")
+        .clone()
+}
+
+/// ExtenderArgs as a scheduler without nodeCacheCapable sends them.
+fn by_nodes(pod: &Value, nodes: &[Value]) -> String {
+    json!({"Pod": pod, "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": null}).to_string()
+}
+
+/// A filter answer split into its parts, after checking the wire shape.
+#[derive(Debug)]
+struct Filtered {
+    passing: Vec<String>,
+    failed: BTreeMap<String, String>,
+    unresolvable: BTreeMap<String, String>,
+    raw: Value,
+}
+
+fn reasons(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .expect("a map")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("a string").to_owned()))
+        .collect()
+}
+
+async fn filter(server: &TestServer, body: String) -> Filtered {
+    let (status, bytes) = server.post("/filter", body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let raw: Value = serde_json::from_slice(&bytes).expect("JSON answer");
+    let keys: Vec<&str> = raw
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [
+            "Error",
+            "FailedAndUnresolvableNodes",
+            "FailedNodes",
+            "NodeNames",
+            "Nodes"
+        ],
+        "exactly the Go field names"
+    );
+    assert_eq!(raw["Error"], "", "{raw}");
+    let passing = match (&raw["NodeNames"], &raw["Nodes"]) {
+        (Value::Array(names), Value::Null) => names
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect(),
+        (Value::Null, Value::Object(list)) => list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect(),
+        other => panic!("exactly one of NodeNames and Nodes: {other:?}"),
+    };
+    let failed = reasons(&raw["FailedNodes"]);
+    let unresolvable = reasons(&raw["FailedAndUnresolvableNodes"]);
+    for reason in failed.values().chain(unresolvable.values()) {
+        assert!(!reason.is_empty() && !reason.contains('\n'), "{reason:?}");
+    }
+    Filtered {
+        passing,
+        failed,
+        unresolvable,
+        raw,
+    }
+}
+
+/// Filters `pod` over the four example nodes by name.
+async fn filter_names(server: &TestServer, pod: &Value) -> Filtered {
+    let f = filter(server, by_names(pod, &NODES)).await;
+    let mut all: Vec<&str> = f
+        .passing
+        .iter()
+        .chain(f.failed.keys())
+        .chain(f.unresolvable.keys())
+        .map(String::as_str)
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all, NODES,
+        "every node asked about is answered exactly once"
+    );
+    f
+}
+
+async fn prioritize(server: &TestServer, body: String) -> Vec<(String, u64)> {
+    let (status, bytes) = server.post("/prioritize", body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let list: Value = serde_json::from_slice(&bytes).expect("JSON answer");
+    list.as_array()
+        .expect("a HostPriorityList")
+        .iter()
+        .map(|e| {
+            let keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys, ["Host", "Score"], "{e}");
+            let score = e["Score"].as_u64().unwrap();
+            assert!(score <= 10, "{e}");
+            (e["Host"].as_str().unwrap().to_owned(), score)
+        })
+        .collect()
+}
+
+fn apply(server: &TestServer, object: Value) {
+    let object = ClusterObject::from_value(object).expect("valid object");
+    server.app.cluster.write().unwrap().apply(&object);
+}
+
+fn annotate_limit(server: &TestServer, node: &str, value: &str) {
+    let mut n = example_nodes()
+        .into_iter()
+        .find(|n| n["metadata"]["name"] == node)
+        .unwrap();
+    n["metadata"]["annotations"]["volguard.io/attach-limit"] = value.into();
+    apply(server, n);
+}
+
+fn pod(path: &str) -> Value {
+    read_doc(path)
+}
+
+const NOT_REGISTERED: &str = "CSI driver linodebs.csi.linode.com is not registered on this node (no CSINode entry: is the node plugin running, and does it use the kubelet's --root-dir?)";
+const WORKER_3_FULL: &str =
+    "attach limit reached for linode: 8 of 8 used, pod needs 1 more (limit from CSINode)";
+
+#[tokio::test]
+async fn node_names_fixture_passes_only_the_node_holding_the_rwo_volume() {
+    let server = TestServer::example().await;
+    let body = read_doc("tests/fixtures/extenderargs-nodenames.json").to_string();
+    let f = filter(&server, body.clone()).await;
+    assert_eq!(f.passing, ["worker-1"]);
+    assert_eq!(f.raw["Nodes"], Value::Null);
+    assert!(f.failed.is_empty(), "{:?}", f.failed);
+    let in_use = "volume 310100-pvcdb0 (claim data-db-0) is ReadWriteOnce and in use on worker-1 by pod shop/db-0";
+    assert_eq!(f.unresolvable["worker-2"], in_use);
+    assert_eq!(f.unresolvable["worker-3"], in_use);
+    assert_eq!(f.unresolvable["worker-4"], NOT_REGISTERED);
+
+    let scores = prioritize(&server, body).await;
+    assert_eq!(
+        scores,
+        [
+            ("worker-1".into(), 10),
+            ("worker-2".into(), 0),
+            ("worker-3".into(), 0),
+            ("worker-4".into(), 0)
+        ],
+        "the node that already has the volume attached scores highest"
+    );
+}
+
+#[tokio::test]
+async fn nodes_fixture_echoes_the_passing_node_objects_unchanged() {
+    let server = TestServer::example().await;
+    let args = read_doc("tests/fixtures/extenderargs-nodes.json");
+    let f = filter(&server, args.to_string()).await;
+    assert_eq!(f.raw["NodeNames"], Value::Null);
+    assert_eq!(f.passing, ["worker-1", "worker-2"]);
+    let sent = args["Nodes"]["items"].as_array().unwrap();
+    let back = f.raw["Nodes"]["items"].as_array().unwrap();
+    assert_eq!(back[0], sent[0], "worker-1 echoed field for field");
+    assert_eq!(back[1], sent[1], "worker-2 echoed field for field");
+    assert_eq!(f.raw["Nodes"]["metadata"], json!({}));
+    assert_eq!(f.failed["worker-3"], WORKER_3_FULL);
+    assert_eq!(f.unresolvable["worker-4"], NOT_REGISTERED);
+
+    let scores: BTreeMap<String, u64> = prioritize(&server, args.to_string())
+        .await
+        .into_iter()
+        .collect();
+    assert!(
+        scores["worker-1"] > scores["worker-2"],
+        "more free slots (16-limit node) first: {scores:?}"
+    );
+    assert!(scores["worker-2"] > 0, "{scores:?}");
+    assert_eq!((scores["worker-3"], scores["worker-4"]), (0, 0));
+}
+
+#[tokio::test]
+async fn example_pods_get_the_outcome_their_comments_state_in_both_modes() {
+    let server = TestServer::example().await;
+    let cases: [(&str, &[&str]); 8] = [
+        ("db-replica", &["worker-1"]),
+        ("existing-probe", &["worker-1", "worker-2"]),
+        ("flex-inline", &["worker-1"]),
+        ("linode-web", &["worker-1", "worker-2"]),
+        ("no-volumes", &NODES),
+        ("opt-out", &["worker-1", "worker-2"]),
+        ("seed-000-device", &["worker-2"]),
+        ("wffc-scratch", &["worker-1", "worker-2"]),
+    ];
+    let nodes = example_nodes();
+    for (name, want) in cases {
+        let p = pod(&format!("examples/pods/{name}.yaml"));
+        let f = filter_names(&server, &p).await;
+        assert_eq!(f.passing, want, "{name} by NodeNames: {:?}", f.raw);
+        let f = filter(&server, by_nodes(&p, &nodes)).await;
+        assert_eq!(f.passing, want, "{name} by Nodes: {:?}", f.raw);
+    }
+}
+
+#[tokio::test]
+async fn rule_1_device_advertised_with_capacity_0_is_detached() {
+    let server = TestServer::example().await;
+    let f = filter_names(&server, &pod("examples/pods/seed-000-device.yaml")).await;
+    assert_eq!(
+        f.unresolvable["worker-1"],
+        "volume vol-qsk4v is not attached to this node (attached to worker-2)"
+    );
+    let mut nowhere = pod("examples/pods/seed-000-device.yaml");
+    nowhere["metadata"]["annotations"]["volguard.io/devices"] = "brightbox=vol-gone1".into();
+    let f = filter_names(&server, &nowhere).await;
+    assert!(f.passing.is_empty());
+    assert_eq!(
+        f.unresolvable["worker-2"],
+        "volume vol-gone1 is not attached to this node (attached to no node)"
+    );
+    let scores = prioritize(
+        &server,
+        by_names(&pod("examples/pods/seed-000-device.yaml"), &NODES),
+    )
+    .await;
+    assert_eq!(
+        scores[1],
+        ("worker-2".into(), 10),
+        "the holder scores highest"
+    );
+}
+
+#[tokio::test]
+async fn rule_2_unregistered_driver_with_and_without_a_csinode_object() {
+    let server = TestServer::example().await;
+    server
+        .app
+        .cluster
+        .write()
+        .unwrap()
+        .delete(Kind::CsiNode, "worker-2");
+    let f = filter_names(&server, &pod("examples/pods/linode-web.yaml")).await;
+    assert_eq!(f.passing, ["worker-1"]);
+    assert_eq!(f.unresolvable["worker-4"], NOT_REGISTERED);
+    assert_eq!(
+        f.unresolvable["worker-2"],
+        "CSI driver linodebs.csi.linode.com is not registered on this node (the node has no CSINode object: is the node plugin running, and does it use the kubelet's --root-dir?)"
+    );
+
+    let mut config = common::example_config();
+    config.scheduling.require_registered_driver = false;
+    let state = common::example_state(&config);
+    let server = TestServer::start(config, state).await;
+    let f = filter_names(&server, &pod("examples/pods/linode-web.yaml")).await;
+    assert_eq!(
+        f.passing,
+        ["worker-1", "worker-2", "worker-4"],
+        "requireRegisteredDriver: false"
+    );
+}
+
+#[tokio::test]
+async fn rule_3_exclusive_volume_in_use_elsewhere_only_while_its_pod_runs() {
+    let mut config = common::example_config();
+    config.scheduling.exclusive_read_write_once = false;
+    let state = common::example_state(&config);
+    let off = TestServer::start(config, state).await;
+    let f = filter_names(&off, &pod("examples/pods/db-replica.yaml")).await;
+    assert_eq!(
+        f.passing,
+        ["worker-1", "worker-2"],
+        "exclusiveReadWriteOnce: false"
+    );
+    assert_eq!(f.failed["worker-3"], WORKER_3_FULL);
+
+    let server = TestServer::example().await;
+    let mut db0 = read_doc("examples/cluster/pods.yaml")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["metadata"]["name"] == "db-0")
+        .unwrap()
+        .clone();
+    db0["status"]["phase"] = "Succeeded".into();
+    apply(&server, db0);
+    let f = filter_names(&server, &pod("examples/pods/db-replica.yaml")).await;
+    assert_eq!(
+        f.passing,
+        ["worker-1", "worker-2"],
+        "a terminated user holds nothing: {:?}",
+        f.raw
+    );
+}
+
+#[tokio::test]
+async fn rule_4_limit_precedence_annotation_over_csinode_over_default() {
+    let server = TestServer::example().await;
+    let web = pod("examples/pods/linode-web.yaml");
+    annotate_limit(&server, "worker-3", "9");
+    let f = filter_names(&server, &web).await;
+    assert!(
+        f.passing.contains(&"worker-3".to_owned()),
+        "9 > 8 used: {:?}",
+        f.raw
+    );
+    annotate_limit(&server, "worker-3", "8");
+    let f = filter_names(&server, &web).await;
+    assert_eq!(
+        f.failed["worker-3"],
+        "attach limit reached for linode: 8 of 8 used, pod needs 1 more (limit from node annotation volguard.io/attach-limit)"
+    );
+    annotate_limit(&server, "worker-3", "lots");
+    let f = filter_names(&server, &web).await;
+    assert_eq!(
+        f.failed["worker-3"],
+        "attach limit reached for linode: 8 of 8 used, pod needs 1 more (limit from CSINode; node annotation volguard.io/attach-limit=\"lots\" is not a non-negative integer, ignored)"
+    );
+
+    let mut config = common::example_config();
+    config.drivers[1]
+        .attach_limit
+        .as_mut()
+        .unwrap()
+        .from_csi_node = false;
+    config.drivers[1].attach_limit.as_mut().unwrap().default = Some(4);
+    let state = common::example_state(&config);
+    let server = TestServer::start(config, state).await;
+    let f = filter_names(&server, &web).await;
+    assert_eq!(f.passing, ["worker-1", "worker-2"]);
+    assert_eq!(
+        f.failed["worker-3"],
+        "attach limit reached for linode: 8 of 4 used, pod needs 1 more (limit from config default)"
+    );
+}
+
+#[tokio::test]
+async fn a_node_over_its_limit_still_takes_a_pod_whose_volumes_it_holds() {
+    let server = TestServer::example().await;
+    annotate_limit(&server, "worker-1", "0");
+    let body = by_names(&pod("examples/pods/db-replica.yaml"), &NODES);
+    let f = filter(&server, body.clone()).await;
+    assert_eq!(
+        f.passing,
+        ["worker-1"],
+        "nothing new to attach: {:?}",
+        f.raw
+    );
+    let scores = prioritize(&server, body).await;
+    assert_eq!(scores[0], ("worker-1".into(), 10));
+    let f = filter_names(&server, &pod("examples/pods/linode-web.yaml")).await;
+    assert_eq!(
+        f.failed["worker-1"],
+        "attach limit reached for linode: 1 of 0 used, pod needs 1 more (limit from node annotation volguard.io/attach-limit)"
+    );
+}
+
+/// A bound linode volume `handle` with claim `shop/<claim>`.
+fn volume(claim: &str, handle: &str) -> [Value; 2] {
+    [
+        json!({"apiVersion": "v1", "kind": "PersistentVolume",
+               "metadata": {"name": format!("pv-{claim}")},
+               "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"},
+                        "csi": {"driver": "linodebs.csi.linode.com", "volumeHandle": handle},
+                        "claimRef": {"namespace": "shop", "name": claim}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": claim, "namespace": "shop"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": format!("pv-{claim}"),
+                        "resources": {"requests": {"storage": "10Gi"}}}}),
+    ]
+}
+
+/// A pod bound to `node` in `phase` using claims `shop/<claims>`.
+fn bound_pod(name: &str, node: &str, phase: &str, claims: &[&str]) -> Value {
+    let volumes: Vec<Value> = claims
+        .iter()
+        .map(|c| json!({"name": c, "persistentVolumeClaim": {"claimName": c}}))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "shop"},
+           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}],
+                    "volumes": volumes},
+           "status": {"phase": phase}})
+}
+
+#[tokio::test]
+async fn a_volume_shared_by_two_pods_on_a_node_counts_once() {
+    let server = TestServer::example().await;
+    let [pv, pvc] = volume("shared", "320001-shared");
+    apply(&server, pv);
+    apply(&server, pvc);
+    annotate_limit(&server, "worker-2", "3");
+    for name in ["reader-a", "reader-b"] {
+        apply(&server, bound_pod(name, "worker-2", "Running", &["shared"]));
+    }
+    // worker-2: the stale attachment + the shared volume = 2 of 3; the pod adds 1.
+    let f = filter_names(&server, &pod("examples/pods/linode-web.yaml")).await;
+    assert!(f.passing.contains(&"worker-2".to_owned()), "{:?}", f.raw);
+    annotate_limit(&server, "worker-2", "2");
+    let f = filter_names(&server, &pod("examples/pods/linode-web.yaml")).await;
+    assert_eq!(
+        f.failed["worker-2"],
+        "attach limit reached for linode: 2 of 2 used, pod needs 1 more (limit from node annotation volguard.io/attach-limit)"
+    );
+}
+
+#[tokio::test]
+async fn terminated_pods_do_not_count() {
+    let server = TestServer::example().await;
+    let [pv, pvc] = volume("finished", "320002-finished");
+    apply(&server, pv);
+    apply(&server, pvc);
+    annotate_limit(&server, "worker-2", "2");
+    let web = pod("examples/pods/linode-web.yaml");
+    apply(
+        &server,
+        bound_pod("batch-done", "worker-2", "Succeeded", &["finished"]),
+    );
+    let f = filter_names(&server, &web).await;
+    assert!(f.passing.contains(&"worker-2".to_owned()), "{:?}", f.raw);
+    apply(
+        &server,
+        bound_pod("batch-done", "worker-2", "Running", &["finished"]),
+    );
+    let f = filter_names(&server, &web).await;
+    assert!(f.failed["worker-2"].contains("2 of 2 used"), "{:?}", f.raw);
+}
+
+#[tokio::test]
+async fn a_volume_attachment_whose_pod_is_gone_still_counts() {
+    let server = TestServer::example().await;
+    // Only the VolumeAttachment names 310900-pvcold on worker-2 once the node status
+    // forgets it.
+    let mut worker2 = example_nodes()[1].clone();
+    worker2["status"]["volumesAttached"] = json!([]);
+    worker2["status"]["volumesInUse"] = json!([]);
+    worker2["metadata"]["annotations"]["volguard.io/attach-limit"] = "1".into();
+    apply(&server, worker2);
+    let web = pod("examples/pods/linode-web.yaml");
+    let f = filter_names(&server, &web).await;
+    assert_eq!(
+        f.failed["worker-2"],
+        "attach limit reached for linode: 1 of 1 used, pod needs 1 more (limit from node annotation volguard.io/attach-limit)"
+    );
+    server
+        .app
+        .cluster
+        .write()
+        .unwrap()
+        .delete(Kind::VolumeAttachment, STALE_VA);
+    let f = filter_names(&server, &web).await;
+    assert!(f.passing.contains(&"worker-2".to_owned()), "{:?}", f.raw);
+}
+
+#[tokio::test]
+async fn an_unbound_wait_for_first_consumer_claim_is_one_new_attachment() {
+    let server = TestServer::example().await;
+    let scratch = pod("examples/pods/wffc-scratch.yaml");
+    annotate_limit(&server, "worker-2", "2");
+    let f = filter_names(&server, &scratch).await;
+    assert!(
+        f.passing.contains(&"worker-2".to_owned()),
+        "1 used + 1 new = 2: {:?}",
+        f.raw
+    );
+    apply(
+        &server,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "scratch-2", "namespace": "shop"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "linode-block-storage",
+                        "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+    let mut two = scratch.clone();
+    two["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "scratch-2", "persistentVolumeClaim": {"claimName": "scratch-2"}}));
+    let f = filter_names(&server, &two).await;
+    assert_eq!(
+        f.failed["worker-2"],
+        "attach limit reached for linode: 1 of 2 used, pod needs 2 more (limit from node annotation volguard.io/attach-limit)"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_claim_makes_every_node_unresolvable_with_the_reason() {
+    let server = TestServer::example().await;
+    let mut p = pod("examples/pods/linode-web.yaml");
+    p["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "no-such-claim".into();
+    let f = filter_names(&server, &p).await;
+    assert!(f.passing.is_empty());
+    for node in NODES {
+        assert_eq!(
+            f.unresolvable[node],
+            "PersistentVolumeClaim shop/no-such-claim not found: volguard cannot tell which volumes the pod needs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_node_fails_with_a_reason_and_no_other_name_is_returned() {
+    let server = TestServer::example().await;
+    let f = filter(
+        &server,
+        by_names(
+            &pod("examples/pods/linode-web.yaml"),
+            &["worker-9", "worker-2"],
+        ),
+    )
+    .await;
+    assert_eq!(f.passing, ["worker-2"]);
+    assert_eq!(
+        f.failed["worker-9"],
+        "node worker-9 is not in volguard's cluster state"
+    );
+    assert_eq!(f.failed.len() + f.unresolvable.len(), 1);
+    let scores = prioritize(
+        &server,
+        by_names(
+            &pod("examples/pods/linode-web.yaml"),
+            &["worker-9", "worker-2"],
+        ),
+    )
+    .await;
+    assert_eq!(scores.len(), 2);
+    assert_eq!(scores[0], ("worker-9".into(), 0));
+}
+
+#[tokio::test]
+async fn an_unsynced_state_answers_with_error_but_pods_without_volumes_pass() {
+    let config = common::example_config();
+    let state = common::empty_state(&config);
+    let server = TestServer::start(config, state).await;
+    let body = by_names(&pod("examples/pods/linode-web.yaml"), &NODES);
+    let (status, bytes) = server.post("/filter", body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(
+        answer["Error"].as_str().unwrap().contains("not synced yet"),
+        "{answer}"
+    );
+    assert_eq!(answer["NodeNames"], Value::Null, "no verdict: {answer}");
+    assert_eq!(answer["FailedNodes"], json!({}));
+    assert_eq!(answer["FailedAndUnresolvableNodes"], json!({}));
+    let (status, bytes) = server.post("/prioritize", body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&bytes).contains("not synced yet"));
+
+    let plain = pod("examples/pods/no-volumes.yaml");
+    let f = filter_names(&server, &plain).await;
+    assert_eq!(f.passing, NODES);
+    let scores = prioritize(&server, by_names(&plain, &NODES)).await;
+    assert!(
+        scores.iter().all(|(_, s)| *s == scores[0].1),
+        "all equal: {scores:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_one_line_400_or_413_and_the_server_keeps_serving() {
+    let server = TestServer::example().await;
+    let web = pod("examples/pods/linode-web.yaml");
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        ("empty", Vec::new(), StatusCode::BAD_REQUEST, "empty body"),
+        (
+            "malformed",
+            b"{\"Pod\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not ExtenderArgs",
+        ),
+        (
+            "camelCase keys",
+            json!({"pod": web, "nodeNames": ["worker-1"]})
+                .to_string()
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "no Pod",
+        ),
+        (
+            "no candidates",
+            json!({"Pod": web}).to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "neither NodeNames nor Nodes",
+        ),
+        (
+            "nameless node",
+            by_nodes(&web, &[json!({"metadata": {}})]).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "Nodes.items[0] has no metadata.name",
+        ),
+        (
+            "over 128 MiB",
+            vec![b' '; (128 << 20) + 1],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+    ];
+    for path in ["/filter", "/prioritize"] {
+        for (name, body, want, says) in &cases {
+            let (status, body) = server.post(path, body.clone()).await;
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(status, *want, "{path} {name}: {text}");
+            assert!(text.contains(says), "{path} {name}: {text}");
+            assert!(
+                text.trim_end().lines().count() <= 1,
+                "{path} {name}: {text:?}"
+            );
+        }
+    }
+    let f = filter_names(&server, &web).await;
+    assert_eq!(f.passing, ["worker-1", "worker-2"], "still serving");
+}
