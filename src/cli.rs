@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{certs, daemon};
+use crate::{certs, daemon, explain};
 
 /// volguard: storage-aware admission webhook and scheduler extender.
 #[derive(Debug, Parser)]
@@ -35,6 +35,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
+    /// Show offline what the webhook and the extender would do with a pod.
+    Explain(ExplainArgs),
 }
 
 /// Flags of `volguard serve`.
@@ -121,6 +123,32 @@ pub struct CertsArgs {
     pub days: u32,
 }
 
+/// Flags of `volguard explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Cluster state: a YAML/JSON file or a directory of them.
+    #[arg(long, env = "VOLGUARD_SNAPSHOT")]
+    pub snapshot: PathBuf,
+    /// The pod to place (YAML or JSON, one document).
+    #[arg(long, env = "VOLGUARD_POD")]
+    pub pod: PathBuf,
+    /// Config file (YAML); built-in defaults when absent.
+    #[arg(long, env = "VOLGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Report format.
+    #[arg(long, env = "VOLGUARD_OUTPUT", value_enum, default_value_t = ExplainOutput::Table)]
+    pub output: ExplainOutput,
+}
+
+/// Report format of `volguard explain`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExplainOutput {
+    /// The patch, then aligned columns for people.
+    Table,
+    /// One JSON document for scripts.
+    Json,
+}
+
 /// A command failed: print `message` as one line and exit with `code`.
 #[derive(Debug)]
 pub struct Failure {
@@ -156,6 +184,7 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => daemon::run(args),
         Command::Certs(args) => write_certs(&args),
+        Command::Explain(args) => explain::run(&args),
     };
     match outcome {
         Ok(code) => code,

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod drivers;
+pub mod explain;
 pub mod extender;
 pub mod limits;
 pub mod metrics;
