@@ -225,7 +225,7 @@ struct Exclusive {
 #[derive(Debug)]
 struct Plan {
     devices: Vec<DeviceNeed>,
-    /// A device-plugin claim without a volume yet: no node can hold it.
+    /// Why no node can hold a device-plugin claim that has no volume yet.
     unprovisioned: Option<String>,
     drivers: Vec<DriverNeed>,
     exclusive: Vec<Exclusive>,
@@ -282,8 +282,8 @@ impl<'s> Judge<'s> {
                 true,
             );
         };
-        if let Some(claim) = &plan.unprovisioned {
-            return Judgement::fail(claim.clone(), false);
+        if let Some(why) = &plan.unprovisioned {
+            return Judgement::fail(why.clone(), false);
         }
         // Rule 1: device-plugin volumes must be advertised with a count of 1 or more.
         for d in &plan.devices {
