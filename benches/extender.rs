@@ -16,6 +16,7 @@ use volguard::{
     drivers::Drivers,
     extender::{endpoints, judge::Judge},
     resolve::resolve,
+    server::App,
     snapshot::{self, Snapshot},
     synthetic::{self, Size},
 };
@@ -56,14 +57,12 @@ fn extender(c: &mut Criterion) {
         "Pod": pod_json, "Nodes": null, "NodeNames": names,
     }))
     .expect("body");
-    let shared = Arc::new(RwLock::new(state));
+    let app = App::new(config.clone(), Arc::new(RwLock::new(state)));
     c.bench_function("/filter body, 5000 NodeNames", |b| {
-        b.iter(|| black_box(endpoints::filter(black_box(&body), &shared, &config).expect("answer")))
+        b.iter(|| black_box(endpoints::filter(black_box(&body), &app).expect("answer")))
     });
     c.bench_function("/prioritize body, 5000 NodeNames", |b| {
-        b.iter(|| {
-            black_box(endpoints::prioritize(black_box(&body), &shared, &config).expect("answer"))
-        })
+        b.iter(|| black_box(endpoints::prioritize(black_box(&body), &app).expect("answer")))
     });
 }
 

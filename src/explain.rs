@@ -163,12 +163,8 @@ fn webhook(
 fn verdict_word(j: &Judgement) -> &'static str {
     match j.verdict {
         Verdict::Pass => "pass",
-        Verdict::Fail {
-            resolvable: true, ..
-        } => "fail",
-        Verdict::Fail {
-            resolvable: false, ..
-        } => "unresolvable",
+        Verdict::Fail { kind, .. } if kind.resolvable() => "fail",
+        Verdict::Fail { .. } => "unresolvable",
     }
 }
 

@@ -214,11 +214,16 @@ impl Metrics {
     /// `device_missing`, `driver_not_registered`, `volume_in_use` or `attach_limit`
     /// (never the free-text message: label values must stay few).
     pub fn node_failed(&self, reason: &str) {
+        self.nodes_failed_by(reason, 1);
+    }
+
+    /// Counts `count` nodes filtered out for the same kind of reason in one request.
+    pub fn nodes_failed_by(&self, reason: &str, count: u64) {
         self.nodes_failed
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
             })
-            .inc();
+            .inc_by(count);
     }
 
     /// Records the serving certificate in use by its notAfter (Unix seconds).

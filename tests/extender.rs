@@ -596,6 +596,23 @@ async fn an_unsynced_state_answers_with_error_but_pods_without_volumes_pass() {
 }
 
 #[tokio::test]
+async fn filtered_out_nodes_are_counted_by_kind_of_reason() {
+    let server = TestServer::example().await;
+    let body = by_names(&pod("examples/pods/linode-web.yaml"), &NODES);
+    filter(&server, body.clone()).await;
+    prioritize(&server, body).await;
+    filter_names(&server, &pod("examples/pods/db-replica.yaml")).await;
+    let (status, _, text) = server.get_plain("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let scraped = common::openmetrics::parse(&text).expect("OpenMetrics");
+    let count = |reason: &str| scraped.count("volguard_nodes_failed_total", &[("reason", reason)]);
+    assert_eq!(count("attach_limit"), 1.0, "prioritize counts nothing");
+    assert_eq!(count("driver_not_registered"), 2.0);
+    assert_eq!(count("volume_in_use"), 2.0);
+    assert_eq!(count("device_missing"), 0.0);
+}
+
+#[tokio::test]
 async fn bad_input_gets_one_line_400_or_413_and_the_server_keeps_serving() {
     let server = TestServer::example().await;
     let web = pod("examples/pods/linode-web.yaml");

@@ -13,12 +13,13 @@ use axum::{
 use k8s_openapi::api::core::v1::Pod;
 
 use super::{
-    judge::{Judge, Judgement, Verdict},
+    judge::{FailKind, Judge, Judgement, Verdict},
     wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList, node_name},
 };
 use crate::{
-    cluster::{ClusterState, SharedState, records::PodRecord},
+    cluster::{ClusterState, records::PodRecord},
     config::Config,
+    metrics::Metrics,
     resolve::resolve,
     server::{App, bad_request},
 };
@@ -131,29 +132,34 @@ fn judge_all(
     Ok(names.iter().map(|n| judge.judge(n)).collect())
 }
 
-/// Sorts judged candidates into the filter answer, in the mode they were sent in.
+/// Sorts judged candidates into the filter answer, in the mode they were sent in, and
+/// counts the failures by kind.
 fn sort_out<'a>(
     candidates: &'a Candidates<'a>,
     judgements: Vec<Judgement>,
+    metrics: &Metrics,
 ) -> ExtenderFilterResult<'a> {
     let mut result = ExtenderFilterResult::default();
     let mut passing = Vec::with_capacity(candidates.names.len());
+    let mut failures: Vec<(FailKind, u64)> = Vec::new();
     for (i, (name, j)) in candidates.names.iter().zip(judgements).enumerate() {
-        match j.verdict {
-            Verdict::Pass => passing.push(i),
-            Verdict::Fail {
-                reason,
-                resolvable: true,
-            } => {
-                result.failed_nodes.insert(name, reason);
-            }
-            Verdict::Fail {
-                reason,
-                resolvable: false,
-            } => {
-                result.failed_and_unresolvable_nodes.insert(name, reason);
-            }
+        let Verdict::Fail { kind, reason } = j.verdict else {
+            passing.push(i);
+            continue;
+        };
+        match failures.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => failures.push((kind, 1)),
         }
+        let map = if kind.resolvable() {
+            &mut result.failed_nodes
+        } else {
+            &mut result.failed_and_unresolvable_nodes
+        };
+        map.insert(name, reason);
+    }
+    for (kind, n) in failures {
+        metrics.nodes_failed_by(kind.as_str(), n);
     }
     match &candidates.nodes {
         Some(list) => {
@@ -176,38 +182,31 @@ fn sort_out<'a>(
 
 /// Answers a `/filter` body with an `ExtenderFilterResult` body. When the state is not
 /// ready, the answer carries `Error` (the scheduler retries), never a guessed verdict.
-pub fn filter(
-    body: &[u8],
-    cluster: &SharedState,
-    config: &Config,
-) -> Result<Vec<u8>, ExtenderError> {
+pub fn filter(body: &[u8], app: &App) -> Result<Vec<u8>, ExtenderError> {
     let (pod, candidates) = parse(body)?;
-    let judged = match cluster.read() {
+    let judged = match app.cluster.read() {
         Err(_) => Err("volguard's cluster state is unavailable".to_owned()),
-        Ok(state) => judge_all(&pod, &candidates.names, &state, config),
+        Ok(state) => judge_all(&pod, &candidates.names, &state, &app.config),
     };
     let result = match judged {
         Err(why) => {
             tracing::warn!(pod = ?pod.metadata.name, "extender filter not answered: {why}");
             ExtenderFilterResult::error(why)
         }
-        Ok(judgements) => sort_out(&candidates, judgements),
+        Ok(judgements) => sort_out(&candidates, judgements, &app.metrics),
     };
     serde_json::to_vec(&result).map_err(encode_failed)
 }
 
 /// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
-pub fn prioritize(
-    body: &[u8],
-    cluster: &SharedState,
-    config: &Config,
-) -> Result<Vec<u8>, ExtenderError> {
+pub fn prioritize(body: &[u8], app: &App) -> Result<Vec<u8>, ExtenderError> {
     let (pod, candidates) = parse(body)?;
-    let state = cluster
+    let state = app
+        .cluster
         .read()
         .map_err(|_| ExtenderError::NotReady("volguard's cluster state is unavailable".into()))?;
     let judged =
-        judge_all(&pod, &candidates.names, &state, config).map_err(ExtenderError::NotReady)?;
+        judge_all(&pod, &candidates.names, &state, &app.config).map_err(ExtenderError::NotReady)?;
     drop(state);
     let list: Vec<HostPriority> = candidates
         .names
@@ -241,11 +240,11 @@ fn reply(outcome: Result<Vec<u8>, ExtenderError>) -> Response {
 }
 
 /// [`filter`] or [`prioritize`].
-type BodyHandler = fn(&[u8], &SharedState, &Config) -> Result<Vec<u8>, ExtenderError>;
+type BodyHandler = fn(&[u8], &App) -> Result<Vec<u8>, ExtenderError>;
 
 /// Runs a body handler off the async workers: a large `Nodes` body takes a while to parse.
 async fn off_runtime(app: App, body: Bytes, handle: BodyHandler) -> Response {
-    let outcome = tokio::task::spawn_blocking(move || handle(&body, &app.cluster, &app.config))
+    let outcome = tokio::task::spawn_blocking(move || handle(&body, &app))
         .await
         .unwrap_or_else(|e| {
             Err(ExtenderError::Internal(format!(

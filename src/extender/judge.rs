@@ -25,11 +25,47 @@ pub enum Verdict {
     Pass,
     /// It cannot, for a reason one line long.
     Fail {
+        /// Which rule failed.
+        kind: FailKind,
         /// What is wrong, with the numbers.
         reason: String,
-        /// Preemption can help (an attach limit); otherwise the node is unresolvable.
-        resolvable: bool,
     },
+}
+
+/// Which rule failed a node: decides resolvability and labels the failure metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// The node is not in the cluster state.
+    NodeUnknown,
+    /// A claim or its volume is missing from the cluster state.
+    VolumeUnresolved,
+    /// Rule 1: a device-plugin volume is not on the node.
+    DeviceMissing,
+    /// Rule 2: the CSI driver is not registered on the node.
+    DriverNotRegistered,
+    /// Rule 3: an exclusive volume is in use on another node.
+    VolumeInUse,
+    /// Rule 4: the node's attach limit would be exceeded.
+    AttachLimit,
+}
+
+impl FailKind {
+    /// Preemption or time can help (`FailedNodes`); otherwise `FailedAndUnresolvableNodes`.
+    pub fn resolvable(self) -> bool {
+        matches!(self, FailKind::NodeUnknown | FailKind::AttachLimit)
+    }
+
+    /// A short fixed label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailKind::NodeUnknown => "node_unknown",
+            FailKind::VolumeUnresolved => "volume_unresolved",
+            FailKind::DeviceMissing => "device_missing",
+            FailKind::DriverNotRegistered => "driver_not_registered",
+            FailKind::VolumeInUse => "volume_in_use",
+            FailKind::AttachLimit => "attach_limit",
+        }
+    }
 }
 
 /// The verdict on one node and its score (0 for failing nodes).
@@ -42,9 +78,9 @@ pub struct Judgement {
 }
 
 impl Judgement {
-    fn fail(reason: String, resolvable: bool) -> Self {
+    fn fail(kind: FailKind, reason: String) -> Self {
         Judgement {
-            verdict: Verdict::Fail { reason, resolvable },
+            verdict: Verdict::Fail { kind, reason },
             score: 0,
         }
     }
@@ -270,7 +306,7 @@ impl<'s> Judge<'s> {
     pub fn judge(&self, name: &str) -> Judgement {
         let plan = match &self.plan {
             Ok(p) => p,
-            Err(reason) => return Judgement::fail(reason.clone(), false),
+            Err(reason) => return Judgement::fail(FailKind::VolumeUnresolved, reason.clone()),
         };
         if self.is_indifferent() {
             return Judgement::indifferent();
@@ -278,22 +314,22 @@ impl<'s> Judge<'s> {
         let state = self.state;
         let Some(node) = state.node(name) else {
             return Judgement::fail(
+                FailKind::NodeUnknown,
                 format!("node {name} is not in volguard's cluster state"),
-                true,
             );
         };
         if let Some(why) = &plan.unprovisioned {
-            return Judgement::fail(why.clone(), false);
+            return Judgement::fail(FailKind::DeviceMissing, why.clone());
         }
         // Rule 1: device-plugin volumes must be advertised with a count of 1 or more.
         for d in &plan.devices {
             if node.devices.get(&d.id).copied().unwrap_or(0) < 1 {
                 return Judgement::fail(
+                    FailKind::DeviceMissing,
                     format!(
                         "volume {} is not attached to this node ({})",
                         d.id.handle, d.elsewhere
                     ),
-                    false,
                 );
             }
         }
@@ -307,10 +343,10 @@ impl<'s> Judge<'s> {
                 Some(_) => continue,
             };
             return Judgement::fail(
+                FailKind::DriverNotRegistered,
                 format!(
                     "CSI driver {csi} is not registered on this node ({why}: is the node plugin running, and does it use the kubelet's --root-dir?)"
                 ),
-                false,
             );
         }
         // Rule 3: an exclusive volume in use on another node.
@@ -322,11 +358,11 @@ impl<'s> Judge<'s> {
                     .map(|c| format!(" (claim {c})"))
                     .unwrap_or_default();
                 return Judgement::fail(
+                    FailKind::VolumeInUse,
                     format!(
                         "volume {}{claim} is ReadWriteOnce and in use on {other} by pod {pod}",
                         e.handle
                     ),
-                    false,
                 );
             }
         }
@@ -347,12 +383,12 @@ impl<'s> Judge<'s> {
             let after = i64::from(used) + i64::from(new);
             if after > max {
                 return Judgement::fail(
+                    FailKind::AttachLimit,
                     format!(
                         "attach limit reached for {}: {used} of {max} used, pod needs {new} more {}",
                         self.config_of(d.id).name,
                         limit.explain()
                     ),
-                    true,
                 );
             }
             score = score.min(free_score(max - after, max));
