@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Load benchmark: volguard against the same stack answering a constant body.
+#
+#   scripts/loadtest.sh [SECONDS=10]
+#
+# Builds release, generates the large synthetic cluster (5,000 nodes, 150,000 pods,
+# 50,000 volumes), starts `volguard serve` on it and the baseline example on loopback,
+# and drives both over TLS with oha (keep-alive). Prints a Markdown table: saturation
+# throughput for /mutate (as a ratio of the baseline), p50/p99 latency at fixed rates,
+# the server's RSS and its time from start to ready. Everything runs on 127.0.0.1 and
+# stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+secs=${1:-10}
+command -v oha >/dev/null || cargo install oha --locked
+command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq; }
+
+cargo build --release --bin volguard --example loadtest_data --example baseline
+bin=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+"$bin/examples/loadtest_data" "$work" 2>/dev/null
+"$bin/volguard" certs --service volguard --namespace volguard-system --out "$work/certs" >/dev/null 2>&1
+
+start=$(date +%s%N)
+"$bin/volguard" serve --snapshot "$work/snapshot.json" --config examples/config.yaml \
+  --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
+  --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19090 2>"$work/serve.log" &
+pids+=($!)
+server=$!
+for _ in $(seq 1 3000); do
+  curl -sf http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break
+  sleep 0.01
+done
+ready_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+
+# The baseline answers with what volguard answers, so both move the same bytes.
+curl -sf --cacert "$work/certs/ca.crt" https://localhost:18443/mutate -d @"$work/mutate.json" >"$work/mutate.answer"
+curl -sf --cacert "$work/certs/ca.crt" https://localhost:18443/filter -d @"$work/filter.json" >"$work/filter.answer"
+"$bin/examples/baseline" 127.0.0.1:18444 "$work/certs/tls.crt" "$work/certs/tls.key" \
+  "$work/mutate.answer" "$work/filter.answer" &
+pids+=($!)
+for _ in $(seq 1 500); do curl -sf --cacert "$work/certs/ca.crt" https://localhost:18444/mutate -d '{}' >/dev/null 2>&1 && break; sleep 0.01; done
+
+# run PORT PATH BODY EXTRA...: one oha run, JSON summary on stdout
+run() {
+  local port=$1 path=$2 body=$3; shift 3
+  oha --no-tui --output-format json -z "${secs}s" -m POST -T application/json -D "$body" \
+    --cacert "$work/certs/ca.crt" "$@" "https://localhost:$port$path"
+}
+rps() { jq -r '.summary.requestsPerSec | floor'; }
+pct() { jq -r --arg p "$1" '.latencyPercentiles[$p] * 1000 | . * 100 | round / 100'; }
+ok() { jq -r '.summary.successRate'; }
+
+m_vol=$(run 18443 /mutate "$work/mutate.json" -c 32)
+m_base=$(run 18444 /mutate "$work/mutate.json" -c 32)
+m_rate=$(run 18443 /mutate "$work/mutate.json" -c 16 -q 1000 --latency-correction)
+f_sat=$(run 18443 /filter "$work/filter.json" -c 8)
+f_rate=$(run 18443 /filter "$work/filter.json" -c 8 -q 200 --latency-correction)
+rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
+hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
+
+vol=$(rps <<<"$m_vol"); base=$(rps <<<"$m_base")
+cat <<TABLE
+| what | volguard | target |
+|---|---|---|
+| /mutate saturation (c=32) | $vol req/s = $(awk "BEGIN {printf \"%.2f\", $vol/$base}") x baseline ($base req/s) | >= 0.85 x |
+| /mutate at 1,000 req/s | p50 $(pct p50 <<<"$m_rate") ms, p99 $(pct p99 <<<"$m_rate") ms (success $(ok <<<"$m_rate")) | p99 <= 5 ms |
+| /filter saturation (c=8, 5,000 nodes) | $(rps <<<"$f_sat") req/s | |
+| /filter at 200 req/s | p50 $(pct p50 <<<"$f_rate") ms, p99 $(pct p99 <<<"$f_rate") ms (success $(ok <<<"$f_rate")) | p99 <= 10 ms |
+| RSS after the runs (peak) | $((rss_kb / 1024)) MiB ($((hwm_kb / 1024)) MiB) | <= 256 MiB |
+| start to ready on the snapshot | $ready_ms ms | <= 200 ms |
+TABLE
+echo
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%d GiB", $2/1048576}' /proc/meminfo), $(uname -sr); oha $(oha --version | awk '{print $2}'); ${secs}s per run"
