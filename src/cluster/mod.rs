@@ -2,8 +2,10 @@
 //! that snapshots and watches fill and that the webhook and extender read.
 
 pub mod objects;
+pub mod readiness;
 pub mod records;
 pub mod state;
 
 pub use objects::{ClusterObject, Kind};
+pub use readiness::{Readiness, WatchHealth};
 pub use state::{ClusterState, SharedState, VolumeUser};

@@ -8,6 +8,7 @@ use std::{
 
 use super::{
     objects::{ClusterObject, Kind},
+    readiness::Readiness,
     records::{
         CsiNodeRecord, NodeRecord, PodRecord, PodVolumeRef, PvRecord, PvcRecord,
         StorageClassRecord, VaRecord, VaSource, key,
@@ -92,7 +93,7 @@ pub struct ClusterState {
     pv_claim: HashMap<String, String>,
     pv_attachments: HashMap<String, HashSet<String>>,
 
-    synced: HashSet<Kind>,
+    readiness: Readiness,
 }
 
 impl ClusterState {
@@ -116,7 +117,7 @@ impl ClusterState {
             claim_pods: HashMap::new(),
             pv_claim: HashMap::new(),
             pv_attachments: HashMap::new(),
-            synced: HashSet::new(),
+            readiness: Readiness::default(),
         }
     }
 
@@ -157,12 +158,17 @@ impl ClusterState {
                     p.metadata.name.as_deref().unwrap_or_default(),
                 );
                 let config = self.config.clone();
-                self.put_pod(k, PodRecord::from_pod(p, &d, &config));
+                let mut rec = PodRecord::from_pod(p, &d, &config);
+                rec.node = rec.node.map(|n| self.shared_node_name(n));
+                self.put_pod(k, rec);
             }
             ClusterObject::VolumeAttachment(va) => {
                 let name = va.metadata.name.clone().unwrap_or_default();
                 match VaRecord::from_va(va, &d) {
-                    Some(rec) => self.put_va(name, rec),
+                    Some(mut rec) => {
+                        rec.node = self.shared_node_name(rec.node);
+                        self.put_va(name, rec)
+                    }
                     None => self.delete(Kind::VolumeAttachment, &name),
                 }
             }
@@ -225,35 +231,41 @@ impl ClusterState {
         }
     }
 
-    /// Replaces everything of one kind with a fresh listing (a relist): objects that
-    /// vanished meanwhile are deleted, then the kind counts as synced.
-    pub fn replace_kind(&mut self, kind: Kind, objects: &[ClusterObject]) {
-        let fresh: HashSet<String> = objects.iter().map(object_key).collect();
-        for stale in self.keys(kind).into_iter().filter(|k| !fresh.contains(k)) {
-            self.delete(kind, &stale);
+    /// Ends a relist of one kind: objects not in `listed` (keys as [`object_key`] makes
+    /// them) vanished while the watch was away and are deleted; the kind counts as synced.
+    /// The listed objects themselves were applied one by one as they arrived, so a relist
+    /// of a large kind never holds the whole listing.
+    pub fn finish_relist(&mut self, kind: Kind, listed: &HashSet<String>) {
+        for gone in self.keys(kind).into_iter().filter(|k| !listed.contains(k)) {
+            self.delete(kind, &gone);
         }
-        for o in objects {
-            self.apply(o);
-        }
-        self.synced.insert(kind);
+        self.readiness.mark_synced(kind);
     }
 
     /// Marks a kind as listed once (a snapshot, or a watch's first complete list).
     pub fn mark_synced(&mut self, kind: Kind) {
-        self.synced.insert(kind);
+        self.readiness.mark_synced(kind);
     }
 
-    /// Every kind has been listed once: verdicts are meaningful.
+    /// Every kind has been listed once and no watch has been failing beyond its grace
+    /// period: verdicts are meaningful. See [`Readiness::problem`] for the reason when not.
     pub fn is_ready(&self) -> bool {
-        Kind::ALL.iter().all(|k| self.synced.contains(k))
+        self.readiness.is_ready()
     }
 
     /// The kinds not listed yet, for readiness messages.
     pub fn unsynced(&self) -> Vec<Kind> {
-        Kind::ALL
-            .into_iter()
-            .filter(|k| !self.synced.contains(k))
-            .collect()
+        self.readiness.unsynced()
+    }
+
+    /// Sync and watch health: why verdicts cannot be trusted, per-kind error counts.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// For the watchers, to record failures and recoveries.
+    pub fn readiness_mut(&mut self) -> &mut Readiness {
+        &mut self.readiness
     }
 
     /// How many objects of each kind are cached.
@@ -352,6 +364,14 @@ impl ClusterState {
     }
 
     // ---- index maintenance ----
+
+    /// The cached node's own copy of its name, so that the many pods and attachments
+    /// on a node share one allocation (a pod listed before its node keeps its own).
+    fn shared_node_name(&self, name: Arc<str>) -> Arc<str> {
+        self.nodes
+            .get_key_value(&*name)
+            .map_or(name, |(k, _)| k.clone())
+    }
 
     fn put_node(&mut self, name: Arc<str>, rec: NodeRecord) {
         self.set_devices(&name, Some(&rec));
