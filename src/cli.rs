@@ -32,7 +32,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the webhook and extender over TLS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
     /// Show offline what the webhook and the extender would do with a pod.
@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Cluster state from these files instead of the API server.
     #[arg(long, env = "VOLGUARD_SNAPSHOT")]
     pub snapshot: Option<PathBuf>,
+    /// Kubeconfig of the API server to watch; default: in-cluster, else
+    /// $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "VOLGUARD_KUBECONFIG", conflicts_with = "snapshot")]
+    pub kubeconfig: Option<PathBuf>,
     /// Generate an in-memory certificate and print its CA on stdout, instead of reading files.
     #[arg(long, env = "VOLGUARD_SELF_SIGNED")]
     pub self_signed: bool,
@@ -182,7 +186,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     crate::tls::install_crypto_provider();
     let outcome = match cli.command {
-        Command::Serve(args) => daemon::run(args),
+        Command::Serve(args) => daemon::run(*args),
         Command::Certs(args) => write_certs(&args),
         Command::Explain(args) => explain::run(&args),
     };
@@ -196,8 +200,11 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube's client logs every failed request at ERROR; the watchers already log each
+    // failure once, with the kind, at WARN.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,5 +1,6 @@
-//! `volguard serve`: load config and cluster state, build TLS (hot-reloaded from files),
-//! and run the TLS and plain listeners until a stop signal drains them.
+//! `volguard serve`: load config and cluster state (a snapshot, or watchers on the
+//! Kubernetes API), build TLS (hot-reloaded from files), and run the TLS and plain
+//! listeners until a stop signal drains them.
 
 use std::{
     process::ExitCode,
@@ -18,7 +19,7 @@ use crate::{
     reload::{CertFiles, Loaded, Pair, Reloader},
     server::App,
     shutdown::{self, Drain, StopSignals},
-    snapshot, tls,
+    snapshot, tls, watch,
 };
 
 /// Where the serving certificate came from.
@@ -36,7 +37,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let drivers = Arc::new(Drivers::new(&config));
     let mut state = ClusterState::new(config.clone(), drivers);
     let (serving, source) = serving_tls(&args)?;
-    match &args.snapshot {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
+    let live = match &args.snapshot {
         Some(path) => {
             let (objects, skipped) =
                 snapshot::load_into(path, &mut state).map_err(Failure::usage)?;
@@ -47,13 +50,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
                 );
             }
             tracing::info!(path = %path.display(), objects, "cluster state loaded from snapshot");
+            None
         }
-        None => {
-            return Err(Failure::usage(
-                "no --snapshot given and live API watching is not available in this build: pass --snapshot PATH",
-            ));
-        }
-    }
+        None => Some(
+            runtime
+                .block_on(watch::kube_config(args.kubeconfig.as_deref()))
+                .map_err(Failure::usage)?,
+        ),
+    };
     if let Source::Generated(ca) = &source {
         print!("{ca}");
         tracing::info!(
@@ -73,11 +77,20 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         delay: args.shutdown_delay,
         timeout: args.shutdown_timeout,
     };
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         let signals = StopSignals::install()
             .map_err(|e| Failure::runtime(format!("cannot catch stop signals: {e}")))?;
+        // Dropped when serving ends, which stops the watchers.
+        let _watchers = match live {
+            None => None,
+            Some((kube_config, origin)) => {
+                tracing::info!(api = %kube_config.cluster_url, config = %origin, "watching the Kubernetes API; /readyz is 503 until every kind is listed");
+                let client = watch::client(kube_config, &app.cluster)
+                    .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
+                app.api = Some(client.clone());
+                Some(watch::spawn(client, app.cluster.clone()))
+            }
+        };
         let tls = RustlsConfig::from_config(Arc::new(serving.config));
         if let Source::Files(files, pair) = source
             && !args.tls_reload_interval.is_zero()

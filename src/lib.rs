@@ -1,6 +1,6 @@
 //! volguard: a storage-aware mutating admission webhook and kube-scheduler extender for
 //! block volumes. The pure core (`resolve`, `mutate`) reads the cluster-state model
-//! (`cluster`); thin adapters feed it (`snapshot`) and serve it (`admission`, `server`).
+//! (`cluster`); thin adapters feed it (`snapshot`, `watch`) and serve it (`admission`, `server`).
 
 pub mod admission;
 pub mod certs;
@@ -21,3 +21,4 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod synthetic;
 pub mod tls;
+pub mod watch;

@@ -20,6 +20,8 @@ use axum::{
     routing::{get, post},
 };
 
+use k8s_openapi::api::core::v1::Pod;
+
 use crate::{
     admission::{self, Decision},
     cluster::SharedState,
@@ -27,6 +29,7 @@ use crate::{
     extender,
     limits::{self, ConnectionSlots, Limits},
     metrics::{self, Metrics},
+    watch,
 };
 
 /// Largest AdmissionReview accepted: the apiserver caps objects far below this.
@@ -45,10 +48,13 @@ pub struct App {
     pub limits: Limits,
     /// Set once a stop signal arrived: readiness fails while in-flight requests finish.
     pub draining: Arc<AtomicBool>,
+    /// The live API client when watching (not with a snapshot): the webhook GETs a
+    /// claim the watch has not delivered yet.
+    pub api: Option<kube::Client>,
 }
 
 impl App {
-    /// An app with fresh metrics, default limits, not draining.
+    /// An app with fresh metrics, default limits, not draining, no API client.
     pub fn new(config: Arc<Config>, cluster: SharedState) -> Self {
         let metrics = Metrics::new();
         metrics.expect_drivers(config.drivers.iter().map(|d| d.name.as_str()));
@@ -58,6 +64,7 @@ impl App {
             metrics: Arc::new(metrics),
             limits: Limits::default(),
             draining: Arc::new(AtomicBool::new(false)),
+            api: None,
         }
     }
 }
@@ -108,16 +115,13 @@ async fn readyz(State(app): State<App>) -> Response {
     if app.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    let unsynced = app.cluster.read().map(|s| s.unsynced()).unwrap_or_default();
-    if unsynced.is_empty() {
-        "ok".into_response()
-    } else {
-        let kinds: Vec<&str> = unsynced.iter().map(|k| k.as_str()).collect();
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cluster state not synced yet: {}\n", kinds.join(", ")),
-        )
-            .into_response()
+    let problem = match app.cluster.read() {
+        Ok(state) => state.readiness().problem(),
+        Err(_) => Some("cluster state is unavailable".into()),
+    };
+    match problem {
+        None => "ok".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -142,14 +146,7 @@ async fn mutate(State(app): State<App>, body: Bytes) -> Response {
         Err(why) => Decision::Trouble(why),
         Ok(Some((raw, pod))) => {
             let namespace = admission::namespace_of(&req, &pod);
-            match app.cluster.read() {
-                Err(_) => Decision::Trouble("cluster state is unavailable".into()),
-                Ok(state) if !state.is_ready() => {
-                    Decision::Trouble("cluster state is not synced yet".into())
-                }
-                Ok(state) => admission::decide(&raw, &pod, &namespace, &state, &app.config)
-                    .unwrap_or_else(|e| Decision::Trouble(e.to_string())),
-            }
+            judge(&app, &raw, &pod, &namespace).await
         }
     };
     match &decision {
@@ -162,6 +159,37 @@ async fn mutate(State(app): State<App>, body: Bytes) -> Response {
         _ => {}
     }
     Json(admission::respond(&req, decision, &app.config)).into_response()
+}
+
+/// Decides against the cached state; a claim or PV missing from the cache is fetched
+/// once with a direct GET (when watching the API) before it becomes a warning.
+async fn judge(app: &App, raw: &serde_json::Value, pod: &Pod, namespace: &str) -> Decision {
+    let deadline = tokio::time::Instant::now() + watch::DIRECT_GET_TIMEOUT;
+    let mut fetched = Vec::new();
+    loop {
+        let miss = match app.cluster.read() {
+            Err(_) => return Decision::Trouble("cluster state is unavailable".into()),
+            Ok(state) => {
+                if let Some(why) = state.readiness().problem() {
+                    return Decision::Trouble(why);
+                }
+                match admission::decide(raw, pod, namespace, &state, &app.config) {
+                    Ok(decision) => return decision,
+                    Err(miss) => miss,
+                }
+            }
+        };
+        let Some(client) = &app.api else {
+            return Decision::Trouble(miss.to_string());
+        };
+        if fetched.contains(&miss) {
+            return Decision::Trouble(format!("{miss} (gone again after a direct GET)"));
+        }
+        if let Err(why) = watch::fetch_missing(client, &miss, &app.cluster, deadline).await {
+            return Decision::Trouble(format!("{miss} (direct GET: {why})"));
+        }
+        fetched.push(miss);
+    }
 }
 
 /// Serves `router` over TLS on an already bound listener until `handle` shuts it down,

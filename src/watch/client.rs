@@ -1,0 +1,66 @@
+//! The API client: where its config comes from (in-cluster, a kubeconfig file) and the
+//! middleware that lets the watchers' recoveries be seen.
+
+use std::path::Path;
+
+use kube::{
+    client::ClientBuilder,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+use super::recovery::RecoveryLayer;
+use crate::cluster::SharedState;
+
+/// The API server to watch, with where its config came from (for messages): the given
+/// kubeconfig file; else the in-cluster service account; else `$KUBECONFIG` or
+/// `~/.kube/config`. The error is one line naming the file.
+pub async fn kube_config(kubeconfig: Option<&Path>) -> Result<(kube::Config, String), String> {
+    if let Some(path) = kubeconfig {
+        let origin = path.display().to_string();
+        let file = Kubeconfig::read_from(path)
+            .map_err(|e| format!("{origin}: cannot read kubeconfig: {}", first_line(&e)))?;
+        return kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+            .await
+            .map(|config| (config, origin.clone()))
+            .map_err(|e| format!("{origin}: unusable kubeconfig: {}", first_line(&e)));
+    }
+    let in_cluster = match kube::Config::incluster() {
+        Ok(config) => return Ok((config, "in-cluster service account".into())),
+        Err(e) => e,
+    };
+    let file = std::env::var("KUBECONFIG")
+        .ok()
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| "~/.kube/config".into());
+    kube::Config::from_kubeconfig(&KubeConfigOptions::default())
+        .await
+        .map(|config| (config, file.clone()))
+        .map_err(|e| {
+            format!(
+                "no Kubernetes API to watch: not in a cluster ({}) and {file}: {}; \
+                 pass --kubeconfig FILE, or --snapshot PATH to serve from files",
+                first_line(&in_cluster),
+                first_line(&e)
+            )
+        })
+}
+
+/// The YAML parser appends a source excerpt on further lines; the first says it all.
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// A client for `config` whose successful list and watch answers mark the kind's
+/// watch as recovered in `state`. Must be called inside the tokio runtime.
+pub fn client(config: kube::Config, state: &SharedState) -> Result<kube::Client, String> {
+    let builder = ClientBuilder::try_from(config)
+        .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
+    Ok(builder
+        .with_layer(&RecoveryLayer::new(state.clone()))
+        .build())
+}

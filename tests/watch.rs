@@ -1,0 +1,503 @@
+//! Live cluster state: the real kube client and watchers against a scripted API server
+//! on a loopback port (lists, watch events, 410 Gone, dropped connections, GETs), with
+//! the webhook served over real TLS from the state they fill.
+
+mod common;
+mod fake_api;
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use common::{TestServer, create_review, patch_of, read_doc, response_of};
+use fake_api::{FakeApi, document};
+use hyper::StatusCode;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use volguard::{
+    cluster::{ClusterState, Kind, SharedState},
+    drivers::VolumeId,
+    server::App,
+    snapshot, watch,
+};
+
+const UID: &str = "705ab4f5-6393-11e8-b7cc-42010a800002";
+const LINODE: &str = "linodebs.csi.linode.com";
+/// The PV bound to shop/web-data, attached nowhere.
+const WEB_PV: &str = "pvc-1f0c6a52-db00-4c1e-9d0b-000000000002";
+
+/// The webhook over TLS, fed by watchers on a fake API that serves the example cluster.
+struct Live {
+    fake: FakeApi,
+    server: TestServer,
+    state: SharedState,
+    client: kube::Client,
+}
+
+impl Live {
+    /// Everything wired, watchers not started yet.
+    async fn new() -> Self {
+        let snapshot = snapshot::load(&common::repo("examples/cluster")).expect("example cluster");
+        let fake = FakeApi::start(snapshot.objects.iter().map(document)).await;
+        let config = common::example_config();
+        let state: SharedState = Arc::new(RwLock::new(common::empty_state(&config)));
+        let client = watch::client(fake.kube_config(), &state).expect("client");
+        let mut app = App::new(Arc::new(config), state.clone());
+        app.api = Some(client.clone());
+        let server = TestServer::with_app(app).await;
+        Live {
+            fake,
+            server,
+            state,
+            client,
+        }
+    }
+
+    /// Started and synced.
+    async fn synced() -> (Self, JoinSet<()>) {
+        let live = Self::new().await;
+        let watchers = watch::spawn(live.client.clone(), live.state.clone());
+        live.until("every kind is listed", |s| s.is_ready()).await;
+        (live, watchers)
+    }
+
+    /// Waits (bounded) until `cond` holds for the state.
+    async fn until(&self, what: &str, cond: impl Fn(&ClusterState) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if cond(&self.state.read().unwrap()) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits (bounded) until the fake API has seen `count` requests matching `what`.
+    async fn until_seen(&self, verb: &str, kind: Kind, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.seen(verb, kind) < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {count} {verb} of {kind:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn seen(&self, verb: &str, kind: Kind) -> usize {
+        self.fake
+            .seen()
+            .iter()
+            .filter(|s| s.verb == verb && s.kind == kind)
+            .count()
+    }
+
+    fn linode(&self, handle: &str) -> VolumeId {
+        let state = self.state.read().unwrap();
+        VolumeId {
+            driver: state.drivers().by_csi(LINODE).expect("linode configured"),
+            handle: handle.into(),
+        }
+    }
+
+    fn used(&self, node: &str) -> u32 {
+        let state = self.state.read().unwrap();
+        state.used(node, state.drivers().by_csi(LINODE).unwrap())
+    }
+
+    /// The webhook's response for `pod` created in `namespace`.
+    async fn admit(&self, pod: &Value, namespace: &str) -> Value {
+        let (status, body) = self
+            .server
+            .post("/mutate", create_review(pod, namespace).to_string())
+            .await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        response_of(&body, UID)
+    }
+}
+
+/// The example web pod, using claim `claim` instead of web-data.
+fn web_pod(claim: &str) -> Value {
+    let mut pod = read_doc("examples/pods/linode-web.yaml");
+    pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = claim.into();
+    pod
+}
+
+/// A bound claim in shop and its linode PV.
+fn claim_and_volume(claim: &str, pv: &str, handle: &str) -> [Value; 2] {
+    [
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": claim, "namespace": "shop"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": pv,
+                        "storageClassName": "linode-block-storage",
+                        "resources": {"requests": {"storage": "10Gi"}}},
+               "status": {"phase": "Bound"}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolume",
+               "metadata": {"name": pv},
+               "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"},
+                        "csi": {"driver": LINODE, "volumeHandle": handle},
+                        "claimRef": {"namespace": "shop", "name": claim}},
+               "status": {"phase": "Bound"}}),
+    ]
+}
+
+/// The annotations of `pod` after the response's patch; `None` without a patch.
+fn annotations_of(pod: &Value, response: &Value) -> Option<Value> {
+    let patch = patch_of(response)?;
+    let mut pod = pod.clone();
+    json_patch::patch(&mut pod, &patch).expect("patch applies");
+    Some(pod["metadata"]["annotations"].clone())
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_first_list_of_every_kind() {
+    let live = Live::new().await;
+    let (status, body) = live.server.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&body).contains("not synced yet"));
+    let response = live.admit(&web_pod("web-data"), "shop").await;
+    assert_eq!(response["allowed"], true);
+    assert!(
+        response["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("not synced yet"),
+        "{response}"
+    );
+
+    let _watchers = watch::spawn(live.client.clone(), live.state.clone());
+    live.until("every kind is listed", |s| s.is_ready()).await;
+    let (status, body) = live.server.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = live.server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The listed state is the one the same objects make as a snapshot.
+    let config = common::example_config();
+    let expected = common::example_state(&config);
+    {
+        let state = live.state.read().unwrap();
+        assert_eq!(state.counts(), expected.counts());
+        let linode = state.drivers().by_csi(LINODE).unwrap();
+        for node in ["worker-1", "worker-2", "worker-3", "worker-4"] {
+            assert_eq!(
+                state.used(node, linode),
+                expected.used(node, linode),
+                "{node}"
+            );
+        }
+        assert_eq!(state.used("worker-3", linode), 8);
+    }
+
+    // Each kind was listed, then watched from the list's resourceVersion.
+    for kind in Kind::ALL {
+        assert_eq!(live.seen("list", kind), 1, "{kind:?} listed once");
+        live.until_seen("watch", kind, 1).await;
+    }
+    let pod = web_pod("web-data");
+    let response = live.admit(&pod, "shop").await;
+    assert_eq!(
+        annotations_of(&pod, &response).unwrap()["volguard.io/volumes"],
+        "linode=310200-pvcweb"
+    );
+}
+
+#[tokio::test]
+async fn watch_events_change_what_the_state_and_the_webhook_report() {
+    let (live, _watchers) = Live::synced().await;
+    for kind in Kind::ALL {
+        live.until_seen("watch", kind, 1).await;
+    }
+    let web = live.linode("310200-pvcweb");
+    assert_eq!(
+        live.used("worker-2"),
+        1,
+        "the stale attachment of 310900-pvcold"
+    );
+
+    // ADDED: the web volume gets attached to worker-2.
+    let attachment = json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+        "metadata": {"name": "csi-web-on-worker-2"},
+        "spec": {"attacher": LINODE, "nodeName": "worker-2",
+                 "source": {"persistentVolumeName": WEB_PV}},
+        "status": {"attached": true}});
+    live.fake.put(attachment);
+    live.until("worker-2 holds the web volume", |s| {
+        s.holds("worker-2", &web)
+    })
+    .await;
+    assert_eq!(live.used("worker-2"), 2);
+
+    // DELETED: detached again.
+    live.fake
+        .delete(Kind::VolumeAttachment, "csi-web-on-worker-2");
+    live.until("worker-2 no longer holds the web volume", |s| {
+        !s.holds("worker-2", &web)
+    })
+    .await;
+    assert_eq!(live.used("worker-2"), 1);
+
+    // MODIFIED: db-0 finished, so its RWO volume has no user any more.
+    let db = live.linode("310100-pvcdb0");
+    assert_eq!(
+        live.state.read().unwrap().users(&db)[0].pod,
+        "shop/db-0",
+        "db-0 uses its volume"
+    );
+    let snapshot = snapshot::load(&common::repo("examples/cluster")).unwrap();
+    let mut db0 = snapshot
+        .objects
+        .iter()
+        .map(document)
+        .find(|d| d["kind"] == "Pod" && d["metadata"]["name"] == "db-0")
+        .expect("db-0 in the example cluster");
+    db0["status"]["phase"] = "Succeeded".into();
+    live.fake.put(db0);
+    live.until("db-0's volume has no user", |s| s.users(&db).is_empty())
+        .await;
+
+    // The webhook: a claim nobody has is a warning after one direct GET ...
+    let response = live.admit(&web_pod("logs"), "shop").await;
+    assert_eq!(response["allowed"], true);
+    assert!(patch_of(&response).is_none());
+    let warning = response["warnings"][0].as_str().unwrap();
+    assert!(
+        warning
+            .contains("PersistentVolumeClaim shop/logs not found (direct GET: not found either)"),
+        "{warning}"
+    );
+    // ... and once the watch delivers it, the pod is mutated from the cache.
+    for object in claim_and_volume("logs", "pv-logs", "310400-logs") {
+        live.fake.put(object);
+    }
+    live.until("the logs claim and its volume are cached", |s| {
+        s.pvc("shop", "logs").is_some() && s.pv("pv-logs").is_some()
+    })
+    .await;
+    let pod = web_pod("logs");
+    let response = live.admit(&pod, "shop").await;
+    assert_eq!(
+        annotations_of(&pod, &response).expect("a patch")["volguard.io/volumes"],
+        "linode=310400-logs"
+    );
+    assert_eq!(
+        live.seen("get", Kind::PersistentVolumeClaim),
+        1,
+        "only the first answer needed a GET"
+    );
+}
+
+#[tokio::test]
+async fn a_delete_missed_while_disconnected_is_dropped_by_the_relist() {
+    let (live, _watchers) = Live::synced().await;
+    for kind in Kind::ALL {
+        live.until_seen("watch", kind, 1).await;
+    }
+    live.state
+        .write()
+        .unwrap()
+        .readiness_mut()
+        .set_stale_after(Duration::ZERO);
+    let db = live.linode("310100-pvcdb0");
+    assert!(live.state.read().unwrap().pod("shop", "db-0").is_some());
+
+    live.fake.go_offline();
+    live.until("the pod watch notices", |s| {
+        s.readiness().is_failing(Kind::Pod)
+    })
+    .await;
+    // Stale beyond the grace period: not ready, and the webhook says so; still healthy.
+    let (status, body) = live.server.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let why = String::from_utf8_lossy(&body).into_owned();
+    assert!(why.contains("cluster state is stale: "), "{why}");
+    assert!(why.contains("Pod watch failing"), "{why}");
+    let (status, _) = live.server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let response = live.admit(&web_pod("web-data"), "shop").await;
+    assert_eq!(response["allowed"], true);
+    assert!(patch_of(&response).is_none());
+    assert!(
+        response["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("cluster state is stale"),
+        "{response}"
+    );
+
+    // Meanwhile db-0 is deleted and a claim created; no watch sees either.
+    live.fake.delete(Kind::Pod, "shop/db-0");
+    let [claim, volume] = claim_and_volume("while-away", "pv-while-away", "310500-away");
+    live.fake.put(claim);
+    live.fake.put(volume);
+    let lists_before = live.seen("list", Kind::Pod);
+
+    live.fake.go_online_compacted();
+    live.until("db-0 is gone and the new claim is there", |s| {
+        s.pod("shop", "db-0").is_none() && s.pvc("shop", "while-away").is_some()
+    })
+    .await;
+    assert!(
+        live.seen("list", Kind::Pod) > lists_before,
+        "pods were relisted"
+    );
+    assert!(live.state.read().unwrap().users(&db).is_empty());
+    live.until("every watch recovered", |s| {
+        s.is_ready() && Kind::ALL.iter().all(|k| !s.readiness().is_failing(*k))
+    })
+    .await;
+    let (status, body) = live.server.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        live.state
+            .read()
+            .unwrap()
+            .readiness()
+            .watch(Kind::Pod)
+            .errors
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn a_claim_the_watch_has_not_delivered_is_fetched_with_one_get() {
+    let (live, _watchers) = Live::synced().await;
+    for object in claim_and_volume("data-web-1", "pv-web-1", "310600-web1") {
+        live.fake.put_unannounced(object);
+    }
+    let pod = web_pod("data-web-1");
+    let response = live.admit(&pod, "shop").await;
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response.get("warnings"), None, "{response}");
+    assert_eq!(
+        annotations_of(&pod, &response).expect("a patch")["volguard.io/volumes"],
+        "linode=310600-web1"
+    );
+    let gets: Vec<String> = live
+        .fake
+        .seen()
+        .into_iter()
+        .filter(|s| s.verb == "get")
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(
+        gets,
+        [
+            "/api/v1/namespaces/shop/persistentvolumeclaims/data-web-1",
+            "/api/v1/persistentvolumes/pv-web-1"
+        ]
+    );
+    assert!(
+        live.state
+            .read()
+            .unwrap()
+            .pvc("shop", "data-web-1")
+            .is_some(),
+        "kept in the cache"
+    );
+
+    // What was requested is exactly what the shipped ClusterRole grants.
+    for kind in Kind::ALL {
+        live.until_seen("watch", kind, 1).await;
+    }
+    let requested: BTreeSet<(String, String, String)> = live
+        .fake
+        .seen()
+        .into_iter()
+        .map(|s| {
+            let path = watch::collection_path(s.kind);
+            let (prefix, plural) = path.rsplit_once('/').unwrap();
+            let group = prefix
+                .strip_prefix("/apis/")
+                .map(|g| g.split('/').next().unwrap().to_owned())
+                .unwrap_or_default();
+            (group, plural.to_owned(), s.verb.to_owned())
+        })
+        .collect();
+    let granted = granted_by_cluster_role();
+    let missing: Vec<_> = requested.difference(&granted).collect();
+    assert!(missing.is_empty(), "not granted: {missing:?}");
+    let resources = |set: &BTreeSet<(String, String, String)>| -> BTreeSet<(String, String)> {
+        set.iter().map(|(g, r, _)| (g.clone(), r.clone())).collect()
+    };
+    assert_eq!(
+        resources(&granted),
+        resources(&requested),
+        "the role grants exactly the kinds volguard reads"
+    );
+}
+
+#[tokio::test]
+async fn a_direct_get_that_hangs_becomes_a_warning() {
+    let (live, _watchers) = Live::synced().await;
+    live.fake.stall_gets();
+    let response = live.admit(&web_pod("data-web-2"), "shop").await;
+    assert_eq!(response["allowed"], true);
+    assert!(patch_of(&response).is_none());
+    let warning = response["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("shop/data-web-2 not found (direct GET: no answer within 2s)"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn a_broken_kubeconfig_is_a_usage_error_naming_the_file() {
+    use clap::Parser;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, "apiVersion: v1\nclusters: [oops\n").unwrap();
+    let cli = volguard::cli::Cli::try_parse_from([
+        "volguard",
+        "serve",
+        "--self-signed",
+        "--kubeconfig",
+        path.to_str().unwrap(),
+    ])
+    .expect("flags parse");
+    let volguard::cli::Command::Serve(args) = cli.command else {
+        panic!("serve")
+    };
+    volguard::tls::install_crypto_provider();
+    let failure = volguard::daemon::run(*args).expect_err("must not start");
+    assert_eq!(failure.code, 2);
+    assert!(
+        failure
+            .message
+            .starts_with(&format!("{}: ", path.display())),
+        "{}",
+        failure.message
+    );
+    assert!(!failure.message.contains('\n'), "{}", failure.message);
+}
+
+/// (apiGroup, resource, verb) triples of the shipped ClusterRole.
+fn granted_by_cluster_role() -> BTreeSet<(String, String, String)> {
+    let text = std::fs::read_to_string(common::repo("manifests/base/rbac.yaml")).unwrap();
+    let docs = snapshot::parse_documents(&text, false).unwrap();
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "volguard")
+        .expect("ClusterRole volguard");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    granted.insert((
+                        group.as_str().unwrap().to_owned(),
+                        resource.as_str().unwrap().to_owned(),
+                        verb.as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    granted
+}
