@@ -111,6 +111,15 @@ impl Live {
         state.used(node, state.drivers().by_csi(LINODE).unwrap())
     }
 
+    /// The extender's filter answer for `pod` over the four example nodes.
+    async fn filter(&self, pod: &Value) -> Value {
+        let args = json!({"Pod": pod, "Nodes": null,
+                          "NodeNames": ["worker-1", "worker-2", "worker-3", "worker-4"]});
+        let (status, body) = self.server.post("/filter", args.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).expect("ExtenderFilterResult JSON")
+    }
+
     /// The webhook's response for `pod` created in `namespace`.
     async fn admit(&self, pod: &Value, namespace: &str) -> Value {
         let (status, body) = self
@@ -127,6 +136,17 @@ fn web_pod(claim: &str) -> Value {
     let mut pod = read_doc("examples/pods/linode-web.yaml");
     pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = claim.into();
     pod
+}
+
+/// One object of the example cluster, as the API serves it.
+fn example_document(kind: &str, name: &str) -> Value {
+    let snapshot = snapshot::load(&common::repo("examples/cluster")).expect("example cluster");
+    snapshot
+        .objects
+        .iter()
+        .map(document)
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} in the example cluster"))
 }
 
 /// A bound claim in shop and its linode PV.
@@ -170,6 +190,13 @@ async fn readiness_waits_for_the_first_list_of_every_kind() {
             .contains("not synced yet"),
         "{response}"
     );
+
+    let answer = live.filter(&web_pod("web-data")).await;
+    assert!(
+        answer["Error"].as_str().unwrap().contains("not synced yet"),
+        "{answer}"
+    );
+    assert_eq!(answer["NodeNames"], Value::Null, "no verdict: {answer}");
 
     let _watchers = watch::spawn(live.client.clone(), live.state.clone());
     live.until("every kind is listed", |s| s.is_ready()).await;
@@ -250,17 +277,41 @@ async fn watch_events_change_what_the_state_and_the_webhook_report() {
         "shop/db-0",
         "db-0 uses its volume"
     );
-    let snapshot = snapshot::load(&common::repo("examples/cluster")).unwrap();
-    let mut db0 = snapshot
-        .objects
-        .iter()
-        .map(document)
-        .find(|d| d["kind"] == "Pod" && d["metadata"]["name"] == "db-0")
-        .expect("db-0 in the example cluster");
+    let mut db0 = example_document("Pod", "db-0");
     db0["status"]["phase"] = "Succeeded".into();
     live.fake.put(db0);
     live.until("db-0's volume has no user", |s| s.users(&db).is_empty())
         .await;
+
+    // MODIFIED: worker-3's CSINode reports a higher limit; the filter verdict follows.
+    let web_pod_data = web_pod("web-data");
+    let answer = live.filter(&web_pod_data).await;
+    assert_eq!(answer["Error"], "", "{answer}");
+    assert!(
+        answer["FailedNodes"]["worker-3"]
+            .as_str()
+            .unwrap()
+            .contains("8 of 8 used"),
+        "{answer}"
+    );
+    let mut csinode = example_document("CSINode", "worker-3");
+    csinode["spec"]["drivers"][0]["allocatable"]["count"] = 9.into();
+    live.fake.put(csinode);
+    live.until("worker-3's CSINode reports 9", |s| {
+        let linode = s.drivers().by_csi(LINODE).unwrap();
+        s.csinode("worker-3")
+            .is_some_and(|c| c.drivers.get(&linode) == Some(&Some(9)))
+    })
+    .await;
+    let answer = live.filter(&web_pod_data).await;
+    assert_eq!(answer["FailedNodes"].get("worker-3"), None, "{answer}");
+    assert!(
+        answer["NodeNames"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("worker-3")),
+        "{answer}"
+    );
 
     // The webhook: a claim nobody has is a warning after one direct GET ...
     let response = live.admit(&web_pod("logs"), "shop").await;
@@ -329,6 +380,15 @@ async fn a_delete_missed_while_disconnected_is_dropped_by_the_relist() {
             .unwrap()
             .contains("cluster state is stale"),
         "{response}"
+    );
+
+    let answer = live.filter(&web_pod("web-data")).await;
+    assert!(
+        answer["Error"]
+            .as_str()
+            .unwrap()
+            .contains("cluster state is stale"),
+        "{answer}"
     );
 
     // Meanwhile db-0 is deleted and a claim created; no watch sees either.

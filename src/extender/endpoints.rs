@@ -92,15 +92,13 @@ fn has_no_managed_volumes(pod: &Pod, state: &ClusterState, config: &Config) -> b
         .is_empty()
 }
 
-/// The state's readiness problem, if any, as one line.
+/// The state's readiness problem (not synced yet, or a watch failing beyond its grace
+/// period), if any, as one line.
 fn not_ready(state: &ClusterState) -> Option<String> {
-    (!state.is_ready()).then(|| {
-        let kinds: Vec<&str> = state.unsynced().iter().map(|k| k.as_str()).collect();
-        format!(
-            "volguard's cluster state is not synced yet ({}): retry later",
-            kinds.join(", ")
-        )
-    })
+    state
+        .readiness()
+        .problem()
+        .map(|why| format!("volguard's {why}: retry later"))
 }
 
 /// Judges every candidate, in order. A pod with no managed volume passes everywhere
