@@ -9,12 +9,12 @@ use std::{
 };
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use k8s_openapi::api::core::v1::Pod;
 use volguard::{
     cluster::{ClusterObject, ClusterState},
     config::Config,
     drivers::Drivers,
     extender::{endpoints, judge::Judge},
+    podview::PodView,
     resolve::resolve,
     server::App,
     snapshot::{self, Snapshot},
@@ -41,7 +41,7 @@ fn extender(c: &mut Criterion) {
     let state = large_state(&config);
     let names: Vec<String> = (0..Size::LARGE.nodes).map(synthetic::node_name).collect();
     let pod_json = synthetic::pending_pod(CLAIMS);
-    let pod: Pod = serde_json::from_value(pod_json.clone()).expect("pending pod");
+    let pod: PodView = serde_json::from_value(pod_json.clone()).expect("pending pod");
 
     c.bench_function("judge 5000 nodes, pod with 2 volumes", |b| {
         b.iter(|| {

@@ -1,18 +1,20 @@
 //! The admission adapter: AdmissionReview JSON in, AdmissionReview JSON out, around the
 //! pure resolve + mutate core. It decides what counts as bad input (HTTP 400) and what
 //! counts as volguard's own trouble (allow with a warning, or deny by config).
+//!
+//! The wire types are volguard's own, with only the fields it reads or writes: the
+//! object is kept raw and decoded once into a [`PodView`], and the patch goes out as the
+//! base64 string that `admission.k8s.io/v1` specifies for `[]byte`.
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::{
-    DynamicObject,
-    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
-};
-use serde_json::Value;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::{
     cluster::ClusterState,
     config::{Config, OnError},
     mutate::{Mutation, mutate},
+    podview::PodView,
     resolve::{ResolveError, resolve},
 };
 
@@ -21,24 +23,72 @@ use crate::{
 #[error("{0}")]
 pub struct BadReview(pub String);
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow, default)]
+    request: Option<Request<'a>>,
+}
+
+/// The parts of an `AdmissionRequest` volguard reads; the object stays raw JSON.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request<'a> {
+    /// Echoed in the response.
+    pub uid: String,
+    /// The kind of the object under review.
+    pub kind: GroupVersionKind,
+    /// Set for subresource requests, which volguard leaves alone.
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    /// The object's name; empty on a CREATE with generateName.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The request's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// CREATE, UPDATE, DELETE or CONNECT.
+    pub operation: String,
+    /// The object as the apiserver would store it.
+    #[serde(borrow, default)]
+    pub object: Option<&'a RawValue>,
+}
+
+/// `{group, version, kind}` of the reviewed object.
+#[derive(Debug, Deserialize)]
+pub struct GroupVersionKind {
+    /// API group; empty for core.
+    #[serde(default)]
+    pub group: String,
+    /// API version.
+    #[serde(default)]
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+}
+
 /// Decodes an AdmissionReview body, insisting on `admission.k8s.io/v1` with a request.
-pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReview> {
+pub fn parse_review(body: &[u8]) -> Result<Request<'_>, BadReview> {
     if body.is_empty() {
         return Err(BadReview(
             "empty body: expected an admission.k8s.io/v1 AdmissionReview".into(),
         ));
     }
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
+    let review: ReviewIn = serde_json::from_slice(body)
         .map_err(|e| BadReview(format!("not an AdmissionReview: {e}")))?;
-    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+    if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
         return Err(BadReview(format!(
             "expected apiVersion admission.k8s.io/v1, kind AdmissionReview; got apiVersion {:?}, kind {:?}",
-            review.types.api_version, review.types.kind
+            review.api_version, review.kind
         )));
     }
     review
-        .try_into()
-        .map_err(|_| BadReview("AdmissionReview has no request".into()))
+        .request
+        .ok_or_else(|| BadReview("AdmissionReview has no request".into()))
 }
 
 /// What the webhook decided for one request.
@@ -58,34 +108,26 @@ pub enum Decision {
 }
 
 /// The pod a request is about, when volguard should look at it at all.
-pub fn pod_of(
-    req: &AdmissionRequest<DynamicObject>,
-    config: &Config,
-) -> Result<Option<(Value, Pod)>, String> {
+pub fn pod_of(req: &Request, config: &Config) -> Result<Option<PodView>, String> {
     let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
     let sub = req.sub_resource.as_deref().unwrap_or_default();
-    if !is_pod || req.operation != Operation::Create || !sub.is_empty() {
+    if !is_pod || req.operation != "CREATE" || !sub.is_empty() {
         return Ok(None);
     }
-    let Some(object) = &req.object else {
+    let Some(object) = req.object else {
         return Ok(None);
     };
-    let raw = serde_json::to_value(object).map_err(|e| format!("cannot re-encode the pod: {e}"))?;
-    let pod: Pod = serde_json::from_value(raw.clone())
+    let pod: PodView = serde_json::from_str(object.get())
         .map_err(|e| format!("the object is not a valid Pod: {e}"))?;
     let opted_out = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(&config.annotation("inject")))
+        .annotation(&config.annotation("inject"))
         .is_some_and(|v| v.trim() == "false");
-    Ok((!opted_out).then_some((raw, pod)))
+    Ok((!opted_out).then_some(pod))
 }
 
 /// Runs resolve + mutate for a pod against the state.
 pub fn decide(
-    raw: &Value,
-    pod: &Pod,
+    pod: &PodView,
     namespace: &str,
     state: &ClusterState,
     config: &Config,
@@ -94,7 +136,7 @@ pub fn decide(
     if resolution.volumes.is_empty() && resolution.warnings.is_empty() {
         return Ok(Decision::Untouched);
     }
-    let mutation = mutate(raw, pod, &resolution, config, state.drivers());
+    let mutation = mutate(pod, &resolution, config, state.drivers());
     Ok(Decision::Mutated {
         mutation,
         warnings: resolution.warnings,
@@ -102,90 +144,93 @@ pub fn decide(
 }
 
 /// The namespace of the pod under review: its own, else the request's.
-pub fn namespace_of(req: &AdmissionRequest<DynamicObject>, pod: &Pod) -> String {
-    pod.metadata
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .or_else(|| req.namespace.clone())
-        .unwrap_or_else(|| "default".into())
+pub fn namespace_of(req: &Request, pod: &PodView) -> String {
+    pod.namespace()
+        .or(req.namespace.as_deref())
+        .unwrap_or("default")
+        .to_owned()
 }
 
-/// Builds the AdmissionReview answer for a decision, as JSON with the patch in base64.
-pub fn respond(
-    req: &AdmissionRequest<DynamicObject>,
-    decision: Decision,
-    config: &Config,
-) -> Value {
-    let review = serde_json::to_value(review_for(req, decision, config)).unwrap_or_else(|e| {
-        serde_json::json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "response": {"uid": req.uid, "allowed": true, "warnings": [format!("volguard: cannot encode the answer: {e}")]},
-        })
-    });
-    base64_patch(review)
+/// The AdmissionReview answer volguard sends.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewOut {
+    api_version: &'static str,
+    kind: &'static str,
+    response: Response,
 }
 
-/// kube-core serializes `patch` as an array of numbers (kube-rs issue 1781); the
-/// documented wire format for `[]byte` is a base64 string, so volguard sends that.
-fn base64_patch(mut review: Value) -> Value {
-    use base64::Engine;
-    if let Some(patch) = review.pointer_mut("/response/patch")
-        && let Some(bytes) = patch.as_array()
-    {
-        let raw: Vec<u8> = bytes
-            .iter()
-            .filter_map(|b| b.as_u64().map(|b| b as u8))
-            .collect();
-        *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
-    }
-    review
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response {
+    uid: String,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
-fn review_for(
-    req: &AdmissionRequest<DynamicObject>,
-    decision: Decision,
-    config: &Config,
-) -> AdmissionReview<DynamicObject> {
-    let base = AdmissionResponse::from(req);
-    let response = match decision {
-        Decision::Untouched => base,
+#[derive(Debug, Serialize)]
+struct Status {
+    code: u16,
+    message: String,
+}
+
+/// Builds the AdmissionReview answer for a decision.
+pub fn respond(req: &Request, decision: Decision, config: &Config) -> ReviewOut {
+    let mut response = Response {
+        uid: req.uid.clone(),
+        allowed: true,
+        status: None,
+        patch: None,
+        patch_type: None,
+        warnings: Vec::new(),
+    };
+    match decision {
+        Decision::Untouched => {}
         Decision::Mutated { mutation, warnings } => {
-            let mut r = if mutation.patch.0.is_empty() {
-                base
-            } else {
-                match base.clone().with_patch(mutation.patch) {
-                    Ok(r) => r,
+            if !mutation.patch.0.is_empty() {
+                match serde_json::to_vec(&mutation.patch) {
+                    Ok(bytes) => {
+                        response.patch =
+                            Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+                        response.patch_type = Some("JSONPatch");
+                    }
                     Err(e) => {
-                        return review_for(
+                        return respond(
                             req,
                             Decision::Trouble(format!("cannot encode the patch: {e}")),
                             config,
                         );
                     }
                 }
-            };
-            if !warnings.is_empty() {
-                r.warnings = Some(
-                    warnings
-                        .into_iter()
-                        .map(|w| format!("volguard: {w}"))
-                        .collect(),
-                );
             }
-            r
+            response.warnings = warnings
+                .into_iter()
+                .map(|w| format!("volguard: {w}"))
+                .collect();
         }
         Decision::Trouble(why) => match config.on_error {
-            OnError::Deny => base.deny(format!(
-                "volguard could not check this pod's volumes: {why}"
-            )),
+            OnError::Deny => {
+                response.allowed = false;
+                response.status = Some(Status {
+                    code: 403,
+                    message: format!("volguard could not check this pod's volumes: {why}"),
+                });
+            }
             OnError::Allow => {
-                let mut r = base;
-                r.warnings = Some(vec![format!("volguard: pod admitted unchanged: {why}")]);
-                r
+                response.warnings = vec![format!("volguard: pod admitted unchanged: {why}")];
             }
         },
-    };
-    response.into_review()
+    }
+    ReviewOut {
+        api_version: "admission.k8s.io/v1",
+        kind: "AdmissionReview",
+        response,
+    }
 }

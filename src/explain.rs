@@ -4,8 +4,9 @@
 
 use std::{path::Path, process::ExitCode, sync::Arc};
 
-use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
+
+use crate::podview::PodView;
 
 use crate::{
     admission::{self, Decision},
@@ -41,7 +42,7 @@ struct Row {
 /// Runs `volguard explain`: exit 0 when some node fits, 1 when none does, 2 for bad input.
 pub fn run(args: &ExplainArgs) -> Result<ExitCode, Failure> {
     let config = Config::load(args.config.as_deref()).map_err(Failure::usage)?;
-    let (raw, pod) = read_pod(&args.pod)?;
+    let pod = read_pod(&args.pod)?;
     let snap = snapshot::load(&args.snapshot).map_err(Failure::usage)?;
     let config = Arc::new(config);
     let drivers = Arc::new(Drivers::new(&config));
@@ -57,17 +58,9 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, Failure> {
     nodes.sort_unstable();
     nodes.dedup();
 
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".into());
-    let name = format!(
-        "{namespace}/{}",
-        pod.metadata.name.as_deref().unwrap_or_default()
-    );
-    let webhook = webhook(&raw, &pod, &namespace, &state, &config);
+    let namespace = pod.namespace().unwrap_or("default").to_owned();
+    let name = format!("{namespace}/{}", pod.name());
+    let webhook = webhook(&pod, &namespace, &state, &config);
     let resolution = resolve(&pod, &namespace, &state, &config);
     let judge = Judge::new(resolution.as_ref(), &state, &config);
     let rows: Vec<Row> = nodes
@@ -96,7 +89,7 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Reads the pod file (YAML or JSON, one Pod document).
-fn read_pod(path: &Path) -> Result<(Value, Pod), Failure> {
+fn read_pod(path: &Path) -> Result<PodView, Failure> {
     let file = path.display();
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::usage(format!("{file}: cannot read: {e}")))?;
@@ -116,20 +109,12 @@ fn read_pod(path: &Path) -> Result<(Value, Pod), Failure> {
             "{file}: expected kind Pod, found {kind:?}"
         )));
     }
-    let pod = serde_json::from_value(raw.clone())
-        .map_err(|e| Failure::usage(format!("{file}: not a valid Pod: {e}")))?;
-    Ok((raw, pod))
+    serde_json::from_value(raw).map_err(|e| Failure::usage(format!("{file}: not a valid Pod: {e}")))
 }
 
 /// The webhook's answer, through the same decision the server makes.
-fn webhook(
-    raw: &Value,
-    pod: &Pod,
-    namespace: &str,
-    state: &ClusterState,
-    config: &Config,
-) -> Webhook {
-    let decision = admission::decide(raw, pod, namespace, state, config)
+fn webhook(pod: &PodView, namespace: &str, state: &ClusterState, config: &Config) -> Webhook {
+    let decision = admission::decide(pod, namespace, state, config)
         .unwrap_or_else(|e| Decision::Trouble(e.to_string()));
     match decision {
         Decision::Untouched => Webhook::Allowed {

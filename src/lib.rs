@@ -14,6 +14,7 @@ pub mod extender;
 pub mod limits;
 pub mod metrics;
 pub mod mutate;
+pub mod podview;
 pub mod reload;
 pub mod resolve;
 pub mod server;

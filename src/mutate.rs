@@ -1,13 +1,16 @@
 //! The mutation: from a pod and its resolved volumes to the JSONPatch the webhook
-//! returns. Pure: it edits a copy of the pod's JSON and diffs it against the original,
-//! so the patch always applies to exactly what the apiserver sent.
+//! returns. Pure: the operations are built from what the pod view says exists, so each
+//! one adds at a path whose parent is there, and applying the patch twice is harmless.
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use serde_json::{Map, Value, json};
 
 use crate::{
     config::Config,
     drivers::{Drivers, Mode},
+    podview::{ContainerView, PodView},
     resolve::{Origin, Resolution},
 };
 
@@ -15,44 +18,33 @@ use crate::{
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mutation {
     /// RFC 6902 operations; empty when nothing changes.
-    pub patch: json_patch::Patch,
+    pub patch: Patch,
     /// One line saying what was injected, as written to the `mutated` annotation.
     pub summary: String,
     /// Managed driver names of the injected volumes, for metrics.
     pub drivers: Vec<String>,
 }
 
-/// Computes the patch for `pod` (whose raw JSON is `original`) given its resolved volumes.
-/// Existing resource entries and probes are never overwritten; a second pass over the
-/// result changes nothing.
+/// Computes the patch for `pod` given its resolved volumes. Existing resource entries
+/// and probes are never overwritten; a second pass over the result changes nothing.
 pub fn mutate(
-    original: &Value,
-    pod: &Pod,
+    pod: &PodView,
     resolution: &Resolution,
     config: &Config,
     drivers: &Drivers,
 ) -> Mutation {
     let empty = Mutation {
-        patch: json_patch::Patch(Vec::new()),
+        patch: Patch(Vec::new()),
         summary: String::new(),
         drivers: Vec::new(),
     };
-    let annotations = pod.metadata.annotations.as_ref();
-    let said = |name: &str| {
-        annotations
-            .and_then(|a| a.get(&config.annotation(name)))
-            .map(|v| v.trim())
-    };
-    if said("inject") == Some("false") || resolution.volumes.is_empty() {
+    let said = |name: &str| pod.annotation(&config.annotation(name)).map(str::trim);
+    let containers = pod.containers();
+    if said("inject") == Some("false") || resolution.volumes.is_empty() || containers.is_empty() {
         return empty;
     }
-    let Some(spec) = pod.spec.as_ref() else {
-        return empty;
-    };
-    if spec.containers.is_empty() {
-        return empty;
-    }
-    let mut doc = original.clone();
+    // container index -> limits to add, in order
+    let mut limits: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
     let mut injected: Vec<String> = Vec::new();
 
     // Device-plugin resources: one claim per pod, in the first app container that uses it.
@@ -66,54 +58,57 @@ pub fn mutate(
         let Some(resource) = drivers.resource_name(&id) else {
             continue;
         };
-        let claimed = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .any(|c| has_resource(c, &resource));
-        if claimed {
+        let planned = limits.values().flatten().any(|(r, _)| *r == resource);
+        if planned || pod.all_containers().any(|c| c.claims(&resource)) {
             continue;
         }
         let target = m
             .pod_volume
             .as_deref()
-            .and_then(|name| spec.containers.iter().position(|c| uses_volume(c, name)))
+            .and_then(|name| containers.iter().position(|c| c.uses_volume(name)))
             .unwrap_or(0);
-        if set_limit(&mut doc, target, &resource, "1") {
-            injected.push(format!("{resource}=1 ({})", spec.containers[target].name));
-        }
+        injected.push(format!("{resource}=1 ({})", containers[target].name));
+        limits
+            .entry(target)
+            .or_default()
+            .push((resource, "1".into()));
     }
 
     // The marker resource routes the pod to the extender.
-    if !has_resource(&spec.containers[0], &config.marker_resource) {
+    if !containers[0].claims(&config.marker_resource) {
         let count = resolution.volumes.len().to_string();
-        if set_limit(&mut doc, 0, &config.marker_resource, &count) {
-            injected.push(format!(
-                "{}={count} ({})",
-                config.marker_resource, spec.containers[0].name
-            ));
-        }
+        injected.push(format!(
+            "{}={count} ({})",
+            config.marker_resource, containers[0].name
+        ));
+        limits
+            .entry(0)
+            .or_default()
+            .push((config.marker_resource.clone(), count));
+    }
+
+    let mut ops = Vec::new();
+    for (index, entries) in limits {
+        add_limits(&mut ops, index, &containers[index], entries);
     }
 
     // Liveness probes on app containers that use managed volumes and have none.
     let mut probed = Vec::new();
     if config.liveness_probe.enabled && said("liveness-probe") != Some("false") {
-        for (i, c) in spec.containers.iter().enumerate() {
-            if c.liveness_probe.is_some() {
-                continue;
-            }
+        for (i, c) in containers.iter().enumerate() {
             let paths = probe_paths(c, i, resolution, drivers);
-            if paths.is_empty() {
+            if c.liveness_probe || paths.is_empty() {
                 continue;
             }
-            if let Some(container) = container_mut(&mut doc, i) {
-                container.insert("livenessProbe".into(), probe(&paths, config));
-                probed.push(c.name.clone());
-            }
+            ops.push(add(
+                &["spec", "containers", &i.to_string(), "livenessProbe"],
+                probe(&paths, config),
+            ));
+            probed.push(c.name.clone());
         }
     }
 
-    if injected.is_empty() && probed.is_empty() {
+    if ops.is_empty() {
         return empty;
     }
     let mut parts = Vec::new();
@@ -129,13 +124,11 @@ pub fn mutate(
         .iter()
         .map(|m| m.label(drivers))
         .collect();
-    if let Some(ann) = object_at(&mut doc, &["metadata", "annotations"]) {
-        ann.insert(
-            config.annotation("volumes"),
-            Value::String(labels.join(",")),
-        );
-        ann.insert(config.annotation("mutated"), Value::String(summary.clone()));
-    }
+    let annotations = [
+        (config.annotation("volumes"), labels.join(",")),
+        (config.annotation("mutated"), summary.clone()),
+    ];
+    add_annotations(&mut ops, pod, annotations);
     let mut driver_names: Vec<String> = resolution
         .volumes
         .iter()
@@ -144,16 +137,76 @@ pub fn mutate(
     driver_names.sort();
     driver_names.dedup();
     Mutation {
-        patch: json_patch::diff(original, &doc),
+        patch: Patch(ops),
         summary,
         drivers: driver_names,
+    }
+}
+
+fn add(path: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(path.iter().copied()),
+        value,
+    })
+}
+
+fn object(entries: impl IntoIterator<Item = (String, String)>) -> Value {
+    Value::Object(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// Adds limits to a container, creating `resources` or `limits` when they are missing.
+fn add_limits(
+    ops: &mut Vec<PatchOperation>,
+    index: usize,
+    c: &ContainerView,
+    entries: Vec<(String, String)>,
+) {
+    let i = index.to_string();
+    match c.resources.as_ref().map(|r| r.limits.is_some()) {
+        None => ops.push(add(
+            &["spec", "containers", &i, "resources"],
+            json!({ "limits": object(entries) }),
+        )),
+        Some(false) => ops.push(add(
+            &["spec", "containers", &i, "resources", "limits"],
+            object(entries),
+        )),
+        Some(true) => {
+            for (k, v) in entries {
+                ops.push(add(
+                    &["spec", "containers", &i, "resources", "limits", &k],
+                    Value::String(v),
+                ));
+            }
+        }
+    }
+}
+
+/// Sets annotations, creating `metadata` or `metadata.annotations` when missing.
+fn add_annotations(ops: &mut Vec<PatchOperation>, pod: &PodView, entries: [(String, String); 2]) {
+    match pod.metadata.as_ref().map(|m| m.annotations.is_some()) {
+        None => ops.push(add(
+            &["metadata"],
+            json!({ "annotations": object(entries) }),
+        )),
+        Some(false) => ops.push(add(&["metadata", "annotations"], object(entries))),
+        Some(true) => {
+            for (k, v) in entries {
+                ops.push(add(&["metadata", "annotations", &k], Value::String(v)));
+            }
+        }
     }
 }
 
 /// Paths the probe of container `index` checks: mount paths and block device paths of
 /// managed volumes it uses, plus annotated devices for containers[0].
 fn probe_paths(
-    c: &Container,
+    c: &ContainerView,
     index: usize,
     resolution: &Resolution,
     drivers: &Drivers,
@@ -161,20 +214,10 @@ fn probe_paths(
     let mut paths = Vec::new();
     for m in &resolution.volumes {
         if let Some(name) = &m.pod_volume {
-            for mount in c
-                .volume_mounts
-                .iter()
-                .flatten()
-                .filter(|vm| &vm.name == name)
-            {
+            for mount in c.volume_mounts.iter().filter(|vm| &vm.name == name) {
                 paths.push(mount.mount_path.clone());
             }
-            for dev in c
-                .volume_devices
-                .iter()
-                .flatten()
-                .filter(|vd| &vd.name == name)
-            {
+            for dev in c.volume_devices.iter().filter(|vd| &vd.name == name) {
                 paths.push(dev.device_path.clone());
             }
         } else if index == 0 && m.origin == Origin::Device {
@@ -206,63 +249,6 @@ fn probe(paths: &[String], config: &Config) -> Value {
 /// Quotes a path for a POSIX shell: `'...'` with embedded quotes escaped.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn uses_volume(c: &Container, name: &str) -> bool {
-    c.volume_mounts.iter().flatten().any(|m| m.name == name)
-        || c.volume_devices.iter().flatten().any(|d| d.name == name)
-}
-
-fn has_resource(c: &Container, resource: &str) -> bool {
-    c.resources.as_ref().is_some_and(|r| {
-        r.limits.as_ref().is_some_and(|l| l.contains_key(resource))
-            || r.requests
-                .as_ref()
-                .is_some_and(|l| l.contains_key(resource))
-    })
-}
-
-/// Sets `limits[resource]` on container `index` unless present; true when it wrote.
-fn set_limit(doc: &mut Value, index: usize, resource: &str, value: &str) -> bool {
-    let Some(container) = container_mut(doc, index) else {
-        return false;
-    };
-    let Some(limits) = object_in(container, &["resources", "limits"]) else {
-        return false;
-    };
-    if limits.contains_key(resource) {
-        return false;
-    }
-    limits.insert(resource.to_owned(), Value::String(value.to_owned()));
-    true
-}
-
-fn container_mut(doc: &mut Value, index: usize) -> Option<&mut Map<String, Value>> {
-    doc.get_mut("spec")?
-        .get_mut("containers")?
-        .get_mut(index)?
-        .as_object_mut()
-}
-
-fn object_at<'a>(doc: &'a mut Value, path: &[&str]) -> Option<&'a mut Map<String, Value>> {
-    object_in(doc.as_object_mut()?, path)
-}
-
-/// Walks (creating empty objects where missing or null) to the object at `path`.
-fn object_in<'a>(
-    mut map: &'a mut Map<String, Value>,
-    path: &[&str],
-) -> Option<&'a mut Map<String, Value>> {
-    for key in path {
-        let slot = map
-            .entry(key.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if slot.is_null() {
-            *slot = Value::Object(Map::new());
-        }
-        map = slot.as_object_mut()?;
-    }
-    Some(map)
 }
 
 #[cfg(test)]

@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Volume};
-
 use crate::{
     cluster::ClusterState,
     config::Config,
     drivers::{DriverId, Drivers, Mode, VolumeId},
+    podview::{PodView, VolumeView},
 };
 
 /// One managed volume of a pod.
@@ -98,15 +97,15 @@ pub enum ResolveError {
 
 /// Resolves the managed volumes of `pod` in `namespace` against the cluster state.
 pub fn resolve(
-    pod: &Pod,
+    pod: &PodView,
     namespace: &str,
     state: &ClusterState,
     config: &Config,
 ) -> Result<Resolution, ResolveError> {
     let drivers = state.drivers();
     let mut out = Resolution::default();
-    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
-    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+    let pod_name = pod.name();
+    for v in pod.volumes() {
         let found = if let Some(pvc) = &v.persistent_volume_claim {
             resolve_claim(&pvc.claim_name, namespace, state)?
         } else if let Some(eph) = &v.ephemeral {
@@ -123,7 +122,7 @@ pub fn resolve(
                             handle: None,
                             pod_volume: None,
                             origin: Origin::EphemeralTemplate(claim.clone()),
-                            exclusive: modes_exclusive(s.access_modes.as_deref()),
+                            exclusive: crate::cluster::records::exclusive(&s.access_modes),
                         })
                     })
                 }
@@ -148,12 +147,7 @@ pub fn resolve(
             out.volumes.push(m);
         }
     }
-    let devices = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(&config.annotation("devices")));
-    if let Some(devices) = devices {
+    if let Some(devices) = pod.annotation(&config.annotation("devices")) {
         let (ids, problems) = parse_devices(devices, drivers);
         out.warnings.extend(
             problems
@@ -237,19 +231,12 @@ fn resolve_claim(
     }
 }
 
-fn modes_exclusive(modes: Option<&[String]>) -> bool {
-    modes.is_some_and(|m| {
-        m.iter()
-            .any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
-    })
-}
-
 /// The managed volume an inline csi/flexVolume stands for, ignoring malformed ones.
-pub fn inline_volume(v: &Volume, drivers: &Drivers) -> Option<VolumeId> {
+pub fn inline_volume(v: &VolumeView, drivers: &Drivers) -> Option<VolumeId> {
     inline_volume_checked(v, drivers).ok().flatten()
 }
 
-fn inline_volume_checked(v: &Volume, drivers: &Drivers) -> Result<Option<VolumeId>, String> {
+fn inline_volume_checked(v: &VolumeView, drivers: &Drivers) -> Result<Option<VolumeId>, String> {
     if let Some(csi) = &v.csi {
         let Some(driver) = drivers.by_csi(&csi.driver) else {
             return Ok(None);

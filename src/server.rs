@@ -20,8 +20,6 @@ use axum::{
     routing::{get, post},
 };
 
-use k8s_openapi::api::core::v1::Pod;
-
 use crate::{
     admission::{self, Decision},
     cluster::SharedState,
@@ -29,6 +27,7 @@ use crate::{
     extender,
     limits::{self, ConnectionSlots, Limits},
     metrics::{self, Metrics},
+    podview::PodView,
     watch,
 };
 
@@ -144,14 +143,14 @@ async fn mutate(State(app): State<App>, body: Bytes) -> Response {
     let decision = match admission::pod_of(&req, &app.config) {
         Ok(None) => Decision::Untouched,
         Err(why) => Decision::Trouble(why),
-        Ok(Some((raw, pod))) => {
+        Ok(Some(pod)) => {
             let namespace = admission::namespace_of(&req, &pod);
-            judge(&app, &raw, &pod, &namespace).await
+            judge(&app, &pod, &namespace).await
         }
     };
     match &decision {
         Decision::Trouble(why) => {
-            tracing::warn!(uid = %req.uid, namespace = ?req.namespace, name = %req.name, "webhook trouble: {why}");
+            tracing::warn!(uid = %req.uid, namespace = ?req.namespace, name = ?req.name, "webhook trouble: {why}");
         }
         Decision::Mutated { mutation, .. } if !mutation.patch.0.is_empty() => {
             app.metrics.pod_mutated(&mutation.drivers);
@@ -163,7 +162,7 @@ async fn mutate(State(app): State<App>, body: Bytes) -> Response {
 
 /// Decides against the cached state; a claim or PV missing from the cache is fetched
 /// once with a direct GET (when watching the API) before it becomes a warning.
-async fn judge(app: &App, raw: &serde_json::Value, pod: &Pod, namespace: &str) -> Decision {
+async fn judge(app: &App, pod: &PodView, namespace: &str) -> Decision {
     let deadline = tokio::time::Instant::now() + watch::DIRECT_GET_TIMEOUT;
     let mut fetched = Vec::new();
     loop {
@@ -173,7 +172,7 @@ async fn judge(app: &App, raw: &serde_json::Value, pod: &Pod, namespace: &str) -
                 if let Some(why) = state.readiness().problem() {
                     return Decision::Trouble(why);
                 }
-                match admission::decide(raw, pod, namespace, &state, &app.config) {
+                match admission::decide(pod, namespace, &state, &app.config) {
                     Ok(decision) => return decision,
                     Err(miss) => miss,
                 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{TestServer, create_review, patch_of, read_doc, response_of};
-use fake_api::{FakeApi, document};
+use fake_api::{FakeApi, example_documents};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -39,8 +39,7 @@ struct Live {
 impl Live {
     /// Everything wired, watchers not started yet.
     async fn new() -> Self {
-        let snapshot = snapshot::load(&common::repo("examples/cluster")).expect("example cluster");
-        let fake = FakeApi::start(snapshot.objects.iter().map(document)).await;
+        let fake = FakeApi::start(example_documents()).await;
         let config = common::example_config();
         let state: SharedState = Arc::new(RwLock::new(common::empty_state(&config)));
         let client = watch::client(fake.kube_config(), &state).expect("client");
@@ -140,11 +139,8 @@ fn web_pod(claim: &str) -> Value {
 
 /// One object of the example cluster, as the API serves it.
 fn example_document(kind: &str, name: &str) -> Value {
-    let snapshot = snapshot::load(&common::repo("examples/cluster")).expect("example cluster");
-    snapshot
-        .objects
-        .iter()
-        .map(document)
+    example_documents()
+        .into_iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("{kind} {name} in the example cluster"))
 }

@@ -2,10 +2,12 @@
 //! delivers before it is slimmed into records.
 
 use k8s_openapi::api::{
-    core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
+    core::v1::{Node, PersistentVolume, PersistentVolumeClaim},
     storage::v1::{CSIDriver, CSINode, StorageClass, VolumeAttachment},
 };
 use serde_json::Value;
+
+use crate::podview::PodView;
 
 /// The kinds volguard caches; also the unit of readiness and of the object-count metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,8 +69,8 @@ pub enum ClusterObject {
     PersistentVolume(Box<PersistentVolume>),
     /// A PersistentVolumeClaim.
     PersistentVolumeClaim(Box<PersistentVolumeClaim>),
-    /// A Pod.
-    Pod(Box<Pod>),
+    /// A Pod, decoded only as far as volguard reads it.
+    Pod(Box<PodView>),
     /// A VolumeAttachment.
     VolumeAttachment(Box<VolumeAttachment>),
     /// A StorageClass.

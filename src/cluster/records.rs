@@ -4,13 +4,14 @@
 use std::{collections::HashMap, sync::Arc};
 
 use k8s_openapi::api::{
-    core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec},
+    core::v1::{Node, PersistentVolume, PersistentVolumeClaim},
     storage::v1::{CSINode, StorageClass, VolumeAttachment},
 };
 
 use crate::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
+    podview::PodView,
 };
 
 /// What volguard keeps of a Node.
@@ -105,11 +106,11 @@ pub fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-fn exclusive(modes: Option<&Vec<String>>) -> bool {
-    modes.is_some_and(|m| {
-        m.iter()
-            .any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
-    })
+/// ReadWriteOnce or ReadWriteOncePod among the access modes: one node at a time.
+pub fn exclusive(modes: &[String]) -> bool {
+    modes
+        .iter()
+        .any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
 }
 
 impl NodeRecord {
@@ -216,7 +217,10 @@ impl PvRecord {
         });
         PvRecord {
             volume,
-            exclusive: exclusive(spec.and_then(|s| s.access_modes.as_ref())),
+            exclusive: exclusive(
+                spec.and_then(|s| s.access_modes.as_deref())
+                    .unwrap_or_default(),
+            ),
         }
     }
 }
@@ -232,7 +236,10 @@ impl PvcRecord {
             storage_class: spec
                 .and_then(|s| s.storage_class_name.clone())
                 .filter(|n| !n.is_empty()),
-            exclusive: exclusive(spec.and_then(|s| s.access_modes.as_ref())),
+            exclusive: exclusive(
+                spec.and_then(|s| s.access_modes.as_deref())
+                    .unwrap_or_default(),
+            ),
         }
     }
 }
@@ -248,51 +255,31 @@ impl StorageClassRecord {
 
 impl PodRecord {
     /// Slims a Pod to its node, phase and possibly-managed volumes.
-    pub fn from_pod(pod: &Pod, drivers: &Drivers, config: &Config) -> Self {
-        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
-        let mut uses = pod
-            .spec
-            .as_ref()
-            .map(|s| spec_uses(s, pod_name, drivers))
-            .unwrap_or_default();
-        let devices = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(&config.annotation("devices")));
-        if let Some(devices) = devices {
+    pub fn from_pod(pod: &PodView, drivers: &Drivers, config: &Config) -> Self {
+        let pod_name = pod.name();
+        let mut uses: Vec<PodVolumeRef> = pod
+            .volumes()
+            .iter()
+            .filter_map(|v| {
+                if let Some(pvc) = &v.persistent_volume_claim {
+                    return Some(PodVolumeRef::Claim(pvc.claim_name.clone()));
+                }
+                if v.ephemeral.is_some() {
+                    return Some(PodVolumeRef::Claim(format!("{pod_name}-{}", v.name)));
+                }
+                crate::resolve::inline_volume(v, drivers).map(PodVolumeRef::Direct)
+            })
+            .collect();
+        if let Some(devices) = pod.annotation(&config.annotation("devices")) {
             let (parsed, _problems) = crate::resolve::parse_devices(devices, drivers);
             uses.extend(parsed.into_iter().map(PodVolumeRef::Direct));
         }
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         PodRecord {
-            node: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.as_deref())
-                .filter(|n| !n.is_empty())
-                .map(Arc::from),
-            terminal: matches!(phase, Some("Succeeded" | "Failed")),
+            node: pod.node_name().map(Arc::from),
+            terminal: pod.is_terminal(),
             uses,
         }
     }
-}
-
-/// The possibly-managed volumes of a pod spec, without looking anything up.
-fn spec_uses(spec: &PodSpec, pod_name: &str, drivers: &Drivers) -> Vec<PodVolumeRef> {
-    spec.volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| {
-            if let Some(pvc) = &v.persistent_volume_claim {
-                return Some(PodVolumeRef::Claim(pvc.claim_name.clone()));
-            }
-            if v.ephemeral.is_some() {
-                return Some(PodVolumeRef::Claim(format!("{pod_name}-{}", v.name)));
-            }
-            crate::resolve::inline_volume(v, drivers).map(PodVolumeRef::Direct)
-        })
-        .collect()
 }
 
 impl VaRecord {

@@ -153,10 +153,7 @@ impl ClusterState {
                 self.put_pvc(k, PvcRecord::from_pvc(pvc));
             }
             ClusterObject::Pod(p) => {
-                let k = key(
-                    p.metadata.namespace.as_deref().unwrap_or_default(),
-                    p.metadata.name.as_deref().unwrap_or_default(),
-                );
+                let k = key(p.namespace().unwrap_or_default(), p.name());
                 let config = self.config.clone();
                 let mut rec = PodRecord::from_pod(p, &d, &config);
                 rec.node = rec.node.map(|n| self.shared_node_name(n));
@@ -600,18 +597,18 @@ fn remove_from(map: &mut HashMap<String, HashSet<String>>, k: &str, v: &str) {
 /// The key an object is stored under: `namespace/name`, or the name for cluster-scoped kinds.
 pub fn object_key(o: &ClusterObject) -> String {
     let meta = match o {
+        ClusterObject::Pod(p) => return key(p.namespace().unwrap_or_default(), p.name()),
         ClusterObject::Node(x) => &x.metadata,
         ClusterObject::CsiNode(x) => &x.metadata,
         ClusterObject::PersistentVolume(x) => &x.metadata,
         ClusterObject::PersistentVolumeClaim(x) => &x.metadata,
-        ClusterObject::Pod(x) => &x.metadata,
         ClusterObject::VolumeAttachment(x) => &x.metadata,
         ClusterObject::StorageClass(x) => &x.metadata,
         ClusterObject::CsiDriver(x) => &x.metadata,
     };
     let name = meta.name.as_deref().unwrap_or_default();
     match meta.namespace.as_deref() {
-        Some(ns) if matches!(o.kind(), Kind::Pod | Kind::PersistentVolumeClaim) => key(ns, name),
+        Some(ns) if o.kind() == Kind::PersistentVolumeClaim => key(ns, name),
         _ => name.to_owned(),
     }
 }

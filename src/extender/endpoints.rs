@@ -2,6 +2,7 @@
 //! judge. The axum handlers are thin wrappers so that benchmarks drive exactly the code
 //! the server runs.
 
+use crate::podview::PodView;
 use std::borrow::Cow;
 
 use axum::{
@@ -10,7 +11,6 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use k8s_openapi::api::core::v1::Pod;
 
 use super::{
     judge::{FailKind, Judge, Judgement, Verdict},
@@ -48,7 +48,7 @@ struct Candidates<'a> {
     nodes: Option<NodeList<'a>>,
 }
 
-fn parse(body: &[u8]) -> Result<(Box<Pod>, Candidates<'_>), ExtenderError> {
+fn parse(body: &[u8]) -> Result<(Box<PodView>, Candidates<'_>), ExtenderError> {
     let bad = ExtenderError::BadArgs;
     if body.is_empty() {
         return Err(bad(
@@ -86,7 +86,7 @@ fn parse(body: &[u8]) -> Result<(Box<Pod>, Candidates<'_>), ExtenderError> {
 
 /// A pod none of whose volumes can belong to a managed driver, judged from its spec
 /// alone: no lookups, and an answer even before the cluster state is synced.
-fn has_no_managed_volumes(pod: &Pod, state: &ClusterState, config: &Config) -> bool {
+fn has_no_managed_volumes(pod: &PodView, state: &ClusterState, config: &Config) -> bool {
     PodRecord::from_pod(pod, state.drivers(), config)
         .uses
         .is_empty()
@@ -104,7 +104,7 @@ fn not_ready(state: &ClusterState) -> Option<String> {
 /// Judges every candidate, in order. A pod with no managed volume passes everywhere
 /// with score 0, decided before the state's readiness is even looked at.
 fn judge_all(
-    pod: &Pod,
+    pod: &PodView,
     names: &[Cow<'_, str>],
     state: &ClusterState,
     config: &Config,
@@ -116,12 +116,7 @@ fn judge_all(
     if let Some(why) = not_ready(state) {
         return Err(why);
     }
-    let namespace = pod
-        .metadata
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or("default");
+    let namespace = pod.namespace().unwrap_or("default");
     let resolution = resolve(pod, namespace, state, config);
     let judge = Judge::new(resolution.as_ref(), state, config);
     if judge.is_indifferent() {
@@ -188,7 +183,7 @@ pub fn filter(body: &[u8], app: &App) -> Result<Vec<u8>, ExtenderError> {
     };
     let result = match judged {
         Err(why) => {
-            tracing::warn!(pod = ?pod.metadata.name, "extender filter not answered: {why}");
+            tracing::warn!(pod = pod.name(), "extender filter not answered: {why}");
             ExtenderFilterResult::error(why)
         }
         Ok(judgements) => sort_out(&candidates, judgements, &app.metrics),

@@ -5,16 +5,17 @@
 
 use std::{borrow::Cow, collections::BTreeMap};
 
-use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::podview::PodView;
 
 /// The body of `POST /filter` and `POST /prioritize`.
 #[derive(Debug, Deserialize)]
 pub struct ExtenderArgs<'a> {
     /// The pod being scheduled.
     #[serde(rename = "Pod", default)]
-    pub pod: Option<Box<Pod>>,
+    pub pod: Option<Box<PodView>>,
     /// Candidate nodes as full objects (`nodeCacheCapable: false`).
     #[serde(rename = "Nodes", borrow, default)]
     pub nodes: Option<NodeList<'a>>,
@@ -125,7 +126,7 @@ mod tests {
         // The shapes pinned by kube-scheduler's extender/v1 compatibility test.
         let body = r#"{"Pod":{"metadata":{"name":"p"}},"Nodes":{"items":[{"metadata":{"name":"node1"}}]},"NodeNames":["node1"]}"#;
         let args: ExtenderArgs = serde_json::from_str(body).unwrap();
-        assert_eq!(args.pod.unwrap().metadata.name.as_deref(), Some("p"));
+        assert_eq!(args.pod.unwrap().name(), "p");
         let nodes = args.nodes.unwrap();
         assert_eq!(node_name(nodes.items[0], 0).unwrap(), "node1");
         assert_eq!(args.node_names.unwrap()[0].0, "node1");

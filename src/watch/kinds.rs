@@ -17,7 +17,8 @@ pub trait Watched:
 {
     /// The kind it is cached as.
     const KIND: Kind;
-    /// Wraps it for [`crate::cluster::ClusterState::apply`], which slims it into a record.
+    /// Wraps it for [`crate::cluster::ClusterState::apply`], which slims it into a record
+    /// (pods become a [`crate::podview::PodView`] first).
     fn into_object(self) -> ClusterObject;
 }
 
@@ -26,7 +27,7 @@ macro_rules! watched {
         impl Watched for $ty {
             const KIND: Kind = Kind::$variant;
             fn into_object(self) -> ClusterObject {
-                ClusterObject::$variant(Box::new(self))
+                ClusterObject::$variant(Box::new(self.into()))
             }
         }
     )*};

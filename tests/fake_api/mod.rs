@@ -18,10 +18,7 @@ use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
-use volguard::{
-    cluster::{ClusterObject, Kind},
-    watch::collection_path,
-};
+use volguard::{cluster::Kind, watch::collection_path};
 
 /// One request the fake API answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,19 +156,26 @@ impl Collection {
     }
 }
 
-/// The object as the API server would serve it.
-pub fn document(object: &ClusterObject) -> Value {
-    let value = match object {
-        ClusterObject::Node(x) => serde_json::to_value(x),
-        ClusterObject::CsiNode(x) => serde_json::to_value(x),
-        ClusterObject::PersistentVolume(x) => serde_json::to_value(x),
-        ClusterObject::PersistentVolumeClaim(x) => serde_json::to_value(x),
-        ClusterObject::Pod(x) => serde_json::to_value(x),
-        ClusterObject::VolumeAttachment(x) => serde_json::to_value(x),
-        ClusterObject::StorageClass(x) => serde_json::to_value(x),
-        ClusterObject::CsiDriver(x) => serde_json::to_value(x),
-    };
-    value.expect("objects serialize")
+/// Every object of the example cluster as the API server would serve it: the snapshot
+/// files' documents, with `kind: List` files flattened.
+pub fn example_documents() -> Vec<Value> {
+    let dir = crate::common::repo("examples/cluster");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/cluster")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("readable");
+        for doc in volguard::snapshot::parse_documents(&text, false).expect("parses") {
+            match doc["items"].as_array() {
+                Some(items) if doc["kind"] == "List" => out.extend(items.iter().cloned()),
+                _ => out.push(doc),
+            }
+        }
+    }
+    out
 }
 
 fn kind_of(object: &Value) -> Kind {
