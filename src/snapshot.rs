@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
-use crate::cluster::{ClusterObject, ClusterState, Kind};
+use crate::cluster::{ClusterObject, ClusterState, Kind, objects::ObjectError};
 
 /// A snapshot that cannot be read, naming the file and the document.
 #[derive(Debug, thiserror::Error)]
@@ -33,17 +33,42 @@ pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
     Ok(Snapshot { objects, skipped })
 }
 
-/// Streams a snapshot straight into `state`, one object at a time, so a large cluster
-/// never sits in memory as full objects; then marks every kind synced. Returns the
-/// number of objects applied and the kinds skipped.
+/// Objects handed from the decoding thread to the indexing one at a time: small enough
+/// that a large cluster never sits in memory as full objects.
+const BATCH: usize = 512;
+
+/// Streams a snapshot into `state`: one thread decodes while this one indexes, a batch
+/// at a time; then marks every kind synced. Returns the number of objects applied and
+/// the kinds skipped.
 pub fn load_into(
     path: &Path,
     state: &mut ClusterState,
 ) -> Result<(usize, Vec<String>), SnapshotError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ClusterObject>>(4);
     let mut applied = 0;
-    let skipped = read(path, &mut |o| {
-        state.apply(&o);
-        applied += 1;
+    let skipped = std::thread::scope(|scope| {
+        let decoder = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            let skipped = read(path, &mut |o| {
+                batch.push(o);
+                if batch.len() == BATCH {
+                    // The receiver only stops early if this thread's work is moot anyway.
+                    let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                }
+            });
+            let _ = tx.send(batch);
+            skipped
+        });
+        for batch in rx {
+            applied += batch.len();
+            batch.iter().for_each(|o| state.apply(o));
+        }
+        decoder.join().unwrap_or_else(|_| {
+            Err(SnapshotError {
+                file: path.display().to_string(),
+                message: "the decoder stopped unexpectedly".into(),
+            })
+        })
     })?;
     for k in Kind::ALL {
         state.mark_synced(k);
@@ -75,7 +100,7 @@ fn read(path: &Path, each: &mut dyn FnMut(ClusterObject)) -> Result<Vec<String>,
         let mut index = 0;
         for_each_document(&text, is_json(&file), &mut |doc| {
             index += 1;
-            add_document(doc, each, &mut skipped).map_err(|m| format!("document {index}: {m}"))
+            add_doc(doc, each, &mut skipped).map_err(|m| format!("document {index}: {m}"))
         })
         .map_err(fail)?;
     }
@@ -119,27 +144,63 @@ fn is_json(path: &Path) -> bool {
 pub fn parse_documents(text: &str, json: bool) -> Result<Vec<Value>, String> {
     let mut docs = Vec::new();
     for_each_document(text, json, &mut |d| {
-        docs.push(d);
+        docs.push(match d {
+            Doc::Tree(v) => v,
+            Doc::Text(raw) => {
+                serde_json::from_str(raw.get()).map_err(|e| format!("invalid JSON: {e}"))?
+            }
+        });
         Ok(())
     })?;
     Ok(docs)
 }
 
+/// One document of a file: YAML arrives parsed, JSON as its text (decoded straight into
+/// its type later, without building a tree first).
+enum Doc<'a> {
+    Tree(Value),
+    Text(&'a RawValue),
+}
+
 /// Hands each non-empty document of a file to `each`; JSON is streamed document by document.
-fn for_each_document(
-    text: &str,
+fn for_each_document<'a>(
+    text: &'a str,
     json: bool,
-    each: &mut dyn FnMut(Value) -> Result<(), String>,
+    each: &mut dyn FnMut(Doc<'a>) -> Result<(), String>,
 ) -> Result<(), String> {
     if json {
-        for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-            each(doc.map_err(|e| format!("invalid JSON: {e}"))?)?;
+        for doc in serde_json::Deserializer::from_str(text).into_iter::<&RawValue>() {
+            each(Doc::Text(doc.map_err(|e| format!("invalid JSON: {e}"))?))?;
         }
         return Ok(());
     }
     let docs: Vec<Value> = serde_saphyr::from_multiple(text)
         .map_err(|e| format!("invalid YAML: {}", crate::config::one_line(&e.to_string())))?;
-    docs.into_iter().filter(|d| !d.is_null()).try_for_each(each)
+    docs.into_iter()
+        .filter(|d| !d.is_null())
+        .try_for_each(|d| each(Doc::Tree(d)))
+}
+
+/// Decodes one document, going through a tree only for lists.
+fn add_doc(
+    doc: Doc<'_>,
+    each: &mut dyn FnMut(ClusterObject),
+    skipped: &mut Vec<String>,
+) -> Result<(), String> {
+    let raw = match doc {
+        Doc::Tree(v) => return add_document(v, each, skipped),
+        Doc::Text(raw) => raw,
+    };
+    match ClusterObject::from_json(raw.get()) {
+        Ok(o) => each(o),
+        Err(ObjectError::UnknownKind(k)) if k.ends_with("List") => {
+            let tree = serde_json::from_str(raw.get()).map_err(|e| format!("invalid JSON: {e}"))?;
+            add_document(tree, each, skipped)?;
+        }
+        Err(ObjectError::UnknownKind(k)) => skipped.push(k),
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(())
 }
 
 fn add_document(
@@ -168,7 +229,7 @@ fn add_document(
     }
     match ClusterObject::from_value(doc) {
         Ok(o) => each(o),
-        Err(crate::cluster::objects::ObjectError::UnknownKind(k)) => skipped.push(k),
+        Err(ObjectError::UnknownKind(k)) => skipped.push(k),
         Err(e) => return Err(e.to_string()),
     }
     Ok(())

@@ -5,6 +5,9 @@ use k8s_openapi::api::{
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim},
     storage::v1::{CSIDriver, CSINode, StorageClass, VolumeAttachment},
 };
+use std::borrow::Cow;
+
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::podview::PodView;
@@ -100,6 +103,24 @@ pub enum ObjectError {
     },
 }
 
+/// Where a document is decoded from: an already parsed value, or JSON text (faster:
+/// no intermediate tree).
+trait Source {
+    fn decode<T: DeserializeOwned>(self) -> serde_json::Result<T>;
+}
+
+impl Source for Value {
+    fn decode<T: DeserializeOwned>(self) -> serde_json::Result<T> {
+        serde_json::from_value(self)
+    }
+}
+
+impl Source for &str {
+    fn decode<T: DeserializeOwned>(self) -> serde_json::Result<T> {
+        serde_json::from_str(self)
+    }
+}
+
 impl ClusterObject {
     /// Decodes a JSON document by its `kind`.
     pub fn from_value(value: Value) -> Result<Self, ObjectError> {
@@ -108,29 +129,50 @@ impl ClusterObject {
             .and_then(Value::as_str)
             .ok_or(ObjectError::NoKind)?
             .to_owned();
-        fn typed<T: serde::de::DeserializeOwned>(
+        Self::decode(&kind, value)
+    }
+
+    /// Decodes one JSON document given as text, by its `kind`.
+    pub fn from_json(text: &str) -> Result<Self, ObjectError> {
+        #[derive(Deserialize)]
+        struct KindOnly<'a> {
+            #[serde(borrow, default)]
+            kind: Option<Cow<'a, str>>,
+        }
+        let probe: KindOnly =
+            serde_json::from_str(text).map_err(|source| ObjectError::Invalid {
+                kind: "object",
+                source,
+            })?;
+        let kind = probe.kind.ok_or(ObjectError::NoKind)?;
+        Self::decode(&kind, text)
+    }
+
+    fn decode(kind: &str, source: impl Source) -> Result<Self, ObjectError> {
+        fn typed<T: DeserializeOwned>(
             kind: Kind,
-            v: Value,
+            source: impl Source,
         ) -> Result<Box<T>, ObjectError> {
-            serde_json::from_value(v)
+            source
+                .decode()
                 .map(Box::new)
                 .map_err(|source| ObjectError::Invalid {
                     kind: kind.as_str(),
                     source,
                 })
         }
-        Ok(match kind.as_str() {
-            "Node" => Self::Node(typed(Kind::Node, value)?),
-            "CSINode" => Self::CsiNode(typed(Kind::CsiNode, value)?),
-            "PersistentVolume" => Self::PersistentVolume(typed(Kind::PersistentVolume, value)?),
+        Ok(match kind {
+            "Node" => Self::Node(typed(Kind::Node, source)?),
+            "CSINode" => Self::CsiNode(typed(Kind::CsiNode, source)?),
+            "PersistentVolume" => Self::PersistentVolume(typed(Kind::PersistentVolume, source)?),
             "PersistentVolumeClaim" => {
-                Self::PersistentVolumeClaim(typed(Kind::PersistentVolumeClaim, value)?)
+                Self::PersistentVolumeClaim(typed(Kind::PersistentVolumeClaim, source)?)
             }
-            "Pod" => Self::Pod(typed(Kind::Pod, value)?),
-            "VolumeAttachment" => Self::VolumeAttachment(typed(Kind::VolumeAttachment, value)?),
-            "StorageClass" => Self::StorageClass(typed(Kind::StorageClass, value)?),
-            "CSIDriver" => Self::CsiDriver(typed(Kind::CsiDriver, value)?),
-            _ => return Err(ObjectError::UnknownKind(kind)),
+            "Pod" => Self::Pod(typed(Kind::Pod, source)?),
+            "VolumeAttachment" => Self::VolumeAttachment(typed(Kind::VolumeAttachment, source)?),
+            "StorageClass" => Self::StorageClass(typed(Kind::StorageClass, source)?),
+            "CSIDriver" => Self::CsiDriver(typed(Kind::CsiDriver, source)?),
+            _ => return Err(ObjectError::UnknownKind(kind.to_owned())),
         })
     }
 
