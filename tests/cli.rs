@@ -161,30 +161,25 @@ fn missing_or_broken_certificates_exit_2() {
 fn broken_snapshot_exits_2_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nodes.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: [oops\n",
-    )
-    .unwrap();
-    let out = volguard(&[
-        "serve",
-        "--self-signed",
-        "--snapshot",
-        file.to_str().unwrap(),
-    ]);
-    assert_usage_failure(&out, "nodes.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: 7\nstatus: {allocatable: 3}\n",
-    )
-    .unwrap();
-    let out = volguard(&[
-        "serve",
-        "--self-signed",
-        "--snapshot",
-        file.to_str().unwrap(),
-    ]);
-    assert_usage_failure(&out, "invalid Node");
+    for (text, says) in [
+        (
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: [oops\n",
+            "nodes.yaml",
+        ),
+        (
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: 7\nstatus: {allocatable: 3}\n",
+            "invalid Node",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = volguard(&[
+            "serve",
+            "--self-signed",
+            "--snapshot",
+            file.to_str().unwrap(),
+        ]);
+        assert_usage_failure(&out, says);
+    }
 }
 
 #[test]
