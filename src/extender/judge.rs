@@ -410,7 +410,9 @@ fn free_score(free: i64, max: i64) -> u8 {
     if max <= 0 {
         return 1;
     }
-    let scaled = 1 + 8 * free.clamp(0, max) / max;
+    // In i128: a limit near i64::MAX (a node annotation may say anything) must not
+    // overflow.
+    let scaled = 1 + 8 * i128::from(free.clamp(0, max)) / i128::from(max);
     scaled as u8
 }
 
@@ -504,5 +506,8 @@ mod tests {
         assert_eq!(free_score(14, 16), 8);
         assert_eq!(free_score(3, 0), 1);
         assert_eq!(free_score(-2, 8), 1);
+        assert_eq!(free_score(i64::MAX - 2, i64::MAX), 8);
+        assert_eq!(free_score(i64::MAX, i64::MAX), 9);
+        assert_eq!(free_score(3 << 61, (3 << 61) + 1), 8);
     }
 }
