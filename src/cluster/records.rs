@@ -152,28 +152,79 @@ impl NodeRecord {
     }
 }
 
-/// Reads a Kubernetes quantity as a whole count; device and attach counts are integers.
+/// Reads a Kubernetes quantity ("1", "1500m", "2k", "1Ki", "1e3", ...) as a whole count,
+/// rounded toward zero and saturating at the i64 bounds: a device counts as attached at
+/// 1 or more however the quantity is written, and one too large for i64 is still more.
+/// `None` when the text is no quantity.
 pub fn parse_count(q: &str) -> Option<i64> {
     let q = q.trim();
-    if let Ok(n) = q.parse::<i64>() {
-        return Some(n);
+    let (negative, unsigned) = match q.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, q.strip_prefix('+').unwrap_or(q)),
+    };
+    let end = unsigned
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(end);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.len() + fraction.len() == 0 || fraction.contains('.') {
+        return None;
     }
-    let (digits, mult) = match q.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => (&q[..i], &q[i..]),
-        None => return None,
+    let (mut exp10, exp2) = suffix_exponents(suffix)?;
+    // 36 significant digits are kept; further digits of the whole part scale it up.
+    let mut mantissa: u128 = 0;
+    for (i, digit) in whole.bytes().chain(fraction.bytes()).enumerate() {
+        let in_fraction = i >= whole.len();
+        if mantissa < 10u128.pow(36) {
+            mantissa = mantissa * 10 + u128::from(digit - b'0');
+            exp10 -= i64::from(in_fraction);
+        } else if !in_fraction {
+            exp10 += 1;
+        }
+    }
+    let binary = mantissa.saturating_mul(1 << exp2);
+    let scaled = match u32::try_from(-exp10) {
+        Err(_) => (0..exp10.min(39)).fold(binary, |v, _| v.saturating_mul(10)),
+        Ok(down) => 10u128.checked_pow(down).map_or(0, |d| binary / d),
     };
-    let base: i64 = digits.parse().ok()?;
-    let factor: i64 = match mult {
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "m" => return Some(base / 1000),
-        _ => return None,
-    };
-    base.checked_mul(factor)
+    let count = i64::try_from(scaled).unwrap_or(i64::MAX);
+    Some(if negative { -count } else { count })
+}
+
+/// The powers of ten and of two a quantity suffix stands for.
+fn suffix_exponents(suffix: &str) -> Option<(i64, u32)> {
+    Some(match suffix {
+        "" => (0, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
+        _ => {
+            let exponent = suffix.strip_prefix(['e', 'E'])?;
+            let digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let size = digits.parse::<i64>().unwrap_or(i64::MAX).min(1_000);
+            (
+                if exponent.starts_with('-') {
+                    -size
+                } else {
+                    size
+                },
+                0,
+            )
+        }
+    })
 }
 
 impl CsiNodeRecord {
@@ -315,6 +366,51 @@ mod tests {
         assert_eq!(parse_count("1000m"), Some(1));
         assert_eq!(parse_count("-3"), Some(-3));
         assert_eq!(parse_count("x"), None);
-        assert_eq!(parse_count("99999999999999Gi"), None);
+        assert_eq!(parse_count("99999999999999Gi"), Some(i64::MAX));
+    }
+
+    #[test]
+    fn every_quantity_form_is_a_count_and_anything_else_none() {
+        let cases = [
+            ("+1", Some(1)),
+            ("1.5", Some(1)),
+            ("0.5", Some(0)),
+            ("5.", Some(5)),
+            (".5k", Some(500)),
+            ("1500m", Some(1)),
+            ("999m", Some(0)),
+            ("1Ki", Some(1024)),
+            ("1.5Ki", Some(1536)),
+            ("1e3", Some(1000)),
+            ("1E3", Some(1000)),
+            ("1e+3", Some(1000)),
+            ("1e-3", Some(0)),
+            ("-1e3", Some(-1000)),
+            ("2E", Some(2_000_000_000_000_000_000)),
+            ("3T", Some(3_000_000_000_000)),
+            ("1Pi", Some(1 << 50)),
+            ("8Ei", Some(i64::MAX)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("1234567890123456789", Some(1_234_567_890_123_456_789)),
+            ("99999999999999999999", Some(i64::MAX)),
+            ("-99999999999999999999", Some(-i64::MAX)),
+            ("1e400", Some(i64::MAX)),
+            ("1e99999999999999999999", Some(i64::MAX)),
+            ("1e-99999999999999999999", Some(0)),
+            ("0e400", Some(0)),
+            ("", None),
+            ("-", None),
+            ("--1", None),
+            ("1x", None),
+            ("e3", None),
+            ("1e", None),
+            ("1e3.5", None),
+            ("1.2.3", None),
+            ("1 k", None),
+            ("1kk", None),
+        ];
+        for (q, want) in cases {
+            assert_eq!(parse_count(q), want, "{q:?}");
+        }
     }
 }
