@@ -3,7 +3,7 @@
 //! the server runs.
 
 use crate::podview::PodView;
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashSet};
 
 use axum::{
     body::Bytes,
@@ -60,7 +60,7 @@ fn parse(body: &[u8]) -> Result<(Box<PodView>, Candidates<'_>), ExtenderError> {
     let pod = args
         .pod
         .ok_or_else(|| bad("ExtenderArgs has no Pod".into()))?;
-    let candidates = match (args.node_names, args.nodes) {
+    let mut candidates = match (args.node_names, args.nodes) {
         (Some(names), _) => Candidates {
             names: names.into_iter().map(|n| n.0).collect(),
             nodes: None,
@@ -81,7 +81,27 @@ fn parse(body: &[u8]) -> Result<(Box<PodView>, Candidates<'_>), ExtenderError> {
             ));
         }
     };
+    candidates.keep_first_of_each_name();
     Ok((pod, candidates))
+}
+
+impl Candidates<'_> {
+    /// Drops repeated names, and their items, keeping the first: kube-scheduler maps the
+    /// answered names back through a map of its candidates and adds scores up per host,
+    /// so a name answered twice would be a duplicate feasible node and a doubled score.
+    fn keep_first_of_each_name(&mut self) {
+        let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+        let keep: Vec<bool> = self.names.iter().map(|n| seen.insert(n)).collect();
+        if !keep.contains(&false) {
+            return;
+        }
+        let mut flags = keep.iter();
+        self.names.retain(|_| flags.next().copied().unwrap_or(true));
+        if let Some(list) = &mut self.nodes {
+            let mut flags = keep.iter();
+            list.items.retain(|_| flags.next().copied().unwrap_or(true));
+        }
+    }
 }
 
 /// A pod none of whose volumes can belong to a managed driver, judged from its spec
