@@ -2,6 +2,7 @@
 //! its generated CA, and the shipped example cluster.
 #![allow(dead_code)]
 
+pub mod answers;
 pub mod openmetrics;
 pub mod raw;
 
