@@ -55,6 +55,10 @@ fn parse(body: &[u8]) -> Result<(Box<PodView>, Candidates<'_>), ExtenderError> {
             "empty body: expected kube-scheduler ExtenderArgs".into()
         ));
     }
+    // serde would also read a struct from a JSON array of its fields, in order.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(bad("not ExtenderArgs: expected a JSON object".into()));
+    }
     let args: ExtenderArgs =
         serde_json::from_slice(body).map_err(|e| bad(format!("not ExtenderArgs: {e}")))?;
     let pod = args

@@ -3,9 +3,12 @@
 //! keys exactly, hence the explicit renames. Node objects are kept as raw JSON so that
 //! the `Nodes` answer echoes them byte for byte, fields volguard does not know included.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::{borrow::Cow, collections::BTreeMap, fmt};
 
-use serde::{Deserialize, Serialize};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{MapAccess, Visitor, value::MapAccessDeserializer},
+};
 use serde_json::value::RawValue;
 
 use crate::podview::PodView;
@@ -17,7 +20,7 @@ pub struct ExtenderArgs<'a> {
     #[serde(rename = "Pod", default)]
     pub pod: Option<Box<PodView>>,
     /// Candidate nodes as full objects (`nodeCacheCapable: false`).
-    #[serde(rename = "Nodes", borrow, default)]
+    #[serde(rename = "Nodes", borrow, default, deserialize_with = "list_or_null")]
     pub nodes: Option<NodeList<'a>>,
     /// Candidate node names (`nodeCacheCapable: true`).
     #[serde(rename = "NodeNames", borrow, default)]
@@ -47,6 +50,28 @@ pub struct NodeList<'a> {
     /// The Node objects.
     #[serde(borrow, default)]
     pub items: Vec<&'a RawValue>,
+}
+
+/// `Nodes` as an object or null: serde would also read a struct from a JSON array of
+/// its fields, in order, which is no NodeList.
+fn list_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NodeList<'de>>, D::Error> {
+    struct ListOrNull;
+    impl<'de> Visitor<'de> for ListOrNull {
+        type Value = Option<NodeList<'de>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a NodeList object or null")
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            NodeList::deserialize(MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(ListOrNull)
 }
 
 /// Just enough of a Node to know its name.
@@ -148,6 +173,25 @@ mod tests {
             serde_json::to_string(&list).unwrap(),
             r#"[{"Host":"myhost","Score":1}]"#
         );
+    }
+
+    #[test]
+    fn a_node_list_is_an_object_not_an_array_of_its_fields() {
+        let args: ExtenderArgs =
+            serde_json::from_str(r#"{"Nodes": {"items": [{"metadata": {"name": "n"}}]}}"#).unwrap();
+        assert_eq!(node_name(args.nodes.unwrap().items[0], 0).unwrap(), "n");
+        let args: ExtenderArgs = serde_json::from_str(r#"{"Nodes": null}"#).unwrap();
+        assert!(args.nodes.is_none());
+        for array in [
+            r#"{"Nodes": [null, null]}"#,
+            r#"{"Nodes": ["v1", "NodeList", {}, []]}"#,
+        ] {
+            let e = serde_json::from_str::<ExtenderArgs>(array).unwrap_err();
+            assert!(
+                e.to_string().contains("expected a NodeList object or null"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
