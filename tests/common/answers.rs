@@ -99,9 +99,12 @@ fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 
 /// A 200 from /mutate: the v1 envelope, the request's uid, `allowed`, a denial's
 /// message, string warnings, and a base64 JSONPatch that applies to the request's
-/// object. Returns the `response`.
+/// object (when it has the `metadata` object kube-apiserver always sends). Returns the
+/// `response`.
 pub fn review(request: &[u8], body: &[u8]) -> Result<Value, String> {
-    let sent: Value = serde_json::from_slice(request)
+    // serde_json does not check the UTF-8 of strings it skips (fields nobody reads):
+    // such a body is answered, so read it the same way.
+    let sent: Value = serde_json::from_str(&String::from_utf8_lossy(request))
         .map_err(|e| format!("200 to a request that is not JSON ({e})"))?;
     let answer: Value = serde_json::from_slice(body)
         .map_err(|e| format!("answer is not JSON ({e}): {}", excerpt(body)))?;
@@ -149,8 +152,10 @@ pub fn review(request: &[u8], body: &[u8]) -> Result<Value, String> {
                     String::from_utf8_lossy(&bytes)
                 )
             })?;
+            // kube-apiserver always encodes a Pod's `metadata` (a Go struct): the patch
+            // must apply to any object it can send.
             let object = &sent["request"]["object"];
-            if object.is_object() {
+            if object["metadata"].is_object() {
                 let mut patched = object.clone();
                 json_patch::patch(&mut patched, &patch)
                     .map_err(|e| format!("patch does not apply to the object ({e}): {patch}"))?;
