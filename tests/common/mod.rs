@@ -157,11 +157,21 @@ impl TestServer {
 
     /// POSTs a JSON body over TLS; returns status and body.
     pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> (StatusCode, Bytes) {
+        self.try_post(path, body).await.expect("request over TLS")
+    }
+
+    /// Like `post`, with a transport failure returned instead of panicking (the soak
+    /// counts it as an invalid answer and goes on).
+    pub async fn try_post(
+        &self,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<(StatusCode, Bytes), String> {
         let req = Request::post(format!("https://localhost:{}{path}", self.addr.port()))
             .header("content-type", "application/json")
             .body(Full::new(body.into()))
             .expect("request");
-        self.send(req).await
+        self.try_send(req).await
     }
 
     /// GETs a path over TLS.
@@ -173,10 +183,18 @@ impl TestServer {
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
-        let resp = self.client.request(req).await.expect("request over TLS");
+        self.try_send(req).await.expect("request over TLS")
+    }
+
+    async fn try_send(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
+        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, body)
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((status, body.to_bytes()))
     }
 }
 
