@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use crate::{
     cluster::ClusterState,
     config::{Config, OnError},
+    json_shape,
     mutate::{Mutation, mutate},
     podview::PodView,
     resolve::{ResolveError, resolve},
@@ -30,7 +31,11 @@ struct ReviewIn<'a> {
     api_version: String,
     #[serde(default)]
     kind: String,
-    #[serde(borrow, default)]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "crate::json_shape::object_or_null"
+    )]
     request: Option<Request<'a>>,
 }
 
@@ -76,6 +81,11 @@ pub fn parse_review(body: &[u8]) -> Result<Request<'_>, BadReview> {
     if body.is_empty() {
         return Err(BadReview(
             "empty body: expected an admission.k8s.io/v1 AdmissionReview".into(),
+        ));
+    }
+    if !json_shape::is_object(body) {
+        return Err(BadReview(
+            "not an AdmissionReview: expected a JSON object".into(),
         ));
     }
     let review: ReviewIn = serde_json::from_slice(body)

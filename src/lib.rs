@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod drivers;
 pub mod explain;
 pub mod extender;
+pub mod json_shape;
 pub mod limits;
 pub mod metrics;
 pub mod mutate;

@@ -1,6 +1,8 @@
 //! The slice of a Pod that volguard reads, decoded straight from JSON: everything else
 //! is skipped by the parser instead of being built into a full object. This is what
-//! keeps the webhook, the extender and cache loading fast.
+//! keeps the webhook, the extender and cache loading fast. The parts the patch points
+//! into (metadata, spec, containers, resources) are read from JSON objects only, so that
+//! every patch addresses what the object really holds.
 
 use std::collections::BTreeMap;
 
@@ -10,15 +12,17 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Deserializer, de::IgnoredAny};
 
+use crate::json_shape;
+
 /// A Pod as volguard needs it.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodView {
     /// `None` when the object has no `metadata` at all.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_shape::object_or_null")]
     pub metadata: Option<MetaView>,
     /// `None` when the object has no `spec`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_shape::object_or_null")]
     pub spec: Option<SpecView>,
     /// `status.phase` is all that is read.
     #[serde(default)]
@@ -51,7 +55,7 @@ pub struct SpecView {
     #[serde(default, deserialize_with = "null_is_empty")]
     pub volumes: Vec<VolumeView>,
     /// App containers.
-    #[serde(default, deserialize_with = "null_is_empty")]
+    #[serde(default, deserialize_with = "json_shape::objects_or_null")]
     pub containers: Vec<ContainerView>,
     /// Init containers: only their resource claims matter.
     #[serde(default, deserialize_with = "null_is_empty")]
@@ -162,7 +166,7 @@ pub struct ContainerView {
     #[serde(default, deserialize_with = "null_is_empty")]
     pub volume_devices: Vec<DeviceView>,
     /// `None` when absent or null.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_shape::object_or_null")]
     pub resources: Option<ResourcesView>,
     /// Present: the user's probe, never touched.
     #[serde(default, deserialize_with = "present")]

@@ -474,7 +474,7 @@ async fn empty_and_absent_candidates() {
     let array = json!([web, null, NODES]).to_string();
     refused(&server, array, "expected a JSON object").await;
     let fields = json!({"Pod": web, "Nodes": [null, null, null, []]}).to_string();
-    refused(&server, fields, "expected a NodeList object or null").await;
+    refused(&server, fields, "expected an object").await;
     let none = json!({"Pod": web, "Nodes": null, "NodeNames": null}).to_string();
     refused(&server, none, "neither NodeNames nor Nodes").await;
     let no_pod = json!({"Pod": null, "NodeNames": NODES}).to_string();

@@ -638,6 +638,76 @@ fn mutated_args_to_prioritize() {
     );
 }
 
+/// What the fuzz found answered that should have been refused: a struct written as a
+/// JSON array of its fields, which serde's derives read in order.
+#[test]
+fn structs_written_as_arrays_are_refused() {
+    let review = &reviews()[0];
+    let request = &review["request"];
+    let request_fields = json!([
+        request["uid"],
+        request["kind"],
+        null,
+        "n",
+        "shop",
+        "CREATE",
+        request["object"]
+    ]);
+    let args = &extender_args()[0];
+    let cases = [
+        (
+            Endpoint::Mutate,
+            json!(["admission.k8s.io/v1", "AdmissionReview", request]),
+        ),
+        (
+            Endpoint::Mutate,
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request_fields}),
+        ),
+        (
+            Endpoint::Filter,
+            json!([args["Pod"], null, args["NodeNames"]]),
+        ),
+        (
+            Endpoint::Prioritize,
+            json!({"Pod": args["Pod"], "Nodes": [null, null, null, []]}),
+        ),
+    ];
+    for (endpoint, body) in cases {
+        let body = body.to_string().into_bytes();
+        let (status, answer) = call(endpoint, &body);
+        assert_eq!(status, 400, "{}: {}", endpoint.path(), excerpt(&answer));
+    }
+    // A pod whose metadata, spec, container or resources are arrays is no Pod: admitted
+    // unchanged with a warning, never patched at paths it does not have.
+    let pod = &request["object"];
+    let mut shapes = Vec::new();
+    for (pointer, fields) in [
+        ("/metadata", json!(["linode-web", "shop"])),
+        ("/spec", json!([null, [], []])),
+        ("/spec/containers/0", json!(["web", [], [], null, false])),
+        ("/spec/containers/0/resources", json!([null, null])),
+    ] {
+        let mut p = pod.clone();
+        *p.pointer_mut(pointer).expect(pointer) = fields;
+        shapes.push(p);
+    }
+    for p in shapes {
+        let body = common::create_review(&p, "shop").to_string().into_bytes();
+        let (status, answer) = call(Endpoint::Mutate, &body);
+        let Ok(Answer::Review(r)) = answers::check(Endpoint::Mutate, &body, status, &answer) else {
+            panic!("not a review: {}", excerpt(&answer))
+        };
+        assert!(r.get("patch").is_none(), "{r}");
+        assert!(
+            r["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("not a valid Pod"),
+            "{r}"
+        );
+    }
+}
+
 /// The mutations do what they say, so that the fuzz explores what it claims to.
 #[test]
 fn edits_change_the_node_they_target() {

@@ -19,6 +19,7 @@ use super::{
 use crate::{
     cluster::{ClusterState, records::PodRecord},
     config::Config,
+    json_shape,
     metrics::Metrics,
     resolve::resolve,
     server::{App, bad_request},
@@ -55,8 +56,7 @@ fn parse(body: &[u8]) -> Result<(Box<PodView>, Candidates<'_>), ExtenderError> {
             "empty body: expected kube-scheduler ExtenderArgs".into()
         ));
     }
-    // serde would also read a struct from a JSON array of its fields, in order.
-    if body.trim_ascii_start().first() != Some(&b'{') {
+    if !json_shape::is_object(body) {
         return Err(bad("not ExtenderArgs: expected a JSON object".into()));
     }
     let args: ExtenderArgs =

@@ -3,12 +3,9 @@
 //! keys exactly, hence the explicit renames. Node objects are kept as raw JSON so that
 //! the `Nodes` answer echoes them byte for byte, fields volguard does not know included.
 
-use std::{borrow::Cow, collections::BTreeMap, fmt};
+use std::{borrow::Cow, collections::BTreeMap};
 
-use serde::{
-    Deserialize, Deserializer, Serialize,
-    de::{MapAccess, Visitor, value::MapAccessDeserializer},
-};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::podview::PodView;
@@ -20,7 +17,12 @@ pub struct ExtenderArgs<'a> {
     #[serde(rename = "Pod", default)]
     pub pod: Option<Box<PodView>>,
     /// Candidate nodes as full objects (`nodeCacheCapable: false`).
-    #[serde(rename = "Nodes", borrow, default, deserialize_with = "list_or_null")]
+    #[serde(
+        rename = "Nodes",
+        borrow,
+        default,
+        deserialize_with = "crate::json_shape::object_or_null"
+    )]
     pub nodes: Option<NodeList<'a>>,
     /// Candidate node names (`nodeCacheCapable: true`).
     #[serde(rename = "NodeNames", borrow, default)]
@@ -50,28 +52,6 @@ pub struct NodeList<'a> {
     /// The Node objects.
     #[serde(borrow, default)]
     pub items: Vec<&'a RawValue>,
-}
-
-/// `Nodes` as an object or null: serde would also read a struct from a JSON array of
-/// its fields, in order, which is no NodeList.
-fn list_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NodeList<'de>>, D::Error> {
-    struct ListOrNull;
-    impl<'de> Visitor<'de> for ListOrNull {
-        type Value = Option<NodeList<'de>>;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a NodeList object or null")
-        }
-
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            NodeList::deserialize(MapAccessDeserializer::new(map)).map(Some)
-        }
-    }
-    d.deserialize_any(ListOrNull)
 }
 
 /// Just enough of a Node to know its name.
@@ -187,10 +167,7 @@ mod tests {
             r#"{"Nodes": ["v1", "NodeList", {}, []]}"#,
         ] {
             let e = serde_json::from_str::<ExtenderArgs>(array).unwrap_err();
-            assert!(
-                e.to_string().contains("expected a NodeList object or null"),
-                "{e}"
-            );
+            assert!(e.to_string().contains("expected an object"), "{e}");
         }
     }
 
