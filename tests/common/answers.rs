@@ -99,8 +99,7 @@ fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 
 /// A 200 from /mutate: the v1 envelope, the request's uid, `allowed`, a denial's
 /// message, string warnings, and a base64 JSONPatch that applies to the request's
-/// object (when it has the `metadata` object kube-apiserver always sends). Returns the
-/// `response`.
+/// object when that is a JSON object. Returns the `response`.
 pub fn review(request: &[u8], body: &[u8]) -> Result<Value, String> {
     // serde_json does not check the UTF-8 of strings it skips (fields nobody reads):
     // such a body is answered, so read it the same way.
@@ -152,10 +151,8 @@ pub fn review(request: &[u8], body: &[u8]) -> Result<Value, String> {
                     String::from_utf8_lossy(&bytes)
                 )
             })?;
-            // kube-apiserver always encodes a Pod's `metadata` (a Go struct): the patch
-            // must apply to any object it can send.
             let object = &sent["request"]["object"];
-            if object["metadata"].is_object() {
+            if object.is_object() {
                 let mut patched = object.clone();
                 json_patch::patch(&mut patched, &patch)
                     .map_err(|e| format!("patch does not apply to the object ({e}): {patch}"))?;
