@@ -33,42 +33,18 @@ pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
     Ok(Snapshot { objects, skipped })
 }
 
-/// Objects handed from the decoding thread to the indexing one at a time: small enough
-/// that a large cluster never sits in memory as full objects.
-const BATCH: usize = 512;
-
-/// Streams a snapshot into `state`: one thread decodes while this one indexes, a batch
-/// at a time; then marks every kind synced. Returns the number of objects applied and
-/// the kinds skipped.
+/// Streams a snapshot straight into `state`, one object at a time, so a large cluster
+/// never sits in memory as full objects; then marks every kind synced. Returns the
+/// number of objects applied and the kinds skipped. (Decoding on a second thread was
+/// tried: freeing objects across threads cost more than it saved.)
 pub fn load_into(
     path: &Path,
     state: &mut ClusterState,
 ) -> Result<(usize, Vec<String>), SnapshotError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ClusterObject>>(4);
     let mut applied = 0;
-    let skipped = std::thread::scope(|scope| {
-        let decoder = scope.spawn(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            let skipped = read(path, &mut |o| {
-                batch.push(o);
-                if batch.len() == BATCH {
-                    // The receiver only stops early if this thread's work is moot anyway.
-                    let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
-                }
-            });
-            let _ = tx.send(batch);
-            skipped
-        });
-        for batch in rx {
-            applied += batch.len();
-            batch.iter().for_each(|o| state.apply(o));
-        }
-        decoder.join().unwrap_or_else(|_| {
-            Err(SnapshotError {
-                file: path.display().to_string(),
-                message: "the decoder stopped unexpectedly".into(),
-            })
-        })
+    let skipped = read(path, &mut |o| {
+        state.apply(&o);
+        applied += 1;
     })?;
     for k in Kind::ALL {
         state.mark_synced(k);
