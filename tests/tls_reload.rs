@@ -103,6 +103,18 @@ async fn start(first: &CertBundle) -> TestServer {
     server
 }
 
+/// A reloader watching the volume's files, swapping into the server's TLS config.
+fn reloader_for(volume: &SecretVolume, server: &TestServer) -> Reloader {
+    let files = volume.files();
+    let current = files.read().unwrap();
+    Reloader::new(
+        files,
+        current,
+        server.tls.clone(),
+        server.app.metrics.clone(),
+    )
+}
+
 async fn scrape(server: &TestServer) -> openmetrics::Exposition {
     let (_, _, body) = server.get_plain("/metrics").await;
     openmetrics::parse(&body).unwrap()
@@ -114,13 +126,7 @@ async fn symlink_swap_reaches_new_connections_and_broken_pairs_are_refused() {
     let cas = format!("{}{}{}", a.ca_pem, b.ca_pem, c.ca_pem);
     let mut volume = SecretVolume::new(&a.cert_pem, &a.key_pem);
     let server = start(&a).await;
-    let files = volume.files();
-    let mut reloader = Reloader::new(
-        files.clone(),
-        files.read().unwrap(),
-        server.tls.clone(),
-        server.app.metrics.clone(),
-    );
+    let mut reloader = reloader_for(&volume, &server);
     assert_eq!(served_on_new_connection(server.addr, &cas).await, der(&a));
     assert_eq!(reloader.check(), Check::Unchanged);
 
@@ -178,13 +184,7 @@ async fn files_that_vanish_are_refused_and_picked_up_when_back() {
     let cas = format!("{}{}", a.ca_pem, b.ca_pem);
     let volume = SecretVolume::new(&a.cert_pem, &a.key_pem);
     let server = start(&a).await;
-    let files = volume.files();
-    let mut reloader = Reloader::new(
-        files.clone(),
-        files.read().unwrap(),
-        server.tls.clone(),
-        server.app.metrics.clone(),
-    );
+    let mut reloader = reloader_for(&volume, &server);
     let target = std::fs::read_link(volume.path("..data")).unwrap();
     let hidden = volume.path("..hidden");
     std::fs::rename(volume.dir.path().join(&target), &hidden).unwrap();
@@ -207,13 +207,7 @@ async fn the_polling_loop_picks_up_a_rotation_on_its_own() {
     let cas = format!("{}{}", a.ca_pem, b.ca_pem);
     let mut volume = SecretVolume::new(&a.cert_pem, &a.key_pem);
     let server = start(&a).await;
-    let files = volume.files();
-    let reloader = Reloader::new(
-        files.clone(),
-        files.read().unwrap(),
-        server.tls.clone(),
-        server.app.metrics.clone(),
-    );
+    let reloader = reloader_for(&volume, &server);
     tokio::spawn(reloader.run(Duration::from_millis(20)));
     volume.rotate(&b.cert_pem, &b.key_pem);
     for _ in 0..500 {

@@ -291,3 +291,10 @@ pub fn patch_of(response: &serde_json::Value) -> Option<json_patch::Patch> {
         .expect("patch is base64");
     Some(serde_json::from_slice(&bytes).expect("patch is a JSONPatch"))
 }
+
+/// The first admission `warnings` entry of a response; fails the test when there is none.
+pub fn first_warning(response: &serde_json::Value) -> &str {
+    response["warnings"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a warning in {response}"))
+}
