@@ -11,14 +11,13 @@ use std::{
 use criterion::{Criterion, criterion_group, criterion_main};
 use volguard::{
     cluster::{ClusterObject, ClusterState},
-    config::Config,
-    drivers::Drivers,
-    extender::{endpoints, judge::Judge},
-    podview::PodView,
-    resolve::resolve,
-    server::App,
-    snapshot::{self, Snapshot},
-    synthetic::{self, Size},
+    decide::{judge::Judge, resolve::resolve},
+    model::{config::Config, drivers::Drivers, podview::PodView},
+    server::{app::App, extender::endpoints},
+    sources::{
+        snapshot::{self, Snapshot},
+        synthetic::{self, Size},
+    },
 };
 
 const CLAIMS: usize = 2;

@@ -17,9 +17,9 @@ fn main() {
     };
     let read = |p: &str| std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e}"));
     let addr: SocketAddr = listen.parse().expect("LISTEN is host:port");
-    volguard::tls::install_crypto_provider();
-    let tls =
-        volguard::tls::server_config(&read(cert), &read(key), None, (cert, key)).expect("tls");
+    volguard::server::tls::install_crypto_provider();
+    let tls = volguard::server::tls::server_config(&read(cert), &read(key), None, (cert, key))
+        .expect("tls");
     let (mutate, filter) = (Bytes::from(read(mutate)), Bytes::from(read(filter)));
     let router = Router::new()
         .route(
@@ -36,9 +36,9 @@ fn main() {
         .block_on(async move {
             let listener = std::net::TcpListener::bind(addr).expect("bind");
             let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-            let metrics = Arc::new(volguard::metrics::Metrics::new());
-            let limits = volguard::limits::Limits::default();
-            volguard::server::serve_tls(
+            let metrics = Arc::new(volguard::server::metrics::Metrics::new());
+            let limits = volguard::server::limits::Limits::default();
+            volguard::server::router::serve_tls(
                 listener,
                 tls,
                 router,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use volguard::synthetic::{self, Size};
+use volguard::sources::synthetic::{self, Size};
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -11,10 +11,11 @@ use std::{collections::BTreeMap, sync::Arc, time::Instant};
 use kube::runtime::watcher::Event;
 use volguard::{
     cluster::{ClusterObject, ClusterState, Kind},
-    config::Config,
-    drivers::Drivers,
-    synthetic::{self, Size},
-    watch::Feed,
+    model::{config::Config, drivers::Drivers},
+    sources::{
+        synthetic::{self, Size},
+        watch::Feed,
+    },
 };
 
 fn main() {

@@ -35,8 +35,10 @@ use hyper::body::Bytes;
 use serde_json::{Value, json};
 use volguard::{
     cluster::{ClusterObject, state::object_key},
-    snapshot::{self, Snapshot},
-    synthetic::{self, Size},
+    sources::{
+        snapshot::{self, Snapshot},
+        synthetic::{self, Size},
+    },
 };
 
 const SIZE: Size = Size {

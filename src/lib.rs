@@ -1,26 +1,15 @@
 //! volguard: a storage-aware mutating admission webhook and kube-scheduler extender for
-//! block volumes. The pure core (`resolve`, `mutate`) reads the cluster-state model
-//! (`cluster`); thin adapters feed it (`snapshot`, `watch`) and serve it (`admission`, `server`).
+//! block volumes. Layers, lowest first; each imports only those below it:
+//! - [`model`]: config, drivers, the pod view, volume identity;
+//! - [`cluster`]: the indexed cluster-state model;
+//! - [`sources`]: what fills it (snapshots, API watches, a synthetic generator);
+//! - [`decide`]: the pure core (resolve, mutate, judge);
+//! - [`server`]: the HTTP adapters around the core;
+//! - [`cmd`]: one module per subcommand.
 
-pub mod admission;
-pub mod certs;
-pub mod cli;
 pub mod cluster;
-pub mod config;
-pub mod daemon;
-pub mod drivers;
-pub mod explain;
-pub mod extender;
-pub mod json_shape;
-pub mod limits;
-pub mod metrics;
-pub mod mutate;
-pub mod podview;
-pub mod reload;
-pub mod resolve;
+pub mod cmd;
+pub mod decide;
+pub mod model;
 pub mod server;
-pub mod shutdown;
-pub mod snapshot;
-pub mod synthetic;
-pub mod tls;
-pub mod watch;
+pub mod sources;

@@ -1,5 +1,5 @@
 //! The volguard binary: everything lives in the library; see `volguard --help`.
 
 fn main() -> std::process::ExitCode {
-    volguard::cli::main()
+    volguard::cmd::main()
 }

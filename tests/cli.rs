@@ -58,10 +58,15 @@ fn certs_writes_a_ca_and_a_serving_cert_for_the_service() {
         assert_eq!(mode & 0o077, 0, "the key is private");
     }
     // The pair loads, and a client trusting ca.crt accepts it for every Service name.
-    volguard::tls::install_crypto_provider();
-    volguard::tls::server_config(&cert, &key, None, ("tls.crt", "tls.key")).expect("pair loads");
-    let ca_cert = volguard::tls::parse_certs(&ca, "ca").unwrap().remove(0);
-    let leaf = volguard::tls::parse_certs(&cert, "cert").unwrap().remove(0);
+    volguard::server::tls::install_crypto_provider();
+    volguard::server::tls::server_config(&cert, &key, None, ("tls.crt", "tls.key"))
+        .expect("pair loads");
+    let ca_cert = volguard::server::tls::parse_certs(&ca, "ca")
+        .unwrap()
+        .remove(0);
+    let leaf = volguard::server::tls::parse_certs(&cert, "cert")
+        .unwrap()
+        .remove(0);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_cert).unwrap();
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(

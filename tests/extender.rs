@@ -1,6 +1,6 @@
 //! The scheduler extender driven over real TLS with ExtenderArgs JSON as kube-scheduler
 //! sends it, in both modes (`NodeNames` with nodeCacheCapable, full `Nodes` without):
-//! one test per rule of contract section 5 and per counting edge.
+//! one test per rule of the README's extender table and per counting edge.
 
 mod common;
 

@@ -12,7 +12,7 @@ use std::{
 
 use common::{TestServer, create_review, example_app, openmetrics, raw, read_doc};
 use hyper::StatusCode;
-use volguard::limits::Limits;
+use volguard::server::limits::Limits;
 
 async fn start(limits: Limits) -> TestServer {
     let mut app = example_app();

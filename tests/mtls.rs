@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::{TestServer, client_config, client_with, example_app, raw};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, body::Bytes};
-use volguard::certs::{self, CertBundle};
+use volguard::server::certs::{self, CertBundle};
 
 fn bundle(name: &str) -> CertBundle {
     certs::generate(&[name.to_owned(), "localhost".to_owned()], 1).unwrap()

@@ -29,13 +29,13 @@ use proptest::{
 };
 use serde_json::{Map, Number, Value, json};
 use tower::ServiceExt;
-use volguard::server;
+use volguard::server::router;
 
 const DEFAULT_CASES: u32 = 256;
 const DEFAULT_SEED: u64 = 0x766f_6c67_7561_7264;
 
 /// The router over the example cluster, built once: handlers never write to the state.
-static ROUTER: LazyLock<Router> = LazyLock::new(|| server::router(common::example_app()));
+static ROUTER: LazyLock<Router> = LazyLock::new(|| router::router(common::example_app()));
 
 /// Timers on (the request deadline), a blocking pool (the extender parses off the
 /// async workers).

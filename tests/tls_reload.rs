@@ -15,7 +15,7 @@ use std::{
 
 use common::{TestServer, example_app, openmetrics, raw};
 use rustls_pki_types::CertificateDer;
-use volguard::{
+use volguard::server::{
     certs::{self, CertBundle},
     reload::{CertFiles, Check, Reloader},
     tls,

@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use volguard::{
     cluster::{ClusterState, Kind, SharedState},
-    drivers::VolumeId,
-    server::App,
-    snapshot, watch,
+    model::drivers::VolumeId,
+    server::app::App,
+    sources::{snapshot, watch},
 };
 
 const UID: &str = "705ab4f5-6393-11e8-b7cc-42010a800002";
@@ -503,7 +503,7 @@ fn a_broken_kubeconfig_is_a_usage_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
     std::fs::write(&path, "apiVersion: v1\nclusters: [oops\n").unwrap();
-    let cli = volguard::cli::Cli::try_parse_from([
+    let cli = volguard::cmd::Cli::try_parse_from([
         "volguard",
         "serve",
         "--self-signed",
@@ -511,11 +511,11 @@ fn a_broken_kubeconfig_is_a_usage_error_naming_the_file() {
         path.to_str().unwrap(),
     ])
     .expect("flags parse");
-    let volguard::cli::Command::Serve(args) = cli.command else {
+    let volguard::cmd::Command::Serve(args) = cli.command else {
         panic!("serve")
     };
-    volguard::tls::install_crypto_provider();
-    let failure = volguard::daemon::run(*args).expect_err("must not start");
+    volguard::server::tls::install_crypto_provider();
+    let failure = volguard::cmd::serve::run(*args).expect_err("must not start");
     assert_eq!(failure.code, 2);
     assert!(
         failure

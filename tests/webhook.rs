@@ -309,7 +309,7 @@ async fn missing_claim_allows_unchanged_with_a_warning() {
 #[tokio::test]
 async fn missing_claim_is_denied_when_on_error_is_deny() {
     let mut config = common::example_config();
-    config.on_error = volguard::config::OnError::Deny;
+    config.on_error = volguard::model::config::OnError::Deny;
     let state = common::example_state(&config);
     let server = TestServer::start(config, state).await;
     let mut pod = read_doc("examples/pods/linode-web.yaml");

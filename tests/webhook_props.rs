@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tower::ServiceExt;
-use volguard::server::{self, App};
+use volguard::server::{app::App, router};
 
 /// The example cluster, loaded once for all cases: the handler never writes to it.
 static APP: LazyLock<App> = LazyLock::new(common::example_app);
@@ -30,7 +30,7 @@ fn call(app: &App, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
         .unwrap();
     rt.block_on(async {
         let req = Request::post("/mutate").body(Body::from(body)).unwrap();
-        let resp = server::router(app.clone()).oneshot(req).await.unwrap();
+        let resp = router::router(app.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
         (
             status,

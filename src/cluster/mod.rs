@@ -1,11 +1,13 @@
 //! Cluster state: the kinds volguard reads, their slim records, and the indexed model
 //! that snapshots and watches fill and that the webhook and extender read.
 
+pub mod missing;
 pub mod objects;
 pub mod readiness;
 pub mod records;
 pub mod state;
 
+pub use missing::Missing;
 pub use objects::{ClusterObject, Kind};
 pub use readiness::{Readiness, WatchHealth};
 pub use state::{ClusterState, SharedState, VolumeUser};

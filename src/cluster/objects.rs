@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::podview::PodView;
+use crate::model::podview::PodView;
 
 /// The kinds volguard caches; also the unit of readiness and of the object-count metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -8,10 +8,11 @@ use k8s_openapi::api::{
     storage::v1::{CSINode, StorageClass, VolumeAttachment},
 };
 
-use crate::{
+use crate::model::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
     podview::PodView,
+    volume::{self, exclusive},
 };
 
 /// What volguard keeps of a Node.
@@ -104,13 +105,6 @@ pub enum VaSource {
 /// Namespaced key `namespace/name`.
 pub fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
-}
-
-/// ReadWriteOnce or ReadWriteOncePod among the access modes: one node at a time.
-pub fn exclusive(modes: &[String]) -> bool {
-    modes
-        .iter()
-        .any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
 }
 
 impl NodeRecord {
@@ -318,11 +312,11 @@ impl PodRecord {
                 if v.ephemeral.is_some() {
                     return Some(PodVolumeRef::Claim(format!("{pod_name}-{}", v.name)));
                 }
-                crate::resolve::inline_volume(v, drivers).map(PodVolumeRef::Direct)
+                volume::inline_volume(v, drivers).map(PodVolumeRef::Direct)
             })
             .collect();
         if let Some(devices) = pod.annotation(&config.annotation("devices")) {
-            let (parsed, _problems) = crate::resolve::parse_devices(devices, drivers);
+            let (parsed, _problems) = volume::parse_devices(devices, drivers);
             uses.extend(parsed.into_iter().map(PodVolumeRef::Direct));
         }
         PodRecord {

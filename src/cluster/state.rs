@@ -14,7 +14,7 @@ use super::{
         StorageClassRecord, VaRecord, VaSource, key,
     },
 };
-use crate::{
+use crate::model::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
 };

@@ -17,12 +17,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, body::Bytes};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use volguard::{
-    certs,
     cluster::ClusterState,
-    config::Config,
-    drivers::Drivers,
-    server::{self, App},
-    snapshot, tls,
+    model::{config::Config, drivers::Drivers},
+    server::{app::App, certs, router, tls},
+    sources::snapshot,
 };
 
 /// Path inside the repository.
@@ -109,15 +107,15 @@ impl TestServer {
         let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let metrics_addr = plain.local_addr().expect("addr");
         let tls = RustlsConfig::from_config(Arc::new(server_config));
-        tokio::spawn(server::serve_tls(
+        tokio::spawn(router::serve_tls(
             listener,
             tls.clone(),
-            server::router(app.clone()),
+            router::router(app.clone()),
             app.limits,
             app.metrics.clone(),
             axum_server::Handle::new(),
         ));
-        tokio::spawn(server::serve_plain(
+        tokio::spawn(router::serve_plain(
             plain,
             app.clone(),
             std::future::pending(),

@@ -18,7 +18,7 @@ use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
-use volguard::{cluster::Kind, watch::collection_path};
+use volguard::{cluster::Kind, sources::watch::collection_path};
 
 /// One request the fake API answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +168,7 @@ pub fn example_documents() -> Vec<Value> {
     let mut out = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("readable");
-        for doc in volguard::snapshot::parse_documents(&text, false).expect("parses") {
+        for doc in volguard::sources::snapshot::parse_documents(&text, false).expect("parses") {
             match doc["items"].as_array() {
                 Some(items) if doc["kind"] == "List" => out.extend(items.iter().cloned()),
                 _ => out.push(doc),

@@ -1,0 +1,80 @@
+//! The command line: parse the flags (each also a `VOLGUARD_*` variable), set up logging,
+//! dispatch to the subcommand's module, and turn its failure into one line on stderr
+//! with a meaningful exit code. Each subcommand owns its flags.
+
+pub mod certs;
+pub mod explain;
+pub mod failure;
+pub mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::cmd::{certs::CertsArgs, explain::ExplainArgs, serve::ServeArgs};
+
+/// volguard: storage-aware admission webhook and scheduler extender.
+#[derive(Debug, Parser)]
+#[command(name = "volguard", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "VOLGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the webhook and extender over TLS.
+    Serve(Box<ServeArgs>),
+    /// Write a CA and a serving certificate for the webhook Service.
+    Certs(CertsArgs),
+    /// Show offline what the webhook and the extender would do with a pod.
+    Explain(ExplainArgs),
+}
+
+/// Parses the command line, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    crate::server::tls::install_crypto_provider();
+    let outcome = match cli.command {
+        Command::Serve(args) => serve::run(*args),
+        Command::Certs(args) => certs::run(&args),
+        Command::Explain(args) => explain::run(&args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("volguard: {}", f.message.replace('\n', " "));
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    // kube's client logs every failed request at ERROR; the watchers already log each
+    // failure once, with the kind, at WARN.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

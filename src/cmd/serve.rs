@@ -1,0 +1,241 @@
+//! `volguard serve`: load config and cluster state (a snapshot, or watchers on the
+//! Kubernetes API), build TLS (hot-reloaded from files), and run the TLS and plain
+//! listeners until a stop signal drains them.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use axum_server::tls_rustls::RustlsConfig;
+use clap::Args;
+
+use crate::{
+    cluster::ClusterState,
+    cmd::failure::Failure,
+    model::{config::Config, drivers::Drivers},
+    server::{
+        app::App,
+        certs,
+        limits::Limits,
+        reload::{CertFiles, Loaded, Pair, Reloader},
+        shutdown::{self, Drain, StopSignals},
+        tls,
+    },
+    sources::{snapshot, watch},
+};
+
+/// Flags of `volguard serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (YAML); built-in defaults when absent.
+    #[arg(long, env = "VOLGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// TLS listen address for the webhook and extender.
+    #[arg(long, env = "VOLGUARD_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Serving certificate chain (PEM).
+    #[arg(long, env = "VOLGUARD_TLS_CERT", default_value = "certs/tls.crt")]
+    pub tls_cert: PathBuf,
+    /// Serving private key (PEM).
+    #[arg(long, env = "VOLGUARD_TLS_KEY", default_value = "certs/tls.key")]
+    pub tls_key: PathBuf,
+    /// CA bundle (PEM) for client certificates; when set, clients must present one.
+    #[arg(long, env = "VOLGUARD_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Plain-HTTP listen address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "VOLGUARD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Cluster state from these files instead of the API server.
+    #[arg(long, env = "VOLGUARD_SNAPSHOT")]
+    pub snapshot: Option<PathBuf>,
+    /// Kubeconfig of the API server to watch; default: in-cluster, else
+    /// $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "VOLGUARD_KUBECONFIG", conflicts_with = "snapshot")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Generate an in-memory certificate and print its CA on stdout, instead of reading files.
+    #[arg(long, env = "VOLGUARD_SELF_SIGNED")]
+    pub self_signed: bool,
+    /// How often the certificate and key files are checked for changes (0s: never).
+    #[arg(long, env = "VOLGUARD_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// After SIGTERM, keep accepting connections this long with /readyz failing
+    /// (SIGINT skips it).
+    #[arg(long, env = "VOLGUARD_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// Then give in-flight requests this long to finish (keep delay + timeout under the
+    /// pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "VOLGUARD_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Longest time for one HTTPS request, upload included; later: 503.
+    #[arg(long, env = "VOLGUARD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// HTTPS requests handled at the same time; more wait within their timeout.
+    #[arg(long, env = "VOLGUARD_MAX_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests: u32,
+    /// Open HTTPS connections; more are closed at once.
+    #[arg(long, env = "VOLGUARD_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+}
+
+/// Parses `500ms`, `10s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+/// Where the serving certificate came from.
+enum Source {
+    /// Files, watched for changes; with the pair now served.
+    Files(CertFiles, Pair),
+    /// `--self-signed`: generated in memory; with its CA (PEM) for the operator.
+    Generated(String),
+}
+
+/// Runs the server; returns on a startup or listener failure, or after a stop signal
+/// drained it.
+pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
+    let config = Arc::new(Config::load(args.config.as_deref()).map_err(Failure::usage)?);
+    let drivers = Arc::new(Drivers::new(&config));
+    let mut state = ClusterState::new(config.clone(), drivers);
+    let (serving, source) = serving_tls(&args)?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
+    let live = match &args.snapshot {
+        Some(path) => {
+            let (objects, skipped) =
+                snapshot::load_into(path, &mut state).map_err(Failure::usage)?;
+            if !skipped.is_empty() {
+                tracing::info!(
+                    count = skipped.len(),
+                    "snapshot documents of kinds volguard does not read were skipped"
+                );
+            }
+            tracing::info!(path = %path.display(), objects, "cluster state loaded from snapshot");
+            None
+        }
+        None => Some(
+            runtime
+                .block_on(watch::kube_config(args.kubeconfig.as_deref()))
+                .map_err(Failure::usage)?,
+        ),
+    };
+    if let Source::Generated(ca) = &source {
+        print!("{ca}");
+        tracing::info!(
+            "self-signed: the CA certificate is on stdout; with it saved as ca.pem: curl --cacert ca.pem https://localhost:{}/readyz",
+            args.listen.port()
+        );
+    }
+    let mut app = App::new(config, Arc::new(RwLock::new(state)));
+    app.limits = Limits {
+        request_timeout: args.request_timeout,
+        max_requests: args.max_requests as usize,
+        max_connections: args.max_connections as usize,
+        ..Limits::default()
+    };
+    app.metrics.certificate_in_use(serving.not_after);
+    let drain = Drain {
+        delay: args.shutdown_delay,
+        timeout: args.shutdown_timeout,
+    };
+    runtime.block_on(async move {
+        let signals = StopSignals::install()
+            .map_err(|e| Failure::runtime(format!("cannot catch stop signals: {e}")))?;
+        // Dropped when serving ends, which stops the watchers.
+        let _watchers = match live {
+            None => None,
+            Some((kube_config, origin)) => {
+                tracing::info!(api = %kube_config.cluster_url, config = %origin, "watching the Kubernetes API; /readyz is 503 until every kind is listed");
+                let client = watch::client(kube_config, &app.cluster)
+                    .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
+                app.api = Some(client.clone());
+                Some(watch::spawn(client, app.cluster.clone()))
+            }
+        };
+        let tls = RustlsConfig::from_config(Arc::new(serving.config));
+        if let Source::Files(files, pair) = source
+            && !args.tls_reload_interval.is_zero()
+        {
+            let reloader = Reloader::new(files, pair, tls.clone(), app.metrics.clone());
+            tokio::spawn(reloader.run(args.tls_reload_interval));
+        }
+        let bind = |addr| {
+            std::net::TcpListener::bind(addr).map_err(|e| Failure::runtime(format!("{addr}: {e}")))
+        };
+        let listener = bind(args.listen)?;
+        let plain = bind(args.metrics_listen)?;
+        tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "serving");
+        shutdown::serve_until_stopped(app, listener, plain, tls, drain, signals)
+            .await
+            .map_err(Failure::runtime)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The serving certificate from files (which the reloader then watches), or from a
+/// generated bundle.
+fn serving_tls(args: &ServeArgs) -> Result<(Loaded, Source), Failure> {
+    let client_ca = match &args.client_ca {
+        Some(p) => Some(tls::read_pem(p).map_err(Failure::usage)?),
+        None => None,
+    };
+    if args.self_signed {
+        let bundle = certs::generate(&certs::service_names("volguard", "volguard-system"), 30)
+            .map_err(|e| Failure::runtime(format!("cannot generate a certificate: {e}")))?;
+        let names = ("generated certificate", "generated key");
+        let config = tls::server_config(
+            bundle.cert_pem.as_bytes(),
+            bundle.key_pem.as_bytes(),
+            client_ca.as_deref(),
+            names,
+        )
+        .map_err(Failure::usage)?;
+        let not_after =
+            tls::not_after(bundle.cert_pem.as_bytes(), names.0).map_err(Failure::usage)?;
+        return Ok((
+            Loaded { config, not_after },
+            Source::Generated(bundle.ca_pem),
+        ));
+    }
+    let files = CertFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        client_ca,
+    };
+    let pair = files.read().map_err(Failure::usage)?;
+    let loaded = files.build(&pair).map_err(Failure::usage)?;
+    Ok((loaded, Source::Files(files, pair)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_or_as_seconds() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "1h", "-1s", "1.5s", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

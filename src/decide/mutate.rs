@@ -1,0 +1,265 @@
+//! The mutation: from a pod and its resolved volumes to the JSONPatch the webhook
+//! returns. Pure: the operations are built from what the pod view says exists, so each
+//! one adds at a path whose parent is there, and applying the patch twice is harmless.
+
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    decide::resolve::{Origin, Resolution},
+    model::{
+        config::Config,
+        drivers::{Drivers, Mode},
+        podview::{ContainerView, PodView},
+    },
+};
+
+/// What the webhook does to one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    /// RFC 6902 operations; empty when nothing changes.
+    pub patch: Patch,
+    /// One line saying what was injected, as written to the `mutated` annotation.
+    pub summary: String,
+    /// Managed driver names of the injected volumes, for metrics.
+    pub drivers: Vec<String>,
+}
+
+/// Computes the patch for `pod` given its resolved volumes. Existing resource entries
+/// and probes are never overwritten; a second pass over the result changes nothing.
+pub fn mutate(
+    pod: &PodView,
+    resolution: &Resolution,
+    config: &Config,
+    drivers: &Drivers,
+) -> Mutation {
+    let empty = Mutation {
+        patch: Patch(Vec::new()),
+        summary: String::new(),
+        drivers: Vec::new(),
+    };
+    let said = |name: &str| pod.annotation(&config.annotation(name)).map(str::trim);
+    let containers = pod.containers();
+    if said("inject") == Some("false") || resolution.volumes.is_empty() || containers.is_empty() {
+        return empty;
+    }
+    // container index -> limits to add, in order
+    let mut limits: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
+    let mut injected: Vec<String> = Vec::new();
+
+    // Device-plugin resources: one claim per pod, in the first app container that uses it.
+    for m in &resolution.volumes {
+        let Some(id) = m
+            .id()
+            .filter(|_| drivers.mode(m.driver) == Mode::DevicePlugin)
+        else {
+            continue;
+        };
+        let Some(resource) = drivers.resource_name(&id) else {
+            continue;
+        };
+        let planned = limits.values().flatten().any(|(r, _)| *r == resource);
+        if planned || pod.all_containers().any(|c| c.claims(&resource)) {
+            continue;
+        }
+        let target = m
+            .pod_volume
+            .as_deref()
+            .and_then(|name| containers.iter().position(|c| c.uses_volume(name)))
+            .unwrap_or(0);
+        injected.push(format!("{resource}=1 ({})", containers[target].name));
+        limits
+            .entry(target)
+            .or_default()
+            .push((resource, "1".into()));
+    }
+
+    // The marker resource routes the pod to the extender.
+    if !containers[0].claims(&config.marker_resource) {
+        let count = resolution.volumes.len().to_string();
+        injected.push(format!(
+            "{}={count} ({})",
+            config.marker_resource, containers[0].name
+        ));
+        limits
+            .entry(0)
+            .or_default()
+            .push((config.marker_resource.clone(), count));
+    }
+
+    let mut ops = Vec::new();
+    for (index, entries) in limits {
+        add_limits(&mut ops, index, &containers[index], entries);
+    }
+
+    // Liveness probes on app containers that use managed volumes and have none.
+    let mut probed = Vec::new();
+    if config.liveness_probe.enabled && said("liveness-probe") != Some("false") {
+        for (i, c) in containers.iter().enumerate() {
+            let paths = probe_paths(c, i, resolution, drivers);
+            if c.liveness_probe || paths.is_empty() {
+                continue;
+            }
+            ops.push(add(
+                &["spec", "containers", &i.to_string(), "livenessProbe"],
+                probe(&paths, config),
+            ));
+            probed.push(c.name.clone());
+        }
+    }
+
+    if ops.is_empty() {
+        return empty;
+    }
+    let mut parts = Vec::new();
+    if !injected.is_empty() {
+        parts.push(format!("limits {}", injected.join(", ")));
+    }
+    if !probed.is_empty() {
+        parts.push(format!("liveness probes on {}", probed.join(", ")));
+    }
+    let summary = parts.join("; ");
+    let labels: Vec<String> = resolution
+        .volumes
+        .iter()
+        .map(|m| m.label(drivers))
+        .collect();
+    let annotations = [
+        (config.annotation("volumes"), labels.join(",")),
+        (config.annotation("mutated"), summary.clone()),
+    ];
+    add_annotations(&mut ops, pod, annotations);
+    let mut driver_names: Vec<String> = resolution
+        .volumes
+        .iter()
+        .map(|m| drivers.get(m.driver).name.clone())
+        .collect();
+    driver_names.sort();
+    driver_names.dedup();
+    Mutation {
+        patch: Patch(ops),
+        summary,
+        drivers: driver_names,
+    }
+}
+
+fn add(path: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(path.iter().copied()),
+        value,
+    })
+}
+
+fn object(entries: impl IntoIterator<Item = (String, String)>) -> Value {
+    Value::Object(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// Adds limits to a container, creating `resources` or `limits` when they are missing.
+fn add_limits(
+    ops: &mut Vec<PatchOperation>,
+    index: usize,
+    c: &ContainerView,
+    entries: Vec<(String, String)>,
+) {
+    let i = index.to_string();
+    match c.resources.as_ref().map(|r| r.limits.is_some()) {
+        None => ops.push(add(
+            &["spec", "containers", &i, "resources"],
+            json!({ "limits": object(entries) }),
+        )),
+        Some(false) => ops.push(add(
+            &["spec", "containers", &i, "resources", "limits"],
+            object(entries),
+        )),
+        Some(true) => {
+            for (k, v) in entries {
+                ops.push(add(
+                    &["spec", "containers", &i, "resources", "limits", &k],
+                    Value::String(v),
+                ));
+            }
+        }
+    }
+}
+
+/// Sets annotations, creating `metadata` or `metadata.annotations` when missing.
+fn add_annotations(ops: &mut Vec<PatchOperation>, pod: &PodView, entries: [(String, String); 2]) {
+    match pod.metadata.as_ref().map(|m| m.annotations.is_some()) {
+        None => ops.push(add(
+            &["metadata"],
+            json!({ "annotations": object(entries) }),
+        )),
+        Some(false) => ops.push(add(&["metadata", "annotations"], object(entries))),
+        Some(true) => {
+            for (k, v) in entries {
+                ops.push(add(&["metadata", "annotations", &k], Value::String(v)));
+            }
+        }
+    }
+}
+
+/// Paths the probe of container `index` checks: mount paths and block device paths of
+/// managed volumes it uses, plus annotated devices for containers[0].
+fn probe_paths(
+    c: &ContainerView,
+    index: usize,
+    resolution: &Resolution,
+    drivers: &Drivers,
+) -> Vec<String> {
+    let mut paths = Vec::new();
+    for m in &resolution.volumes {
+        if let Some(name) = &m.pod_volume {
+            for mount in c.volume_mounts.iter().filter(|vm| &vm.name == name) {
+                paths.push(mount.mount_path.clone());
+            }
+            for dev in c.volume_devices.iter().filter(|vd| &vd.name == name) {
+                paths.push(dev.device_path.clone());
+            }
+        } else if index == 0 && m.origin == Origin::Device {
+            paths.extend(m.id().and_then(|id| drivers.device_path(&id)));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    paths.retain(|p| seen.insert(p.clone()));
+    paths
+}
+
+fn probe(paths: &[String], config: &Config) -> Value {
+    let p = &config.liveness_probe;
+    let checks: Vec<String> = paths
+        .iter()
+        .map(|path| p.check.replace("{path}", &shell_quote(path)))
+        .collect();
+    let mut command = p.shell.clone();
+    command.push(checks.join(" && "));
+    json!({
+        "exec": { "command": command },
+        "initialDelaySeconds": p.initial_delay_seconds,
+        "periodSeconds": p.period_seconds,
+        "timeoutSeconds": p.timeout_seconds,
+        "failureThreshold": p.failure_threshold,
+    })
+}
+
+/// Quotes a path for a POSIX shell: `'...'` with embedded quotes escaped.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn quotes_survive_the_shell() {
+        assert_eq!(shell_quote("/data"), "'/data'");
+        assert_eq!(shell_quote("/it's"), r"'/it'\''s'");
+    }
+}

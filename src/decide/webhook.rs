@@ -1,0 +1,45 @@
+//! The webhook's decision for one pod: resolve its volumes, then build the patch.
+//! Shared by `/mutate` and `volguard explain`, so both say the same thing.
+
+use crate::{
+    cluster::{ClusterState, Missing},
+    decide::{
+        mutate::{Mutation, mutate},
+        resolve::resolve,
+    },
+    model::{config::Config, podview::PodView},
+};
+
+/// What the webhook decided for one request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Not a pod CREATE, opted out, or nothing managed: allowed as is.
+    Untouched,
+    /// Allowed with a patch (possibly empty) and warnings about the pod's own annotations.
+    Mutated {
+        /// The computed mutation.
+        mutation: Mutation,
+        /// Problems in what the user wrote.
+        warnings: Vec<String>,
+    },
+    /// volguard could not do its job for this pod.
+    Trouble(String),
+}
+
+/// Runs resolve + mutate for a pod against the state.
+pub fn decide(
+    pod: &PodView,
+    namespace: &str,
+    state: &ClusterState,
+    config: &Config,
+) -> Result<Decision, Missing> {
+    let resolution = resolve(pod, namespace, state, config)?;
+    if resolution.volumes.is_empty() && resolution.warnings.is_empty() {
+        return Ok(Decision::Untouched);
+    }
+    let mutation = mutate(pod, &resolution, config, state.drivers());
+    Ok(Decision::Mutated {
+        mutation,
+        warnings: resolution.warnings,
+    })
+}

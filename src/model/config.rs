@@ -1,0 +1,379 @@
+//! The config file (README: "Configuration"): typed, defaulted and validated once at
+//! start, so that every later component can trust it.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// What volguard does when its own machinery fails (cache miss, API error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Admit the pod unchanged with a warning: volguard must never block a cluster.
+    #[default]
+    Allow,
+    /// Reject the pod: for clusters where an unguarded pod is worse than no pod.
+    Deny,
+}
+
+/// The whole configuration; every key is optional and falls back to the documented default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// Prefix of the pod annotations volguard reads and writes.
+    pub annotation_prefix: String,
+    /// Policy for volguard's own errors in the webhook.
+    pub on_error: OnError,
+    /// Extended resource injected into containers[0] so the scheduler routes the pod to the extender.
+    pub marker_resource: String,
+    /// The volume drivers volguard manages; volumes of any other driver are left alone.
+    pub drivers: Vec<DriverConfig>,
+    /// Shape of the injected exec liveness probes.
+    pub liveness_probe: ProbeConfig,
+    /// Switches for the extender's rules.
+    pub scheduling: SchedulingConfig,
+}
+
+/// One managed driver: how to recognise its volumes and how a node holds them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DriverConfig {
+    /// Short label used in annotations, messages and metrics.
+    pub name: String,
+    /// CSI driver name as in PV `.spec.csi.driver`, inline csi volumes and CSINode.
+    #[serde(default)]
+    pub csi_driver: Option<String>,
+    /// flexVolume driver name, inline or in a PV.
+    #[serde(default)]
+    pub flex_driver: Option<String>,
+    /// flexVolume option that carries the volume id.
+    #[serde(default = "default_flex_option")]
+    pub flex_volume_id_option: String,
+    /// Set: device-plugin mode, one extended resource per volume.
+    #[serde(default)]
+    pub resource_template: Option<String>,
+    /// Path of the block device inside the container, for probes of annotated devices.
+    #[serde(default)]
+    pub device_path_template: Option<String>,
+    /// Attach-mode limit per node; absent means unlimited.
+    #[serde(default)]
+    pub attach_limit: Option<AttachLimitConfig>,
+}
+
+/// Where a node's attach limit for a driver comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttachLimitConfig {
+    /// Read CSINode `.spec.drivers[].allocatable.count`.
+    #[serde(default = "yes", rename = "fromCSINode")]
+    pub from_csi_node: bool,
+    /// Node annotation whose integer value overrides everything else.
+    #[serde(default)]
+    pub node_annotation: Option<String>,
+    /// Limit when neither the node nor the CSINode says anything.
+    #[serde(default)]
+    pub default: Option<i64>,
+}
+
+/// Liveness probe template; `check` is rendered once per path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Off: inject resources only.
+    pub enabled: bool,
+    /// Command prefix that runs the joined checks.
+    pub shell: Vec<String>,
+    /// Check for one path; `{path}` is replaced by the shell-quoted path.
+    pub check: String,
+    /// Probe timing, copied into every injected probe.
+    pub initial_delay_seconds: i32,
+    /// See `initial_delay_seconds`.
+    pub period_seconds: i32,
+    /// See `initial_delay_seconds`.
+    pub timeout_seconds: i32,
+    /// See `initial_delay_seconds`.
+    pub failure_threshold: i32,
+}
+
+/// Which extender rules are active.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SchedulingConfig {
+    /// Fail nodes whose CSINode lacks the driver.
+    pub require_registered_driver: bool,
+    /// A RWO/RWOP volume in use on node M fails other nodes.
+    pub exclusive_read_write_once: bool,
+}
+
+fn default_flex_option() -> String {
+    "volumeID".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            annotation_prefix: "volguard.io".into(),
+            on_error: OnError::Allow,
+            marker_resource: "volguard.io/volumes".into(),
+            drivers: vec![
+                DriverConfig {
+                    name: "brightbox".into(),
+                    csi_driver: Some("csi.brightbox.com".into()),
+                    flex_driver: Some("brightbox/volume".into()),
+                    flex_volume_id_option: default_flex_option(),
+                    resource_template: Some("volumes.brightbox.com/{volumeHandle}".into()),
+                    device_path_template: Some("/dev/disk/by-id/virtio-{volumeHandle}".into()),
+                    attach_limit: None,
+                },
+                DriverConfig {
+                    name: "linode".into(),
+                    csi_driver: Some("linodebs.csi.linode.com".into()),
+                    flex_driver: None,
+                    flex_volume_id_option: default_flex_option(),
+                    resource_template: None,
+                    device_path_template: None,
+                    attach_limit: Some(AttachLimitConfig {
+                        from_csi_node: true,
+                        node_annotation: Some("volguard.io/attach-limit".into()),
+                        default: Some(8),
+                    }),
+                },
+            ],
+            liveness_probe: ProbeConfig::default(),
+            scheduling: SchedulingConfig::default(),
+        }
+    }
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            shell: vec!["/bin/sh".into(), "-c".into()],
+            check: "ls {path} >/dev/null".into(),
+            initial_delay_seconds: 5,
+            period_seconds: 10,
+            timeout_seconds: 5,
+            failure_threshold: 3,
+        }
+    }
+}
+
+impl Default for SchedulingConfig {
+    fn default() -> Self {
+        Self {
+            require_registered_driver: true,
+            exclusive_read_write_once: true,
+        }
+    }
+}
+
+/// Placeholder every resource and device path template must contain.
+pub const HANDLE_PLACEHOLDER: &str = "{volumeHandle}";
+
+/// A config that could not be used, with the file it came from: printed as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The file that was read.
+    pub file: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl Config {
+    /// Reads and validates a config file; `None` means the built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let file = path.display().to_string();
+        let fail = |message: String| ConfigError {
+            file: file.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let config = Self::parse(&text).map_err(fail)?;
+        Ok(config)
+    }
+
+    /// Parses and validates config text; the error is one line naming the key and the fix.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Config = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| one_line(&e.to_string()))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.annotation_prefix.is_empty() || self.annotation_prefix.contains('/') {
+            return Err(
+                "annotationPrefix: must be a DNS subdomain such as volguard.io (no '/')".into(),
+            );
+        }
+        if !self.marker_resource.contains('/') {
+            return Err(format!(
+                "markerResource: {:?} is not an extended resource name: use domain/name, e.g. volguard.io/volumes",
+                self.marker_resource
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, d) in self.drivers.iter().enumerate() {
+            let at = format!("drivers[{i}]");
+            if d.name.is_empty() || d.name.contains([',', '=', ' ']) {
+                return Err(format!(
+                    "{at}.name: {:?} must be non-empty without ',', '=' or spaces",
+                    d.name
+                ));
+            }
+            if !names.insert(d.name.as_str()) {
+                return Err(format!(
+                    "{at}.name: {:?} is used twice: driver names must be unique",
+                    d.name
+                ));
+            }
+            if d.csi_driver.is_none() && d.flex_driver.is_none() && d.resource_template.is_none() {
+                return Err(format!(
+                    "{at} ({}): set csiDriver, flexDriver or resourceTemplate, or volguard cannot recognise its volumes",
+                    d.name
+                ));
+            }
+            for (key, template) in [
+                ("resourceTemplate", &d.resource_template),
+                ("devicePathTemplate", &d.device_path_template),
+            ] {
+                if let Some(t) = template
+                    && t.matches(HANDLE_PLACEHOLDER).count() != 1
+                {
+                    return Err(format!(
+                        "{at}.{key}: {t:?} must contain {HANDLE_PLACEHOLDER} exactly once, e.g. \"volumes.example.com/{HANDLE_PLACEHOLDER}\""
+                    ));
+                }
+            }
+            if let Some(t) = &d.resource_template
+                && !t.contains('/')
+            {
+                return Err(format!(
+                    "{at}.resourceTemplate: {t:?} must be domain/name, e.g. \"volumes.example.com/{HANDLE_PLACEHOLDER}\""
+                ));
+            }
+            if d.resource_template.is_some() && d.attach_limit.is_some() {
+                return Err(format!(
+                    "{at}.attachLimit: a device-plugin driver (resourceTemplate set) has no attach limit: remove one of the two"
+                ));
+            }
+            if let Some(limit) = &d.attach_limit
+                && let Some(n) = limit.default
+                && n < 0
+            {
+                return Err(format!(
+                    "{at}.attachLimit.default: {n} is negative: use 0 or more, or remove the key for no limit"
+                ));
+            }
+        }
+        let p = &self.liveness_probe;
+        if p.enabled {
+            if p.shell.is_empty() {
+                return Err(
+                    "livenessProbe.shell: must name a command, e.g. [\"/bin/sh\", \"-c\"]".into(),
+                );
+            }
+            if !p.check.contains("{path}") {
+                return Err(format!(
+                    "livenessProbe.check: {:?} must contain {{path}}",
+                    p.check
+                ));
+            }
+        }
+        for (key, v, min) in [
+            ("initialDelaySeconds", p.initial_delay_seconds, 0),
+            ("periodSeconds", p.period_seconds, 1),
+            ("timeoutSeconds", p.timeout_seconds, 1),
+            ("failureThreshold", p.failure_threshold, 1),
+        ] {
+            if v < min {
+                return Err(format!(
+                    "livenessProbe.{key}: {v} is too small: use {min} or more"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The annotation `<prefix>/<name>`.
+    pub fn annotation(&self, name: &str) -> String {
+        format!("{}/{name}", self.annotation_prefix)
+    }
+}
+
+/// Folds a multi-line parser message into one line for the operator's terminal,
+/// dropping the source excerpt the YAML parser appends after its location.
+pub fn one_line(message: &str) -> String {
+    let folded = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    match folded.split_once(" --> ") {
+        Some((head, _)) => head.to_owned(),
+        None => folded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.annotation_prefix, "volguard.io");
+        assert_eq!(c.drivers.len(), 2);
+        assert!(c.liveness_probe.enabled);
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let c = Config::parse("onError: deny\n").unwrap();
+        assert_eq!(c.on_error, OnError::Deny);
+        assert_eq!(c.marker_resource, "volguard.io/volumes");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("annotationPrefx: x.io\n").unwrap_err();
+        assert!(e.contains("annotationPrefx"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn template_without_handle_is_rejected() {
+        let e =
+            Config::parse("drivers:\n  - name: b\n    resourceTemplate: volumes.example.com/x\n")
+                .unwrap_err();
+        assert!(
+            e.contains("drivers[0].resourceTemplate") && e.contains("{volumeHandle}"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn negative_limit_is_rejected() {
+        let e = Config::parse(
+            "drivers:\n  - name: l\n    csiDriver: l.csi\n    attachLimit:\n      default: -1\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("drivers[0].attachLimit.default"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_driver_names_are_rejected() {
+        let e =
+            Config::parse("drivers:\n  - {name: a, csiDriver: x}\n  - {name: a, csiDriver: y}\n")
+                .unwrap_err();
+        assert!(e.contains("used twice"), "{e}");
+    }
+}

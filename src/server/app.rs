@@ -1,0 +1,44 @@
+//! The state every handler reaches: config, cluster state, metrics, limits, and the
+//! live API client when there is one.
+
+use std::sync::{Arc, atomic::AtomicBool};
+
+use crate::{
+    cluster::SharedState,
+    model::config::Config,
+    server::{limits::Limits, metrics::Metrics},
+};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct App {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// The cluster-state model.
+    pub cluster: SharedState,
+    /// The Prometheus families, moved by handlers and middleware.
+    pub metrics: Arc<Metrics>,
+    /// Request and connection limits of the TLS listener.
+    pub limits: Limits,
+    /// Set once a stop signal arrived: readiness fails while in-flight requests finish.
+    pub draining: Arc<AtomicBool>,
+    /// The live API client when watching (not with a snapshot): the webhook GETs a
+    /// claim the watch has not delivered yet.
+    pub api: Option<kube::Client>,
+}
+
+impl App {
+    /// An app with fresh metrics, default limits, not draining, no API client.
+    pub fn new(config: Arc<Config>, cluster: SharedState) -> Self {
+        let metrics = Metrics::new();
+        metrics.expect_drivers(config.drivers.iter().map(|d| d.name.as_str()));
+        App {
+            config,
+            cluster,
+            metrics: Arc::new(metrics),
+            limits: Limits::default(),
+            draining: Arc::new(AtomicBool::new(false)),
+            api: None,
+        }
+    }
+}

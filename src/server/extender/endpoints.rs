@@ -1,0 +1,279 @@
+//! `/filter` and `/prioritize`: request body in, response body out, around the pure
+//! judge. The axum handlers are thin wrappers so that benchmarks drive exactly the code
+//! the server runs.
+
+use std::{borrow::Cow, collections::HashSet};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use super::wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList, node_name};
+use crate::{
+    cluster::{ClusterState, records::PodRecord},
+    decide::{
+        judge::{FailKind, Judge, Judgement, Verdict},
+        resolve::resolve,
+    },
+    model::{config::Config, json_shape, podview::PodView},
+    server::{app::App, metrics::Metrics, reply::bad_request},
+};
+
+/// Largest ExtenderArgs accepted: room for 5,000 full Node objects in `Nodes` mode.
+pub const EXTENDER_BODY_LIMIT: usize = 128 << 20;
+
+/// Why a body got no judgement.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtenderError {
+    /// Not ExtenderArgs: HTTP 400 with this line.
+    #[error("{0}")]
+    BadArgs(String),
+    /// The cluster state cannot be read yet: HTTP 503 (a failed prioritize is ignored).
+    #[error("{0}")]
+    NotReady(String),
+    /// volguard failed to produce an answer: HTTP 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The candidates of one request, in the order the scheduler sent them.
+struct Candidates<'a> {
+    names: Vec<Cow<'a, str>>,
+    /// The raw Node list when the scheduler sent objects rather than names.
+    nodes: Option<NodeList<'a>>,
+}
+
+fn parse(body: &[u8]) -> Result<(Box<PodView>, Candidates<'_>), ExtenderError> {
+    let bad = ExtenderError::BadArgs;
+    if body.is_empty() {
+        return Err(bad(
+            "empty body: expected kube-scheduler ExtenderArgs".into()
+        ));
+    }
+    if !json_shape::is_object(body) {
+        return Err(bad("not ExtenderArgs: expected a JSON object".into()));
+    }
+    let args: ExtenderArgs =
+        serde_json::from_slice(body).map_err(|e| bad(format!("not ExtenderArgs: {e}")))?;
+    let pod = args
+        .pod
+        .ok_or_else(|| bad("ExtenderArgs has no Pod".into()))?;
+    let mut candidates = match (args.node_names, args.nodes) {
+        (Some(names), _) => Candidates {
+            names: names.into_iter().map(|n| n.0).collect(),
+            nodes: None,
+        },
+        (None, Some(list)) => Candidates {
+            names: list
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| node_name(item, i))
+                .collect::<Result<_, _>>()
+                .map_err(bad)?,
+            nodes: Some(list),
+        },
+        (None, None) => {
+            return Err(bad(
+                "ExtenderArgs has neither NodeNames nor Nodes: no candidate nodes".into(),
+            ));
+        }
+    };
+    candidates.keep_first_of_each_name();
+    Ok((pod, candidates))
+}
+
+impl Candidates<'_> {
+    /// Drops repeated names, and their items, keeping the first: kube-scheduler maps the
+    /// answered names back through a map of its candidates and adds scores up per host,
+    /// so a name answered twice would be a duplicate feasible node and a doubled score.
+    fn keep_first_of_each_name(&mut self) {
+        let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+        let keep: Vec<bool> = self.names.iter().map(|n| seen.insert(n)).collect();
+        if !keep.contains(&false) {
+            return;
+        }
+        let mut flags = keep.iter();
+        self.names.retain(|_| flags.next().copied().unwrap_or(true));
+        if let Some(list) = &mut self.nodes {
+            let mut flags = keep.iter();
+            list.items.retain(|_| flags.next().copied().unwrap_or(true));
+        }
+    }
+}
+
+/// A pod none of whose volumes can belong to a managed driver, judged from its spec
+/// alone: no lookups, and an answer even before the cluster state is synced.
+fn has_no_managed_volumes(pod: &PodView, state: &ClusterState, config: &Config) -> bool {
+    PodRecord::from_pod(pod, state.drivers(), config)
+        .uses
+        .is_empty()
+}
+
+/// The state's readiness problem (not synced yet, or a watch failing beyond its grace
+/// period), if any, as one line.
+fn not_ready(state: &ClusterState) -> Option<String> {
+    state
+        .readiness()
+        .problem()
+        .map(|why| format!("volguard's {why}: retry later"))
+}
+
+/// Judges every candidate, in order. A pod with no managed volume passes everywhere
+/// with score 0, decided before the state's readiness is even looked at.
+fn judge_all(
+    pod: &PodView,
+    names: &[Cow<'_, str>],
+    state: &ClusterState,
+    config: &Config,
+) -> Result<Vec<Judgement>, String> {
+    let indifferent = || vec![Judgement::indifferent(); names.len()];
+    if has_no_managed_volumes(pod, state, config) {
+        return Ok(indifferent());
+    }
+    if let Some(why) = not_ready(state) {
+        return Err(why);
+    }
+    let namespace = pod.namespace().unwrap_or("default");
+    let resolution = resolve(pod, namespace, state, config);
+    let judge = Judge::new(resolution.as_ref(), state, config);
+    if judge.is_indifferent() {
+        return Ok(indifferent());
+    }
+    Ok(names.iter().map(|n| judge.judge(n)).collect())
+}
+
+/// Sorts judged candidates into the filter answer, in the mode they were sent in, and
+/// counts the failures by kind.
+fn sort_out<'a>(
+    candidates: &'a Candidates<'a>,
+    judgements: Vec<Judgement>,
+    metrics: &Metrics,
+) -> ExtenderFilterResult<'a> {
+    let mut result = ExtenderFilterResult::default();
+    let mut passing = Vec::with_capacity(candidates.names.len());
+    let mut failures: Vec<(FailKind, u64)> = Vec::new();
+    for (i, (name, j)) in candidates.names.iter().zip(judgements).enumerate() {
+        let Verdict::Fail { kind, reason } = j.verdict else {
+            passing.push(i);
+            continue;
+        };
+        match failures.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => failures.push((kind, 1)),
+        }
+        let map = if kind.resolvable() {
+            &mut result.failed_nodes
+        } else {
+            &mut result.failed_and_unresolvable_nodes
+        };
+        map.insert(name, reason);
+    }
+    for (kind, n) in failures {
+        metrics.nodes_failed_by(kind.as_str(), n);
+    }
+    match &candidates.nodes {
+        Some(list) => {
+            result.nodes = Some(NodeList {
+                items: passing.iter().map(|&i| list.items[i]).collect(),
+                ..list.clone()
+            })
+        }
+        None => {
+            result.node_names = Some(
+                passing
+                    .iter()
+                    .map(|&i| candidates.names[i].as_ref())
+                    .collect(),
+            )
+        }
+    }
+    result
+}
+
+/// Answers a `/filter` body with an `ExtenderFilterResult` body. When the state is not
+/// ready, the answer carries `Error` (the scheduler retries), never a guessed verdict.
+pub fn filter(body: &[u8], app: &App) -> Result<Vec<u8>, ExtenderError> {
+    let (pod, candidates) = parse(body)?;
+    let judged = match app.cluster.read() {
+        Err(_) => Err("volguard's cluster state is unavailable".to_owned()),
+        Ok(state) => judge_all(&pod, &candidates.names, &state, &app.config),
+    };
+    let result = match judged {
+        Err(why) => {
+            tracing::warn!(pod = pod.name(), "extender filter not answered: {why}");
+            ExtenderFilterResult::error(why)
+        }
+        Ok(judgements) => sort_out(&candidates, judgements, &app.metrics),
+    };
+    serde_json::to_vec(&result).map_err(encode_failed)
+}
+
+/// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
+pub fn prioritize(body: &[u8], app: &App) -> Result<Vec<u8>, ExtenderError> {
+    let (pod, candidates) = parse(body)?;
+    let state = app
+        .cluster
+        .read()
+        .map_err(|_| ExtenderError::NotReady("volguard's cluster state is unavailable".into()))?;
+    let judged =
+        judge_all(&pod, &candidates.names, &state, &app.config).map_err(ExtenderError::NotReady)?;
+    drop(state);
+    let list: Vec<HostPriority> = candidates
+        .names
+        .iter()
+        .zip(judged)
+        .map(|(name, j)| HostPriority {
+            host: name,
+            score: j.score,
+        })
+        .collect();
+    serde_json::to_vec(&list).map_err(encode_failed)
+}
+
+fn encode_failed(e: serde_json::Error) -> ExtenderError {
+    ExtenderError::Internal(format!("cannot encode the answer: {e}"))
+}
+
+fn reply(outcome: Result<Vec<u8>, ExtenderError>) -> Response {
+    match outcome {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(ExtenderError::BadArgs(why)) => bad_request(why),
+        Err(ExtenderError::NotReady(why)) => {
+            tracing::warn!("extender prioritize not answered: {why}");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+        }
+        Err(ExtenderError::Internal(why)) => {
+            tracing::error!("extender: {why}");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")).into_response()
+        }
+    }
+}
+
+/// [`filter`] or [`prioritize`].
+type BodyHandler = fn(&[u8], &App) -> Result<Vec<u8>, ExtenderError>;
+
+/// Runs a body handler off the async workers: a large `Nodes` body takes a while to parse.
+async fn off_runtime(app: App, body: Bytes, handle: BodyHandler) -> Response {
+    let outcome = tokio::task::spawn_blocking(move || handle(&body, &app))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ExtenderError::Internal(format!(
+                "extender task failed: {e}"
+            )))
+        });
+    reply(outcome)
+}
+
+/// `POST /filter`.
+pub async fn filter_handler(State(app): State<App>, body: Bytes) -> Response {
+    off_runtime(app, body, filter).await
+}
+
+/// `POST /prioritize`.
+pub async fn prioritize_handler(State(app): State<App>, body: Bytes) -> Response {
+    off_runtime(app, body, prioritize).await
+}

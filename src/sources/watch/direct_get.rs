@@ -1,0 +1,58 @@
+//! One direct GET for what the webhook's cache lacks: a StatefulSet creates a pod's
+//! claim a moment before the pod, so the watch may not have delivered it yet.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::{Api, Client};
+use tokio::time::Instant;
+
+use super::kinds::Watched;
+use crate::cluster::{Missing, SharedState};
+
+/// How long the webhook waits for direct GETs of one pod, in total: well inside the
+/// webhook's own timeout, so a slow API costs a warning, not a failed admission.
+pub const DIRECT_GET_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// GETs the one object `miss` names (the claim, or the PV bound to it) and applies it
+/// to the state, unless the watch delivered it meanwhile; the error says why not.
+pub async fn fetch_missing(
+    client: &Client,
+    miss: &Missing,
+    state: &SharedState,
+    deadline: Instant,
+) -> Result<(), String> {
+    let object = match miss {
+        Missing::Claim { namespace, name } => {
+            let api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
+            get(&api, name, deadline).await?.into_object()
+        }
+        Missing::Volume { pv, .. } => {
+            let api = Api::<PersistentVolume>::all(client.clone());
+            get(&api, pv, deadline).await?.into_object()
+        }
+    };
+    let mut state = state
+        .write()
+        .map_err(|_| "cluster state is unavailable".to_owned())?;
+    let cached = match miss {
+        Missing::Claim { namespace, name } => state.pvc(namespace, name).is_some(),
+        Missing::Volume { pv, .. } => state.pv(pv).is_some(),
+    };
+    if !cached {
+        state.apply(&object);
+    }
+    Ok(())
+}
+
+async fn get<K: Watched>(api: &Api<K>, name: &str, deadline: Instant) -> Result<K, String> {
+    match tokio::time::timeout_at(deadline, api.get_opt(name)).await {
+        Err(_) => Err(format!(
+            "no answer within {}s",
+            DIRECT_GET_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(None)) => Err("not found either".into()),
+        Ok(Ok(Some(object))) => Ok(object),
+    }
+}
