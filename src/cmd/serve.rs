@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Longest time for one HTTPS request, upload included; later: 503.
     #[arg(long, env = "VOLGUARD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// How long a watch of the API may keep failing before the cluster state counts as
+    /// stale: /readyz turns 503, /filter answers Error, the webhook warns.
+    #[arg(long, env = "VOLGUARD_STALE_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub stale_after: Duration,
     /// HTTPS requests handled at the same time; more wait within their timeout.
     #[arg(long, env = "VOLGUARD_MAX_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_requests: u32,
@@ -113,6 +117,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let config = Arc::new(Config::load(args.config.as_deref()).map_err(Failure::usage)?);
     let drivers = Arc::new(Drivers::new(&config));
     let mut state = ClusterState::new(config.clone(), drivers);
+    state.readiness_mut().set_stale_after(args.stale_after);
     let (serving, source) = serving_tls(&args)?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;

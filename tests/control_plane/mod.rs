@@ -1,0 +1,1186 @@
+//! A real control plane for tests: etcd, kube-apiserver and kube-scheduler built from
+//! their Go modules (`scripts/control-plane.sh`), and the volguard binary, all on
+//! loopback on free ports with generated certificates.
+//!
+//! - kube-apiserver: secure port only, `--authorization-mode=Node,RBAC`, the default
+//!   admission plugins. An admin identity (token, `system:masters`) sets the scene.
+//! - `manifests/` is rendered with `kubectl kustomize` and applied as shipped, so
+//!   volguard and the scheduler run under the ServiceAccounts and RBAC it grants (their
+//!   tokens come from the TokenRequest API). Two changes only, because there is no
+//!   kube-proxy and no Secret volume here: the webhook's `clientConfig` is a loopback
+//!   `url` with the caBundle `volguard certs` printed, and the scheduler's extender
+//!   `urlPrefix` is the loopback address with that CA as `caData`.
+//! - There is no kubelet and no controller-manager: Nodes, CSINodes, PVs and PVCs
+//!   (bound through `/status`), VolumeAttachments are written through the API.
+//!
+//! Every step names itself when it fails, with the last lines of the component's log.
+//! Dropping the [`ControlPlane`] kills every process and removes its files, whether the
+//! test passed or not. Tests in one binary take turns (one control plane at a time), as
+//! two of them would compete for the machine's cores.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde_json::{Value, json};
+use volguard::server::certs;
+
+/// The admin's bearer token (group `system:masters`).
+const ADMIN_TOKEN: &str = "volguard-e2e-admin-token";
+/// volguard's namespace in `manifests/`.
+pub const NAMESPACE: &str = "volguard-system";
+/// The scheduler name the shipped profile uses.
+pub const SCHEDULER: &str = "volguard-scheduler";
+
+/// One control plane at a time per test binary.
+static TURN: Mutex<()> = Mutex::new(());
+
+/// Where the built kube-apiserver, kube-scheduler and etcd are.
+fn binaries() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("VOLGUARD_CONTROL_PLANE_BIN") {
+            return PathBuf::from(dir);
+        }
+        let script = repo("scripts/control-plane.sh");
+        // Builds once (minutes on a fresh machine), then answers at once.
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("build")
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} build failed ({}): the control-plane tests need Go and the Go module proxy \
+             to build kube-apiserver, kube-scheduler and etcd; see e2e/control-plane/README.md",
+            script.display(),
+            out.status
+        );
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("path")
+            .output()
+            .expect("control-plane.sh path");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// A path inside the repository.
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A port nothing listens on right now. Components bind it themselves a moment later;
+/// a start that loses the race is retried on another port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A child process with its log file.
+pub struct Component {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Component {
+    fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Component {
+        let file = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", command.get_program()));
+        Component {
+            name,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The last `n` lines of its log.
+    pub fn tail(&self, n: usize) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited, with its status.
+    fn exited(&mut self) -> Option<String> {
+        match self.child.as_mut()?.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What to start.
+#[derive(Clone)]
+pub struct Options {
+    /// volguard's config file (YAML); `examples/config.yaml` by default.
+    pub volguard_config: String,
+    /// Start volguard (and register its webhook).
+    pub volguard: bool,
+    /// Start kube-scheduler with the shipped profile.
+    pub scheduler: bool,
+    /// Extra `volguard serve` flags.
+    pub volguard_flags: Vec<String>,
+    /// Changes to the shipped KubeSchedulerConfiguration (merged into it).
+    pub scheduler_config: Option<Value>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            volguard_config: fs::read_to_string(repo("examples/config.yaml"))
+                .expect("examples/config.yaml"),
+            volguard: true,
+            scheduler: true,
+            volguard_flags: Vec::new(),
+            scheduler_config: None,
+        }
+    }
+}
+
+/// etcd, kube-apiserver, volguard and kube-scheduler, torn down on drop.
+pub struct ControlPlane {
+    // Dropped first: processes die before their directory goes.
+    pub etcd: Component,
+    pub apiserver: Component,
+    pub volguard: Option<Component>,
+    pub scheduler: Option<Component>,
+    /// The API server's secure port.
+    pub api_port: u16,
+    /// volguard's TLS and plain ports.
+    pub volguard_port: u16,
+    pub volguard_metrics_port: u16,
+    /// The CA of volguard's serving certificate (from `volguard certs`).
+    pub volguard_ca: String,
+    /// An admin client.
+    pub admin: Client,
+    options: Options,
+    api_ca: String,
+    etcd_url: String,
+    dir: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
+}
+
+/// Fails the named step, with the component's last log lines.
+fn fail(step: &str, why: impl std::fmt::Display, component: Option<&Component>) -> ! {
+    match component {
+        Some(c) => panic!(
+            "control plane: step `{step}` failed: {why}\n--- last lines of the {} log ({}) ---\n{}",
+            c.name,
+            c.log.display(),
+            c.tail(40)
+        ),
+        None => panic!("control plane: step `{step}` failed: {why}"),
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A plain HTTP client for loopback health checks, trusting `ca_pem` for HTTPS.
+fn http(ca_pem: Option<&str>) -> loopback_http::Client {
+    loopback_http::Client::new(ca_pem)
+}
+
+impl ControlPlane {
+    /// Starts everything with the default options.
+    pub async fn start() -> ControlPlane {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts etcd, kube-apiserver, applies `manifests/`, then volguard and its webhook,
+    /// then kube-scheduler, as `options` say.
+    pub async fn start_with(options: Options) -> ControlPlane {
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        volguard::server::tls::install_crypto_provider();
+        let bin = binaries().to_owned();
+        let dir = tempfile::Builder::new()
+            .prefix("volguard-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().to_owned();
+
+        // Certificates and identities for the API server.
+        let api_certs = certs::generate(&["localhost".to_owned(), "127.0.0.1".to_owned()], 2)
+            .unwrap_or_else(|e| fail("generate the API server certificate", e, None));
+        write(&root.join("api-ca.crt"), &api_certs.ca_pem);
+        write(&root.join("api.crt"), &api_certs.cert_pem);
+        write(&root.join("api.key"), &api_certs.key_pem);
+        let sa_key = rcgen::KeyPair::generate()
+            .unwrap_or_else(|e| fail("generate the service-account key", e, None));
+        write(&root.join("sa.key"), &sa_key.serialize_pem());
+        write(&root.join("sa.pub"), &sa_key.public_key_pem());
+        write(
+            &root.join("tokens.csv"),
+            &format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n"),
+        );
+
+        let (etcd, etcd_url) = start_etcd(&bin, &root).await;
+        let (apiserver, api_port) = start_apiserver(&bin, &root, &etcd_url, None).await;
+        let admin_kubeconfig = root.join("admin.kubeconfig");
+        write_kubeconfig(&admin_kubeconfig, api_port, &api_certs.ca_pem, ADMIN_TOKEN);
+        let admin = client(&admin_kubeconfig).await;
+
+        let mut cp = ControlPlane {
+            etcd,
+            apiserver,
+            volguard: None,
+            scheduler: None,
+            api_port,
+            volguard_port: 0,
+            volguard_metrics_port: 0,
+            volguard_ca: String::new(),
+            admin,
+            options: options.clone(),
+            api_ca: api_certs.ca_pem,
+            etcd_url,
+            dir,
+            _turn: turn,
+        };
+        let manifests = cp.rendered_manifests();
+        cp.apply_manifests(&manifests).await;
+        if options.volguard {
+            cp.start_volguard().await;
+            cp.register_webhook(&manifests).await;
+        }
+        if options.scheduler {
+            cp.start_scheduler(&manifests).await;
+        }
+        cp
+    }
+
+    /// The folder of this control plane's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The admin kubeconfig, for `kubectl`.
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir().join("admin.kubeconfig")
+    }
+
+    /// Runs kubectl as the admin; returns (success, stdout, stderr).
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        kubectl(&self.admin_kubeconfig(), args, stdin)
+    }
+
+    /// `kubectl kustomize manifests/`, as documents.
+    fn rendered_manifests(&self) -> Vec<Value> {
+        let out = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(repo("manifests"))
+            .output()
+            .unwrap_or_else(|e| fail("render manifests/ (kubectl kustomize)", e, None));
+        if !out.status.success() {
+            fail(
+                "render manifests/ (kubectl kustomize)",
+                String::from_utf8_lossy(&out.stderr),
+                None,
+            );
+        }
+        volguard::sources::snapshot::parse_documents(&String::from_utf8_lossy(&out.stdout), false)
+            .unwrap_or_else(|e| fail("parse the rendered manifests", e, None))
+    }
+
+    /// Applies every rendered object but the webhook registration, which waits until
+    /// volguard answers.
+    async fn apply_manifests(&self, manifests: &[Value]) {
+        let items: Vec<&Value> = manifests
+            .iter()
+            .filter(|d| d["kind"] != "MutatingWebhookConfiguration")
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+        let (ok, _, err) = self.kubectl(&["apply", "-f", "-"], Some(&list.to_string()));
+        if !ok {
+            fail("kubectl apply manifests/", err, Some(&self.apiserver));
+        }
+    }
+
+    /// A token for a ServiceAccount of volguard's namespace, from the TokenRequest API.
+    fn token(&self, account: &str) -> String {
+        let (ok, out, err) = self.kubectl(
+            &["create", "token", account, "-n", NAMESPACE, "--duration=2h"],
+            None,
+        );
+        if !ok {
+            fail(
+                &format!("create a token for ServiceAccount {account}"),
+                err,
+                Some(&self.apiserver),
+            );
+        }
+        out.trim().to_owned()
+    }
+
+    /// `volguard certs`, then `volguard serve` under its ServiceAccount; waits for /readyz.
+    async fn start_volguard(&mut self) {
+        let root = self.dir().to_owned();
+        let certs_dir = root.join("volguard-certs");
+        let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
+            .args(["certs", "--service", "volguard", "--namespace", NAMESPACE])
+            .arg("--out")
+            .arg(&certs_dir)
+            .output()
+            .unwrap_or_else(|e| fail("volguard certs", e, None));
+        if !out.status.success() {
+            fail("volguard certs", String::from_utf8_lossy(&out.stderr), None);
+        }
+        self.volguard_ca = fs::read_to_string(certs_dir.join("ca.crt")).expect("ca.crt");
+        let token = self.token("volguard");
+        let kubeconfig = root.join("volguard.kubeconfig");
+        write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, &token);
+        write(&root.join("volguard.yaml"), &self.options.volguard_config);
+        self.volguard_port = free_port();
+        self.volguard_metrics_port = free_port();
+        self.launch_volguard().await;
+    }
+
+    /// Starts (or restarts) `volguard serve` with the files `start_volguard` wrote.
+    pub async fn launch_volguard(&mut self) {
+        let root = self.dir().to_owned();
+        let certs_dir = root.join("volguard-certs");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_volguard"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(root.join("volguard.yaml"))
+            .arg("--kubeconfig")
+            .arg(root.join("volguard.kubeconfig"))
+            .arg("--tls-cert")
+            .arg(certs_dir.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs_dir.join("tls.key"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.volguard_port))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", self.volguard_metrics_port))
+            .args(["--shutdown-delay", "0s"])
+            .args(&self.options.volguard_flags)
+            .env("RUST_LOG", "info");
+        let volguard = Component::spawn("volguard", command, root.join("volguard.log"));
+        self.volguard = Some(volguard);
+        let ready = wait_for(Duration::from_secs(60), || async {
+            (self.volguard_readyz().await.0 == 200).then_some(())
+        })
+        .await;
+        if ready.is_none() {
+            fail(
+                "volguard serve: /readyz 200 within 60 s",
+                format!("last answer {:?}", self.volguard_readyz().await),
+                self.volguard.as_ref(),
+            );
+        }
+    }
+
+    /// Stops volguard (SIGTERM).
+    pub fn stop_volguard(&mut self) {
+        if let Some(v) = self.volguard.as_mut() {
+            v.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// `/readyz` of volguard's plain listener: (status, body); status 0 when unreachable.
+    pub async fn volguard_readyz(&self) -> (u16, String) {
+        http(None)
+            .get(&format!(
+                "http://127.0.0.1:{}/readyz",
+                self.volguard_metrics_port
+            ))
+            .await
+            .unwrap_or((0, String::new()))
+    }
+
+    /// `/metrics` of volguard.
+    pub async fn volguard_metrics(&self) -> String {
+        http(None)
+            .get(&format!(
+                "http://127.0.0.1:{}/metrics",
+                self.volguard_metrics_port
+            ))
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// POSTs to volguard's TLS port, trusting its CA; (status, body).
+    pub async fn volguard_post(&self, path: &str, body: &Value) -> (u16, String) {
+        http(Some(&self.volguard_ca))
+            .post(
+                &format!("https://localhost:{}{path}", self.volguard_port),
+                body.to_string(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} to volguard: {e}"))
+    }
+
+    /// Registers the shipped MutatingWebhookConfiguration with a loopback `url`, then
+    /// waits until the API server calls it (a dry-run pod comes back mutated).
+    async fn register_webhook(&self, manifests: &[Value]) {
+        use base64::Engine;
+        let mut hook = manifests
+            .iter()
+            .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+            .cloned()
+            .unwrap_or_else(|| fail("find the MutatingWebhookConfiguration", "absent", None));
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
+        for webhook in hook["webhooks"].as_array_mut().expect("webhooks") {
+            let path = webhook["clientConfig"]["service"]["path"]
+                .as_str()
+                .unwrap_or("/mutate")
+                .to_owned();
+            webhook["clientConfig"] = json!({
+                "url": format!("https://localhost:{}{path}", self.volguard_port),
+                "caBundle": ca,
+            });
+        }
+        let (ok, _, err) = self.kubectl(&["apply", "-f", "-"], Some(&hook.to_string()));
+        if !ok {
+            fail("register the webhook", err, Some(&self.apiserver));
+        }
+        self.namespace("volguard-canary").await;
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), "volguard-canary");
+        let canary: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "canary", "annotations": {"volguard.io/devices": "brightbox=vol-canary"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+        }))
+        .expect("canary pod");
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let called = wait_for(Duration::from_secs(30), || async {
+            let pod = pods.create(&dry_run, &canary).await.ok()?;
+            pod.metadata
+                .annotations
+                .is_some_and(|a| a.contains_key("volguard.io/mutated"))
+                .then_some(())
+        })
+        .await;
+        if called.is_none() {
+            fail(
+                "the API server calls the webhook within 30 s",
+                "dry-run pods come back unmutated",
+                Some(&self.apiserver),
+            );
+        }
+    }
+
+    /// kube-scheduler with the shipped KubeSchedulerConfiguration, under the shipped
+    /// ServiceAccount; waits until it holds its leader Lease.
+    async fn start_scheduler(&mut self, manifests: &[Value]) {
+        use base64::Engine;
+        let root = self.dir().to_owned();
+        let shipped = manifests
+            .iter()
+            .find(|d| {
+                d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config"
+            })
+            .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
+            .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None))
+            .to_owned();
+        let mut config: Value = volguard::sources::snapshot::parse_documents(&shipped, false)
+            .ok()
+            .and_then(|mut d| d.pop())
+            .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None));
+        let kubeconfig = root.join("scheduler.kubeconfig");
+        let token = self.token("volguard-scheduler");
+        write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, &token);
+        config["clientConnection"] = json!({"kubeconfig": kubeconfig});
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
+        for extender in config["extenders"].as_array_mut().expect("extenders") {
+            extender["urlPrefix"] = json!(format!("https://127.0.0.1:{}", self.volguard_port));
+            let tls = extender["tlsConfig"].as_object_mut().expect("tlsConfig");
+            tls.remove("caFile");
+            tls.insert("caData".into(), json!(ca));
+        }
+        if let Some(changes) = &self.options.scheduler_config {
+            merge(&mut config, changes);
+        }
+        let path = root.join("scheduler-config.json");
+        write(&path, &config.to_string());
+        let mut command = Command::new(binaries().join("kube-scheduler"));
+        command
+            .arg(format!("--config={}", path.display()))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg("--v=2");
+        self.scheduler = Some(Component::spawn(
+            "kube-scheduler",
+            command,
+            root.join("scheduler.log"),
+        ));
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.admin.clone(), NAMESPACE);
+        let leader = wait_for(Duration::from_secs(60), || async {
+            let lease = leases.get_opt(SCHEDULER).await.ok()??;
+            lease.spec?.holder_identity.filter(|h| !h.is_empty())
+        })
+        .await;
+        if leader.is_none() {
+            fail(
+                "kube-scheduler holds its leader Lease within 60 s",
+                "no holder",
+                self.scheduler.as_ref(),
+            );
+        }
+    }
+
+    /// Stops the API server (SIGTERM); etcd keeps its data.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop(Duration::from_secs(20));
+    }
+
+    /// Starts the API server again on its port.
+    pub async fn restart_apiserver(&mut self) {
+        let root = self.dir().to_owned();
+        let (apiserver, _) =
+            start_apiserver(binaries(), &root, &self.etcd_url, Some(self.api_port)).await;
+        self.apiserver = apiserver;
+    }
+
+    /// A second API server over the same etcd, on another port, with an admin client:
+    /// changes made through it are invisible to volguard's watches on the first.
+    pub async fn second_apiserver(&self) -> (Component, Client) {
+        let root = self.dir().to_owned();
+        let (apiserver, port) = start_apiserver(binaries(), &root, &self.etcd_url, None).await;
+        let kubeconfig = root.join("second.kubeconfig");
+        write_kubeconfig(&kubeconfig, port, &self.api_ca, ADMIN_TOKEN);
+        (apiserver, client(&kubeconfig).await)
+    }
+
+    /// Creates a namespace with its `default` ServiceAccount (which the ServiceAccount
+    /// admission plugin requires and no controller-manager creates here).
+    pub async fn namespace(&self, name: &str) {
+        let (ok, _, err) = self.kubectl(&["create", "namespace", name], None);
+        if !ok && !err.contains("AlreadyExists") {
+            fail(
+                &format!("create namespace {name}"),
+                err,
+                Some(&self.apiserver),
+            );
+        }
+        let (ok, _, err) = self.kubectl(&["create", "serviceaccount", "default", "-n", name], None);
+        if !ok && !err.contains("AlreadyExists") {
+            fail(
+                &format!("create ServiceAccount {name}/default"),
+                err,
+                Some(&self.apiserver),
+            );
+        }
+    }
+
+    /// Creates any object through the API as the admin (namespaced when the object
+    /// says so); returns it as stored.
+    pub async fn create(&self, object: Value) -> Value {
+        let (ok, out, err) = self.kubectl(
+            &["create", "-o", "json", "-f", "-"],
+            Some(&object.to_string()),
+        );
+        if !ok {
+            fail(
+                &format!(
+                    "create {} {}",
+                    object["kind"].as_str().unwrap_or("?"),
+                    object["metadata"]["name"].as_str().unwrap_or("?")
+                ),
+                err,
+                Some(&self.apiserver),
+            );
+        }
+        serde_json::from_str(&out).expect("kubectl -o json")
+    }
+
+    /// A schedulable Node: `allocatable` (with cpu, memory, pods defaults) and Ready in
+    /// its status, and without the not-ready taint the API server's admission adds.
+    pub async fn node(&self, name: &str, annotations: Value, allocatable: Value) {
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+                "annotations": annotations,
+            },
+        }))
+        .expect("node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap_or_else(|e| fail(&format!("create Node {name}"), e, Some(&self.apiserver)));
+        self.node_status(name, allocatable).await;
+        nodes
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"taints": null}})),
+            )
+            .await
+            .unwrap_or_else(|e| fail(&format!("untaint Node {name}"), e, Some(&self.apiserver)));
+    }
+
+    /// Sets a node's capacity and allocatable (cpu, memory and pods added) and Ready.
+    pub async fn node_status(&self, name: &str, allocatable: Value) {
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        let mut resources = json!({"cpu": "8", "memory": "32Gi", "pods": "110"});
+        merge(&mut resources, &allocatable);
+        let status = json!({"status": {
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "no kubelet: a test node",
+                "lastHeartbeatTime": now(), "lastTransitionTime": now(),
+            }],
+        }});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .unwrap_or_else(|e| fail(&format!("status of Node {name}"), e, Some(&self.apiserver)));
+    }
+
+    /// A CSINode registering `driver` on `node`, with an attach limit when given.
+    pub async fn csinode(&self, node: &str, driver: &str, count: Option<i32>) {
+        let mut entry = json!({"name": driver, "nodeID": node, "topologyKeys": null});
+        if let Some(count) = count {
+            entry["allocatable"] = json!({"count": count});
+        }
+        self.create(json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "CSINode",
+            "metadata": {"name": node},
+            "spec": {"drivers": [entry]},
+        }))
+        .await;
+    }
+
+    /// A PV of CSI `driver` with `handle` bound to a new claim `namespace/claim`, both
+    /// `Bound` through their status as the PV controller would leave them.
+    pub async fn bound_claim(
+        &self,
+        namespace: &str,
+        claim: &str,
+        pv: &str,
+        driver: &str,
+        handle: &str,
+        access_mode: &str,
+    ) {
+        self.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "10Gi"},
+                "accessModes": [access_mode],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "csi": {"driver": driver, "volumeHandle": handle},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }))
+        .await;
+        self.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": [access_mode],
+                "resources": {"requests": {"storage": "10Gi"}},
+                "storageClassName": "",
+                "volumeName": pv,
+            },
+        }))
+        .await;
+        let bound = |extra: Value| {
+            let mut status = json!({"phase": "Bound"});
+            merge(&mut status, &extra);
+            json!({"status": status})
+        };
+        let (ok, _, err) = self.kubectl(
+            &[
+                "patch",
+                "pv",
+                pv,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &bound(json!({})).to_string(),
+            ],
+            None,
+        );
+        if !ok {
+            fail(&format!("bind PV {pv}"), err, Some(&self.apiserver));
+        }
+        let (ok, _, err) = self.kubectl(
+            &[
+                "patch",
+                "pvc",
+                claim,
+                "-n",
+                namespace,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &bound(json!({"accessModes": [access_mode], "capacity": {"storage": "10Gi"}}))
+                    .to_string(),
+            ],
+            None,
+        );
+        if !ok {
+            fail(
+                &format!("bind PVC {namespace}/{claim}"),
+                err,
+                Some(&self.apiserver),
+            );
+        }
+    }
+
+    /// A VolumeAttachment of `pv` to `node` by `attacher`, attached.
+    pub async fn attachment(&self, name: &str, attacher: &str, node: &str, pv: &str) {
+        self.create(json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+            "metadata": {"name": name},
+            "spec": {"attacher": attacher, "nodeName": node, "source": {"persistentVolumeName": pv}},
+        }))
+        .await;
+        let (ok, _, err) = self.kubectl(
+            &[
+                "patch",
+                "volumeattachment",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"attached":true}}"#,
+            ],
+            None,
+        );
+        if !ok {
+            fail(&format!("attach {name}"), err, Some(&self.apiserver));
+        }
+    }
+
+    /// Creates a pod; returns it as stored (after admission).
+    pub async fn pod(&self, namespace: &str, pod: Value) -> Pod {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
+        let pod: Pod = serde_json::from_value(pod).expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .unwrap_or_else(|e| fail("create a pod", e, Some(&self.apiserver)))
+    }
+
+    /// Deletes an object by kind and name with kubectl.
+    pub fn delete(&self, args: &[&str]) {
+        let mut all = vec!["delete", "--wait=false"];
+        all.extend_from_slice(args);
+        let (ok, _, err) = self.kubectl(&all, None);
+        if !ok {
+            fail(
+                &format!("kubectl {}", all.join(" ")),
+                err,
+                Some(&self.apiserver),
+            );
+        }
+    }
+
+    /// The node the pod is bound to, once the scheduler binds it within `timeout`.
+    pub async fn bound_node(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
+        wait_for(timeout, || async {
+            pods.get(name).await.ok()?.spec?.node_name
+        })
+        .await
+    }
+
+    /// The pod's PodScheduled=False message once the scheduler reports it.
+    pub async fn unschedulable_message(&self, namespace: &str, name: &str) -> Option<String> {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
+        wait_for(Duration::from_secs(60), || async {
+            let pod = pods.get(name).await.ok()?;
+            pod.status?.conditions?.into_iter().find_map(|c| {
+                (c.type_ == "PodScheduled" && c.status == "False")
+                    .then_some(c.message)
+                    .flatten()
+            })
+        })
+        .await
+    }
+
+    /// The messages of the pod's events with `reason`, oldest first.
+    pub async fn events(&self, namespace: &str, pod: &str, reason: &str) -> Vec<String> {
+        let (ok, out, _) = self.kubectl(
+            &[
+                "get",
+                "events",
+                "-n",
+                namespace,
+                "-o",
+                "json",
+                &format!("--field-selector=involvedObject.name={pod},reason={reason}"),
+            ],
+            None,
+        );
+        if !ok {
+            return Vec::new();
+        }
+        let list: Value = serde_json::from_str(&out).unwrap_or_default();
+        list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|e| e["message"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Deletes a pod at once (no kubelet will confirm a graceful delete).
+    pub async fn delete_pod_now(&self, namespace: &str, name: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
+        let _ = pods
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await;
+    }
+}
+
+async fn start_etcd(bin: &Path, root: &Path) -> (Component, String) {
+    let mut last = None;
+    for _ in 0..3 {
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let mut command = Command::new(bin.join("etcd"));
+        command
+            .arg("--name=e2e")
+            .arg(format!("--data-dir={}", root.join("etcd").display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster=e2e=http://127.0.0.1:{peer}"))
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        let mut etcd = Component::spawn("etcd", command, root.join("etcd.log"));
+        let health = format!("{url}/health");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while etcd.exited().is_none() && Instant::now() < deadline {
+            if let Ok((200, body)) = http(None).get(&health).await
+                && body.contains("true")
+            {
+                return (etcd, url);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last = Some(etcd);
+    }
+    let etcd = last.expect("an attempt");
+    fail(
+        "etcd: healthy within 30 s",
+        "it did not answer /health",
+        Some(&etcd),
+    )
+}
+
+async fn start_apiserver(
+    bin: &Path,
+    root: &Path,
+    etcd_url: &str,
+    port: Option<u16>,
+) -> (Component, u16) {
+    let mut last = None;
+    for _ in 0..3 {
+        let port = port.unwrap_or_else(free_port);
+        let file = |name: &str| root.join(name).display().to_string();
+        let mut command = Command::new(bin.join("kube-apiserver"));
+        command
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg(format!("--secure-port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            // The kubernetes Service endpoint cannot be a loopback address; nothing here
+            // uses it.
+            .arg("--endpoint-reconciler-type=none")
+            .arg(format!("--tls-cert-file={}", file("api.crt")))
+            .arg(format!("--tls-private-key-file={}", file("api.key")))
+            .arg(format!("--token-auth-file={}", file("tokens.csv")))
+            .arg("--authorization-mode=Node,RBAC")
+            .arg(format!("--service-account-key-file={}", file("sa.pub")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                file("sa.key")
+            ))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--v=1");
+        let mut apiserver = Component::spawn(
+            "kube-apiserver",
+            command,
+            root.join(format!("apiserver-{port}.log")),
+        );
+        let readyz = format!("https://127.0.0.1:{port}/readyz");
+        let ca = fs::read_to_string(root.join("api-ca.crt")).expect("api CA");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while apiserver.exited().is_none() && Instant::now() < deadline {
+            if let Ok((200, _)) = http(Some(&ca)).get_with_token(&readyz, ADMIN_TOKEN).await {
+                return (apiserver, port);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last = Some(apiserver);
+    }
+    let apiserver = last.expect("an attempt");
+    fail(
+        "kube-apiserver: /readyz 200 within 90 s",
+        "not ready",
+        Some(&apiserver),
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    fs::File::create(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// A kubeconfig (JSON, which every client reads) for a bearer token.
+fn write_kubeconfig(path: &Path, port: u16, ca_pem: &str, token: &str) {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {
+            "server": format!("https://127.0.0.1:{port}"),
+            "certificate-authority-data": ca,
+        }}],
+        "users": [{"name": "e2e", "user": {"token": token}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e"}}],
+        "current-context": "e2e",
+    });
+    write(path, &config.to_string());
+}
+
+async fn client(kubeconfig: &Path) -> Client {
+    let file = Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut command = Command::new("kubectl");
+    command
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("kubectl on PATH");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("kubectl stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Merges `changes` into `target`, object keys recursively; anything else replaces.
+pub fn merge(target: &mut Value, changes: &Value) {
+    match (target, changes) {
+        (Value::Object(t), Value::Object(c)) => {
+            for (k, v) in c {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (t, c) => *t = c.clone(),
+    }
+}
+
+/// Now, in the API's time format.
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Labels of a pod, for lookups.
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A tiny HTTP(S) client over hyper for health checks and volguard's endpoints.
+mod loopback_http {
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Request, body::Bytes};
+    use hyper_util::{client::legacy::Client as Hyper, rt::TokioExecutor};
+
+    pub struct Client {
+        ca_pem: Option<String>,
+    }
+
+    impl Client {
+        pub fn new(ca_pem: Option<&str>) -> Self {
+            Client {
+                ca_pem: ca_pem.map(str::to_owned),
+            }
+        }
+
+        pub async fn get(&self, url: &str) -> Result<(u16, String), String> {
+            self.send(Request::get(url), Bytes::new()).await
+        }
+
+        pub async fn get_with_token(
+            &self,
+            url: &str,
+            token: &str,
+        ) -> Result<(u16, String), String> {
+            self.send(
+                Request::get(url).header("authorization", format!("Bearer {token}")),
+                Bytes::new(),
+            )
+            .await
+        }
+
+        pub async fn post(&self, url: &str, body: String) -> Result<(u16, String), String> {
+            self.send(
+                Request::post(url).header("content-type", "application/json"),
+                Bytes::from(body),
+            )
+            .await
+        }
+
+        async fn send(
+            &self,
+            builder: hyper::http::request::Builder,
+            body: Bytes,
+        ) -> Result<(u16, String), String> {
+            let req = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+            let resp = match &self.ca_pem {
+                None => Hyper::builder(TokioExecutor::new())
+                    .build_http()
+                    .request(req)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                Some(ca) => crate::common::client_for(ca)
+                    .request(req)
+                    .await
+                    .map_err(|e| format!("{e:?}"))?,
+            };
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+    }
+}
