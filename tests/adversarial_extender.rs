@@ -173,7 +173,7 @@ async fn device_allocatable_counts_are_read_as_quantities() {
         if !attached {
             assert_eq!(
                 f.unresolvable["worker-1"],
-                "volume vol-qsk4v is not attached to this node (attached to worker-2)",
+                "node(s) without volume vol-qsk4v attached (it is attached to worker-2)",
                 "allocatable {count:?}"
             );
         }
@@ -225,8 +225,12 @@ async fn huge_and_negative_attach_limit_annotations() {
         let f = filter(&server, &by_names(&web, &NODES)).await;
         assert_eq!(
             f.failed["worker-3"],
+            "node(s) at the linode attach limit (limit from CSINode)"
+        );
+        assert_eq!(
+            common::per_node(&server, &web, "worker-3"),
             format!(
-                "attach limit reached for linode: 8 of 8 used, pod needs 1 more (limit from CSINode; node annotation volguard.io/attach-limit={ignored:?} is not a non-negative integer, ignored)"
+                "node(s) at the linode attach limit (limit from CSINode): 8 of 8 used, pod needs 1 more; node annotation volguard.io/attach-limit={ignored:?} is not a non-negative integer, ignored"
             )
         );
     }
@@ -234,7 +238,11 @@ async fn huge_and_negative_attach_limit_annotations() {
     let f = filter(&server, &by_names(&web, &NODES)).await;
     assert_eq!(
         f.failed["worker-2"],
-        "attach limit reached for linode: 1 of 1 used, pod needs 1 more (limit from node annotation volguard.io/attach-limit)"
+        "node(s) at the linode attach limit (limit from node annotation volguard.io/attach-limit)"
+    );
+    assert_eq!(
+        common::per_node(&server, &web, "worker-2"),
+        "node(s) at the linode attach limit (limit from node annotation volguard.io/attach-limit): 1 of 1 used, pod needs 1 more"
     );
 }
 
@@ -272,7 +280,11 @@ async fn extreme_csinode_counts() {
     let f = filter(&server, &by_names(&web, &NODES)).await;
     assert_eq!(
         f.failed["worker-2"],
-        "attach limit reached for linode: 1 of -1 used, pod needs 1 more (limit from CSINode)"
+        "node(s) at the linode attach limit (limit from CSINode)"
+    );
+    assert_eq!(
+        common::per_node(&server, &web, "worker-2"),
+        "node(s) at the linode attach limit (limit from CSINode): 1 of -1 used, pod needs 1 more"
     );
     priorities(&server, &by_names(&web, &NODES)).await;
 }
@@ -419,7 +431,7 @@ async fn ten_thousand_unknown_nodes() {
     assert_eq!(f.failed.len(), 10_000);
     assert_eq!(
         f.failed["ghost-9999"],
-        "node ghost-9999 is not in volguard's cluster state"
+        "node(s) not in volguard's cluster state (yet)"
     );
     let p = priorities(&server, &body).await;
     assert_eq!(p.len(), 10_000);
@@ -448,7 +460,7 @@ async fn odd_node_names_are_answered_verbatim() {
     for name in odd {
         assert_eq!(
             f.failed[name],
-            format!("node {name} is not in volguard's cluster state")
+            "node(s) not in volguard's cluster state (yet)"
         );
     }
     // An escaped name is the name it spells.

@@ -70,14 +70,14 @@ fn linode_web_prints_the_patch_and_one_row_per_node() {
                 "fail",
                 "0",
                 "linode 8/8",
-                "attach limit reached for linode: 8 of 8 used, pod needs 1 more (limit from CSINode)"
+                "node(s) at the linode attach limit (limit from CSINode): 8 of 8 used, pod needs 1 more"
             ],
             [
                 "worker-4",
                 "unresolvable",
                 "0",
                 "linode 0/8",
-                "CSI driver linodebs.csi.linode.com is not registered on this node (no CSINode entry: is the node plugin running, and does it use the kubelet's --root-dir?)"
+                "node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?): its CSINode has no entry for the driver"
             ],
         ]
     );
@@ -106,6 +106,11 @@ fn json_output_carries_the_same_verdicts_and_limit_sources() {
     );
     assert_eq!(nodes[2]["verdict"], "fail");
     assert_eq!(
+        nodes[2]["reason"],
+        "node(s) at the linode attach limit (limit from CSINode)"
+    );
+    assert_eq!(nodes[2]["detail"], "8 of 8 used, pod needs 1 more");
+    assert_eq!(
         nodes[3]["slots"][0]["limitSource"],
         "limit from config default"
     );
@@ -129,7 +134,7 @@ fn a_pod_that_fits_nowhere_exits_1() {
         assert_eq!(row[1], "unresolvable");
         assert_eq!(
             row[4],
-            "volume vol-gone1 is not attached to this node (attached to no node)"
+            "node(s) without volume vol-gone1 attached (it is attached to no node)"
         );
     }
 }

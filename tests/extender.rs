@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{TestServer, read_doc};
+use common::{TestServer, per_node, read_doc};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 use volguard::cluster::{ClusterObject, Kind};
@@ -162,9 +162,15 @@ fn pod(path: &str) -> Value {
     read_doc(path)
 }
 
-const NOT_REGISTERED: &str = "CSI driver linodebs.csi.linode.com is not registered on this node (no CSINode entry: is the node plugin running, and does it use the kubelet's --root-dir?)";
-const WORKER_3_FULL: &str =
-    "attach limit reached for linode: 8 of 8 used, pod needs 1 more (limit from CSINode)";
+/// kube-scheduler's text for nodes at the linode attach limit.
+fn at_limit(source: &str) -> String {
+    format!("node(s) at the linode attach limit (limit from {source})")
+}
+
+const ANNOTATION: &str = "node annotation volguard.io/attach-limit";
+
+const NOT_REGISTERED: &str = "node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?)";
+const WORKER_3_FULL: &str = "node(s) at the linode attach limit (limit from CSINode)";
 
 #[tokio::test]
 async fn node_names_fixture_passes_only_the_node_holding_the_rwo_volume() {
@@ -174,7 +180,7 @@ async fn node_names_fixture_passes_only_the_node_holding_the_rwo_volume() {
     assert_eq!(f.passing, ["worker-1"]);
     assert_eq!(f.raw["Nodes"], Value::Null);
     assert!(f.failed.is_empty(), "{:?}", f.failed);
-    let in_use = "volume 310100-pvcdb0 (claim data-db-0) is ReadWriteOnce and in use on worker-1 by pod shop/db-0";
+    let in_use = "node(s) that cannot use ReadWriteOnce volume 310100-pvcdb0 (claim data-db-0): in use on worker-1 by pod shop/db-0";
     assert_eq!(f.unresolvable["worker-2"], in_use);
     assert_eq!(f.unresolvable["worker-3"], in_use);
     assert_eq!(f.unresolvable["worker-4"], NOT_REGISTERED);
@@ -206,6 +212,15 @@ async fn nodes_fixture_echoes_the_passing_node_objects_unchanged() {
     assert_eq!(f.raw["Nodes"]["metadata"], json!({}));
     assert_eq!(f.failed["worker-3"], WORKER_3_FULL);
     assert_eq!(f.unresolvable["worker-4"], NOT_REGISTERED);
+    let db = &args["Pod"];
+    assert_eq!(
+        per_node(&server, db, "worker-3"),
+        format!("{WORKER_3_FULL}: 8 of 8 used, pod needs 1 more")
+    );
+    assert_eq!(
+        per_node(&server, db, "worker-4"),
+        format!("{NOT_REGISTERED}: its CSINode has no entry for the driver")
+    );
 
     let scores: BTreeMap<String, u64> = prioritize(&server, args.to_string())
         .await
@@ -248,7 +263,7 @@ async fn rule_1_device_advertised_with_capacity_0_is_detached() {
     let f = filter_names(&server, &pod("examples/pods/seed-000-device.yaml")).await;
     assert_eq!(
         f.unresolvable["worker-1"],
-        "volume vol-qsk4v is not attached to this node (attached to worker-2)"
+        "node(s) without volume vol-qsk4v attached (it is attached to worker-2)"
     );
     let mut nowhere = pod("examples/pods/seed-000-device.yaml");
     nowhere["metadata"]["annotations"]["volguard.io/devices"] = "brightbox=vol-gone1".into();
@@ -256,7 +271,7 @@ async fn rule_1_device_advertised_with_capacity_0_is_detached() {
     assert!(f.passing.is_empty());
     assert_eq!(
         f.unresolvable["worker-2"],
-        "volume vol-gone1 is not attached to this node (attached to no node)"
+        "node(s) without volume vol-gone1 attached (it is attached to no node)"
     );
     let scores = prioritize(
         &server,
@@ -282,9 +297,15 @@ async fn rule_2_unregistered_driver_with_and_without_a_csinode_object() {
     let f = filter_names(&server, &pod("examples/pods/linode-web.yaml")).await;
     assert_eq!(f.passing, ["worker-1"]);
     assert_eq!(f.unresolvable["worker-4"], NOT_REGISTERED);
+    assert_eq!(f.unresolvable["worker-2"], NOT_REGISTERED, "the same text");
+    let web = pod("examples/pods/linode-web.yaml");
     assert_eq!(
-        f.unresolvable["worker-2"],
-        "CSI driver linodebs.csi.linode.com is not registered on this node (the node has no CSINode object: is the node plugin running, and does it use the kubelet's --root-dir?)"
+        per_node(&server, &web, "worker-2"),
+        format!("{NOT_REGISTERED}: the node has no CSINode object")
+    );
+    assert_eq!(
+        per_node(&server, &web, "worker-4"),
+        format!("{NOT_REGISTERED}: its CSINode has no entry for the driver")
     );
 
     let mut config = common::example_config();
@@ -345,15 +366,20 @@ async fn rule_4_limit_precedence_annotation_over_csinode_over_default() {
     );
     annotate_limit(&server, "worker-3", "8");
     let f = filter_names(&server, &web).await;
+    assert_eq!(f.failed["worker-3"], at_limit(ANNOTATION));
     assert_eq!(
-        f.failed["worker-3"],
-        "attach limit reached for linode: 8 of 8 used, pod needs 1 more (limit from node annotation volguard.io/attach-limit)"
+        per_node(&server, &web, "worker-3"),
+        format!("{}: 8 of 8 used, pod needs 1 more", at_limit(ANNOTATION))
     );
     annotate_limit(&server, "worker-3", "lots");
     let f = filter_names(&server, &web).await;
+    assert_eq!(f.failed["worker-3"], at_limit("CSINode"));
     assert_eq!(
-        f.failed["worker-3"],
-        "attach limit reached for linode: 8 of 8 used, pod needs 1 more (limit from CSINode; node annotation volguard.io/attach-limit=\"lots\" is not a non-negative integer, ignored)"
+        per_node(&server, &web, "worker-3"),
+        format!(
+            "{}: 8 of 8 used, pod needs 1 more; {ANNOTATION}=\"lots\" is not a non-negative integer, ignored",
+            at_limit("CSINode")
+        )
     );
 
     let mut config = common::example_config();
@@ -367,9 +393,13 @@ async fn rule_4_limit_precedence_annotation_over_csinode_over_default() {
     let server = TestServer::start(config, state).await;
     let f = filter_names(&server, &web).await;
     assert_eq!(f.passing, ["worker-1", "worker-2"]);
+    assert_eq!(f.failed["worker-3"], at_limit("config default"));
     assert_eq!(
-        f.failed["worker-3"],
-        "attach limit reached for linode: 8 of 4 used, pod needs 1 more (limit from config default)"
+        per_node(&server, &web, "worker-3"),
+        format!(
+            "{}: 8 of 4 used, pod needs 1 more",
+            at_limit("config default")
+        )
     );
 }
 
@@ -387,10 +417,12 @@ async fn a_node_over_its_limit_still_takes_a_pod_whose_volumes_it_holds() {
     );
     let scores = prioritize(&server, body).await;
     assert_eq!(scores[0], ("worker-1".into(), 10));
-    let f = filter_names(&server, &pod("examples/pods/linode-web.yaml")).await;
+    let web = pod("examples/pods/linode-web.yaml");
+    let f = filter_names(&server, &web).await;
+    assert_eq!(f.failed["worker-1"], at_limit(ANNOTATION));
     assert_eq!(
-        f.failed["worker-1"],
-        "attach limit reached for linode: 1 of 0 used, pod needs 1 more (limit from node annotation volguard.io/attach-limit)"
+        per_node(&server, &web, "worker-1"),
+        format!("{}: 1 of 0 used, pod needs 1 more", at_limit(ANNOTATION))
     );
 }
 
@@ -436,10 +468,12 @@ async fn a_volume_shared_by_two_pods_on_a_node_counts_once() {
     let f = filter_names(&server, &pod("examples/pods/linode-web.yaml")).await;
     assert!(f.passing.contains(&"worker-2".to_owned()), "{:?}", f.raw);
     annotate_limit(&server, "worker-2", "2");
-    let f = filter_names(&server, &pod("examples/pods/linode-web.yaml")).await;
+    let web = pod("examples/pods/linode-web.yaml");
+    let f = filter_names(&server, &web).await;
+    assert_eq!(f.failed["worker-2"], at_limit(ANNOTATION));
     assert_eq!(
-        f.failed["worker-2"],
-        "attach limit reached for linode: 2 of 2 used, pod needs 1 more (limit from node annotation volguard.io/attach-limit)"
+        per_node(&server, &web, "worker-2"),
+        format!("{}: 2 of 2 used, pod needs 1 more", at_limit(ANNOTATION))
     );
 }
 
@@ -462,7 +496,11 @@ async fn terminated_pods_do_not_count() {
         bound_pod("batch-done", "worker-2", "Running", &["finished"]),
     );
     let f = filter_names(&server, &web).await;
-    assert!(f.failed["worker-2"].contains("2 of 2 used"), "{:?}", f.raw);
+    assert_eq!(f.failed["worker-2"], at_limit(ANNOTATION), "{:?}", f.raw);
+    assert_eq!(
+        per_node(&server, &web, "worker-2"),
+        format!("{}: 2 of 2 used, pod needs 1 more", at_limit(ANNOTATION))
+    );
 }
 
 #[tokio::test]
@@ -477,9 +515,10 @@ async fn a_volume_attachment_whose_pod_is_gone_still_counts() {
     apply(&server, worker2);
     let web = pod("examples/pods/linode-web.yaml");
     let f = filter_names(&server, &web).await;
+    assert_eq!(f.failed["worker-2"], at_limit(ANNOTATION));
     assert_eq!(
-        f.failed["worker-2"],
-        "attach limit reached for linode: 1 of 1 used, pod needs 1 more (limit from node annotation volguard.io/attach-limit)"
+        per_node(&server, &web, "worker-2"),
+        format!("{}: 1 of 1 used, pod needs 1 more", at_limit(ANNOTATION))
     );
     server
         .app
@@ -515,25 +554,37 @@ async fn an_unbound_wait_for_first_consumer_claim_is_one_new_attachment() {
         .unwrap()
         .push(json!({"name": "scratch-2", "persistentVolumeClaim": {"claimName": "scratch-2"}}));
     let f = filter_names(&server, &two).await;
+    assert_eq!(f.failed["worker-2"], at_limit(ANNOTATION));
     assert_eq!(
-        f.failed["worker-2"],
-        "attach limit reached for linode: 1 of 2 used, pod needs 2 more (limit from node annotation volguard.io/attach-limit)"
+        per_node(&server, &two, "worker-2"),
+        format!("{}: 1 of 2 used, pod needs 2 more", at_limit(ANNOTATION))
     );
 }
 
 #[tokio::test]
-async fn a_missing_claim_makes_every_node_unresolvable_with_the_reason() {
+async fn a_missing_claim_answers_error_so_the_scheduler_retries() {
+    // kube-scheduler's VolumeBinding turns away pods whose claim does not exist, so a
+    // claim the extender cannot find is volguard's cache lagging behind: no verdict.
     let server = TestServer::example().await;
     let mut p = pod("examples/pods/linode-web.yaml");
     p["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "no-such-claim".into();
-    let f = filter_names(&server, &p).await;
-    assert!(f.passing.is_empty());
-    for node in NODES {
-        assert_eq!(
-            f.unresolvable[node],
-            "PersistentVolumeClaim shop/no-such-claim not found: volguard cannot tell which volumes the pod needs"
-        );
-    }
+    let (status, body) = server.post("/filter", by_names(&p, &NODES)).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        answer["Error"],
+        "PersistentVolumeClaim shop/no-such-claim not found in volguard's cluster state \
+         (a cache that lags behind the API): retry later"
+    );
+    assert_eq!(answer["NodeNames"], Value::Null);
+    assert_eq!(answer["FailedNodes"], json!({}));
+    assert_eq!(answer["FailedAndUnresolvableNodes"], json!({}));
+    assert_eq!(
+        per_node(&server, &p, "worker-1"),
+        "node(s) not judged: PersistentVolumeClaim shop/no-such-claim not found, so volguard \
+         cannot tell which volumes the pod needs",
+        "explain still says why over a snapshot"
+    );
 }
 
 #[tokio::test]
@@ -550,7 +601,7 @@ async fn an_unknown_node_fails_with_a_reason_and_no_other_name_is_returned() {
     assert_eq!(f.passing, ["worker-2"]);
     assert_eq!(
         f.failed["worker-9"],
-        "node worker-9 is not in volguard's cluster state"
+        "node(s) not in volguard's cluster state (yet)"
     );
     assert_eq!(f.failed.len() + f.unresolvable.len(), 1);
     let scores = prioritize(

@@ -280,11 +280,9 @@ async fn watch_events_change_what_the_state_and_the_webhook_report() {
     let web_pod_data = web_pod("web-data");
     let answer = live.filter(&web_pod_data).await;
     assert_eq!(answer["Error"], "", "{answer}");
-    assert!(
-        answer["FailedNodes"]["worker-3"]
-            .as_str()
-            .unwrap()
-            .contains("8 of 8 used"),
+    assert_eq!(
+        answer["FailedNodes"]["worker-3"],
+        "node(s) at the linode attach limit (limit from CSINode)",
         "{answer}"
     );
     let mut csinode = example_document("CSINode", "worker-3");

@@ -187,13 +187,6 @@ fn verdict_word(j: &Judgement) -> &'static str {
     }
 }
 
-fn reason(j: &Judgement) -> Option<&str> {
-    match &j.verdict {
-        Verdict::Pass => None,
-        Verdict::Fail { reason, .. } => Some(reason),
-    }
-}
-
 fn slots_text(slots: &[Slots]) -> String {
     if slots.is_empty() {
         return "-".into();
@@ -231,7 +224,7 @@ fn table(pod: &str, webhook: &Webhook, rows: &[Row]) -> String {
                 verdict_word(&r.judgement).to_owned(),
                 r.judgement.score.to_string(),
                 slots_text(&r.slots),
-                reason(&r.judgement).unwrap_or("-").to_owned(),
+                r.judgement.describe().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -285,10 +278,18 @@ fn json_report(pod: &str, webhook: &Webhook, rows: &[Row], fits: bool) -> String
                     })
                 })
                 .collect();
+            let (reason, detail) = match &r.judgement.verdict {
+                Verdict::Pass => (None, None),
+                Verdict::Fail { reason, detail, .. } => (
+                    Some(reason.to_string()),
+                    detail.as_ref().map(ToString::to_string),
+                ),
+            };
             json!({
                 "node": r.node,
                 "verdict": verdict_word(&r.judgement),
-                "reason": reason(&r.judgement),
+                "reason": reason,
+                "detail": detail,
                 "score": r.judgement.score,
                 "slots": slots,
             })

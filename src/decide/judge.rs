@@ -4,7 +4,7 @@
 //! The pod is planned once per request; judging a node then costs a few index lookups
 //! per pod volume, never a scan of the cluster.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use crate::{
     cluster::{
@@ -30,9 +30,57 @@ pub enum Verdict {
     Fail {
         /// Which rule failed.
         kind: FailKind,
-        /// What is wrong, with the numbers.
-        reason: String,
+        /// What kube-scheduler prints after a node count (`3 node(s) at the linode
+        /// attach limit (limit from CSINode)`): the same text, and the same allocation,
+        /// on every node that fails for the same cause, so the scheduler groups them.
+        reason: Arc<str>,
+        /// This node's own numbers, for `explain` and logs.
+        detail: Option<Detail>,
     },
+}
+
+/// What differs between nodes failing for the same reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detail {
+    /// The node has no CSINode object at all.
+    NoCsiNode,
+    /// Its CSINode lists other drivers only.
+    NoCsiNodeEntry,
+    /// Attach slots: `used` of `max`, and the pod needs `new` more.
+    Slots {
+        /// Distinct volumes of the driver on the node.
+        used: u32,
+        /// The node's limit.
+        max: i64,
+        /// The pod's volumes of the driver the node does not hold yet.
+        new: u32,
+        /// A node annotation that was set but is not a usable limit: (key, value).
+        ignored_annotation: Option<(String, String)>,
+    },
+}
+
+impl fmt::Display for Detail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Detail::NoCsiNode => f.write_str("the node has no CSINode object"),
+            Detail::NoCsiNodeEntry => f.write_str("its CSINode has no entry for the driver"),
+            Detail::Slots {
+                used,
+                max,
+                new,
+                ignored_annotation,
+            } => {
+                write!(f, "{used} of {max} used, pod needs {new} more")?;
+                match ignored_annotation {
+                    Some((key, value)) => write!(
+                        f,
+                        "; node annotation {key}={value:?} is not a non-negative integer, ignored"
+                    ),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 /// Which rule failed a node: decides resolvability and labels the failure metric.
@@ -81,10 +129,33 @@ pub struct Judgement {
 }
 
 impl Judgement {
-    fn fail(kind: FailKind, reason: String) -> Self {
+    fn fail(kind: FailKind, reason: &Arc<str>, detail: Option<Detail>) -> Self {
         Judgement {
-            verdict: Verdict::Fail { kind, reason },
+            verdict: Verdict::Fail {
+                kind,
+                reason: reason.clone(),
+                detail,
+            },
             score: 0,
+        }
+    }
+
+    /// The reason with this node's numbers, for a person reading about one node:
+    /// `node(s) at the linode attach limit (limit from CSINode): 8 of 8 used, pod needs
+    /// 1 more`. `None` when the node passes.
+    pub fn describe(&self) -> Option<String> {
+        match &self.verdict {
+            Verdict::Pass => None,
+            Verdict::Fail {
+                reason,
+                detail: None,
+                ..
+            } => Some(reason.to_string()),
+            Verdict::Fail {
+                reason,
+                detail: Some(detail),
+                ..
+            } => Some(format!("{reason}: {detail}")),
         }
     }
 
@@ -135,19 +206,6 @@ pub struct Limit {
     pub source: LimitSource,
     /// The node annotation was set but unusable: its text, so messages can quote it.
     pub ignored_annotation: Option<(String, String)>,
-}
-
-impl Limit {
-    /// "(limit from CSINode)", plus a note when an annotation was ignored.
-    fn explain(&self) -> String {
-        match &self.ignored_annotation {
-            None => format!("({})", self.source),
-            Some((key, value)) => format!(
-                "({}; node annotation {key}={value:?} is not a non-negative integer, ignored)",
-                self.source
-            ),
-        }
-    }
 }
 
 /// The attach limit of `driver` on a node: node annotation > CSINode allocatable count
@@ -235,29 +293,61 @@ pub fn slots(state: &ClusterState, node: &str) -> Vec<Slots> {
 #[derive(Debug)]
 struct DeviceNeed {
     id: VolumeId,
-    /// "attached to worker-2" or "attached to no node", computed once.
-    elsewhere: String,
+    /// `node(s) without volume X attached (it is attached to worker-2)`.
+    reason: Arc<str>,
 }
 
 /// The pod's volumes of one attach-mode driver.
 #[derive(Debug)]
 struct DriverNeed {
     id: DriverId,
-    /// Check the CSINode registration of this CSI driver name.
-    registration: Option<String>,
+    /// Set when the CSINode registration of the driver is checked: the reason for
+    /// nodes without it.
+    unregistered: Option<Arc<str>>,
+    /// The reasons for nodes at the limit, by where the limit came from.
+    at_limit: LimitReasons,
     /// Volumes with a handle: new on a node unless it holds them already.
     known: Vec<VolumeId>,
     /// Unbound claims: each is one new attachment anywhere.
     pending: u32,
 }
 
-/// An exclusive volume already in use: it fails every other node.
+/// `node(s) at the linode attach limit (limit from ...)`, one text per limit source.
+#[derive(Debug)]
+struct LimitReasons {
+    annotation: Arc<str>,
+    csinode: Arc<str>,
+    default: Arc<str>,
+}
+
+impl LimitReasons {
+    fn new(driver: &str, annotation: Option<&str>) -> Self {
+        let text = |source: &LimitSource| -> Arc<str> {
+            format!("node(s) at the {driver} attach limit ({source})").into()
+        };
+        LimitReasons {
+            annotation: text(&LimitSource::Annotation(
+                annotation.unwrap_or_default().to_owned(),
+            )),
+            csinode: text(&LimitSource::CsiNode),
+            default: text(&LimitSource::ConfigDefault),
+        }
+    }
+
+    fn of(&self, source: &LimitSource) -> &Arc<str> {
+        match source {
+            LimitSource::Annotation(_) => &self.annotation,
+            LimitSource::CsiNode => &self.csinode,
+            LimitSource::ConfigDefault | LimitSource::Nowhere => &self.default,
+        }
+    }
+}
+
+/// An exclusive volume already in use: it fails every node but the one using it.
 #[derive(Debug)]
 struct Exclusive {
-    handle: String,
-    claim: Option<String>,
-    /// (node, pod) using it, sorted.
-    users: Vec<(String, String)>,
+    /// The nodes using it, sorted, each with the reason for the other nodes.
+    users: Vec<(String, Arc<str>)>,
 }
 
 /// What the pod needs, worked out once per request.
@@ -265,7 +355,7 @@ struct Exclusive {
 struct Plan {
     devices: Vec<DeviceNeed>,
     /// Why no node can hold a device-plugin claim that has no volume yet.
-    unprovisioned: Option<String>,
+    unprovisioned: Option<Arc<str>>,
     drivers: Vec<DriverNeed>,
     exclusive: Vec<Exclusive>,
 }
@@ -275,7 +365,9 @@ struct Plan {
 pub struct Judge<'s> {
     state: &'s ClusterState,
     config: &'s Config,
-    plan: Result<Plan, String>,
+    plan: Result<Plan, Arc<str>>,
+    /// The reason for a node the state does not know.
+    unknown_node: Arc<str>,
 }
 
 impl<'s> Judge<'s> {
@@ -288,13 +380,15 @@ impl<'s> Judge<'s> {
         let plan = match resolution {
             Ok(r) => Ok(plan(&r.volumes, state, config)),
             Err(e) => Err(format!(
-                "{e}: volguard cannot tell which volumes the pod needs"
-            )),
+                "node(s) not judged: {e}, so volguard cannot tell which volumes the pod needs"
+            )
+            .into()),
         };
         Judge {
             state,
             config,
             plan,
+            unknown_node: "node(s) not in volguard's cluster state (yet)".into(),
         }
     }
 
@@ -309,64 +403,41 @@ impl<'s> Judge<'s> {
     pub fn judge(&self, name: &str) -> Judgement {
         let plan = match &self.plan {
             Ok(p) => p,
-            Err(reason) => return Judgement::fail(FailKind::VolumeUnresolved, reason.clone()),
+            Err(reason) => return Judgement::fail(FailKind::VolumeUnresolved, reason, None),
         };
         if self.is_indifferent() {
             return Judgement::indifferent();
         }
         let state = self.state;
         let Some(node) = state.node(name) else {
-            return Judgement::fail(
-                FailKind::NodeUnknown,
-                format!("node {name} is not in volguard's cluster state"),
-            );
+            return Judgement::fail(FailKind::NodeUnknown, &self.unknown_node, None);
         };
-        if let Some(why) = &plan.unprovisioned {
-            return Judgement::fail(FailKind::DeviceMissing, why.clone());
+        if let Some(reason) = &plan.unprovisioned {
+            return Judgement::fail(FailKind::DeviceMissing, reason, None);
         }
         // Rule 1: device-plugin volumes must be advertised with a count of 1 or more.
         for d in &plan.devices {
             if node.devices.get(&d.id).copied().unwrap_or(0) < 1 {
-                return Judgement::fail(
-                    FailKind::DeviceMissing,
-                    format!(
-                        "volume {} is not attached to this node ({})",
-                        d.id.handle, d.elsewhere
-                    ),
-                );
+                return Judgement::fail(FailKind::DeviceMissing, &d.reason, None);
             }
         }
         // Rule 2: the CSI driver must be registered on the node.
         let csinode = state.csinode(name);
         for d in plan.drivers.iter() {
-            let Some(csi) = &d.registration else { continue };
-            let why = match csinode {
-                None => "the node has no CSINode object",
-                Some(c) if !c.drivers.contains_key(&d.id) => "no CSINode entry",
+            let Some(reason) = &d.unregistered else {
+                continue;
+            };
+            let detail = match csinode {
+                None => Detail::NoCsiNode,
+                Some(c) if !c.drivers.contains_key(&d.id) => Detail::NoCsiNodeEntry,
                 Some(_) => continue,
             };
-            return Judgement::fail(
-                FailKind::DriverNotRegistered,
-                format!(
-                    "CSI driver {csi} is not registered on this node ({why}: is the node plugin running, and does it use the kubelet's --root-dir?)"
-                ),
-            );
+            return Judgement::fail(FailKind::DriverNotRegistered, reason, Some(detail));
         }
         // Rule 3: an exclusive volume in use on another node.
         for e in &plan.exclusive {
-            if let Some((other, pod)) = e.users.iter().find(|(n, _)| n != name) {
-                let claim = e
-                    .claim
-                    .as_ref()
-                    .map(|c| format!(" (claim {c})"))
-                    .unwrap_or_default();
-                return Judgement::fail(
-                    FailKind::VolumeInUse,
-                    format!(
-                        "volume {}{claim} is ReadWriteOnce and in use on {other} by pod {pod}",
-                        e.handle
-                    ),
-                );
+            if let Some((_, reason)) = e.users.iter().find(|(n, _)| n != name) {
+                return Judgement::fail(FailKind::VolumeInUse, reason, None);
             }
         }
         // Rule 4: attach limits, and the score from the tightest driver.
@@ -385,13 +456,16 @@ impl<'s> Judge<'s> {
             let used = holdings.used(d.id);
             let after = i64::from(used) + i64::from(new);
             if after > max {
+                let detail = Detail::Slots {
+                    used,
+                    max,
+                    new,
+                    ignored_annotation: limit.ignored_annotation,
+                };
                 return Judgement::fail(
                     FailKind::AttachLimit,
-                    format!(
-                        "attach limit reached for {}: {used} of {max} used, pod needs {new} more {}",
-                        self.config_of(d.id).name,
-                        limit.explain()
-                    ),
+                    d.at_limit.of(&limit.source),
+                    Some(detail),
                 );
             }
             score = score.min(free_score(max - after, max));
@@ -437,33 +511,53 @@ fn plan(volumes: &[ManagedVolume], state: &ClusterState, config: &Config) -> Pla
                 let mut holders: Vec<&str> = state.device_holders(&id).collect();
                 holders.sort_unstable();
                 let elsewhere = if holders.is_empty() {
-                    "attached to no node".to_owned()
+                    "no node".to_owned()
                 } else {
-                    format!("attached to {}", holders.join(", "))
+                    holders.join(", ")
                 };
-                plan.devices.push(DeviceNeed { id, elsewhere });
+                let reason = format!(
+                    "node(s) without volume {} attached (it is attached to {elsewhere})",
+                    id.handle
+                );
+                plan.devices.push(DeviceNeed {
+                    id,
+                    reason: reason.into(),
+                });
             }
             (Mode::DevicePlugin, None) => {
                 plan.unprovisioned.get_or_insert_with(|| {
                     format!(
-                        "claim {} of device-plugin driver {} has no volume yet, so no node holds it",
+                        "node(s) without a volume for claim {} of device-plugin driver {} (it has no volume yet)",
                         claim.as_deref().unwrap_or("?"),
                         drivers.get(m.driver).name
                     )
+                    .into()
                 });
             }
             (Mode::Attach, id) => {
                 let need = match plan.drivers.iter_mut().find(|d| d.id == m.driver) {
                     Some(n) => n,
                     None => {
-                        let registration = config
+                        let driver = drivers.get(m.driver);
+                        let unregistered = config
                             .scheduling
                             .require_registered_driver
-                            .then(|| drivers.get(m.driver).csi_driver.clone())
-                            .flatten();
+                            .then_some(driver.csi_driver.as_ref())
+                            .flatten()
+                            .map(|csi| {
+                                format!(
+                                    "node(s) without CSI driver {csi} registered (is its node plugin running, with the kubelet's --root-dir?)"
+                                )
+                                .into()
+                            });
+                        let annotation = driver
+                            .attach_limit
+                            .as_ref()
+                            .and_then(|l| l.node_annotation.as_deref());
                         plan.drivers.push(DriverNeed {
                             id: m.driver,
-                            registration,
+                            unregistered,
+                            at_limit: LimitReasons::new(&driver.name, annotation),
                             known: Vec::new(),
                             pending: 0,
                         });
@@ -481,11 +575,19 @@ fn plan(volumes: &[ManagedVolume], state: &ClusterState, config: &Config) -> Pla
                                 .collect();
                             if !users.is_empty() {
                                 users.sort();
-                                plan.exclusive.push(Exclusive {
-                                    handle: id.handle.to_string(),
-                                    claim,
-                                    users,
-                                });
+                                let claim =
+                                    claim.map(|c| format!(" (claim {c})")).unwrap_or_default();
+                                let users = users
+                                    .into_iter()
+                                    .map(|(node, pod)| {
+                                        let reason = format!(
+                                            "node(s) that cannot use ReadWriteOnce volume {}{claim}: in use on {node} by pod {pod}",
+                                            id.handle
+                                        );
+                                        (node, reason.into())
+                                    })
+                                    .collect();
+                                plan.exclusive.push(Exclusive { users });
                             }
                         }
                         need.known.push(id);

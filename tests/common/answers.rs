@@ -60,8 +60,9 @@ pub enum Answer {
     Refused(u16, String),
 }
 
-/// Checks the answer `endpoint` gave to `request`: a 4xx with a one-line reason, or a
-/// 200 whose body is a well-formed answer to that very request. Anything else (5xx,
+/// Checks the answer `endpoint` gave to `request`: a 4xx with a one-line reason (or a
+/// 503 from `/prioritize`, whose errors the scheduler ignores, when volguard cannot
+/// judge yet), or a 200 whose body is a well-formed answer to that very request. Anything else (5xx,
 /// malformed bodies, names that were not asked, a patch that does not apply) is an
 /// `Err` saying what is wrong.
 pub fn check(
@@ -76,7 +77,7 @@ pub fn check(
             Endpoint::Filter => filter(request, body).map(Answer::Filter),
             Endpoint::Prioritize => priorities(request, body).map(Answer::Priorities),
         },
-        400..=499 => {
+        400..=499 | 503 if status != 503 || matches!(endpoint, Endpoint::Prioritize) => {
             let text = String::from_utf8_lossy(body);
             let line = text.trim_end();
             if line.is_empty() || line.contains('\n') {

@@ -296,3 +296,18 @@ pub fn first_warning(response: &serde_json::Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("expected a warning in {response}"))
 }
+
+/// The verdict on one node with its own numbers, as `volguard explain` prints it:
+/// judged in-process over the server's state (the wire carries the shared reason only).
+pub fn per_node(server: &TestServer, pod: &serde_json::Value, node: &str) -> String {
+    let pod: volguard::model::podview::PodView =
+        serde_json::from_value(pod.clone()).expect("a pod");
+    let state = server.app.cluster.read().unwrap();
+    let namespace = pod.namespace().unwrap_or("default");
+    let resolution =
+        volguard::decide::resolve::resolve(&pod, namespace, &state, &server.app.config);
+    volguard::decide::judge::Judge::new(resolution.as_ref(), &state, &server.app.config)
+        .judge(node)
+        .describe()
+        .unwrap_or_default()
+}

@@ -26,7 +26,7 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Mutex, MutexGuard, OnceLock},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -47,7 +47,7 @@ pub const NAMESPACE: &str = "volguard-system";
 pub const SCHEDULER: &str = "volguard-scheduler";
 
 /// One control plane at a time per test binary.
-static TURN: Mutex<()> = Mutex::new(());
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Where the built kube-apiserver, kube-scheduler and etcd are.
 fn binaries() -> &'static Path {
@@ -220,7 +220,7 @@ pub struct ControlPlane {
     api_ca: String,
     etcd_url: String,
     dir: tempfile::TempDir,
-    _turn: MutexGuard<'static, ()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// Fails the named step, with the component's last log lines.
@@ -268,7 +268,7 @@ impl ControlPlane {
     /// Starts etcd, kube-apiserver, applies `manifests/`, then volguard and its webhook,
     /// then kube-scheduler, as `options` say.
     pub async fn start_with(options: Options) -> ControlPlane {
-        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let turn = TURN.lock().await;
         volguard::server::tls::install_crypto_provider();
         let bin = binaries().to_owned();
         let dir = tempfile::Builder::new()

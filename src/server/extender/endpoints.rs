@@ -138,8 +138,15 @@ fn judge_all(
         return Err(why);
     }
     let namespace = pod.namespace().unwrap_or("default");
-    let resolution = resolve(pod, namespace, state, config);
-    let judge = Judge::new(resolution.as_ref(), state, config);
+    // kube-scheduler's own VolumeBinding plugin turns away pods whose claim does not
+    // exist, so a claim or PV missing here is volguard's cache lagging behind: answer
+    // Error, and the scheduler retries after its backoff instead of parking the pod.
+    let resolution = resolve(pod, namespace, state, config).map_err(|missing| {
+        format!(
+            "{missing} in volguard's cluster state (a cache that lags behind the API): retry later"
+        )
+    })?;
+    let judge = Judge::new(Ok(&resolution), state, config);
     if judge.is_indifferent() {
         return Ok(indifferent());
     }
@@ -150,17 +157,22 @@ fn judge_all(
 /// counts the failures by kind.
 fn sort_out<'a>(
     candidates: &'a Candidates<'a>,
-    judgements: Vec<Judgement>,
+    judgements: &'a [Judgement],
     metrics: &Metrics,
 ) -> ExtenderFilterResult<'a> {
     let mut result = ExtenderFilterResult::default();
     let mut passing = Vec::with_capacity(candidates.names.len());
     let mut failures: Vec<(FailKind, u64)> = Vec::new();
+    let per_node_log = tracing::enabled!(tracing::Level::DEBUG);
     for (i, (name, j)) in candidates.names.iter().zip(judgements).enumerate() {
-        let Verdict::Fail { kind, reason } = j.verdict else {
+        let Verdict::Fail { kind, reason, .. } = &j.verdict else {
             passing.push(i);
             continue;
         };
+        let kind = *kind;
+        if per_node_log {
+            tracing::debug!(node = %name, "filtered out: {}", j.describe().unwrap_or_default());
+        }
         match failures.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, n)) => *n += 1,
             None => failures.push((kind, 1)),
@@ -202,14 +214,14 @@ pub fn filter(body: &[u8], app: &App) -> Result<Vec<u8>, ExtenderError> {
         Err(_) => Err("volguard's cluster state is unavailable".to_owned()),
         Ok(state) => judge_all(&pod, &candidates.names, &state, &app.config),
     };
-    let result = match judged {
+    match judged {
         Err(why) => {
             tracing::warn!(pod = pod.name(), "extender filter not answered: {why}");
-            ExtenderFilterResult::error(why)
+            serde_json::to_vec(&ExtenderFilterResult::error(why))
         }
-        Ok(judgements) => sort_out(&candidates, judgements, &app.metrics),
-    };
-    serde_json::to_vec(&result).map_err(encode_failed)
+        Ok(judgements) => serde_json::to_vec(&sort_out(&candidates, &judgements, &app.metrics)),
+    }
+    .map_err(encode_failed)
 }
 
 /// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.

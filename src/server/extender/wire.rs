@@ -79,7 +79,7 @@ pub fn node_name<'a>(item: &'a RawValue, index: usize) -> Result<Cow<'a, str>, S
 }
 
 /// Reasons by node name, as the Go `FailedNodesMap`.
-pub type FailedNodesMap<'a> = BTreeMap<&'a str, String>;
+pub type FailedNodesMap<'a> = BTreeMap<&'a str, &'a str>;
 
 /// The answer to `POST /filter`. Every key is always present, as Go encodes it.
 #[derive(Debug, Default, Serialize)]
@@ -137,10 +137,8 @@ mod tests {
         assert_eq!(args.node_names.unwrap()[0].0, "node1");
 
         let mut result = ExtenderFilterResult::error("myerror".into());
-        result.failed_nodes.insert("foo", "bar".into());
-        result
-            .failed_and_unresolvable_nodes
-            .insert("baz", "qux".into());
+        result.failed_nodes.insert("foo", "bar");
+        result.failed_and_unresolvable_nodes.insert("baz", "qux");
         assert_eq!(
             serde_json::to_string(&result).unwrap(),
             r#"{"Nodes":null,"NodeNames":null,"FailedNodes":{"foo":"bar"},"FailedAndUnresolvableNodes":{"baz":"qux"},"Error":"myerror"}"#
