@@ -63,6 +63,7 @@ async fn requests_to_mutate(cp: &ControlPlane) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_created_through_the_api_is_stored_as_volguard_patched_it() {
     let cp = ControlPlane::start_with(Options {
+        volguard_config: control_plane::example_config(),
         scheduler: false,
         ..Options::default()
     })
@@ -163,6 +164,7 @@ async fn a_pod_created_through_the_api_is_stored_as_volguard_patched_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_excluded_namespaces_and_a_stopped_volguard() {
     let mut cp = ControlPlane::start_with(Options {
+        volguard_config: control_plane::example_config(),
         scheduler: false,
         ..Options::default()
     })

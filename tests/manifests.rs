@@ -562,6 +562,11 @@ fn check_extender(extender: &Value, what: &str) {
         format!("volguard.{NAMESPACE}.svc"),
         "{what}: tlsConfig.serverName"
     );
+}
+
+/// An extender added to a scheduler that also schedules other pods routes on the
+/// marker resource.
+fn check_marker_routing(extender: &Value, what: &str) {
     let managed = extender["managedResources"]
         .as_array()
         .unwrap_or_else(|| panic!("{what}: no managedResources"));
@@ -590,8 +595,12 @@ fn check_scheduler(r: &Rendered) {
     let extender = the_extender(&config, "volguard-scheduler-config");
     check_extender(&extender, "volguard-scheduler-config");
 
-    // The marker the webhook injects is the one the scheduler routes on.
-    assert_eq!(volguard_config(r)["markerResource"], MARKER_RESOURCE);
+    // The second scheduler sends volguard every pod it schedules: no marker resource,
+    // which kube-scheduler would otherwise count against pods' requeueing (README).
+    assert_eq!(extender["managedResources"], Value::Null);
+    assert_eq!(volguard_config(r)["markerResource"], "");
+    // The extender sees every node that passed the in-tree filters, not a sample.
+    assert_eq!(config["percentageOfNodesToScore"], 100);
 
     let d = deployment(r, "volguard-scheduler");
     let pod = pod_spec(d);
@@ -754,9 +763,12 @@ fn extender_snippet_matches_the_scheduler_config() {
         "extender-snippet.yaml",
     );
     check_extender(&snippet, "extender-snippet.yaml");
+    check_marker_routing(&snippet, "extender-snippet.yaml");
 
     let r = parse(&kustomize("manifests"), "manifests");
-    let deployed = the_extender(&scheduler_config(&r), "volguard-scheduler-config");
+    let mut deployed = the_extender(&scheduler_config(&r), "volguard-scheduler-config");
+    // The one difference: an existing scheduler schedules other pods too.
+    deployed["managedResources"] = snippet["managedResources"].clone();
     let names = ("scheduler ConfigMap", "snippet");
     if let Some(diff) = first_difference(&deployed, &snippet, "extenders[0]", names) {
         panic!("docs/extender-snippet.yaml drifted from the scheduler ConfigMap: {diff}");

@@ -125,6 +125,24 @@ async fn seed_000_device_annotation_injects_resource_and_device_probe() {
 }
 
 #[tokio::test]
+async fn an_empty_marker_resource_is_not_injected() {
+    let mut config = common::example_config();
+    config.marker_resource = String::new();
+    let state = common::example_state(&config);
+    let server = TestServer::start(config, state).await;
+    let pod = read_doc("examples/pods/seed-000-device.yaml");
+    let (pod, _) = admit_twice(&server, &pod, "default").await;
+    assert_eq!(
+        limits(&pod, 0),
+        [("volumes.brightbox.com/vol-qsk4v".to_owned(), "1".to_owned())].into()
+    );
+    assert_eq!(
+        annotation(&pod, "volguard.io/mutated").as_deref(),
+        Some("limits volumes.brightbox.com/vol-qsk4v=1 (app); liveness probes on app")
+    );
+}
+
+#[tokio::test]
 async fn inline_flex_volume_goes_to_the_mounting_container_not_init() {
     let server = TestServer::example().await;
     let pod = read_doc("examples/pods/flex-inline.yaml");

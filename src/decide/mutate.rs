@@ -76,8 +76,8 @@ pub fn mutate(
             .push((resource, "1".into()));
     }
 
-    // The marker resource routes the pod to the extender.
-    if !containers[0].claims(&config.marker_resource) {
+    // The marker resource routes the pod to the extender, when one is configured.
+    if !config.marker_resource.is_empty() && !containers[0].claims(&config.marker_resource) {
         let count = resolution.volumes.len().to_string();
         injected.push(format!(
             "{}={count} ({})",

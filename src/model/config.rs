@@ -24,7 +24,10 @@ pub struct Config {
     pub annotation_prefix: String,
     /// Policy for volguard's own errors in the webhook.
     pub on_error: OnError,
-    /// Extended resource injected into containers[0] so the scheduler routes the pod to the extender.
+    /// Extended resource injected into containers[0] so that a scheduler whose extender
+    /// lists it in `managedResources` sends the pod to volguard; empty: not injected
+    /// (a scheduler that sends volguard every pod needs none, and kube-scheduler
+    /// requeues pods that carry it late, see the README).
     pub marker_resource: String,
     /// The volume drivers volguard manages; volumes of any other driver are left alone.
     pub drivers: Vec<DriverConfig>,
@@ -218,9 +221,9 @@ impl Config {
                 "annotationPrefix: must be a DNS subdomain such as volguard.io (no '/')".into(),
             );
         }
-        if !self.marker_resource.contains('/') {
+        if !self.marker_resource.is_empty() && !self.marker_resource.contains('/') {
             return Err(format!(
-                "markerResource: {:?} is not an extended resource name: use domain/name, e.g. volguard.io/volumes",
+                "markerResource: {:?} is not an extended resource name: use domain/name, e.g. volguard.io/volumes, or \"\" for none",
                 self.marker_resource
             ));
         }
@@ -340,6 +343,21 @@ mod tests {
         let c = Config::parse("onError: deny\n").unwrap();
         assert_eq!(c.on_error, OnError::Deny);
         assert_eq!(c.marker_resource, "volguard.io/volumes");
+    }
+
+    #[test]
+    fn marker_resource_is_a_resource_name_or_empty() {
+        assert_eq!(
+            Config::parse("markerResource: \"\"\n")
+                .unwrap()
+                .marker_resource,
+            ""
+        );
+        let e = Config::parse("markerResource: volumes\n").unwrap_err();
+        assert_eq!(
+            e,
+            "markerResource: \"volumes\" is not an extended resource name: use domain/name, e.g. volguard.io/volumes, or \"\" for none"
+        );
     }
 
     #[test]

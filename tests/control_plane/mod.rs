@@ -172,11 +172,17 @@ impl Drop for Component {
     }
 }
 
+/// The example config, with its marker resource, for the webhook's own scenarios.
+pub fn example_config() -> Option<String> {
+    Some(fs::read_to_string(repo("examples/config.yaml")).expect("examples/config.yaml"))
+}
+
 /// What to start.
 #[derive(Clone)]
 pub struct Options {
-    /// volguard's config file (YAML); `examples/config.yaml` by default.
-    pub volguard_config: String,
+    /// volguard's config file (YAML); `None`: the one `manifests/` ships in its
+    /// ConfigMap.
+    pub volguard_config: Option<String>,
     /// Start volguard (and register its webhook).
     pub volguard: bool,
     /// Start kube-scheduler with the shipped profile.
@@ -190,8 +196,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            volguard_config: fs::read_to_string(repo("examples/config.yaml"))
-                .expect("examples/config.yaml"),
+            volguard_config: None,
             volguard: true,
             scheduler: true,
             volguard_flags: Vec::new(),
@@ -317,7 +322,7 @@ impl ControlPlane {
         let manifests = cp.rendered_manifests();
         cp.apply_manifests(&manifests).await;
         if options.volguard {
-            cp.start_volguard().await;
+            cp.start_volguard(&manifests).await;
             cp.register_webhook(&manifests).await;
         }
         if options.scheduler {
@@ -390,7 +395,7 @@ impl ControlPlane {
     }
 
     /// `volguard certs`, then `volguard serve` under its ServiceAccount; waits for /readyz.
-    async fn start_volguard(&mut self) {
+    async fn start_volguard(&mut self, manifests: &[Value]) {
         let root = self.dir().to_owned();
         let certs_dir = root.join("volguard-certs");
         let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
@@ -406,7 +411,16 @@ impl ControlPlane {
         let token = self.token("volguard");
         let kubeconfig = root.join("volguard.kubeconfig");
         write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, &token);
-        write(&root.join("volguard.yaml"), &self.options.volguard_config);
+        let config = match &self.options.volguard_config {
+            Some(config) => config.clone(),
+            None => manifests
+                .iter()
+                .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-config")
+                .and_then(|d| d["data"]["config.yaml"].as_str())
+                .unwrap_or_else(|| fail("find volguard's ConfigMap", "absent", None))
+                .to_owned(),
+        };
+        write(&root.join("volguard.yaml"), &config);
         self.volguard_port = free_port();
         self.volguard_metrics_port = free_port();
         self.launch_volguard().await;
@@ -678,6 +692,17 @@ impl ControlPlane {
     /// A schedulable Node: `allocatable` (with cpu, memory, pods defaults) and Ready in
     /// its status, and without the not-ready taint the API server's admission adds.
     pub async fn node(&self, name: &str, annotations: Value, allocatable: Value) {
+        self.node_with(name, annotations, allocatable, &[]).await;
+    }
+
+    /// A schedulable Node, as [`Self::node`], with CSI volumes attached to it.
+    pub async fn node_with(
+        &self,
+        name: &str,
+        annotations: Value,
+        allocatable: Value,
+        attached: &[(&str, &str)],
+    ) {
         let nodes: Api<Node> = Api::all(self.admin.clone());
         let node: Node = serde_json::from_value(json!({
             "metadata": {
@@ -691,7 +716,7 @@ impl ControlPlane {
             .create(&PostParams::default(), &node)
             .await
             .unwrap_or_else(|e| fail(&format!("create Node {name}"), e, Some(&self.apiserver)));
-        self.node_status(name, allocatable).await;
+        self.node_status_with(name, allocatable, attached).await;
         nodes
             .patch(
                 name,
@@ -704,12 +729,30 @@ impl ControlPlane {
 
     /// Sets a node's capacity and allocatable (cpu, memory and pods added) and Ready.
     pub async fn node_status(&self, name: &str, allocatable: Value) {
+        self.node_status_with(name, allocatable, &[]).await;
+    }
+
+    /// Like [`Self::node_status`], with CSI volumes the attach/detach controller lists
+    /// in `status.volumesAttached`: (driver, volume handle).
+    pub async fn node_status_with(
+        &self,
+        name: &str,
+        allocatable: Value,
+        attached: &[(&str, &str)],
+    ) {
         let nodes: Api<Node> = Api::all(self.admin.clone());
         let mut resources = json!({"cpu": "8", "memory": "32Gi", "pods": "110"});
         merge(&mut resources, &allocatable);
+        let attached: Vec<Value> = attached
+            .iter()
+            .map(|(driver, handle)| {
+                json!({"name": format!("kubernetes.io/csi/{driver}^{handle}"), "devicePath": ""})
+            })
+            .collect();
         let status = json!({"status": {
             "capacity": resources,
             "allocatable": resources,
+            "volumesAttached": attached,
             "conditions": [{
                 "type": "Ready", "status": "True", "reason": "KubeletReady",
                 "message": "no kubelet: a test node",
@@ -724,16 +767,19 @@ impl ControlPlane {
 
     /// A CSINode registering `driver` on `node`, with an attach limit when given.
     pub async fn csinode(&self, node: &str, driver: &str, count: Option<i32>) {
-        let mut entry = json!({"name": driver, "nodeID": node, "topologyKeys": null});
+        let mut entry = json!({"name": driver, "nodeID": node});
         if let Some(count) = count {
             entry["allocatable"] = json!({"count": count});
         }
-        self.create(json!({
-            "apiVersion": "storage.k8s.io/v1", "kind": "CSINode",
+        let csinode: k8s_openapi::api::storage::v1::CSINode = serde_json::from_value(json!({
             "metadata": {"name": node},
             "spec": {"drivers": [entry]},
         }))
-        .await;
+        .expect("CSINode");
+        Api::all(self.admin.clone())
+            .create(&PostParams::default(), &csinode)
+            .await
+            .unwrap_or_else(|e| fail(&format!("create CSINode {node}"), e, Some(&self.apiserver)));
     }
 
     /// A PV of CSI `driver` with `handle` bound to a new claim `namespace/claim`, both
@@ -747,6 +793,27 @@ impl ControlPlane {
         handle: &str,
         access_mode: &str,
     ) {
+        // The claim first, with the annotation the PV controller sets when it binds
+        // (kube-scheduler's VolumeBinding counts a claim as bound only with it), then
+        // the PV pointing back at the claim's uid.
+        let stored = self
+            .create(json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    "name": claim, "namespace": namespace,
+                    "annotations": {
+                        "pv.kubernetes.io/bind-completed": "yes",
+                        "pv.kubernetes.io/bound-by-controller": "yes",
+                    },
+                },
+                "spec": {
+                    "accessModes": [access_mode],
+                    "resources": {"requests": {"storage": "10Gi"}},
+                    "storageClassName": "",
+                    "volumeName": pv,
+                },
+            }))
+            .await;
         self.create(json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": pv},
@@ -756,18 +823,11 @@ impl ControlPlane {
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": "",
                 "csi": {"driver": driver, "volumeHandle": handle},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        }))
-        .await;
-        self.create(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": namespace},
-            "spec": {
-                "accessModes": [access_mode],
-                "resources": {"requests": {"storage": "10Gi"}},
-                "storageClassName": "",
-                "volumeName": pv,
+                "claimRef": {
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "namespace": namespace, "name": claim,
+                    "uid": stored["metadata"]["uid"],
+                },
             },
         }))
         .await;
@@ -929,6 +989,26 @@ impl ControlPlane {
     }
 }
 
+impl Drop for ControlPlane {
+    /// On a failed test, the last lines of every component's log; with
+    /// `VOLGUARD_E2E_KEEP=1`, the folder (logs, certificates, kubeconfigs) is kept.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let components = [Some(&self.etcd), Some(&self.apiserver)]
+                .into_iter()
+                .chain([self.volguard.as_ref(), self.scheduler.as_ref()])
+                .flatten();
+            for c in components {
+                eprintln!("--- last lines of the {} log ---\n{}", c.name, c.tail(25));
+            }
+        }
+        if std::env::var_os("VOLGUARD_E2E_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("control plane files kept in {}", dir.keep().display());
+        }
+    }
+}
+
 async fn start_etcd(bin: &Path, root: &Path) -> (Component, String) {
     let mut last = None;
     for _ in 0..3 {
@@ -991,6 +1071,8 @@ async fn start_apiserver(
             .arg(format!("--tls-private-key-file={}", file("api.key")))
             .arg(format!("--token-auth-file={}", file("tokens.csv")))
             .arg("--authorization-mode=Node,RBAC")
+            // Watchers (volguard, the scheduler) would hold a stop for 60 s.
+            .arg("--shutdown-watch-termination-grace-period=2s")
             .arg(format!("--service-account-key-file={}", file("sa.pub")))
             .arg(format!(
                 "--service-account-signing-key-file={}",
@@ -1182,5 +1264,89 @@ mod loopback_http {
                 .to_bytes();
             Ok((status, String::from_utf8_lossy(&body).into_owned()))
         }
+    }
+}
+
+/// Helpers for measurements (`examples/scheduler_bench.rs`) and later scenarios.
+impl ControlPlane {
+    /// The API server's `/metrics` (Prometheus text), scraped as the admin.
+    pub async fn apiserver_metrics(&self) -> String {
+        let url = format!("https://127.0.0.1:{}/metrics", self.api_port);
+        match http(Some(&self.api_ca))
+            .get_with_token(&url, ADMIN_TOKEN)
+            .await
+        {
+            Ok((200, body)) => body,
+            Ok((status, body)) => fail(
+                "scrape the API server's /metrics",
+                format!("{status}: {body}"),
+                Some(&self.apiserver),
+            ),
+            Err(e) => fail("scrape the API server's /metrics", e, Some(&self.apiserver)),
+        }
+    }
+
+    /// The KubeSchedulerConfiguration `manifests/` ships, as written there (before the
+    /// harness points it at this control plane).
+    pub fn shipped_scheduler_config(&self) -> Value {
+        let manifests = self.rendered_manifests();
+        let shipped = manifests
+            .iter()
+            .find(|d| {
+                d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config"
+            })
+            .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
+            .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None))
+            .to_owned();
+        volguard::sources::snapshot::parse_documents(&shipped, false)
+            .ok()
+            .and_then(|mut d| d.pop())
+            .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None))
+    }
+
+    /// Starts kube-scheduler with the shipped profile now, for a control plane started
+    /// with `scheduler: false`; waits until it holds its leader Lease.
+    pub async fn start_shipped_scheduler(&mut self) {
+        let manifests = self.rendered_manifests();
+        self.start_scheduler(&manifests).await;
+    }
+
+    /// Another kube-scheduler process with `config` (a KubeSchedulerConfiguration; its
+    /// `clientConnection.kubeconfig` is set here, to a token of the shipped scheduler
+    /// ServiceAccount), logging to `<name>.log`. Not waited for: it schedules once its
+    /// informers have synced.
+    pub fn extra_scheduler(&self, name: &'static str, mut config: Value) -> Component {
+        let root = self.dir().to_owned();
+        let kubeconfig = root.join(format!("{name}.kubeconfig"));
+        let token = self.token("volguard-scheduler");
+        write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, &token);
+        merge(
+            &mut config,
+            &json!({"clientConnection": {"kubeconfig": kubeconfig}}),
+        );
+        let path = root.join(format!("{name}.json"));
+        write(&path, &config.to_string());
+        let mut command = Command::new(binaries().join("kube-scheduler"));
+        command
+            .arg(format!("--config={}", path.display()))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg("--v=2");
+        Component::spawn(name, command, root.join(format!("{name}.log")))
+    }
+}
+
+impl Component {
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }

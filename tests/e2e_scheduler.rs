@@ -1,0 +1,365 @@
+//! The extender driven by the real kube-scheduler (see `tests/control_plane/`): pods
+//! created through the real API server, patched by the webhook, bound by kube-scheduler
+//! with the shipped profile following volguard's verdicts.
+
+mod common;
+mod control_plane;
+
+use std::time::{Duration, Instant};
+
+use control_plane::{ControlPlane, Options};
+use futures::{StreamExt, stream};
+use serde_json::{Value, json};
+
+const LINODE: &str = "linodebs.csi.linode.com";
+const BRIGHTBOX: &str = "csi.brightbox.com";
+/// How long a test waits for a binding: the scheduler's pod backoff tops out at 10 s.
+const BIND: Duration = Duration::from_secs(60);
+
+/// A pod for the volguard scheduler using claims `claims`, plus device annotations.
+fn pod(name: &str, claims: &[&str], devices: Option<&str>) -> Value {
+    let volumes: Vec<Value> = claims
+        .iter()
+        .map(|c| json!({"name": c, "persistentVolumeClaim": {"claimName": c}}))
+        .collect();
+    let mounts: Vec<Value> = claims
+        .iter()
+        .map(|c| json!({"name": c, "mountPath": format!("/{c}")}))
+        .collect();
+    let mut pod = json!({
+        "metadata": {"name": name},
+        "spec": {
+            "schedulerName": control_plane::SCHEDULER,
+            "containers": [{"name": "app", "image": "busybox", "volumeMounts": mounts}],
+            "volumes": volumes,
+        },
+    });
+    if let Some(devices) = devices {
+        pod["metadata"]["annotations"] = json!({"volguard.io/devices": devices});
+    }
+    pod
+}
+
+/// A node registering linode with `count` slots, with `used` linode volumes attached.
+async fn linode_node(
+    cp: &ControlPlane,
+    name: &str,
+    count: Option<i32>,
+    used: &[&str],
+    annotations: Value,
+) {
+    let attached: Vec<(&str, &str)> = used.iter().map(|h| (LINODE, *h)).collect();
+    cp.node_with(name, annotations, json!({}), &attached).await;
+    cp.csinode(name, LINODE, count).await;
+}
+
+async fn filter_requests(cp: &ControlPlane) -> u64 {
+    cp.volguard_metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("volguard_requests_total{") && l.contains("endpoint=\"/filter\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_plugin_pod_is_bound_where_its_volume_is_attached() {
+    let cp = ControlPlane::start().await;
+    cp.namespace("shop").await;
+    for (node, count) in [("node-a", "0"), ("node-b", "1"), ("node-c", "0")] {
+        cp.node(
+            node,
+            json!({}),
+            json!({"volumes.brightbox.com/vol-qsk4v": count}),
+        )
+        .await;
+        cp.csinode(node, BRIGHTBOX, None).await;
+    }
+    let before = filter_requests(&cp).await;
+    cp.pod("shop", pod("seed", &[], Some("brightbox=vol-qsk4v")))
+        .await;
+    assert_eq!(
+        cp.bound_node("shop", "seed", BIND).await.as_deref(),
+        Some("node-b")
+    );
+    assert!(
+        filter_requests(&cp).await > before,
+        "the scheduler asked volguard (the marker resource routes the pod to the extender)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_limits_from_csinode_and_annotation_steer_the_scheduler() {
+    let cp = ControlPlane::start().await;
+    cp.namespace("shop").await;
+    cp.bound_claim(
+        "shop",
+        "data",
+        "pv-data",
+        LINODE,
+        "310100-data",
+        "ReadWriteOnce",
+    )
+    .await;
+    // node-1: CSINode says 1, one volume attached: full.
+    linode_node(&cp, "node-1", Some(1), &["310001-a"], json!({})).await;
+    // node-2: CSINode says 8 but the node annotation says 1, one attached: full.
+    linode_node(
+        &cp,
+        "node-2",
+        Some(8),
+        &["310002-b"],
+        json!({"volguard.io/attach-limit": "1"}),
+    )
+    .await;
+    // node-3: 2 slots, 1 used: room for the pod.
+    linode_node(&cp, "node-3", Some(2), &["310003-c"], json!({})).await;
+    cp.pod("shop", pod("web", &["data"], None)).await;
+    assert_eq!(
+        cp.bound_node("shop", "web", BIND).await.as_deref(),
+        Some("node-3")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_config_default_limit_applies_where_nothing_else_says() {
+    let config =
+        std::fs::read_to_string(control_plane::repo("manifests/base/configmap.yaml")).unwrap();
+    let config = config
+        .split_once("config.yaml: |\n")
+        .expect("the shipped ConfigMap")
+        .1
+        .replace("fromCSINode: true", "fromCSINode: false")
+        .replace("default: 8", "default: 1");
+    assert!(config.contains("default: 1"), "the shipped config changed");
+    let cp = ControlPlane::start_with(Options {
+        volguard_config: Some(config),
+        ..Options::default()
+    })
+    .await;
+    cp.namespace("shop").await;
+    cp.bound_claim(
+        "shop",
+        "data",
+        "pv-data",
+        LINODE,
+        "310100-data",
+        "ReadWriteOnce",
+    )
+    .await;
+    linode_node(&cp, "node-1", Some(16), &["310001-a"], json!({})).await;
+    linode_node(&cp, "node-2", Some(16), &[], json!({})).await;
+    cp.pod("shop", pod("web", &["data"], None)).await;
+    assert_eq!(
+        cp.bound_node("shop", "web", BIND).await.as_deref(),
+        Some("node-2"),
+        "node-1 is at the config default of 1 (its CSINode count is not read)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_write_once_volume_in_use_keeps_its_next_pod_on_the_same_node() {
+    let cp = ControlPlane::start().await;
+    cp.namespace("shop").await;
+    cp.bound_claim("shop", "db", "pv-db", LINODE, "310100-db", "ReadWriteOnce")
+        .await;
+    for node in ["node-1", "node-2", "node-3"] {
+        linode_node(&cp, node, Some(8), &[], json!({})).await;
+    }
+    let mut first = pod("db-0", &["db"], None);
+    first["spec"]["nodeName"] = "node-2".into();
+    cp.pod("shop", first).await;
+    cp.pod("shop", pod("db-reader", &["db"], None)).await;
+    assert_eq!(
+        cp.bound_node("shop", "db-reader", BIND).await.as_deref(),
+        Some("node-2")
+    );
+}
+
+/// The FailedScheduling text an operator reads in `kubectl describe pod`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_that_fits_nowhere_stays_pending_with_volguards_reasons() {
+    let cp = ControlPlane::start().await;
+    cp.namespace("shop").await;
+    cp.bound_claim(
+        "shop",
+        "data",
+        "pv-data",
+        LINODE,
+        "310100-data",
+        "ReadWriteOnce",
+    )
+    .await;
+    linode_node(&cp, "node-1", Some(1), &["310001-a"], json!({})).await;
+    linode_node(&cp, "node-2", Some(1), &["310002-b"], json!({})).await;
+    linode_node(
+        &cp,
+        "node-3",
+        Some(8),
+        &["310003-c"],
+        json!({"volguard.io/attach-limit": "1"}),
+    )
+    .await;
+    // node-4: the linode node plugin never registered.
+    cp.node("node-4", json!({}), json!({})).await;
+    cp.pod("shop", pod("web", &["data"], None)).await;
+    let message = cp
+        .unschedulable_message("shop", "web")
+        .await
+        .expect("the scheduler reports the pod unschedulable");
+    assert_eq!(
+        message,
+        "0/4 nodes are available: 1 node(s) at the linode attach limit (limit from node annotation volguard.io/attach-limit), \
+         1 node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?), \
+         2 node(s) at the linode attach limit (limit from CSINode). \
+         preemption: 0/4 nodes are available: 1 Preemption is not helpful for scheduling, 3 No preemption victims found for incoming pod."
+    );
+    let events = cp.events("shop", "web", "FailedScheduling").await;
+    assert!(events.contains(&message), "{events:?}");
+}
+
+/// With hundreds of nodes of which a handful fit, the shipped profile lets the
+/// extender see every node that passed the in-tree filters, so the first attempt binds.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_nodes_few_fits_bind_in_the_first_attempt() {
+    const NODES: usize = 500;
+    let cp = ControlPlane::start().await;
+    cp.namespace("shop").await;
+    cp.bound_claim(
+        "shop",
+        "data",
+        "pv-data",
+        LINODE,
+        "310100-data",
+        "ReadWriteOnce",
+    )
+    .await;
+    let fits = ["node-123", "node-321", "node-455"];
+    let names: Vec<String> = (0..NODES).map(|i| format!("node-{i:03}")).collect();
+    stream::iter(names.iter())
+        .for_each_concurrent(16, |name| {
+            let cp = &cp;
+            async move {
+                let handle = format!("full-{name}");
+                if fits.contains(&name.as_str()) {
+                    linode_node(cp, name, Some(4), &[&handle], json!({})).await;
+                } else {
+                    linode_node(cp, name, Some(1), &[&handle], json!({})).await;
+                }
+            }
+        })
+        .await;
+    let created = Instant::now();
+    cp.pod("shop", pod("web", &["data"], None)).await;
+    let node = cp.bound_node("shop", "web", BIND).await;
+    let elapsed = created.elapsed();
+    assert!(
+        node.as_deref().is_some_and(|n| fits.contains(&n)),
+        "bound to {node:?}"
+    );
+    assert_eq!(
+        cp.events("shop", "web", "FailedScheduling").await,
+        Vec::<String>::new(),
+        "no failed attempt before the binding"
+    );
+    println!("{NODES} nodes, 3 fit: bound in {elapsed:?}");
+}
+
+/// A pending pod is bound once a change made through the API frees a node: time from
+/// the change to the binding is printed (the README quotes it).
+#[tokio::test(flavor = "multi_thread")]
+async fn live_changes_let_a_pending_pod_be_bound() {
+    let cp = ControlPlane::start().await;
+    cp.namespace("shop").await;
+    for (i, claim) in ["a", "b", "c"].iter().enumerate() {
+        cp.bound_claim(
+            "shop",
+            claim,
+            &format!("pv-{claim}"),
+            LINODE,
+            &format!("31010{i}-{claim}"),
+            "ReadWriteOnce",
+        )
+        .await;
+    }
+    // A VolumeAttachment of another volume fills node-1.
+    cp.namespace("other").await;
+    cp.bound_claim("other", "x", "pv-x", LINODE, "310900-x", "ReadWriteOnce")
+        .await;
+    linode_node(&cp, "node-1", Some(1), &[], json!({})).await;
+    cp.attachment("va-x", LINODE, "node-1", "pv-x").await;
+    // node-2 advertises the device at 0 (detached).
+    cp.node(
+        "node-2",
+        json!({}),
+        json!({"volumes.brightbox.com/vol-live": "0"}),
+    )
+    .await;
+    cp.csinode("node-2", BRIGHTBOX, None).await;
+    // node-3: the annotation allows nothing.
+    linode_node(
+        &cp,
+        "node-3",
+        Some(8),
+        &[],
+        json!({"volguard.io/attach-limit": "0"}),
+    )
+    .await;
+
+    let mut figures = Vec::new();
+    // 1. Deleting the VolumeAttachment frees node-1.
+    cp.pod("shop", pod("by-detach", &["a"], None)).await;
+    cp.unschedulable_message("shop", "by-detach")
+        .await
+        .expect("pending");
+    let change = Instant::now();
+    cp.delete(&["volumeattachment", "va-x"]);
+    assert_eq!(
+        cp.bound_node("shop", "by-detach", BIND).await.as_deref(),
+        Some("node-1")
+    );
+    figures.push(("VolumeAttachment deleted", change.elapsed()));
+
+    // 2. The device plugin reports the device at 1 on node-2.
+    cp.pod("shop", pod("by-device", &[], Some("brightbox=vol-live")))
+        .await;
+    cp.unschedulable_message("shop", "by-device")
+        .await
+        .expect("pending");
+    let change = Instant::now();
+    cp.node_status("node-2", json!({"volumes.brightbox.com/vol-live": "1"}))
+        .await;
+    assert_eq!(
+        cp.bound_node("shop", "by-device", BIND).await.as_deref(),
+        Some("node-2")
+    );
+    figures.push(("device count raised to 1", change.elapsed()));
+
+    // 3. The node annotation is raised on node-3.
+    cp.pod("shop", pod("by-annotation", &["c"], None)).await;
+    cp.unschedulable_message("shop", "by-annotation")
+        .await
+        .expect("pending");
+    let change = Instant::now();
+    let (ok, _, err) = cp.kubectl(
+        &[
+            "annotate",
+            "--overwrite",
+            "node",
+            "node-3",
+            "volguard.io/attach-limit=4",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        cp.bound_node("shop", "by-annotation", BIND)
+            .await
+            .as_deref(),
+        Some("node-3")
+    );
+    figures.push(("node annotation raised", change.elapsed()));
+    for (what, took) in figures {
+        println!("time from change to binding: {what}: {took:?}");
+    }
+}
