@@ -363,3 +363,68 @@ async fn live_changes_let_a_pending_pod_be_bound() {
         println!("time from change to binding: {what}: {took:?}");
     }
 }
+
+/// With the shipped `scheduling.schedulerName`, a pod that names no scheduler is routed
+/// to volguard's and placed by its verdicts; a pod without managed volumes stays with
+/// the default scheduler.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_are_routed_to_the_volguard_scheduler_without_naming_it() {
+    let cp = ControlPlane::start_with(Options {
+        default_scheduler: true,
+        ..Options::default()
+    })
+    .await;
+    cp.namespace("shop").await;
+    cp.bound_claim(
+        "shop",
+        "data",
+        "pv-data",
+        LINODE,
+        "310100-data",
+        "ReadWriteOnce",
+    )
+    .await;
+    linode_node(&cp, "node-1", Some(1), &["310001-a"], json!({})).await;
+    linode_node(&cp, "node-2", Some(4), &[], json!({})).await;
+
+    let mut managed = pod("web", &["data"], None);
+    managed["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("schedulerName");
+    let stored = cp.pod("shop", managed).await;
+    assert_eq!(
+        stored.spec.as_ref().unwrap().scheduler_name.as_deref(),
+        Some(control_plane::SCHEDULER)
+    );
+    assert_eq!(
+        cp.bound_node("shop", "web", BIND).await.as_deref(),
+        Some("node-2"),
+        "node-1 is at its attach limit"
+    );
+
+    let mut plain = pod("plain", &[], None);
+    plain["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("schedulerName");
+    let stored = cp.pod("shop", plain).await;
+    assert_eq!(
+        stored.spec.as_ref().unwrap().scheduler_name.as_deref(),
+        Some("default-scheduler")
+    );
+    assert!(cp.bound_node("shop", "plain", BIND).await.is_some());
+
+    let by = |pod: &'static str| {
+        let cp = &cp;
+        async move {
+            control_plane::wait_for(Duration::from_secs(30), || async {
+                cp.events_from("shop", pod, "Scheduled").await.pop()
+            })
+            .await
+            .map(|(by, _)| by)
+        }
+    };
+    assert_eq!(by("web").await.as_deref(), Some(control_plane::SCHEDULER));
+    assert_eq!(by("plain").await.as_deref(), Some("default-scheduler"));
+}

@@ -599,6 +599,11 @@ fn check_scheduler(r: &Rendered) {
     // which kube-scheduler would otherwise count against pods' requeueing (README).
     assert_eq!(extender["managedResources"], Value::Null);
     assert_eq!(volguard_config(r)["markerResource"], "");
+    // ... and the webhook routes managed pods to it.
+    assert_eq!(
+        volguard_config(r)["scheduling"]["schedulerName"],
+        "volguard-scheduler"
+    );
     // The extender sees every node that passed the in-tree filters, not a sample.
     assert_eq!(config["percentageOfNodesToScore"], 100);
 

@@ -464,3 +464,75 @@ async fn bad_input_gets_one_line_400_or_413_and_the_server_keeps_serving() {
         .await;
     assert_eq!(status, StatusCode::OK, "still answering reviews");
 }
+
+/// The example server with `scheduling.schedulerName: volguard-scheduler`.
+async fn routing_server() -> TestServer {
+    let mut config = common::example_config();
+    config.scheduling.scheduler_name = Some("volguard-scheduler".into());
+    let state = common::example_state(&config);
+    TestServer::start(config, state).await
+}
+
+fn scheduler(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref()?.scheduler_name.as_deref()
+}
+
+#[tokio::test]
+async fn managed_pods_are_routed_to_the_configured_scheduler() {
+    let server = routing_server().await;
+    let seed = read_doc("examples/pods/seed-000-device.yaml");
+    for written in [None, Some("default-scheduler")] {
+        let mut pod = seed.clone();
+        if let Some(name) = written {
+            pod["spec"]["schedulerName"] = name.into();
+        }
+        // admit_twice also proves a second pass adds nothing.
+        let (pod, response) = admit_twice(&server, &pod, "default").await;
+        assert_eq!(scheduler(&pod), Some("volguard-scheduler"), "{written:?}");
+        assert_eq!(response.get("warnings"), None, "{response}");
+        assert_eq!(
+            annotation(&pod, "volguard.io/mutated").as_deref(),
+            Some(
+                "limits volumes.brightbox.com/vol-qsk4v=1 (app), volguard.io/volumes=1 (app); \
+                 liveness probes on app; scheduler volguard-scheduler"
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pod_naming_another_scheduler_is_left_there_with_a_warning() {
+    let server = routing_server().await;
+    let mut pod = read_doc("examples/pods/seed-000-device.yaml");
+    pod["spec"]["schedulerName"] = "gpu-scheduler".into();
+    let (pod, response) = admit_twice(&server, &pod, "default").await;
+    assert_eq!(scheduler(&pod), Some("gpu-scheduler"));
+    assert_eq!(
+        common::first_warning(&response),
+        "volguard: the pod names scheduler \"gpu-scheduler\", so \"volguard-scheduler\" will not \
+         schedule it and volguard's extender will not check its nodes"
+    );
+    assert!(
+        limits(&pod, 0).contains_key("volumes.brightbox.com/vol-qsk4v"),
+        "the volume is still injected"
+    );
+}
+
+#[tokio::test]
+async fn routing_skips_opted_out_and_unmanaged_pods() {
+    let server = routing_server().await;
+    let mut opted_out = read_doc("examples/pods/seed-000-device.yaml");
+    opted_out["metadata"]["annotations"]["volguard.io/route"] = "false".into();
+    let (pod, _) = admit_twice(&server, &opted_out, "default").await;
+    assert_eq!(scheduler(&pod), None);
+    assert!(
+        !annotation(&pod, "volguard.io/mutated")
+            .unwrap()
+            .contains("scheduler"),
+    );
+
+    let plain = read_doc("examples/pods/no-volumes.yaml");
+    let (pod, response) = admit_twice(&server, &plain, "default").await;
+    assert_eq!(scheduler(&pod), None);
+    assert_eq!(patch_of(&response), None, "no managed volume: left alone");
+}

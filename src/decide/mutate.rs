@@ -25,6 +25,9 @@ pub struct Mutation {
     pub summary: String,
     /// Managed driver names of the injected volumes, for metrics.
     pub drivers: Vec<String>,
+    /// What the user should know about the pod as written (a scheduler volguard will
+    /// not route it away from).
+    pub warnings: Vec<String>,
 }
 
 /// Computes the patch for `pod` given its resolved volumes. Existing resource entries
@@ -39,6 +42,7 @@ pub fn mutate(
         patch: Patch(Vec::new()),
         summary: String::new(),
         drivers: Vec::new(),
+        warnings: Vec::new(),
     };
     let said = |name: &str| pod.annotation(&config.annotation(name)).map(str::trim);
     let containers = pod.containers();
@@ -110,8 +114,27 @@ pub fn mutate(
         }
     }
 
+    // Routing to the configured scheduler.
+    let mut warnings = Vec::new();
+    let mut routed = None;
+    if let Some(target) = &config.scheduling.scheduler_name
+        && pod.node_name().is_none()
+        && said("route") != Some("false")
+    {
+        match pod.scheduler_name() {
+            Some(name) if name == target => {}
+            None | Some("default-scheduler") => {
+                ops.push(add(&["spec", "schedulerName"], json!(target)));
+                routed = Some(target.clone());
+            }
+            Some(other) => warnings.push(format!(
+                "the pod names scheduler {other:?}, so {target:?} will not schedule it and volguard's extender will not check its nodes"
+            )),
+        }
+    }
+
     if ops.is_empty() {
-        return empty;
+        return Mutation { warnings, ..empty };
     }
     let mut parts = Vec::new();
     if !injected.is_empty() {
@@ -119,6 +142,9 @@ pub fn mutate(
     }
     if !probed.is_empty() {
         parts.push(format!("liveness probes on {}", probed.join(", ")));
+    }
+    if let Some(scheduler) = routed {
+        parts.push(format!("scheduler {scheduler}"));
     }
     let summary = parts.join("; ");
     let labels: Vec<String> = resolution
@@ -142,6 +168,7 @@ pub fn mutate(
         patch: Patch(ops),
         summary,
         drivers: driver_names,
+        warnings,
     }
 }
 

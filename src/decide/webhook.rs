@@ -37,9 +37,8 @@ pub fn decide(
     if resolution.volumes.is_empty() && resolution.warnings.is_empty() {
         return Ok(Decision::Untouched);
     }
-    let mutation = mutate(pod, &resolution, config, state.drivers());
-    Ok(Decision::Mutated {
-        mutation,
-        warnings: resolution.warnings,
-    })
+    let mut mutation = mutate(pod, &resolution, config, state.drivers());
+    let mut warnings = resolution.warnings;
+    warnings.append(&mut mutation.warnings);
+    Ok(Decision::Mutated { mutation, warnings })
 }

@@ -98,7 +98,7 @@ pub struct ProbeConfig {
     pub failure_threshold: i32,
 }
 
-/// Which extender rules are active.
+/// Which extender rules are active, and which scheduler managed pods are sent to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct SchedulingConfig {
@@ -106,6 +106,9 @@ pub struct SchedulingConfig {
     pub require_registered_driver: bool,
     /// A RWO/RWOP volume in use on node M fails other nodes.
     pub exclusive_read_write_once: bool,
+    /// When set, the webhook routes pods with managed volumes that name no scheduler (or
+    /// `default-scheduler`) to this one, so users need not write it in every workload.
+    pub scheduler_name: Option<String>,
 }
 
 fn default_flex_option() -> String {
@@ -171,6 +174,7 @@ impl Default for SchedulingConfig {
         Self {
             require_registered_driver: true,
             exclusive_read_write_once: true,
+            scheduler_name: None,
         }
     }
 }
@@ -225,6 +229,17 @@ impl Config {
             return Err(format!(
                 "markerResource: {:?} is not an extended resource name: use domain/name, e.g. volguard.io/volumes, or \"\" for none",
                 self.marker_resource
+            ));
+        }
+        if let Some(name) = &self.scheduling.scheduler_name
+            && (name.is_empty()
+                || name.len() > 253
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
+        {
+            return Err(format!(
+                "scheduling.schedulerName: {name:?} is not a scheduler name (lowercase letters, digits, '-' and '.'), e.g. volguard-scheduler"
             ));
         }
         let mut names = std::collections::HashSet::new();
@@ -357,6 +372,20 @@ mod tests {
         assert_eq!(
             e,
             "markerResource: \"volumes\" is not an extended resource name: use domain/name, e.g. volguard.io/volumes, or \"\" for none"
+        );
+    }
+
+    #[test]
+    fn scheduler_name_must_be_a_name() {
+        let c = Config::parse("scheduling:\n  schedulerName: volguard-scheduler\n").unwrap();
+        assert_eq!(
+            c.scheduling.scheduler_name.as_deref(),
+            Some("volguard-scheduler")
+        );
+        let e = Config::parse("scheduling:\n  schedulerName: Volguard Scheduler\n").unwrap_err();
+        assert_eq!(
+            e,
+            "scheduling.schedulerName: \"Volguard Scheduler\" is not a scheduler name (lowercase letters, digits, '-' and '.'), e.g. volguard-scheduler"
         );
     }
 

@@ -51,6 +51,9 @@ pub struct SpecView {
     /// The node the pod is bound to.
     #[serde(default)]
     pub node_name: Option<String>,
+    /// The scheduler that places it; the API server defaults it to `default-scheduler`.
+    #[serde(default)]
+    pub scheduler_name: Option<String>,
     /// The pod's volumes.
     #[serde(default, deserialize_with = "null_is_empty")]
     pub volumes: Vec<VolumeView>,
@@ -267,6 +270,15 @@ impl PodView {
             .filter(|n| !n.is_empty())
     }
 
+    /// The scheduler it names; `None` when it names none.
+    pub fn scheduler_name(&self) -> Option<&str> {
+        self.spec
+            .as_ref()?
+            .scheduler_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+    }
+
     /// Succeeded or Failed: it holds no volume any more.
     pub fn is_terminal(&self) -> bool {
         let phase = self.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -334,6 +346,7 @@ impl From<Pod> for PodView {
             }),
             spec: pod.spec.map(|s| SpecView {
                 node_name: s.node_name,
+                scheduler_name: s.scheduler_name,
                 volumes: s
                     .volumes
                     .unwrap_or_default()

@@ -41,6 +41,8 @@ use volguard::server::certs;
 
 /// The admin's bearer token (group `system:masters`).
 const ADMIN_TOKEN: &str = "volguard-e2e-admin-token";
+/// The stock scheduler's bearer token (user `system:kube-scheduler`).
+const SCHEDULER_TOKEN: &str = "volguard-e2e-kube-scheduler-token";
 /// volguard's namespace in `manifests/`.
 pub const NAMESPACE: &str = "volguard-system";
 /// The scheduler name the shipped profile uses.
@@ -191,6 +193,9 @@ pub struct Options {
     pub volguard_flags: Vec<String>,
     /// Changes to the shipped KubeSchedulerConfiguration (merged into it).
     pub scheduler_config: Option<Value>,
+    /// Also start a stock kube-scheduler with the default profile (`default-scheduler`),
+    /// as the identity `system:kube-scheduler`, without volguard.
+    pub default_scheduler: bool,
 }
 
 impl Default for Options {
@@ -201,6 +206,7 @@ impl Default for Options {
             scheduler: true,
             volguard_flags: Vec::new(),
             scheduler_config: None,
+            default_scheduler: false,
         }
     }
 }
@@ -212,6 +218,7 @@ pub struct ControlPlane {
     pub apiserver: Component,
     pub volguard: Option<Component>,
     pub scheduler: Option<Component>,
+    pub default_scheduler: Option<Component>,
     /// The API server's secure port.
     pub api_port: u16,
     /// volguard's TLS and plain ports.
@@ -294,7 +301,10 @@ impl ControlPlane {
         write(&root.join("sa.pub"), &sa_key.public_key_pem());
         write(
             &root.join("tokens.csv"),
-            &format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n"),
+            &format!(
+                "{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n\
+                 {SCHEDULER_TOKEN},system:kube-scheduler,kube-scheduler-uid\n"
+            ),
         );
 
         let (etcd, etcd_url) = start_etcd(&bin, &root).await;
@@ -308,6 +318,7 @@ impl ControlPlane {
             apiserver,
             volguard: None,
             scheduler: None,
+            default_scheduler: None,
             api_port,
             volguard_port: 0,
             volguard_metrics_port: 0,
@@ -328,7 +339,44 @@ impl ControlPlane {
         if options.scheduler {
             cp.start_scheduler(&manifests).await;
         }
+        if options.default_scheduler {
+            cp.start_default_scheduler().await;
+        }
         cp
+    }
+
+    /// A stock kube-scheduler with the default profile and no extender.
+    async fn start_default_scheduler(&mut self) {
+        let root = self.dir().to_owned();
+        let kubeconfig = root.join("default-scheduler.kubeconfig");
+        write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, SCHEDULER_TOKEN);
+        let config = json!({
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": kubeconfig},
+            "leaderElection": {"leaderElect": false},
+        });
+        let path = root.join("default-scheduler.json");
+        write(&path, &config.to_string());
+        let mut command = Command::new(binaries().join("kube-scheduler"));
+        command
+            .arg(format!("--config={}", path.display()))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg("--v=2");
+        self.default_scheduler = Some(Component::spawn(
+            "default kube-scheduler",
+            command,
+            root.join("default-scheduler.log"),
+        ));
     }
 
     /// The folder of this control plane's files.
@@ -980,6 +1028,52 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
+    /// The pod's events with `reason`: (the scheduler or controller that reported it,
+    /// message), oldest first.
+    pub async fn events_from(
+        &self,
+        namespace: &str,
+        pod: &str,
+        reason: &str,
+    ) -> Vec<(String, String)> {
+        let (ok, out, _) = self.kubectl(
+            &[
+                "get",
+                "events",
+                "-n",
+                namespace,
+                "-o",
+                "json",
+                &format!("--field-selector=involvedObject.name={pod},reason={reason}"),
+            ],
+            None,
+        );
+        let list: Value = if ok {
+            serde_json::from_str(&out).unwrap_or_default()
+        } else {
+            Value::Null
+        };
+        list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|e| {
+                        let by = e["reportingComponent"]
+                            .as_str()
+                            .filter(|s| !s.is_empty())
+                            .or(e["source"]["component"].as_str())
+                            .unwrap_or_default();
+                        (
+                            by.to_owned(),
+                            e["message"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Deletes a pod at once (no kubelet will confirm a graceful delete).
     pub async fn delete_pod_now(&self, namespace: &str, name: &str) {
         let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
@@ -996,7 +1090,11 @@ impl Drop for ControlPlane {
         if std::thread::panicking() {
             let components = [Some(&self.etcd), Some(&self.apiserver)]
                 .into_iter()
-                .chain([self.volguard.as_ref(), self.scheduler.as_ref()])
+                .chain([
+                    self.volguard.as_ref(),
+                    self.scheduler.as_ref(),
+                    self.default_scheduler.as_ref(),
+                ])
                 .flatten();
             for c in components {
                 eprintln!("--- last lines of the {} log ---\n{}", c.name, c.tail(25));
@@ -1269,6 +1367,12 @@ mod loopback_http {
 
 /// Helpers for measurements (`examples/scheduler_bench.rs`) and later scenarios.
 impl ControlPlane {
+    /// The admin's bearer token (group `system:masters`), e.g. for the components'
+    /// own `/metrics`, which they authorize through the API server.
+    pub fn admin_token(&self) -> &'static str {
+        ADMIN_TOKEN
+    }
+
     /// The API server's `/metrics` (Prometheus text), scraped as the admin.
     pub async fn apiserver_metrics(&self) -> String {
         let url = format!("https://127.0.0.1:{}/metrics", self.api_port);
