@@ -536,3 +536,34 @@ async fn routing_skips_opted_out_and_unmanaged_pods() {
     assert_eq!(scheduler(&pod), None);
     assert_eq!(patch_of(&response), None, "no managed volume: left alone");
 }
+
+#[tokio::test]
+async fn a_handle_that_makes_an_invalid_resource_name_is_not_injected() {
+    let server = TestServer::example().await;
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "cloud-path", "namespace": "shop"},
+        "spec": {
+            "containers": [{"name": "app", "image": "busybox",
+                "volumeMounts": [{"name": "disk", "mountPath": "/disk"}]}],
+            "volumes": [{"name": "disk", "csi": {"driver": "csi.brightbox.com",
+                "volumeAttributes": {"volumeID": "projects/p/disks/d"}}}],
+        },
+    });
+    let (pod, response) = admit_twice(&server, &pod, "shop").await;
+    assert_eq!(
+        common::first_warning(&response),
+        "volguard: volume projects/p/disks/d of driver brightbox: \
+         \"volumes.brightbox.com/projects/p/disks/d\" is not a valid resource name \
+         (it has more than one '/'), so no limit was injected for it"
+    );
+    let limits = limits(&pod, 0);
+    assert!(
+        limits.keys().all(|k| k == "volguard.io/volumes"),
+        "only the marker: {limits:?}"
+    );
+    assert!(
+        probe_command(&pod, 0).is_some(),
+        "the mount is still probed"
+    );
+}

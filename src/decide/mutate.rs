@@ -2,7 +2,7 @@
 //! returns. Pure: the operations are built from what the pod view says exists, so each
 //! one adds at a path whose parent is there, and applying the patch twice is harmless.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use serde_json::{Map, Value, json};
@@ -13,6 +13,7 @@ use crate::{
         config::Config,
         drivers::{Drivers, Mode},
         podview::{ContainerView, PodView},
+        resource_name,
     },
 };
 
@@ -52,6 +53,9 @@ pub fn mutate(
     // container index -> limits to add, in order
     let mut limits: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
     let mut injected: Vec<String> = Vec::new();
+    let mut warnings = Vec::new();
+    // Resources already given a container: a set, as a pod may name thousands.
+    let mut planned: HashSet<String> = HashSet::new();
 
     // Device-plugin resources: one claim per pod, in the first app container that uses it.
     for m in &resolution.volumes {
@@ -64,8 +68,15 @@ pub fn mutate(
         let Some(resource) = drivers.resource_name(&id) else {
             continue;
         };
-        let planned = limits.values().flatten().any(|(r, _)| *r == resource);
-        if planned || pod.all_containers().any(|c| c.claims(&resource)) {
+        if let Err(why) = resource_name::check(&resource) {
+            warnings.push(format!(
+                "volume {} of driver {}: {resource:?} is not a valid resource name ({why}), so no limit was injected for it",
+                id.handle,
+                drivers.get(id.driver).name
+            ));
+            continue;
+        }
+        if !planned.insert(resource.clone()) || pod.all_containers().any(|c| c.claims(&resource)) {
             continue;
         }
         let target = m
@@ -115,7 +126,6 @@ pub fn mutate(
     }
 
     // Routing to the configured scheduler.
-    let mut warnings = Vec::new();
     let mut routed = None;
     if let Some(target) = &config.scheduling.scheduler_name
         && pod.node_name().is_none()

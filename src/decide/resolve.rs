@@ -2,7 +2,7 @@
 //! volume each one is (PVC -> PV -> handle, inline csi/flexVolume, generic ephemeral,
 //! the devices annotation). Pure: it reads the state and returns data.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use crate::{
     cluster::{ClusterState, Missing},
@@ -148,19 +148,14 @@ pub fn resolve(
 /// Two pod volumes naming the same managed volume are one volume; a device also
 /// mounted through a claim keeps its pod volume.
 fn dedup(volumes: &mut Vec<ManagedVolume>) {
-    let mut seen: Vec<(DriverId, Option<Arc<str>>, Option<String>)> = Vec::new();
+    // A set, not a list: a pod may name thousands of volumes.
+    let mut seen: HashSet<(DriverId, Option<Arc<str>>, Option<String>)> = HashSet::new();
     volumes.retain(|m| {
         let claim = match (&m.handle, &m.origin) {
             (None, Origin::Claim(c) | Origin::EphemeralTemplate(c)) => Some(c.clone()),
             _ => None,
         };
-        let k = (m.driver, m.handle.clone(), claim);
-        if seen.contains(&k) {
-            false
-        } else {
-            seen.push(k);
-            true
-        }
+        seen.insert((m.driver, m.handle.clone(), claim))
     });
 }
 

@@ -5,4 +5,5 @@ pub mod config;
 pub mod drivers;
 pub mod json_shape;
 pub mod podview;
+pub mod resource_name;
 pub mod volume;
