@@ -195,14 +195,34 @@ async fn requests_latency_and_mutated_pods_move_with_traffic() {
 }
 
 #[tokio::test]
-async fn node_failures_recorded_by_the_extender_are_exported() {
+async fn node_failures_of_a_filter_request_are_exported_by_kind() {
     let server = TestServer::example().await;
-    server.app.metrics.node_failed("attach_limit");
-    server.app.metrics.node_failed("attach_limit");
+    // linode-web: worker-3 is at its attach limit, worker-4 lacks the CSI driver.
+    let pod = read_doc("examples/pods/linode-web.yaml");
+    let args = serde_json::json!({"Pod": pod, "NodeNames": ["worker-1", "worker-2", "worker-3", "worker-4"]});
+    for _ in 0..2 {
+        let (status, _) = server.post("/filter", args.to_string()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
     let scraped = scrape(&server).await;
     assert_eq!(scraped.types["volguard_nodes_failed"], "counter");
     assert_eq!(
         scraped.value("volguard_nodes_failed_total", &[("reason", "attach_limit")]),
         Some(2.0)
+    );
+    assert_eq!(
+        scraped.value(
+            "volguard_nodes_failed_total",
+            &[("reason", "driver_not_registered")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        scraped.value(
+            "volguard_nodes_failed_total",
+            &[("reason", "volume_in_use")]
+        ),
+        None,
+        "no other kind appears"
     );
 }

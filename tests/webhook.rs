@@ -266,6 +266,33 @@ async fn existing_resource_entries_are_never_overwritten_or_duplicated() {
 }
 
 #[tokio::test]
+async fn keys_with_slashes_are_escaped_in_patch_paths() {
+    let server = TestServer::example().await;
+    let mut pod = read_doc("examples/pods/linode-web.yaml");
+    pod["metadata"]["annotations"] = serde_json::json!({"team": "shop"});
+    pod["spec"]["containers"][0]["resources"] = serde_json::json!({"limits": {"cpu": "1"}});
+    let (status, body) = server
+        .post("/mutate", create_review(&pod, "shop").to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let patch = patch_of(&response_of(&body, UID)).expect("patch");
+    let paths: Vec<String> = serde_json::to_value(&patch)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["path"].as_str().unwrap().to_owned())
+        .collect();
+    for path in [
+        "/spec/containers/0/resources/limits/volguard.io~1volumes",
+        "/metadata/annotations/volguard.io~1volumes",
+        "/metadata/annotations/volguard.io~1mutated",
+    ] {
+        assert!(paths.iter().any(|p| p == path), "{path} in {paths:?}");
+    }
+}
+
+#[tokio::test]
 async fn annotation_keys_with_slashes_and_missing_parents_are_escaped() {
     let server = TestServer::example().await;
     let pod = serde_json::json!({

@@ -210,14 +210,10 @@ impl Metrics {
         }
     }
 
-    /// Counts a node the extender filtered out; `reason` is a short fixed kind such as
-    /// `device_missing`, `driver_not_registered`, `volume_in_use` or `attach_limit`
-    /// (never the free-text message: label values must stay few).
-    pub fn node_failed(&self, reason: &str) {
-        self.nodes_failed_by(reason, 1);
-    }
-
-    /// Counts `count` nodes filtered out for the same kind of reason in one request.
+    /// Counts `count` nodes the extender filtered out in one request for the same kind of
+    /// reason: a short fixed kind such as `device_missing`, `driver_not_registered`,
+    /// `volume_in_use` or `attach_limit` (never the free-text message: label values must
+    /// stay few).
     pub fn nodes_failed_by(&self, reason: &str, count: u64) {
         self.nodes_failed
             .get_or_create(&ReasonLabels {
@@ -319,11 +315,11 @@ mod tests {
     }
 
     #[test]
-    fn node_failed_counts_by_reason_kind() {
+    fn node_failures_add_up_by_reason_kind() {
         let metrics = Metrics::new();
-        metrics.node_failed("attach_limit");
-        metrics.node_failed("attach_limit");
-        metrics.node_failed("driver_not_registered");
+        metrics.nodes_failed_by("attach_limit", 1);
+        metrics.nodes_failed_by("attach_limit", 1);
+        metrics.nodes_failed_by("driver_not_registered", 1);
         let text = metrics.encode().unwrap();
         assert_eq!(
             sample(
