@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use k8s_openapi::api::{
-    core::v1::{Node, PersistentVolume, PersistentVolumeClaim},
+    core::v1::{Node, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec},
     storage::v1::{CSINode, StorageClass, VolumeAttachment},
 };
 
@@ -239,25 +239,41 @@ impl CsiNodeRecord {
 }
 
 impl PvRecord {
-    /// Slims a PersistentVolume.
+    /// Slims a PersistentVolume. A configured csiDriver or flexDriver names the volume
+    /// first (its handle is what attachments and node status report); otherwise the PV's
+    /// StorageClass, then its source kind, may select a driver, and the volume is known
+    /// by [`pv_identity`].
     pub fn from_pv(pv: &PersistentVolume, drivers: &Drivers) -> Self {
         let spec = pv.spec.as_ref();
         let volume = spec.and_then(|s| {
-            if let Some(csi) = &s.csi {
+            if let Some(csi) = &s.csi
+                && let Some(driver) = drivers.by_csi(&csi.driver)
+            {
                 return Some(VolumeId {
-                    driver: drivers.by_csi(&csi.driver)?,
+                    driver,
                     handle: csi.volume_handle.as_str().into(),
                 });
             }
-            let flex = s.flex_volume.as_ref()?;
-            let driver = drivers.by_flex(&flex.driver)?;
-            let id = flex
-                .options
-                .as_ref()?
-                .get(&drivers.get(driver).flex_volume_id_option)?;
+            if let Some(flex) = &s.flex_volume
+                && let Some(driver) = drivers.by_flex(&flex.driver)
+            {
+                let id = flex
+                    .options
+                    .as_ref()?
+                    .get(&drivers.get(driver).flex_volume_id_option)?;
+                return Some(VolumeId {
+                    driver,
+                    handle: id.as_str().into(),
+                });
+            }
+            let driver = s
+                .storage_class_name
+                .as_deref()
+                .and_then(|c| drivers.by_class(c))
+                .or_else(|| source_kind(s).and_then(|k| drivers.by_kind(k)))?;
             Some(VolumeId {
                 driver,
-                handle: id.as_str().into(),
+                handle: pv_identity(pv.metadata.name.as_deref().unwrap_or_default(), s).into(),
             })
         });
         PvRecord {
@@ -267,6 +283,31 @@ impl PvRecord {
                     .unwrap_or_default(),
             ),
         }
+    }
+}
+
+/// The source kind of a PV, as `sourceKinds` spells it; `None` for kinds volguard does
+/// not select by (see [`crate::model::config::SOURCE_KINDS`]).
+pub fn source_kind(spec: &PersistentVolumeSpec) -> Option<&'static str> {
+    [
+        ("local", spec.local.is_some()),
+        ("nfs", spec.nfs.is_some()),
+        ("hostPath", spec.host_path.is_some()),
+        ("iscsi", spec.iscsi.is_some()),
+        ("cephfs", spec.cephfs.is_some()),
+        ("rbd", spec.rbd.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(kind, set)| set.then_some(kind))
+}
+
+/// The identity of a volume that has no CSI handle: `server:path` for NFS, so that two
+/// PVs of one export are one volume (for ReadWriteOnce and for counting), else the PV's
+/// name, which is unique and stable while the PV exists.
+pub fn pv_identity(name: &str, spec: &PersistentVolumeSpec) -> String {
+    match &spec.nfs {
+        Some(nfs) => format!("{}:{}", nfs.server, nfs.path),
+        None => name.to_owned(),
     }
 }
 

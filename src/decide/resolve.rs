@@ -1,6 +1,7 @@
 //! Volume resolution: which of a pod's volumes belong to managed drivers, and which
-//! volume each one is (PVC -> PV -> handle, inline csi/flexVolume, generic ephemeral,
-//! the devices annotation). Pure: it reads the state and returns data.
+//! volume each one is (PVC -> PV -> handle or, for drivers selected by StorageClass or
+//! source kind, the PV's identity; inline csi/flexVolume, generic ephemeral, the devices
+//! annotation). Pure: it reads the state and returns data.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -94,8 +95,7 @@ pub fn resolve(
                 _ => {
                     let spec = eph.volume_claim_template.as_ref().map(|t| &t.spec);
                     spec.and_then(|s| {
-                        let class = s.storage_class_name.as_deref()?;
-                        let driver = state.storage_class(class)?.driver?;
+                        let driver = state.class_driver(s.storage_class_name.as_deref()?)?;
                         Some(ManagedVolume {
                             driver,
                             handle: None,
@@ -188,8 +188,7 @@ fn resolve_claim(
             let driver = pvc
                 .storage_class
                 .as_deref()
-                .and_then(|c| state.storage_class(c))
-                .and_then(|sc| sc.driver);
+                .and_then(|c| state.class_driver(c));
             Ok(driver.map(|driver| ManagedVolume {
                 driver,
                 handle: None,

@@ -49,6 +49,16 @@ pub struct DriverConfig {
     /// flexVolume driver name, inline or in a PV.
     #[serde(default)]
     pub flex_driver: Option<String>,
+    /// PersistentVolumes of these StorageClasses (PV `.spec.storageClassName`), and
+    /// unbound claims of them: for volumes no CSI or flexVolume driver names, such as
+    /// local PVs published by the local static provisioner.
+    #[serde(default)]
+    pub storage_classes: Vec<String>,
+    /// PersistentVolumes whose source is one of these kinds (`local`, `nfs`,
+    /// `hostPath`, ...; see [`SOURCE_KINDS`]): their hung mounts are what the probes are
+    /// for, and they carry no StorageClass one could select them by.
+    #[serde(default)]
+    pub source_kinds: Vec<String>,
     /// flexVolume option that carries the volume id.
     #[serde(default = "default_flex_option")]
     pub flex_volume_id_option: String,
@@ -130,6 +140,8 @@ impl Default for Config {
                     name: "brightbox".into(),
                     csi_driver: Some("csi.brightbox.com".into()),
                     flex_driver: Some("brightbox/volume".into()),
+                    storage_classes: Vec::new(),
+                    source_kinds: Vec::new(),
                     flex_volume_id_option: default_flex_option(),
                     resource_template: Some("volumes.brightbox.com/{volumeHandle}".into()),
                     device_path_template: Some("/dev/disk/by-id/virtio-{volumeHandle}".into()),
@@ -139,6 +151,8 @@ impl Default for Config {
                     name: "linode".into(),
                     csi_driver: Some("linodebs.csi.linode.com".into()),
                     flex_driver: None,
+                    storage_classes: Vec::new(),
+                    source_kinds: Vec::new(),
                     flex_volume_id_option: default_flex_option(),
                     resource_template: None,
                     device_path_template: None,
@@ -178,6 +192,11 @@ impl Default for SchedulingConfig {
         }
     }
 }
+
+/// PersistentVolume source kinds a driver may select with `sourceKinds`, spelled as the
+/// PV spec's field. A fixed list, so that a typo is an error at start and not a driver
+/// that silently manages nothing.
+pub const SOURCE_KINDS: [&str; 6] = ["local", "nfs", "hostPath", "iscsi", "cephfs", "rbd"];
 
 /// Placeholder every resource and device path template must contain.
 pub const HANDLE_PLACEHOLDER: &str = "{volumeHandle}";
@@ -243,6 +262,9 @@ impl Config {
             ));
         }
         let mut names = std::collections::HashSet::new();
+        // (key, value) -> (index, name) of the entry that selects it: a volume must
+        // belong to one driver, or counts and labels would depend on list order.
+        let mut selected = std::collections::HashMap::new();
         for (i, d) in self.drivers.iter().enumerate() {
             let at = format!("drivers[{i}]");
             if d.name.is_empty() || d.name.contains([',', '=', ' ']) {
@@ -257,11 +279,44 @@ impl Config {
                     d.name
                 ));
             }
-            if d.csi_driver.is_none() && d.flex_driver.is_none() && d.resource_template.is_none() {
+            let selectors = [
+                d.csi_driver.is_some() || d.flex_driver.is_some(),
+                !d.storage_classes.is_empty(),
+                !d.source_kinds.is_empty(),
+            ];
+            if selectors.iter().filter(|s| **s).count() > 1 {
                 return Err(format!(
-                    "{at} ({}): set csiDriver, flexDriver or resourceTemplate, or volguard cannot recognise its volumes",
+                    "{at} ({}): select volumes by one of csiDriver/flexDriver, storageClasses or sourceKinds, not several: split it into one entry per selector",
                     d.name
                 ));
+            }
+            if !selectors.contains(&true) && d.resource_template.is_none() {
+                return Err(format!(
+                    "{at} ({}): set csiDriver, flexDriver, storageClasses, sourceKinds or resourceTemplate, or volguard cannot recognise its volumes",
+                    d.name
+                ));
+            }
+            for (key, value) in [("csiDriver", &d.csi_driver), ("flexDriver", &d.flex_driver)] {
+                if let Some(v) = value {
+                    claim(&mut selected, (key, v.clone()), i, &d.name)?;
+                }
+            }
+            for class in &d.storage_classes {
+                if class.is_empty() {
+                    return Err(format!(
+                        "{at}.storageClasses: an empty name selects nothing: name a StorageClass, e.g. local-storage"
+                    ));
+                }
+                claim(&mut selected, ("storageClasses", class.clone()), i, &d.name)?;
+            }
+            for kind in &d.source_kinds {
+                if !SOURCE_KINDS.contains(&kind.as_str()) {
+                    return Err(format!(
+                        "{at}.sourceKinds: {kind:?} is not a volume source kind volguard knows: use one of {}",
+                        SOURCE_KINDS.join(", ")
+                    ));
+                }
+                claim(&mut selected, ("sourceKinds", kind.clone()), i, &d.name)?;
             }
             for (key, template) in [
                 ("resourceTemplate", &d.resource_template),
@@ -328,6 +383,28 @@ impl Config {
     /// The annotation `<prefix>/<name>`.
     pub fn annotation(&self, name: &str) -> String {
         format!("{}/{name}", self.annotation_prefix)
+    }
+}
+
+/// Records that entry `index` selects `key: value`, refusing a value another entry (or
+/// the same one) selects already.
+fn claim(
+    selected: &mut std::collections::HashMap<(&'static str, String), (usize, String)>,
+    (key, value): (&'static str, String),
+    index: usize,
+    name: &str,
+) -> Result<(), String> {
+    match selected.get(&(key, value.clone())) {
+        Some((other, _)) if *other == index => Err(format!(
+            "drivers[{index}].{key}: {value:?} is listed twice: list it once"
+        )),
+        Some((other, other_name)) => Err(format!(
+            "drivers[{index}].{key}: {value:?} is already selected by drivers[{other}] ({other_name}): a volume belongs to one driver, remove it from one of the two"
+        )),
+        None => {
+            selected.insert((key, value), (index, name.to_owned()));
+            Ok(())
+        }
     }
 }
 

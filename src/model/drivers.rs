@@ -33,6 +33,8 @@ pub struct Drivers {
     list: Vec<DriverConfig>,
     by_csi: HashMap<String, DriverId>,
     by_flex: HashMap<String, DriverId>,
+    by_class: HashMap<String, DriverId>,
+    by_kind: HashMap<String, DriverId>,
     by_name: HashMap<String, DriverId>,
 }
 
@@ -51,6 +53,12 @@ impl Drivers {
             }
             if let Some(flex) = &driver.flex_driver {
                 d.by_flex.insert(flex.clone(), id);
+            }
+            for class in &driver.storage_classes {
+                d.by_class.insert(class.clone(), id);
+            }
+            for kind in &driver.source_kinds {
+                d.by_kind.insert(kind.clone(), id);
             }
         }
         d
@@ -77,6 +85,16 @@ impl Drivers {
     /// The driver whose `flexDriver` is `name`.
     pub fn by_flex(&self, name: &str) -> Option<DriverId> {
         self.by_flex.get(name).copied()
+    }
+
+    /// The driver whose `storageClasses` list `class` (a PV's or an unbound claim's).
+    pub fn by_class(&self, class: &str) -> Option<DriverId> {
+        self.by_class.get(class).copied()
+    }
+
+    /// The driver whose `sourceKinds` list `kind` (`local`, `nfs`, ...).
+    pub fn by_kind(&self, kind: &str) -> Option<DriverId> {
+        self.by_kind.get(kind).copied()
     }
 
     /// The driver labelled `name` in the config (as the devices annotation names it).
