@@ -594,3 +594,206 @@ async fn a_handle_that_makes_an_invalid_resource_name_is_not_injected() {
         "the mount is still probed"
     );
 }
+
+// ---- drivers selected by StorageClass or source kind (local, NFS, hostPath PVs) ----
+
+/// A server over the local-PV example snapshot with `config` (YAML).
+async fn local_server(config: &str) -> TestServer {
+    let config = volguard::model::config::Config::parse(config).expect("a valid config");
+    let snap = volguard::sources::snapshot::load(&common::repo("examples/local-cluster"))
+        .expect("examples/local-cluster loads");
+    let state = volguard::sources::snapshot::into_state(&snap, common::empty_state(&config));
+    TestServer::start(config, state).await
+}
+
+fn apply_object(server: &TestServer, object: Value) {
+    let object = volguard::cluster::ClusterObject::from_value(object).expect("valid object");
+    server.app.cluster.write().unwrap().apply(&object);
+}
+
+/// A bound PV `name` with `source` (and `class`), and its claim `shop/<claim>`.
+fn pv_and_claim(name: &str, claim: &str, class: &str, source: Value) -> [Value; 2] {
+    let mut spec = serde_json::json!({"accessModes": ["ReadWriteOnce"],
+        "capacity": {"storage": "1Gi"}, "storageClassName": class,
+        "claimRef": {"namespace": "shop", "name": claim}});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(source.as_object().unwrap().clone());
+    [
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name}, "spec": spec}),
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": "shop"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": name,
+                     "storageClassName": class, "resources": {"requests": {"storage": "1Gi"}}}}),
+    ]
+}
+
+/// A pod in `shop` whose container `app` mounts each claim at `/mnt/<claim>`.
+fn claims_pod(claims: &[&str]) -> Value {
+    let volumes: Vec<Value> = claims
+        .iter()
+        .map(|c| serde_json::json!({"name": c, "persistentVolumeClaim": {"claimName": c}}))
+        .collect();
+    let mounts: Vec<Value> = claims
+        .iter()
+        .map(|c| serde_json::json!({"name": c, "mountPath": format!("/mnt/{c}")}))
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "app-0", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "busybox", "volumeMounts": mounts}],
+                 "volumes": volumes}})
+}
+
+#[tokio::test]
+async fn local_cache_example_gets_probes_and_annotations_but_no_resources() {
+    let config = std::fs::read_to_string(common::repo("examples/local-config.yaml")).unwrap();
+    let server = local_server(&config).await;
+    let pod = read_doc("examples/pods/local-cache.yaml");
+    let (pod, _) = admit_twice(&server, &pod, "shop").await;
+    assert_eq!(
+        probe_command(&pod, 0).unwrap(),
+        [
+            "/bin/sh",
+            "-c",
+            "ls '/var/cache/app' >/dev/null && ls '/srv/media' >/dev/null"
+        ]
+    );
+    assert!(limits(&pod, 0).is_empty(), "no resourceTemplate, no marker");
+    assert_eq!(
+        annotation(&pod, "volguard.io/volumes").as_deref(),
+        Some("local=local-pv-bb1049dc,nfs=nfs.internal.example:/exports/media")
+    );
+    assert_eq!(
+        annotation(&pod, "volguard.io/mutated").as_deref(),
+        Some("liveness probes on cache; scheduler volguard-scheduler")
+    );
+    assert_eq!(
+        pod.spec.as_ref().unwrap().scheduler_name.as_deref(),
+        Some("volguard-scheduler")
+    );
+}
+
+#[tokio::test]
+async fn local_nfs_and_host_path_pvs_selected_by_kind_are_known_by_name_or_export() {
+    let server = local_server(
+        "markerResource: \"\"\ndrivers:\n  - {name: disks, sourceKinds: [local, hostPath]}\n  - {name: nfs, sourceKinds: [nfs]}\n",
+    )
+    .await;
+    for object in pv_and_claim(
+        "host-logs",
+        "logs",
+        "",
+        serde_json::json!({"hostPath": {"path": "/var/log/app"}}),
+    ) {
+        apply_object(&server, object);
+    }
+    let pod = claims_pod(&["cache-data", "media", "logs"]);
+    let (pod, _) = admit_twice(&server, &pod, "shop").await;
+    assert_eq!(
+        annotation(&pod, "volguard.io/volumes").as_deref(),
+        Some("disks=local-pv-bb1049dc,nfs=nfs.internal.example:/exports/media,disks=host-logs")
+    );
+    assert_eq!(
+        probe_command(&pod, 0).unwrap()[2],
+        "ls '/mnt/cache-data' >/dev/null && ls '/mnt/media' >/dev/null && ls '/mnt/logs' >/dev/null"
+    );
+    assert!(limits(&pod, 0).is_empty());
+    assert_eq!(
+        annotation(&pod, "volguard.io/mutated").as_deref(),
+        Some("liveness probes on app")
+    );
+}
+
+#[tokio::test]
+async fn nfs_and_host_path_pvs_selected_by_class_get_the_marker_as_today() {
+    // The default markerResource: injected with the count of managed volumes.
+    let server =
+        local_server("drivers:\n  - {name: shared, storageClasses: [nfs-shared, node-dirs]}\n")
+            .await;
+    let [pv, pvc] = pv_and_claim(
+        "nfs-home",
+        "home",
+        "nfs-shared",
+        serde_json::json!({"nfs": {"server": "10.0.0.5", "path": "/exports/home"}}),
+    );
+    apply_object(&server, pv);
+    apply_object(&server, pvc);
+    let [pv, pvc] = pv_and_claim(
+        "dirs-1",
+        "dirs",
+        "node-dirs",
+        serde_json::json!({"hostPath": {"path": "/srv/dirs"}}),
+    );
+    apply_object(&server, pv);
+    apply_object(&server, pvc);
+    // media is an NFS PV without a class: not selected by this config.
+    let pod = claims_pod(&["home", "dirs", "media"]);
+    let (pod, _) = admit_twice(&server, &pod, "shop").await;
+    assert_eq!(
+        annotation(&pod, "volguard.io/volumes").as_deref(),
+        Some("shared=10.0.0.5:/exports/home,shared=dirs-1")
+    );
+    assert_eq!(
+        limits(&pod, 0),
+        [("volguard.io/volumes".to_owned(), "2".to_owned())].into()
+    );
+    assert_eq!(
+        probe_command(&pod, 0).unwrap()[2],
+        "ls '/mnt/home' >/dev/null && ls '/mnt/dirs' >/dev/null"
+    );
+    assert_eq!(
+        annotation(&pod, "volguard.io/mutated").as_deref(),
+        Some("limits volguard.io/volumes=2 (app); liveness probes on app")
+    );
+}
+
+#[tokio::test]
+async fn an_unbound_claim_of_a_selected_class_is_pending_with_a_probe_on_its_mount() {
+    let server = local_server(
+        "markerResource: \"\"\ndrivers:\n  - {name: local, storageClasses: [local-storage]}\n",
+    )
+    .await;
+    let pod = claims_pod(&["scratch-local"]);
+    let (pod, _) = admit_twice(&server, &pod, "shop").await;
+    assert_eq!(
+        annotation(&pod, "volguard.io/volumes").as_deref(),
+        Some("local=pending:scratch-local")
+    );
+    assert_eq!(
+        probe_command(&pod, 0).unwrap()[2],
+        "ls '/mnt/scratch-local' >/dev/null"
+    );
+    // Selected by kind, an unbound claim cannot be told apart: it has no PV yet.
+    let server =
+        local_server("markerResource: \"\"\ndrivers:\n  - {name: local, sourceKinds: [local]}\n")
+            .await;
+    let pod = claims_pod(&["scratch-local"]);
+    let (status, body) = server
+        .post("/mutate", create_review(&pod, "shop").to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(patch_of(&response_of(&body, UID)).is_none());
+}
+
+#[tokio::test]
+async fn a_resource_template_makes_a_selected_driver_a_device_plugin_driver() {
+    let server = local_server(
+        "markerResource: \"\"\ndrivers:\n  - {name: local, storageClasses: [local-storage], resourceTemplate: \"disks.example.com/{volumeHandle}\"}\n",
+    )
+    .await;
+    let pod = claims_pod(&["cache-data"]);
+    let (pod, _) = admit_twice(&server, &pod, "shop").await;
+    assert_eq!(
+        limits(&pod, 0),
+        [(
+            "disks.example.com/local-pv-bb1049dc".to_owned(),
+            "1".to_owned()
+        )]
+        .into()
+    );
+    assert_eq!(
+        annotation(&pod, "volguard.io/mutated").as_deref(),
+        Some("limits disks.example.com/local-pv-bb1049dc=1 (app); liveness probes on app")
+    );
+}

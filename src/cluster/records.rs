@@ -391,7 +391,62 @@ impl VaRecord {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_count;
+    use super::{PvRecord, parse_count, source_kind};
+    use crate::model::{
+        config::{Config, SOURCE_KINDS},
+        drivers::Drivers,
+    };
+    use k8s_openapi::api::core::v1::PersistentVolume;
+
+    fn pv(spec: serde_json::Value) -> PersistentVolume {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "pv-1"}, "spec": spec}))
+            .unwrap()
+    }
+
+    #[test]
+    fn every_selectable_source_kind_is_recognised_in_a_pv() {
+        for kind in SOURCE_KINDS {
+            let spec = match kind {
+                "local" | "hostPath" => serde_json::json!({kind: {"path": "/mnt/x"}}),
+                "nfs" => serde_json::json!({"nfs": {"server": "s", "path": "/e"}}),
+                "iscsi" => {
+                    serde_json::json!({"iscsi": {"targetPortal": "t", "iqn": "q", "lun": 0}})
+                }
+                "cephfs" => serde_json::json!({"cephfs": {"monitors": ["m"]}}),
+                "rbd" => serde_json::json!({"rbd": {"monitors": ["m"], "image": "i"}}),
+                other => panic!("no case for {other}"),
+            };
+            let pv = pv(spec);
+            assert_eq!(source_kind(pv.spec.as_ref().unwrap()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn a_configured_csi_driver_wins_over_class_and_kind_and_identities_are_stable() {
+        let config = Config::parse(
+            "drivers:\n  - {name: linode, csiDriver: linodebs.csi.linode.com}\n  - {name: local, storageClasses: [local-storage]}\n  - {name: nfs, sourceKinds: [nfs]}\n",
+        )
+        .unwrap();
+        let d = Drivers::new(&config);
+        let label = |spec| {
+            PvRecord::from_pv(&pv(spec), &d)
+                .volume
+                .map(|v| format!("{}={}", d.get(v.driver).name, v.handle))
+        };
+        let csi = serde_json::json!({"storageClassName": "local-storage",
+            "csi": {"driver": "linodebs.csi.linode.com", "volumeHandle": "310001-x"}});
+        assert_eq!(label(csi).as_deref(), Some("linode=310001-x"));
+        let other_csi = serde_json::json!({"storageClassName": "local-storage",
+            "csi": {"driver": "other.csi", "volumeHandle": "h"}});
+        assert_eq!(label(other_csi).as_deref(), Some("local=pv-1"));
+        let nfs_in_class = serde_json::json!({"storageClassName": "local-storage",
+            "nfs": {"server": "nas", "path": "/e"}});
+        assert_eq!(label(nfs_in_class).as_deref(), Some("local=nas:/e"));
+        let nfs = serde_json::json!({"nfs": {"server": "nas", "path": "/e"}});
+        assert_eq!(label(nfs).as_deref(), Some("nfs=nas:/e"));
+        let host_path = serde_json::json!({"hostPath": {"path": "/srv"}});
+        assert_eq!(label(host_path), None);
+    }
 
     #[test]
     fn counts_parse_like_quantities() {

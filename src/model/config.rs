@@ -500,4 +500,68 @@ mod tests {
                 .unwrap_err();
         assert!(e.contains("used twice"), "{e}");
     }
+
+    #[test]
+    fn drivers_may_select_by_storage_class_or_source_kind() {
+        let c = Config::parse(
+            "drivers:\n  - {name: local, storageClasses: [local-storage], attachLimit: {default: 25}}\n  - {name: shared, sourceKinds: [nfs, hostPath]}\n",
+        )
+        .unwrap();
+        assert_eq!(c.drivers[0].storage_classes, ["local-storage"]);
+        assert_eq!(c.drivers[1].source_kinds, ["nfs", "hostPath"]);
+    }
+
+    #[test]
+    fn an_entry_selects_by_one_kind_of_selector() {
+        let cases = [
+            (
+                "drivers:\n  - {name: l, csiDriver: l.csi, storageClasses: [local-storage]}\n",
+                "drivers[0] (l): select volumes by one of csiDriver/flexDriver, storageClasses or sourceKinds, not several: split it into one entry per selector",
+            ),
+            (
+                "drivers:\n  - {name: l, storageClasses: [local-storage], sourceKinds: [local]}\n",
+                "drivers[0] (l): select volumes by one of csiDriver/flexDriver, storageClasses or sourceKinds, not several: split it into one entry per selector",
+            ),
+            (
+                "drivers:\n  - {name: l, storageClasses: []}\n",
+                "drivers[0] (l): set csiDriver, flexDriver, storageClasses, sourceKinds or resourceTemplate, or volguard cannot recognise its volumes",
+            ),
+            (
+                "drivers:\n  - {name: l, storageClasses: [\"\"]}\n",
+                "drivers[0].storageClasses: an empty name selects nothing: name a StorageClass, e.g. local-storage",
+            ),
+            (
+                "drivers:\n  - {name: l, sourceKinds: [nfs4]}\n",
+                "drivers[0].sourceKinds: \"nfs4\" is not a volume source kind volguard knows: use one of local, nfs, hostPath, iscsi, cephfs, rbd",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Config::parse(text).unwrap_err(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn overlapping_entries_are_refused() {
+        let cases = [
+            (
+                "drivers:\n  - {name: a, storageClasses: [local-storage]}\n  - {name: b, storageClasses: [fast, local-storage]}\n",
+                "drivers[1].storageClasses: \"local-storage\" is already selected by drivers[0] (a): a volume belongs to one driver, remove it from one of the two",
+            ),
+            (
+                "drivers:\n  - {name: a, sourceKinds: [local, nfs]}\n  - {name: b, sourceKinds: [nfs]}\n",
+                "drivers[1].sourceKinds: \"nfs\" is already selected by drivers[0] (a): a volume belongs to one driver, remove it from one of the two",
+            ),
+            (
+                "drivers:\n  - {name: a, csiDriver: x.csi}\n  - {name: b, csiDriver: x.csi}\n",
+                "drivers[1].csiDriver: \"x.csi\" is already selected by drivers[0] (a): a volume belongs to one driver, remove it from one of the two",
+            ),
+            (
+                "drivers:\n  - {name: a, sourceKinds: [local, local]}\n",
+                "drivers[0].sourceKinds: \"local\" is listed twice: list it once",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Config::parse(text).unwrap_err(), want, "{text}");
+        }
+    }
 }
