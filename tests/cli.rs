@@ -112,6 +112,16 @@ fn broken_config_exits_2_naming_file_and_key() {
             "drivers:\n  - name: l\n    csiDriver: l.csi\n    attachLimit:\n      default: -2\n",
             "drivers[0].attachLimit.default",
         ),
+        (
+            "overlap.yaml",
+            "drivers:\n  - {name: a, storageClasses: [local-storage]}\n  - {name: b, storageClasses: [local-storage]}\n",
+            "overlap.yaml: drivers[1].storageClasses: \"local-storage\" is already selected by drivers[0] (a): a volume belongs to one driver, remove it from one of the two",
+        ),
+        (
+            "selectors.yaml",
+            "drivers:\n  - {name: a, csiDriver: x.csi, sourceKinds: [local]}\n",
+            "selectors.yaml: drivers[0] (a): select volumes by one of csiDriver/flexDriver, storageClasses or sourceKinds, not several: split it into one entry per selector",
+        ),
         ("notyaml.yaml", "drivers: [\n", "notyaml.yaml"),
         ("onerror.yaml", "onError: maybe\n", "onerror.yaml"),
     ];

@@ -715,3 +715,91 @@ async fn bad_input_gets_one_line_400_or_413_and_the_server_keeps_serving() {
     let f = filter_names(&server, &web).await;
     assert_eq!(f.passing, ["worker-1", "worker-2"], "still serving");
 }
+
+// ---- drivers selected by StorageClass or source kind (local PVs) ----
+
+const VIRT: [&str; 2] = ["virt-1", "virt-2"];
+
+/// A server over the local-PV example snapshot with `config` (YAML).
+async fn local_server(config: &str) -> TestServer {
+    let config = volguard::model::config::Config::parse(config).expect("a valid config");
+    let snap = volguard::sources::snapshot::load(&common::repo("examples/local-cluster"))
+        .expect("examples/local-cluster loads");
+    let state = volguard::sources::snapshot::into_state(&snap, common::empty_state(&config));
+    TestServer::start(config, state).await
+}
+
+/// A pod in `shop` (not bound) using `claims`.
+fn claims_pod(name: &str, claims: &[&str]) -> Value {
+    let mut p = bound_pod(name, "", "Pending", claims);
+    p["spec"].as_object_mut().unwrap().remove("nodeName");
+    p
+}
+
+#[tokio::test]
+async fn a_local_rwo_volume_in_use_fails_other_nodes() {
+    let server =
+        local_server("drivers:\n  - {name: local, storageClasses: [local-storage]}\n").await;
+    let pod = claims_pod("cache-0", &["cache-data"]);
+    let f = filter(&server, by_names(&pod, &VIRT)).await;
+    assert_eq!(
+        f.passing, VIRT,
+        "no limit by default, affinity is not ours: {:?}",
+        f.raw
+    );
+    apply(
+        &server,
+        bound_pod("cache-old", "virt-1", "Running", &["cache-data"]),
+    );
+    let f = filter(&server, by_names(&pod, &VIRT)).await;
+    assert_eq!(f.passing, ["virt-1"]);
+    assert_eq!(
+        f.unresolvable["virt-2"],
+        "node(s) that cannot use ReadWriteOnce volume local-pv-bb1049dc (claim cache-data): in use on virt-1 by pod shop/cache-old"
+    );
+    assert!(f.failed.is_empty(), "{:?}", f.raw);
+}
+
+#[tokio::test]
+async fn a_local_attach_limit_applies_only_when_configured_counting_bound_pods() {
+    // virt-1 holds local-pv-3f7e9a21 through db-0; local-pv-bb1049dc is bound to
+    // cache-data but no pod uses it, so it is not counted.
+    let pod = claims_pod("cache-0", &["cache-data"]);
+    let unlimited =
+        local_server("drivers:\n  - {name: local, storageClasses: [local-storage]}\n").await;
+    let f = filter(&unlimited, by_names(&pod, &VIRT)).await;
+    assert_eq!(f.passing, VIRT, "{:?}", f.raw);
+    let server = local_server(
+        "drivers:\n  - {name: local, storageClasses: [local-storage], attachLimit: {default: 1}}\n",
+    )
+    .await;
+    let f = filter(&server, by_names(&pod, &VIRT)).await;
+    assert_eq!(f.passing, ["virt-2"]);
+    assert_eq!(
+        f.failed["virt-1"],
+        "node(s) at the local attach limit (limit from config default)"
+    );
+    assert_eq!(
+        per_node(&server, &pod, "virt-1"),
+        "node(s) at the local attach limit (limit from config default): 1 of 1 used, pod needs 1 more"
+    );
+    // A pod using the volume db-0 holds already needs no new slot on virt-1, even at
+    // the limit (and the volume is ReadWriteOnce, so virt-2 cannot have it).
+    let replica = claims_pod("db-0-replica", &["data-db-0"]);
+    let f = filter(&server, by_names(&replica, &VIRT)).await;
+    assert_eq!(f.passing, ["virt-1"], "{:?}", f.raw);
+    // An unbound WaitForFirstConsumer claim of the class is one new attachment.
+    let scratch = claims_pod("scratch-0", &["scratch-local"]);
+    let f = filter(&server, by_names(&scratch, &VIRT)).await;
+    assert_eq!(f.passing, ["virt-2"]);
+    assert_eq!(
+        per_node(&server, &scratch, "virt-1"),
+        "node(s) at the local attach limit (limit from config default): 1 of 1 used, pod needs 1 more"
+    );
+    let scores = prioritize(&server, by_names(&replica, &VIRT)).await;
+    assert_eq!(
+        scores,
+        [("virt-1".to_owned(), 10), ("virt-2".to_owned(), 0)],
+        "virt-1 holds the volume; virt-2 fails"
+    );
+}
