@@ -77,7 +77,8 @@ pub struct DriverConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AttachLimitConfig {
-    /// Read CSINode `.spec.drivers[].allocatable.count`.
+    /// Read CSINode `.spec.drivers[].allocatable.count` (only a `csiDriver` has an entry
+    /// there; for other drivers it is ignored).
     #[serde(default = "yes", rename = "fromCSINode")]
     pub from_csi_node: bool,
     /// Node annotation whose integer value overrides everything else.

@@ -23,7 +23,9 @@ pub struct VolumeId {
 pub enum Mode {
     /// A device plugin advertises one extended resource per attached volume.
     DevicePlugin,
-    /// Volumes are attached by a controller and count against a per-node limit.
+    /// Volumes are attached by a controller (or, for drivers selected by StorageClass or
+    /// source kind, used by pods on the node) and count against a per-node limit, when
+    /// one is configured.
     Attach,
 }
 
