@@ -204,3 +204,36 @@ fn bad_flags_exit_2() {
     let out = volguard(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn explain_on_the_local_pv_example_shows_local_and_nfs_slots() {
+    let out = volguard(&[
+        "explain",
+        "--snapshot",
+        common::repo("examples/local-cluster").to_str().unwrap(),
+        "--config",
+        common::repo("examples/local-config.yaml").to_str().unwrap(),
+        "--pod",
+        common::repo("examples/pods/local-cache.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            r#""volguard.io/volumes": "local=local-pv-bb1049dc,nfs=nfs.internal.example:/exports/media""#
+        ),
+        "{stdout}"
+    );
+    for (node, slots) in [
+        ("virt-1", "local 1/25, nfs 0/unlimited"),
+        ("virt-2", "local 0/25, nfs 0/unlimited"),
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_else(|| panic!("a row for {node}: {stdout}"));
+        assert!(row.contains("pass") && row.contains(slots), "{row}");
+    }
+}

@@ -155,33 +155,3 @@ fn bad_input_exits_2_with_one_line() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
-
-#[test]
-fn local_cache_shows_local_and_nfs_slots_and_passes_both_nodes() {
-    let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
-        .arg("explain")
-        .arg("--snapshot")
-        .arg(repo("examples/local-cluster"))
-        .arg("--config")
-        .arg(repo("examples/local-config.yaml"))
-        .arg("--pod")
-        .arg(repo("examples/pods/local-cache.yaml"))
-        .env_remove("VOLGUARD_OUTPUT")
-        .output()
-        .expect("volguard runs");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(
-        stdout.contains(
-            r#""volguard.io/volumes": "local=local-pv-bb1049dc,nfs=nfs.internal.example:/exports/media""#
-        ),
-        "{stdout}"
-    );
-    assert_eq!(
-        rows(&stdout),
-        [
-            ["virt-1", "pass", "8", "local 1/25, nfs 0/unlimited", "-"],
-            ["virt-2", "pass", "8", "local 0/25, nfs 0/unlimited", "-"],
-        ]
-    );
-}

@@ -323,17 +323,6 @@ impl ClusterState {
         self.storage_classes.get(name)
     }
 
-    /// The managed driver whose volume a claim of StorageClass `class` will get: the
-    /// class's provisioner when it is a configured csiDriver (its PVs will name it), else
-    /// the driver listing `class` in `storageClasses` (known from the name alone, so a
-    /// StorageClass missing from the cache does not hide the claim).
-    pub fn class_driver(&self, class: &str) -> Option<DriverId> {
-        self.storage_classes
-            .get(class)
-            .and_then(|sc| sc.driver)
-            .or_else(|| self.drivers.by_class(class))
-    }
-
     /// A pod by namespace and name.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodRecord> {
         self.pods.get(&key(namespace, name))

@@ -95,7 +95,7 @@ pub fn resolve(
                 _ => {
                     let spec = eph.volume_claim_template.as_ref().map(|t| &t.spec);
                     spec.and_then(|s| {
-                        let driver = state.class_driver(s.storage_class_name.as_deref()?)?;
+                        let driver = class_driver(state, s.storage_class_name.as_deref()?)?;
                         Some(ManagedVolume {
                             driver,
                             handle: None,
@@ -159,6 +159,17 @@ fn dedup(volumes: &mut Vec<ManagedVolume>) {
     });
 }
 
+/// The managed driver whose volume a claim of StorageClass `class` will get: the class's
+/// provisioner when it is a configured csiDriver (its PVs will name it), else the driver
+/// listing `class` in `storageClasses` (known from the name alone, so a StorageClass
+/// missing from the cache does not hide the claim).
+fn class_driver(state: &ClusterState, class: &str) -> Option<DriverId> {
+    state
+        .storage_class(class)
+        .and_then(|sc| sc.driver)
+        .or_else(|| state.drivers().by_class(class))
+}
+
 fn resolve_claim(
     claim: &str,
     namespace: &str,
@@ -188,7 +199,7 @@ fn resolve_claim(
             let driver = pvc
                 .storage_class
                 .as_deref()
-                .and_then(|c| state.class_driver(c));
+                .and_then(|c| class_driver(state, c));
             Ok(driver.map(|driver| ManagedVolume {
                 driver,
                 handle: None,
