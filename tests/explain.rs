@@ -155,3 +155,148 @@ fn bad_input_exits_2_with_one_line() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
+
+#[test]
+fn a_pod_the_extender_is_never_asked_about_says_so() {
+    let out = explain(repo("examples/pods/no-volumes.yaml").to_str().unwrap(), &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "webhook: allows shop/plain-nginx unchanged (empty patch)\n\n\
+         extender: not asked about shop/plain-nginx: it has no volume of a configured driver\n"
+    );
+    let out = explain(repo("examples/pods/opt-out.yaml").to_str().unwrap(), &[]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.ends_with("it opts out (volguard.io/inject: \"false\")\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_pod_naming_another_scheduler_is_not_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(repo("examples/config.yaml")).unwrap()
+            + "\n  schedulerName: volguard-scheduler\n",
+    )
+    .unwrap();
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        std::fs::read_to_string(repo("examples/pods/seed-000-device.yaml"))
+            .unwrap()
+            .replace("spec:\n", "spec:\n  schedulerName: gpu-scheduler\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
+        .args(["explain", "--snapshot"])
+        .arg(repo("examples/cluster"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--pod")
+        .arg(&pod)
+        .env_remove("VOLGUARD_OUTPUT")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.ends_with(
+            "extender: not asked about shop/seed-000-device: it is scheduled by gpu-scheduler, \
+             not volguard-scheduler (scheduling.schedulerName), which consults volguard\n"
+        ),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A snapshot of `nodes` synthetic nodes (16 slots each, the pod's claim unbound).
+fn synthetic_snapshot(dir: &std::path::Path, nodes: usize) -> std::path::PathBuf {
+    use volguard::sources::synthetic::{self, Size};
+    let path = dir.join("cluster.json");
+    let mut text = String::new();
+    let size = Size {
+        nodes,
+        pods: nodes * 16,
+        volumes: nodes * 4,
+    };
+    for doc in synthetic::documents(size).chain(synthetic::fresh_volumes(1)) {
+        text.push_str(&doc.to_string());
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn large_clusters_get_a_summary_and_the_best_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = synthetic_snapshot(dir.path(), 40);
+    let pod = dir.path().join("pod.json");
+    std::fs::write(
+        &pod,
+        volguard::sources::synthetic::pending_pod(1).to_string(),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
+            .args(["explain", "--snapshot"])
+            .arg(&snapshot)
+            .arg("--pod")
+            .arg(&pod)
+            .args(extra)
+            .env_remove("VOLGUARD_OUTPUT")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let short = run(&[]);
+    let summary = short
+        .lines()
+        .skip_while(|l| !l.ends_with("nodes fit"))
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>();
+    assert!(summary[0].ends_with("/40 nodes fit"), "{short}");
+    assert!(
+        short.contains("best candidates (10 shown; --all-nodes for every node):"),
+        "{short}"
+    );
+    assert_eq!(rows(&short).len(), 10, "{short}");
+    assert_eq!(rows(&run(&["--all-nodes"])).len(), 40);
+}
+
+#[test]
+fn nodes_shows_every_node_s_slots_and_devices() {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
+            .args(["nodes", "--snapshot"])
+            .arg(repo("examples/cluster"))
+            .arg("--config")
+            .arg(repo("examples/config.yaml"))
+            .args(extra)
+            .env_remove("VOLGUARD_OUTPUT")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        run(&[]),
+        "NODE      LINODE  LINODE LIMIT FROM                         DEVICES\n\
+         worker-1  1/16    node annotation volguard.io/attach-limit  brightbox:vol-x9y8z\n\
+         worker-2  1/8     CSINode                                   brightbox:vol-qsk4v\n\
+         worker-3  8/8     CSINode                                   -\n\
+         worker-4  0/8     config default                            -\n"
+    );
+    let report: Value = serde_json::from_str(&run(&["--output", "json"])).unwrap();
+    assert_eq!(
+        report["nodes"][2],
+        serde_json::json!({
+            "node": "worker-3",
+            "slots": [{"driver": "linode", "used": 8, "limit": 8, "limitSource": "limit from CSINode"}],
+            "devices": [],
+        })
+    );
+}

@@ -303,6 +303,14 @@ impl ClusterState {
         self.nodes.get(name)
     }
 
+    /// Every node's name, sorted: for reports over the whole cluster (`explain`,
+    /// `nodes`, metrics), never for one request.
+    pub fn node_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.nodes.keys().map(|n| &**n).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// A node's CSINode record.
     pub fn csinode(&self, name: &str) -> Option<&CsiNodeRecord> {
         self.csinodes.get(name)

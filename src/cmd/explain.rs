@@ -1,53 +1,60 @@
-//! `volguard explain`: an offline what-if over a snapshot. It runs the webhook's
-//! decision and the extender's judge on one pod, so an operator sees the patch and,
-//! per node, the verdict, the exact reason and the score without a cluster.
+//! `volguard explain`: what the webhook and the extender do with one pod, over a
+//! snapshot (a what-if before creating it) or the live cluster (why is it Pending?). It
+//! runs the webhook's decision and the extender's judge, so an operator sees the patch
+//! and, per node, the verdict, the reason the scheduler is given with that node's
+//! numbers, and the score.
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, path::Path, process::ExitCode};
 
 use clap::{Args, ValueEnum};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use crate::{
-    cluster::{ClusterObject, ClusterState},
-    cmd::failure::Failure,
+    cluster::ClusterState,
+    cmd::{
+        failure::Failure,
+        report,
+        state::{self, Live, StateArgs},
+    },
     decide::{
         judge::{self, Judge, Judgement, Slots, Verdict},
-        resolve::resolve,
+        resolve::{Resolution, resolve},
         webhook::{Decision, decide},
     },
     model::{
         config::{Config, OnError},
-        drivers::Drivers,
         podview::PodView,
     },
     sources::snapshot,
 };
 
+/// Above this many nodes, the table shows a summary and the best candidates only.
+const FULL_TABLE_UP_TO: usize = 20;
+/// Candidates shown after the summary.
+const BEST: usize = 10;
+
 /// Flags of `volguard explain`.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// Cluster state: a YAML/JSON file or a directory of them.
-    #[arg(long, env = "VOLGUARD_SNAPSHOT")]
-    pub snapshot: PathBuf,
-    /// The pod to place (YAML or JSON, one document).
+    /// Where the cluster state comes from.
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The pod: a YAML or JSON file with --snapshot; NAMESPACE/NAME in the live cluster.
     #[arg(long, env = "VOLGUARD_POD")]
-    pub pod: PathBuf,
-    /// Config file (YAML); built-in defaults when absent.
-    #[arg(long, env = "VOLGUARD_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub pod: String,
+    /// Print every node, not a summary and the best candidates, on large clusters.
+    #[arg(long, env = "VOLGUARD_ALL_NODES")]
+    pub all_nodes: bool,
     /// Report format.
     #[arg(long, env = "VOLGUARD_OUTPUT", value_enum, default_value_t = ExplainOutput::Table)]
     pub output: ExplainOutput,
 }
 
-/// Report format of `volguard explain`.
+/// Report format of `volguard explain` and `volguard nodes`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ExplainOutput {
-    /// The patch, then aligned columns for people.
+    /// Aligned columns for people.
     Table,
     /// One JSON document for scripts.
     Json,
@@ -73,53 +80,107 @@ struct Row {
     slots: Vec<Slots>,
 }
 
-/// Runs `volguard explain`: exit 0 when some node fits, 1 when none does, 2 for bad input.
+/// Runs `volguard explain`: exit 0 when some node fits (or the extender is not asked
+/// about the pod), 1 when none does, 2 for bad input.
 pub fn run(args: &ExplainArgs) -> Result<ExitCode, Failure> {
-    let config = Config::load(args.config.as_deref()).map_err(Failure::usage)?;
-    let pod = read_pod(&args.pod)?;
-    let snap = snapshot::load(&args.snapshot).map_err(Failure::usage)?;
-    let config = Arc::new(config);
-    let drivers = Arc::new(Drivers::new(&config));
-    let state = snapshot::into_state(&snap, ClusterState::new(config.clone(), drivers));
-    let mut nodes: Vec<&str> = snap
-        .objects
-        .iter()
-        .filter_map(|o| match o {
-            ClusterObject::Node(n) => n.metadata.name.as_deref(),
-            _ => None,
-        })
-        .collect();
-    nodes.sort_unstable();
-    nodes.dedup();
-
+    let loaded = state::load(&args.state)?;
+    let (state, config) = (&loaded.state, &*loaded.config);
+    let (pod, admitted) = match &loaded.live {
+        None => (read_pod(Path::new(&args.pod))?, false),
+        Some(live) => (get_pod(live, &args.pod)?, true),
+    };
     let namespace = pod.namespace().unwrap_or("default").to_owned();
     let name = format!("{namespace}/{}", pod.name());
-    let webhook = webhook(&pod, &namespace, &state, &config);
-    let resolution = resolve(&pod, &namespace, &state, &config);
-    let judge = Judge::new(resolution.as_ref(), &state, &config);
-    let rows: Vec<Row> = nodes
-        .iter()
+    // A pod already in the cluster went through the webhook when it was created.
+    let webhook = (!admitted).then(|| webhook(&pod, &namespace, state, config));
+    let resolution = resolve(&pod, &namespace, state, config);
+    if let Some(why) = resolution
+        .as_ref()
+        .ok()
+        .and_then(|r| not_for_extender(&pod, r, config, admitted))
+    {
+        let text = match args.output {
+            ExplainOutput::Table => {
+                let mut out = webhook_text(&name, webhook.as_ref());
+                out.push_str(&format!("extender: not asked about {name}: {why}\n"));
+                out
+            }
+            ExplainOutput::Json => json_text(&json!({
+                "pod": name, "webhook": webhook.as_ref().map(webhook_json),
+                "extender": {"asked": false, "why": why},
+            })),
+        };
+        report::print(&text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let judge = Judge::new(resolution.as_ref(), state, config);
+    let pod_drivers: Vec<String> = resolution
+        .as_ref()
+        .map(|r| {
+            r.volumes
+                .iter()
+                .map(|m| state.drivers().get(m.driver).name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows: Vec<Row> = state
+        .node_names()
+        .into_iter()
         .map(|n| Row {
-            node: (*n).to_owned(),
+            node: n.to_owned(),
             judgement: judge.judge(n),
-            slots: judge::slots(&state, n),
+            slots: judge::slots(state, n)
+                .into_iter()
+                .filter(|s| pod_drivers.contains(&s.driver))
+                .collect(),
         })
         .collect();
     let fits = rows.iter().any(|r| r.judgement.passes());
     let text = match args.output {
-        ExplainOutput::Table => table(&name, &webhook, &rows),
-        ExplainOutput::Json => json_report(&name, &webhook, &rows, fits),
+        ExplainOutput::Table => table(&name, webhook.as_ref(), &rows, args.all_nodes),
+        ExplainOutput::Json => json_report(&name, webhook.as_ref(), &rows, fits),
     };
-    use std::io::Write;
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
-        .map_err(|e| Failure::runtime(format!("cannot write to stdout: {e}")))?;
+    report::print(&text)?;
     Ok(if fits {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Why kube-scheduler would never send this pod to volguard's extender, if so.
+fn not_for_extender(
+    pod: &PodView,
+    resolution: &Resolution,
+    config: &Config,
+    admitted: bool,
+) -> Option<String> {
+    let said = |name: &str| pod.annotation(&config.annotation(name)).map(str::trim);
+    if said("inject") == Some("false") {
+        return Some(format!(
+            "it opts out ({}: \"false\")",
+            config.annotation("inject")
+        ));
+    }
+    if resolution.volumes.is_empty() {
+        return Some("it has no volume of a configured driver".into());
+    }
+    if let Some(target) = &config.scheduling.scheduler_name {
+        let named = pod.scheduler_name().unwrap_or("default-scheduler");
+        let routed = !admitted && named == "default-scheduler" && said("route") != Some("false");
+        if named != target && !routed {
+            return Some(format!(
+                "it is scheduled by {named}, not {target} (scheduling.schedulerName), which consults volguard"
+            ));
+        }
+    }
+    let marker = &config.marker_resource;
+    if admitted && !marker.is_empty() && !pod.containers().iter().any(|c| c.claims(marker)) {
+        return Some(format!(
+            "it carries no {marker} marker resource (created before volguard's webhook, or not sent to it), so the scheduler does not send it"
+        ));
+    }
+    None
 }
 
 /// Reads the pod file (YAML or JSON, one Pod document).
@@ -144,6 +205,25 @@ fn read_pod(path: &Path) -> Result<PodView, Failure> {
         )));
     }
     serde_json::from_value(raw).map_err(|e| Failure::usage(format!("{file}: not a valid Pod: {e}")))
+}
+
+/// GETs `NAMESPACE/NAME` from the live cluster.
+fn get_pod(live: &Live, pod: &str) -> Result<PodView, Failure> {
+    let Some((namespace, name)) = pod
+        .split_once('/')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty() && !p.contains('/'))
+    else {
+        return Err(Failure::usage(format!(
+            "--pod {pod:?}: in the live cluster give NAMESPACE/NAME (or pass --snapshot to read a pod file)"
+        )));
+    };
+    let api = kube::Api::<Pod>::namespaced(live.client.clone(), namespace);
+    let found = live
+        .runtime
+        .block_on(api.get_opt(name))
+        .map_err(|e| Failure::runtime(format!("cannot read pod {pod}: {e}")))?
+        .ok_or_else(|| Failure::usage(format!("pod {pod} not found")))?;
+    Ok(PodView::from(found))
 }
 
 /// The webhook's answer, through the same decision the server makes.
@@ -198,11 +278,12 @@ fn slots_text(slots: &[Slots]) -> String {
         .join(", ")
 }
 
-fn table(pod: &str, webhook: &Webhook, rows: &[Row]) -> String {
+fn webhook_text(pod: &str, webhook: Option<&Webhook>) -> String {
     let mut out = String::new();
     match webhook {
-        Webhook::Denied(why) => out.push_str(&format!("webhook: denies {pod}: {why}\n")),
-        Webhook::Allowed { patch, warnings } => {
+        None => {}
+        Some(Webhook::Denied(why)) => out.push_str(&format!("webhook: denies {pod}: {why}\n\n")),
+        Some(Webhook::Allowed { patch, warnings }) => {
             if patch.is_empty() {
                 out.push_str(&format!("webhook: allows {pod} unchanged (empty patch)\n"));
             } else {
@@ -212,14 +293,37 @@ fn table(pod: &str, webhook: &Webhook, rows: &[Row]) -> String {
             for w in warnings {
                 out.push_str(&format!("warning: {w}\n"));
             }
+            out.push('\n');
         }
     }
-    out.push('\n');
-    let header = ["NODE", "VERDICT", "SCORE", "SLOTS", "REASON"];
-    let cells: Vec<[String; 5]> = rows
+    out
+}
+
+fn table(pod: &str, webhook: Option<&Webhook>, rows: &[Row], all_nodes: bool) -> String {
+    let mut out = webhook_text(pod, webhook);
+    let shown: Vec<&Row> = if all_nodes || rows.len() <= FULL_TABLE_UP_TO {
+        rows.iter().collect()
+    } else {
+        out.push_str(&summary(rows));
+        let mut best: Vec<&Row> = rows.iter().filter(|r| r.judgement.passes()).collect();
+        best.sort_by(|a, b| {
+            b.judgement
+                .score
+                .cmp(&a.judgement.score)
+                .then(a.node.cmp(&b.node))
+        });
+        best.truncate(BEST);
+        out.push_str(&format!(
+            "\nbest candidates ({} shown; --all-nodes for every node):\n",
+            best.len()
+        ));
+        best
+    };
+    let header = ["NODE", "VERDICT", "SCORE", "SLOTS", "REASON"].map(str::to_owned);
+    let cells: Vec<Vec<String>> = shown
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.node.clone(),
                 verdict_word(&r.judgement).to_owned(),
                 r.judgement.score.to_string(),
@@ -228,41 +332,49 @@ fn table(pod: &str, webhook: &Webhook, rows: &[Row]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut line = |cols: [&str; 5]| {
-        let mut l = String::new();
-        for (i, c) in cols.iter().enumerate() {
-            if i == cols.len() - 1 {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{c:<w$}  ", w = widths[i]));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(header);
-    for row in &cells {
-        line(row.each_ref().map(String::as_str));
-    }
+    out.push_str(&report::columns(&header, &cells));
     if rows.is_empty() {
-        out.push_str("(the snapshot holds no Node)\n");
+        out.push_str("(the cluster state holds no Node)\n");
     }
     out
 }
 
-fn json_report(pod: &str, webhook: &Webhook, rows: &[Row], fits: bool) -> String {
-    let webhook = match webhook {
+/// `N/M nodes fit`, then the failing nodes grouped by the reason the scheduler is
+/// given, most frequent first, as kube-scheduler's FailedScheduling event counts them.
+fn summary(rows: &[Row]) -> String {
+    let fit = rows.iter().filter(|r| r.judgement.passes()).count();
+    let mut groups: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in rows {
+        if let Verdict::Fail { reason, .. } = &r.judgement.verdict {
+            *groups.entry(reason).or_default() += 1;
+        }
+    }
+    let mut groups: Vec<(&str, usize)> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut out = format!("{fit}/{} nodes fit\n", rows.len());
+    for (reason, count) in groups {
+        out.push_str(&format!("  {count} {reason}\n"));
+    }
+    out
+}
+
+fn json_text(report: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(report).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+fn webhook_json(webhook: &Webhook) -> Value {
+    match webhook {
         Webhook::Allowed { patch, warnings } => {
             json!({"allowed": true, "patch": patch, "warnings": warnings})
         }
         Webhook::Denied(why) => json!({"allowed": false, "reason": why}),
-    };
+    }
+}
+
+fn json_report(pod: &str, webhook: Option<&Webhook>, rows: &[Row], fits: bool) -> String {
+    let webhook = webhook.map(webhook_json);
     let nodes: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -295,8 +407,7 @@ fn json_report(pod: &str, webhook: &Webhook, rows: &[Row], fits: bool) -> String
             })
         })
         .collect();
-    let report = json!({"pod": pod, "webhook": webhook, "nodes": nodes, "fits": fits});
-    let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
-    text.push('\n');
-    text
+    json_text(&json!({
+        "pod": pod, "webhook": webhook, "extender": {"asked": true}, "nodes": nodes, "fits": fits,
+    }))
 }

@@ -5,13 +5,16 @@
 pub mod certs;
 pub mod explain;
 pub mod failure;
+pub mod nodes;
+pub mod report;
 pub mod serve;
+pub mod state;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cmd::{certs::CertsArgs, explain::ExplainArgs, serve::ServeArgs};
+use crate::cmd::{certs::CertsArgs, explain::ExplainArgs, nodes::NodesArgs, serve::ServeArgs};
 
 /// volguard: storage-aware admission webhook and scheduler extender.
 #[derive(Debug, Parser)]
@@ -41,8 +44,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
-    /// Show offline what the webhook and the extender would do with a pod.
+    /// Show what the webhook and the extender would do with a pod (snapshot or live).
     Explain(ExplainArgs),
+    /// Show every node's attach slots and advertised devices (snapshot or live).
+    Nodes(NodesArgs),
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit code.
@@ -54,6 +59,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Certs(args) => certs::run(&args),
         Command::Explain(args) => explain::run(&args),
+        Command::Nodes(args) => nodes::run(&args),
     };
     match outcome {
         Ok(code) => code,

@@ -10,7 +10,10 @@ mod feed;
 mod kinds;
 mod recovery;
 
-use std::{pin::pin, time::Instant};
+use std::{
+    pin::pin,
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -51,6 +54,44 @@ pub fn spawn(client: Client, state: SharedState) -> JoinSet<()> {
         };
     }
     set
+}
+
+/// Lists every kind once into `state`, through the watchers' own path, for one-shot
+/// commands against a live cluster (`explain`, `nodes`); the watchers stop on return.
+/// The error names the kinds not listed within `timeout`, with their last error.
+pub async fn list_once(
+    client: Client,
+    state: SharedState,
+    timeout: Duration,
+) -> Result<(), String> {
+    let _watchers = spawn(client, state.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing: Vec<String> = {
+            let state = state
+                .read()
+                .map_err(|_| "cluster state lock poisoned".to_owned())?;
+            state
+                .unsynced()
+                .into_iter()
+                .map(|kind| match state.readiness().watch(kind).last_error {
+                    Some(e) => format!("{} ({e})", kind.as_str()),
+                    None => kind.as_str().to_owned(),
+                })
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the API server did not list {} within {}s",
+                missing.join(", "),
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Watches one kind for as long as the process runs. The watcher recovers by itself
