@@ -226,3 +226,38 @@ async fn node_failures_of_a_filter_request_are_exported_by_kind() {
         "no other kind appears"
     );
 }
+
+#[tokio::test]
+async fn nodes_at_or_near_their_attach_limit_are_counted_per_driver() {
+    let server = TestServer::example().await;
+    // examples/cluster, linode: worker-1 1/16, worker-2 1/8, worker-3 8/8, worker-4 0/8.
+    let scraped = scrape(&server).await;
+    assert_eq!(scraped.types["volguard_nodes_at_attach_limit"], "gauge");
+    let linode = [("driver", "linode")];
+    assert_eq!(
+        scraped.value("volguard_nodes_at_attach_limit", &linode),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped.value("volguard_nodes_one_slot_left", &linode),
+        Some(0.0)
+    );
+    // worker-2 (1 used) with its limit lowered to 2: one slot left.
+    let mut worker2 = common::read_doc("examples/cluster/nodes.yaml")["items"][1].clone();
+    worker2["metadata"]["annotations"]["volguard.io/attach-limit"] = "2".into();
+    server
+        .app
+        .cluster
+        .write()
+        .unwrap()
+        .apply(&volguard::cluster::ClusterObject::from_value(worker2).unwrap());
+    let scraped = scrape(&server).await;
+    assert_eq!(
+        scraped.value("volguard_nodes_one_slot_left", &linode),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped.value("volguard_nodes_at_attach_limit", &linode),
+        Some(1.0)
+    );
+}

@@ -4,6 +4,7 @@
 //! certificate countdown are computed at scrape time, so nothing polls in the background.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -23,7 +24,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::cluster::ClusterState;
+use crate::{cluster::ClusterState, decide::judge};
 
 /// The content type of a `/metrics` answer (OpenMetrics text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -75,6 +76,8 @@ pub struct Metrics {
     nodes_failed: Family<ReasonLabels, Counter>,
     cache_objects: Family<KindLabels, Gauge>,
     cache_ready: Gauge,
+    nodes_at_limit: Family<DriverLabels, Gauge>,
+    nodes_one_slot_left: Family<DriverLabels, Gauge>,
     certificate_expiry: Gauge,
     certificate_not_after: AtomicI64,
     certificate_reloads: Counter,
@@ -131,6 +134,18 @@ impl Metrics {
             "1 once every cached kind has been listed, else 0",
             cache_ready.clone(),
         );
+        let nodes_at_limit = Family::<DriverLabels, Gauge>::default();
+        registry.register(
+            "nodes_at_attach_limit",
+            "Nodes with no attach slot left for the driver: its next new volume fails there",
+            nodes_at_limit.clone(),
+        );
+        let nodes_one_slot_left = Family::<DriverLabels, Gauge>::default();
+        registry.register(
+            "nodes_one_slot_left",
+            "Nodes with exactly one attach slot left for the driver",
+            nodes_one_slot_left.clone(),
+        );
         let certificate_expiry = Gauge::default();
         registry.register_with_unit(
             "certificate_expiry",
@@ -164,6 +179,8 @@ impl Metrics {
             nodes_failed,
             cache_objects,
             cache_ready,
+            nodes_at_limit,
+            nodes_one_slot_left,
             certificate_expiry,
             certificate_not_after: AtomicI64::new(UNKNOWN),
             certificate_reloads,
@@ -254,6 +271,26 @@ impl Metrics {
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         self.cache_ready.set(i64::from(state.is_ready()));
+        // Per driver, not per node: alerting on nodes filling up must not need a series
+        // per node. A scan of the nodes, at scrape time only.
+        let mut full: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for node in state.node_names() {
+            for slots in judge::slots(state, node) {
+                let entry = full.entry(slots.driver.clone()).or_default();
+                if let Some(max) = slots.limit.max {
+                    let free = max - i64::from(slots.used);
+                    entry.0 += i64::from(free <= 0);
+                    entry.1 += i64::from(free == 1);
+                }
+            }
+        }
+        for (driver, (at_limit, one_left)) in full {
+            let labels = DriverLabels { driver };
+            self.nodes_at_limit.get_or_create(&labels).set(at_limit);
+            self.nodes_one_slot_left
+                .get_or_create(&labels)
+                .set(one_left);
+        }
     }
 
     /// The OpenMetrics text of every family, with the certificate countdown as of now.
