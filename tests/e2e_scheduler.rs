@@ -216,6 +216,47 @@ async fn a_pod_that_fits_nowhere_stays_pending_with_volguards_reasons() {
     );
     let events = cp.events("shop", "web", "FailedScheduling").await;
     assert!(events.contains(&message), "{events:?}");
+
+    // The same, per node, from `volguard explain` on the live cluster, under volguard's
+    // own read-only ServiceAccount.
+    let kubeconfig = cp.dir().join("volguard.kubeconfig");
+    let config = cp.dir().join("volguard.yaml");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_volguard"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("VOLGUARD_OUTPUT")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["explain", "--pod", "shop/web"]);
+    assert_eq!(code, Some(1), "fits nowhere: {stdout}{stderr}");
+    assert_eq!(
+        stdout,
+        "NODE    VERDICT       SCORE  SLOTS       REASON\n\
+         node-1  fail          0      linode 1/1  node(s) at the linode attach limit (limit from CSINode): 1 of 1 used, pod needs 1 more\n\
+         node-2  fail          0      linode 1/1  node(s) at the linode attach limit (limit from CSINode): 1 of 1 used, pod needs 1 more\n\
+         node-3  fail          0      linode 1/1  node(s) at the linode attach limit (limit from node annotation volguard.io/attach-limit): 1 of 1 used, pod needs 1 more\n\
+         node-4  unresolvable  0      linode 0/8  node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?): the node has no CSINode object\n"
+    );
+    let (code, stdout, stderr) = run(&["nodes"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        "NODE    LINODE  LINODE LIMIT FROM                         DEVICES\n\
+         node-1  1/1     CSINode                                   -\n\
+         node-2  1/1     CSINode                                   -\n\
+         node-3  1/1     node annotation volguard.io/attach-limit  -\n\
+         node-4  0/8     config default                            -\n"
+    );
 }
 
 /// With hundreds of nodes of which a handful fit, the shipped profile lets the
