@@ -53,6 +53,20 @@ async fn linode_node(
     cp.csinode(name, LINODE, count).await;
 }
 
+/// Namespace `shop` with the linode claim `data`, bound and attached nowhere.
+async fn shop_with_data_claim(cp: &ControlPlane) {
+    cp.namespace("shop").await;
+    cp.bound_claim(
+        "shop",
+        "data",
+        "pv-data",
+        LINODE,
+        "310100-data",
+        "ReadWriteOnce",
+    )
+    .await;
+}
+
 async fn filter_requests(cp: &ControlPlane) -> u64 {
     cp.volguard_metrics()
         .await
@@ -91,16 +105,7 @@ async fn a_device_plugin_pod_is_bound_where_its_volume_is_attached() {
 #[tokio::test(flavor = "multi_thread")]
 async fn attach_limits_from_csinode_and_annotation_steer_the_scheduler() {
     let cp = ControlPlane::start().await;
-    cp.namespace("shop").await;
-    cp.bound_claim(
-        "shop",
-        "data",
-        "pv-data",
-        LINODE,
-        "310100-data",
-        "ReadWriteOnce",
-    )
-    .await;
+    shop_with_data_claim(&cp).await;
     // node-1: CSINode says 1, one volume attached: full.
     linode_node(&cp, "node-1", Some(1), &["310001-a"], json!({})).await;
     // node-2: CSINode says 8 but the node annotation says 1, one attached: full.
@@ -137,16 +142,7 @@ async fn the_config_default_limit_applies_where_nothing_else_says() {
         ..Options::default()
     })
     .await;
-    cp.namespace("shop").await;
-    cp.bound_claim(
-        "shop",
-        "data",
-        "pv-data",
-        LINODE,
-        "310100-data",
-        "ReadWriteOnce",
-    )
-    .await;
+    shop_with_data_claim(&cp).await;
     linode_node(&cp, "node-1", Some(16), &["310001-a"], json!({})).await;
     linode_node(&cp, "node-2", Some(16), &[], json!({})).await;
     cp.pod("shop", pod("web", &["data"], None)).await;
@@ -180,16 +176,7 @@ async fn a_read_write_once_volume_in_use_keeps_its_next_pod_on_the_same_node() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_that_fits_nowhere_stays_pending_with_volguards_reasons() {
     let cp = ControlPlane::start().await;
-    cp.namespace("shop").await;
-    cp.bound_claim(
-        "shop",
-        "data",
-        "pv-data",
-        LINODE,
-        "310100-data",
-        "ReadWriteOnce",
-    )
-    .await;
+    shop_with_data_claim(&cp).await;
     linode_node(&cp, "node-1", Some(1), &["310001-a"], json!({})).await;
     linode_node(&cp, "node-2", Some(1), &["310002-b"], json!({})).await;
     linode_node(
@@ -265,16 +252,7 @@ async fn a_pod_that_fits_nowhere_stays_pending_with_volguards_reasons() {
 async fn many_nodes_few_fits_bind_in_the_first_attempt() {
     const NODES: usize = 500;
     let cp = ControlPlane::start().await;
-    cp.namespace("shop").await;
-    cp.bound_claim(
-        "shop",
-        "data",
-        "pv-data",
-        LINODE,
-        "310100-data",
-        "ReadWriteOnce",
-    )
-    .await;
+    shop_with_data_claim(&cp).await;
     let fits = ["node-123", "node-321", "node-455"];
     let names: Vec<String> = (0..NODES).map(|i| format!("node-{i:03}")).collect();
     stream::iter(names.iter())
@@ -415,16 +393,7 @@ async fn pods_are_routed_to_the_volguard_scheduler_without_naming_it() {
         ..Options::default()
     })
     .await;
-    cp.namespace("shop").await;
-    cp.bound_claim(
-        "shop",
-        "data",
-        "pv-data",
-        LINODE,
-        "310100-data",
-        "ReadWriteOnce",
-    )
-    .await;
+    shop_with_data_claim(&cp).await;
     linode_node(&cp, "node-1", Some(1), &["310001-a"], json!({})).await;
     linode_node(&cp, "node-2", Some(4), &[], json!({})).await;
 

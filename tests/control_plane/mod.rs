@@ -358,23 +358,9 @@ impl ControlPlane {
         });
         let path = root.join("default-scheduler.json");
         write(&path, &config.to_string());
-        let mut command = Command::new(binaries().join("kube-scheduler"));
-        command
-            .arg(format!("--config={}", path.display()))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", free_port()))
-            .arg(format!(
-                "--authentication-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg(format!(
-                "--authorization-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg("--v=2");
         self.default_scheduler = Some(Component::spawn(
             "default kube-scheduler",
-            command,
+            scheduler_command(&path, &kubeconfig),
             root.join("default-scheduler.log"),
         ));
     }
@@ -637,23 +623,9 @@ impl ControlPlane {
         }
         let path = root.join("scheduler-config.json");
         write(&path, &config.to_string());
-        let mut command = Command::new(binaries().join("kube-scheduler"));
-        command
-            .arg(format!("--config={}", path.display()))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", free_port()))
-            .arg(format!(
-                "--authentication-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg(format!(
-                "--authorization-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg("--v=2");
         self.scheduler = Some(Component::spawn(
             "kube-scheduler",
-            command,
+            scheduler_command(&path, &kubeconfig),
             root.join("scheduler.log"),
         ));
         let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
@@ -1107,6 +1079,25 @@ impl Drop for ControlPlane {
     }
 }
 
+/// kube-scheduler with `config`, on a free loopback port, as `kubeconfig`'s identity.
+fn scheduler_command(config: &Path, kubeconfig: &Path) -> Command {
+    let mut command = Command::new(binaries().join("kube-scheduler"));
+    command
+        .arg(format!("--config={}", config.display()))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={}", free_port()))
+        .arg(format!(
+            "--authentication-kubeconfig={}",
+            kubeconfig.display()
+        ))
+        .arg(format!(
+            "--authorization-kubeconfig={}",
+            kubeconfig.display()
+        ))
+        .arg("--v=2");
+    command
+}
+
 async fn start_etcd(bin: &Path, root: &Path) -> (Component, String) {
     let mut last = None;
     for _ in 0..3 {
@@ -1430,21 +1421,11 @@ impl ControlPlane {
         );
         let path = root.join(format!("{name}.json"));
         write(&path, &config.to_string());
-        let mut command = Command::new(binaries().join("kube-scheduler"));
-        command
-            .arg(format!("--config={}", path.display()))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", free_port()))
-            .arg(format!(
-                "--authentication-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg(format!(
-                "--authorization-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg("--v=2");
-        Component::spawn(name, command, root.join(format!("{name}.log")))
+        Component::spawn(
+            name,
+            scheduler_command(&path, &kubeconfig),
+            root.join(format!("{name}.log")),
+        )
     }
 }
 
