@@ -438,3 +438,59 @@ async fn pods_are_routed_to_the_volguard_scheduler_without_naming_it() {
     assert_eq!(by("web").await.as_deref(), Some(control_plane::SCHEDULER));
     assert_eq!(by("plain").await.as_deref(), Some("default-scheduler"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_on_a_local_pv_is_stored_with_its_probe_and_bound_to_the_pvs_node() {
+    let cp = ControlPlane::start_with(Options {
+        volguard_config: Some(
+            // The shipped drivers (the harness checks the webhook with a brightbox
+            // device), plus local PVs by kind.
+            concat!(
+                "markerResource: \"\"\ndrivers:\n",
+                "  - {name: brightbox, csiDriver: csi.brightbox.com, resourceTemplate: \"volumes.brightbox.com/{volumeHandle}\", devicePathTemplate: \"/dev/disk/by-id/virtio-{volumeHandle}\"}\n",
+                "  - {name: linode, csiDriver: linodebs.csi.linode.com, attachLimit: {default: 8}}\n",
+                "  - {name: local, sourceKinds: [local]}\n",
+            )
+            .into(),
+        ),
+        ..Options::default()
+    })
+    .await;
+    cp.namespace("shop").await;
+    for node in ["node-1", "node-2", "node-3"] {
+        cp.node(node, json!({}), json!({})).await;
+    }
+    cp.bound_local_claim(
+        "shop",
+        "cache",
+        "local-pv-bb1049dc",
+        "node-2",
+        "/mnt/disks/1c7d8705-5b4e-4f6e-9a51-3c0f2d8e7a10",
+    )
+    .await;
+    let stored = cp.pod("shop", pod("cache-0", &["cache"], None)).await;
+    let app = &stored.spec.as_ref().unwrap().containers[0];
+    let command = app
+        .liveness_probe
+        .as_ref()
+        .and_then(|p| p.exec.as_ref())
+        .and_then(|e| e.command.clone());
+    assert_eq!(
+        command.unwrap_or_default(),
+        ["/bin/sh", "-c", "ls '/cache' >/dev/null"]
+    );
+    assert_eq!(
+        stored
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("volguard.io/volumes"))
+            .map(String::as_str),
+        Some("local=local-pv-bb1049dc")
+    );
+    assert_eq!(
+        cp.bound_node("shop", "cache-0", BIND).await.as_deref(),
+        Some("node-2"),
+        "VolumeBinding enforces the PV's node affinity"
+    );
+}

@@ -895,6 +895,79 @@ impl ControlPlane {
         }
     }
 
+    /// A local PersistentVolume `pv` at `path` on `node` (node affinity on the hostname
+    /// label, as the local static provisioner writes it), bound to `namespace/claim`,
+    /// ReadWriteOnce, without a StorageClass. kube-scheduler's VolumeBinding enforces
+    /// the affinity.
+    pub async fn bound_local_claim(
+        &self,
+        namespace: &str,
+        claim: &str,
+        pv: &str,
+        node: &str,
+        path: &str,
+    ) {
+        let stored = self
+            .create(json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    "name": claim, "namespace": namespace,
+                    "annotations": {
+                        "pv.kubernetes.io/bind-completed": "yes",
+                        "pv.kubernetes.io/bound-by-controller": "yes",
+                    },
+                },
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "10Gi"}},
+                    "storageClassName": "",
+                    "volumeName": pv,
+                },
+            }))
+            .await;
+        self.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "10Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "local": {"path": path},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]},
+                ]}]}},
+                "claimRef": {
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "namespace": namespace, "name": claim,
+                    "uid": stored["metadata"]["uid"],
+                },
+            },
+        }))
+        .await;
+        for (kind, args, status) in [
+            ("pv", vec!["patch", "pv", pv], json!({"phase": "Bound"})),
+            (
+                "pvc",
+                vec!["patch", "pvc", claim, "-n", namespace],
+                json!({"phase": "Bound", "accessModes": ["ReadWriteOnce"],
+                       "capacity": {"storage": "10Gi"}}),
+            ),
+        ] {
+            let patch = json!({"status": status}).to_string();
+            let mut args = args;
+            args.extend(["--subresource=status", "--type=merge", "-p", &patch]);
+            let (ok, _, err) = self.kubectl(&args, None);
+            if !ok {
+                fail(
+                    &format!("bind {kind} of {claim}"),
+                    err,
+                    Some(&self.apiserver),
+                );
+            }
+        }
+    }
+
     /// A VolumeAttachment of `pv` to `node` by `attacher`, attached.
     pub async fn attachment(&self, name: &str, attacher: &str, node: &str, pv: &str) {
         self.create(json!({
