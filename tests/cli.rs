@@ -1,16 +1,75 @@
-//! The binary's command line: `certs` output, and one-line exit-2 failures for bad
-//! flags, configs, certificates and snapshots.
+//! The binary's command line: `certs` output, rotation and refusals, one-line exit-2
+//! failures for bad flags, configs, kubeconfigs, certificates and snapshots, and the log
+//! lines an operator reads from `serve`.
 
 mod common;
 
-use std::process::{Command, Output};
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_volguard");
 
 fn volguard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_volguard"))
+    Command::new(BIN)
         .args(args)
         .env_remove("RUST_LOG")
         .output()
         .expect("binary runs")
+}
+
+/// Runs `volguard serve ARGS` with stderr into a pipe, as a log collector reads it,
+/// until a line satisfies `until` (within a minute); returns all stderr read by then.
+/// The process is killed.
+fn serve_until(args: &[&str], until: impl Fn(&str) -> bool) -> String {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(line)) => {
+                text.push_str(&line);
+                text.push('\n');
+                if until(&line) {
+                    break true;
+                }
+            }
+            _ => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "the expected line never came; stderr:\n{text}");
+    text
+}
+
+/// The part of a text log line after its time stamp: `WARN target: message fields`.
+fn without_time(line: &str) -> &str {
+    line.split_once(' ')
+        .map_or(line, |(_, rest)| rest.trim_start())
 }
 
 /// Exit code 2 and exactly one line on stderr that contains `says`.
@@ -48,15 +107,23 @@ fn certs_writes_a_ca_and_a_serving_cert_for_the_service() {
         .decode(printed.trim())
         .expect("caBundle is base64");
     assert_eq!(bundle, ca, "the printed caBundle is ca.crt");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(out.join("tls.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o077, 0, "the key is private");
-    }
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!(
+            "wrote {0}/ca.crt {0}/ca.key {0}/tls.crt {0}/tls.key for volguard, \
+             volguard.volguard-system, volguard.volguard-system.svc, \
+             volguard.volguard-system.svc.cluster.local, localhost, 127.0.0.1; \
+             caBundle for the MutatingWebhookConfiguration:\n",
+            out.display()
+        )
+    );
+    assert_eq!(mode(&out.join("tls.key")), 0o600, "the key is private");
+    assert_eq!(mode(&out.join("ca.key")), 0o600, "the CA key is private");
+    assert_eq!(
+        server_usages(&cert),
+        ["serverAuth"],
+        "a serving certificate, not a client one"
+    );
     // The pair loads, and a client trusting ca.crt accepts it for every Service name.
     volguard::server::tls::install_crypto_provider();
     volguard::server::tls::server_config(&cert, &key, None, ("tls.crt", "tls.key"))
@@ -95,6 +162,204 @@ fn certs_writes_a_ca_and_a_serving_cert_for_the_service() {
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+/// The permission bits of a file.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The extended key usages of the first certificate in `pem`.
+fn server_usages(pem: &[u8]) -> Vec<&'static str> {
+    let der = volguard::server::tls::parse_certs(pem, "cert")
+        .unwrap()
+        .remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let eku = cert.extended_key_usage().unwrap().expect("an EKU").value;
+    let mut usages = Vec::new();
+    if eku.server_auth {
+        usages.push("serverAuth");
+    }
+    if eku.client_auth {
+        usages.push("clientAuth");
+    }
+    assert!(eku.other.is_empty() && !eku.any, "{eku:?}");
+    usages
+}
+
+fn certs_into(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "certs",
+        "--service",
+        "volguard",
+        "--namespace",
+        "volguard-system",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    volguard(&args)
+}
+
+/// Whether `leaf` verifies for `volguard.volguard-system.svc` under `ca`.
+fn verifies(ca: &[u8], leaf: &[u8]) -> Result<(), String> {
+    volguard::server::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in volguard::server::tls::parse_certs(ca, "ca").unwrap() {
+        roots.add(c).unwrap();
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    use rustls::client::danger::ServerCertVerifier;
+    let leaf = volguard::server::tls::parse_certs(leaf, "cert")
+        .unwrap()
+        .remove(0);
+    verifier
+        .verify_server_cert(
+            &leaf,
+            &[],
+            &rustls_pki_types::ServerName::try_from("volguard.volguard-system.svc").unwrap(),
+            &[],
+            rustls_pki_types::UnixTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn certs_again_reissues_the_serving_certificate_under_the_same_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let first = certs_into(&out, &[]);
+    assert!(first.status.success(), "{first:?}");
+    let read = |f: &str| std::fs::read(out.join(f)).unwrap();
+    let (ca, ca_key, cert) = (read("ca.crt"), read("ca.key"), read("tls.crt"));
+    // A key left readable by others, by hand or by an older volguard.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(out.join("tls.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let again = certs_into(&out, &["--days", "30"]);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr),
+        format!(
+            "re-issued {0}/tls.crt {0}/tls.key for volguard, volguard.volguard-system, \
+             volguard.volguard-system.svc, volguard.volguard-system.svc.cluster.local, \
+             localhost, 127.0.0.1 from the CA in {0}/ca.crt; the caBundle is unchanged:\n",
+            out.display()
+        )
+    );
+    assert_eq!(again.stdout, first.stdout, "the same caBundle is printed");
+    assert_eq!(read("ca.crt"), ca, "the CA stays");
+    assert_eq!(read("ca.key"), ca_key, "the CA key stays");
+    assert_ne!(read("tls.crt"), cert, "a new serving certificate");
+    verifies(&ca, &read("tls.crt")).expect("the new certificate verifies under the old CA");
+    volguard::server::tls::server_config(
+        &read("tls.crt"),
+        &read("tls.key"),
+        None,
+        ("tls.crt", "tls.key"),
+    )
+    .expect("the new pair loads");
+    assert_eq!(
+        mode(&out.join("tls.key")),
+        0o600,
+        "the re-written key is private"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no temporary files left: {leftovers:?}"
+    );
+
+    // --force replaces the CA, and every key ends private.
+    std::fs::set_permissions(out.join("ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let forced = certs_into(&out, &["--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    assert_ne!(read("ca.crt"), ca, "a new CA");
+    assert_ne!(forced.stdout, first.stdout, "a new caBundle");
+    verifies(&read("ca.crt"), &read("tls.crt")).expect("issued by the new CA");
+    assert_eq!(mode(&out.join("ca.key")), 0o600);
+    assert_eq!(mode(&out.join("tls.key")), 0o600);
+}
+
+#[test]
+fn certs_refuses_to_replace_a_ca_it_cannot_reissue_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    // ca.crt and tls.* as an older volguard left them: no ca.key.
+    for (file, text) in [
+        ("ca.crt", "deployed CA"),
+        ("tls.crt", "cert"),
+        ("tls.key", "key"),
+    ] {
+        std::fs::write(out.join(file), text).unwrap();
+    }
+    let ca_crt = out.join("ca.crt");
+    let o = certs_into(out, &[]);
+    assert_usage_failure(
+        &o,
+        &format!(
+            "volguard: {} exists without {}, so it cannot issue the serving certificate; \
+             pass --force to create a new CA (then update the caBundle)",
+            ca_crt.display(),
+            out.join("ca.key").display()
+        ),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ca_crt).unwrap(),
+        "deployed CA",
+        "untouched"
+    );
+    assert!(!out.join("ca.key").exists());
+
+    // Serving files from elsewhere, no CA at all.
+    std::fs::remove_file(&ca_crt).unwrap();
+    let o = certs_into(out, &[]);
+    assert_usage_failure(
+        &o,
+        &format!(
+            "volguard: {} exists (from another CA); pass --force to replace it",
+            out.join("tls.crt").display()
+        ),
+    );
+    assert_eq!(std::fs::read_to_string(out.join("tls.key")).unwrap(), "key");
+
+    // A CA key that is not the CA's.
+    let other = tempfile::tempdir().unwrap();
+    assert!(certs_into(other.path(), &[]).status.success());
+    assert!(certs_into(out, &["--force"]).status.success());
+    std::fs::copy(other.path().join("ca.key"), out.join("ca.key")).unwrap();
+    let o = certs_into(out, &[]);
+    assert_usage_failure(
+        &o,
+        &format!(
+            "volguard: {} with {}: the key does not belong to this certificate; pass --force \
+             to create a new CA (then update the caBundle)",
+            ca_crt.display(),
+            out.join("ca.key").display()
+        ),
+    );
+}
+
+#[test]
+fn certs_refuses_zero_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = certs_into(dir.path(), &["--days", "0"]);
+    assert_usage_failure(
+        &o,
+        "volguard: --days 0: a certificate must be valid for at least 1 day",
+    );
+    assert!(!dir.path().join("ca.crt").exists(), "nothing written");
 }
 
 #[test]
@@ -157,7 +422,16 @@ fn missing_or_broken_certificates_exit_2() {
         "--tls-cert",
         dir.path().join("missing.crt").to_str().unwrap(),
     ]);
-    assert_usage_failure(&out, "missing.crt");
+    assert_usage_failure(
+        &out,
+        &format!(
+            "volguard: {}: cannot read: No such file or directory (os error 2); run \
+             `volguard certs --service NAME --namespace NS --out {}` to create the certificate \
+             files, or pass --self-signed to serve an in-memory certificate",
+            dir.path().join("missing.crt").display(),
+            dir.path().display()
+        ),
+    );
     let bad = dir.path().join("bad.crt");
     std::fs::write(&bad, "not a certificate").unwrap();
     let out = volguard(&[
@@ -236,4 +510,105 @@ fn explain_on_the_local_pv_example_shows_local_and_nfs_slots() {
             .unwrap_or_else(|| panic!("a row for {node}: {stdout}"));
         assert!(row.contains("pass") && row.contains(slots), "{row}");
     }
+}
+
+#[test]
+fn an_unreadable_kubeconfig_is_named_once_without_doubled_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("kubeconfig");
+    let out = volguard(&[
+        "serve",
+        "--self-signed",
+        "--kubeconfig",
+        missing.to_str().unwrap(),
+    ]);
+    assert_usage_failure(
+        &out,
+        &format!(
+            "volguard: {}: cannot read: No such file or directory (os error 2)",
+            missing.display()
+        ),
+    );
+    // No flag, not in a cluster, no ~/.kube/config.
+    let out = Command::new(BIN)
+        .args(["serve", "--self-signed"])
+        .env_remove("RUST_LOG")
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_usage_failure(
+        &out,
+        &format!(
+            "{}: cannot read: No such file or directory (os error 2); pass --kubeconfig FILE, \
+             or --snapshot PATH to serve from files",
+            dir.path().join(".kube/config").display()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("'\""), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_api_server_is_logged_with_its_url_and_cause() {
+    // Bound but not listening: connections to it are refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", socket.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+             clusters: [{{name: test, cluster: {{server: \"{url}\"}}}}]\n\
+             users: [{{name: test, user: {{}}}}]\n\
+             contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let stderr = serve_until(
+        &[
+            "--self-signed",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
+        |line| line.contains("cannot list"),
+    );
+    let line = stderr.lines().last().unwrap();
+    let kind = line
+        .split("kind=\"")
+        .nth(1)
+        .and_then(|k| k.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("names the kind: {line}"));
+    assert_eq!(
+        without_time(line),
+        format!(
+            "WARN volguard::sources::watch: cannot list {kind} at {url}: ServiceError: client \
+             error (Connect): tcp connect error: Connection refused (os error 111); retrying, \
+             quietly while the error stays the same kind=\"{kind}\""
+        )
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour codes in a pipe: {stderr:?}"
+    );
+}
+
+#[test]
+fn logs_through_a_pipe_carry_no_colour_codes() {
+    let snapshot = common::repo("examples/cluster");
+    let stderr = serve_until(
+        &["--self-signed", "--snapshot", snapshot.to_str().unwrap()],
+        |line| line.contains(" serving "),
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| without_time(l).starts_with("INFO volguard::cmd::serve: serving ")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
 }

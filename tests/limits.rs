@@ -165,3 +165,63 @@ async fn idle_keep_alive_connections_are_closed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_body_announced_too_large_is_refused_before_it_is_sent() {
+    // One request slot: an oversized upload must not hold it.
+    let server = start(Limits {
+        max_requests: 1,
+        ..Limits::default()
+    })
+    .await;
+    let (addr, ca) = (server.addr, server.ca_pem.clone());
+    let answers = blocking(move || {
+        [
+            ("/mutate", 512u64 << 20),
+            ("/filter", 129 << 20),
+            ("/prioritize", 1 << 40),
+        ]
+        .map(|(path, length)| {
+            let mut conn = raw::connect(addr, &ca);
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+                     Content-Length: {length}\r\n\r\n"
+            );
+            conn.write_all(head.as_bytes()).unwrap();
+            conn.flush().unwrap();
+            // Not one byte of the body is sent; the answer comes anyway.
+            let (status, body) = raw::read_response(&mut conn).unwrap();
+            (status, String::from_utf8(body).unwrap())
+        })
+    })
+    .await;
+    assert_eq!(
+        answers,
+        [
+            (
+                413,
+                "request body of 536870912 bytes is over the 8 MiB limit of /mutate\n".to_owned()
+            ),
+            (
+                413,
+                "request body of 135266304 bytes is over the 128 MiB limit of /filter\n".to_owned()
+            ),
+            (
+                413,
+                "request body of 1099511627776 bytes is over the 128 MiB limit of /prioritize\n"
+                    .to_owned()
+            ),
+        ]
+    );
+    let (status, _) = server.post("/mutate", review_body()).await;
+    assert_eq!(status, StatusCode::OK, "the slot is free");
+    let (_, _, metrics) = server.get_plain("/metrics").await;
+    let scraped = openmetrics::parse(&metrics).unwrap();
+    assert_eq!(
+        scraped.value(
+            "volguard_requests_total",
+            &[("endpoint", "/mutate"), ("outcome", "too_large")]
+        ),
+        Some(1.0)
+    );
+}

@@ -478,26 +478,43 @@ fn check_volguard_deployment(r: &Rendered) {
             "{flag} {file} is not under any volumeMount"
         );
     }
+    let log_format = args.iter().position(|a| a == "--log-format");
+    assert_eq!(
+        log_format.and_then(|i| args.get(i + 1)).map(String::as_str),
+        Some("json"),
+        "volguard logs JSON for the cluster's log pipeline: {args:?}"
+    );
     let env: BTreeMap<&str, &str> = container
         .env
         .iter()
         .flatten()
         .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
         .collect();
-    let log = env.get("RUST_LOG").copied().unwrap_or_default();
-    assert!(
-        log.split(',').next() == Some("info"),
-        "RUST_LOG {log:?} logs at info"
+    assert_eq!(
+        env.get("RUST_LOG").copied(),
+        Some(volguard::cmd::DEFAULT_LOG_FILTER),
+        "RUST_LOG is the binary's default filter (info, kube's per-retry errors off)"
     );
-    let secrets: BTreeSet<&str> = pod
+    let tls = pod
         .volumes
         .iter()
         .flatten()
-        .filter_map(|v| v.secret.as_ref()?.secret_name.as_deref())
-        .collect();
-    assert!(
-        secrets.contains("volguard-tls"),
-        "TLS comes from Secret volguard-tls"
+        .find_map(|v| {
+            v.secret
+                .as_ref()
+                .filter(|s| s.secret_name.as_deref() == Some("volguard-tls"))
+        })
+        .expect("TLS comes from Secret volguard-tls");
+    assert_eq!(
+        tls.default_mode,
+        Some(0o400),
+        "the TLS Secret's files (the private key) are readable by their owner only"
+    );
+    let pod_sc = pod.security_context.as_ref();
+    assert_eq!(
+        pod_sc.and_then(|s| s.fs_group),
+        pod_sc.and_then(|s| s.run_as_group),
+        "fsGroup is volguard's group, so the kubelet lets it read the 0400 Secret files"
     );
 
     // The Service and the PDB select these pods.

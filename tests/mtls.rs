@@ -1,6 +1,7 @@
 //! `--client-ca`: with a client CA configured, the TLS listener requires a client
-//! certificate signed by it. A client without one, or with one from another CA, is
-//! refused during the handshake; a client with a good one is served.
+//! certificate signed by it. A client without one, with one from another CA, or with a
+//! serving certificate from the right CA, is refused during the handshake; a client
+//! with a good one is served.
 
 mod common;
 
@@ -9,19 +10,25 @@ use std::sync::Arc;
 use common::{TestServer, client_config, client_with, example_app, raw};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, body::Bytes};
-use volguard::server::certs::{self, CertBundle};
+use volguard::server::certs::{self, Ca, CertBundle, Leaf};
 
 fn bundle(name: &str) -> CertBundle {
     certs::generate(&[name.to_owned(), "localhost".to_owned()], 1).unwrap()
 }
 
-/// The server, whose client CA is `clients`' CA.
-async fn start(serving: &CertBundle, clients: &CertBundle) -> TestServer {
-    TestServer::launch(example_app(), serving, Some(&clients.ca_pem)).await
+/// A CA for clients (PEM) and a client certificate it issued to `name`.
+fn client_ca(name: &str) -> (String, Leaf) {
+    let (ca, ca_pem, _) = Ca::generate(1).unwrap();
+    (ca_pem, ca.client(name, 1).unwrap())
+}
+
+/// The server, trusting clients of `client_ca_pem`.
+async fn start(serving: &CertBundle, client_ca_pem: &str) -> TestServer {
+    TestServer::launch(example_app(), serving, Some(client_ca_pem)).await
 }
 
 /// GET /healthz with `identity`; the status, or the error text when refused.
-async fn healthz(server: &TestServer, identity: Option<&CertBundle>) -> Result<StatusCode, String> {
+async fn healthz(server: &TestServer, identity: Option<&Leaf>) -> Result<StatusCode, String> {
     let client = client_with(
         &server.ca_pem,
         identity.map(|b| (b.cert_pem.as_str(), b.key_pem.as_str())),
@@ -42,7 +49,7 @@ async fn healthz(server: &TestServer, identity: Option<&CertBundle>) -> Result<S
 /// and sent a request: the alert the server answered with, if any.
 async fn alert_for(
     server: &TestServer,
-    identity: Option<&CertBundle>,
+    identity: Option<&Leaf>,
 ) -> Option<rustls::AlertDescription> {
     let config = Arc::new(client_config(
         &server.ca_pem,
@@ -71,8 +78,8 @@ async fn alert_for(
 
 #[tokio::test]
 async fn a_client_without_a_certificate_is_refused() {
-    let (serving, clients) = (bundle("volguard"), bundle("kube-apiserver"));
-    let server = start(&serving, &clients).await;
+    let (clients, _) = client_ca("kube-apiserver");
+    let server = start(&bundle("volguard"), &clients).await;
     let refused = healthz(&server, None).await;
     assert!(
         refused.is_err(),
@@ -86,20 +93,17 @@ async fn a_client_without_a_certificate_is_refused() {
 
 #[tokio::test]
 async fn a_client_with_a_certificate_from_the_client_ca_is_served() {
-    let (serving, clients) = (bundle("volguard"), bundle("kube-apiserver"));
-    let server = start(&serving, &clients).await;
-    assert_eq!(healthz(&server, Some(&clients)).await, Ok(StatusCode::OK));
-    assert_eq!(alert_for(&server, Some(&clients)).await, None);
+    let (clients, apiserver) = client_ca("kube-apiserver");
+    let server = start(&bundle("volguard"), &clients).await;
+    assert_eq!(healthz(&server, Some(&apiserver)).await, Ok(StatusCode::OK));
+    assert_eq!(alert_for(&server, Some(&apiserver)).await, None);
 }
 
 #[tokio::test]
 async fn a_client_with_a_certificate_from_another_ca_is_refused() {
-    let (serving, clients, stranger) = (
-        bundle("volguard"),
-        bundle("kube-apiserver"),
-        bundle("kube-apiserver"),
-    );
-    let server = start(&serving, &clients).await;
+    let (clients, _) = client_ca("kube-apiserver");
+    let (_, stranger) = client_ca("kube-apiserver");
+    let server = start(&bundle("volguard"), &clients).await;
     let refused = healthz(&server, Some(&stranger)).await;
     assert!(refused.is_err(), "served a stranger: {refused:?}");
     // Every generated CA is named "volguard CA": the stranger's issuer is found by name
@@ -111,6 +115,23 @@ async fn a_client_with_a_certificate_from_another_ca_is_refused() {
             Some(rustls::AlertDescription::DecryptError | rustls::AlertDescription::UnknownCA)
         ),
         "{alert:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_serving_certificate_is_not_a_client_certificate() {
+    // The server trusts the CA that issued `other`'s serving certificate; presenting
+    // that certificate as a client is still refused: it is for server authentication.
+    let other = bundle("volguard");
+    let server = start(&bundle("volguard"), &other.ca_pem).await;
+    let serving = Leaf {
+        cert_pem: other.cert_pem.clone(),
+        key_pem: other.key_pem.clone(),
+    };
+    assert!(healthz(&server, Some(&serving)).await.is_err());
+    assert_eq!(
+        alert_for(&server, Some(&serving)).await,
+        Some(rustls::AlertDescription::UnsupportedCertificate)
     );
 }
 

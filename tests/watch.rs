@@ -7,12 +7,12 @@ mod fake_api;
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
 use common::{TestServer, create_review, patch_of, read_doc, response_of};
-use fake_api::{FakeApi, example_documents};
+use fake_api::{FORBIDDEN_USER, FakeApi, example_documents};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -57,24 +57,24 @@ impl Live {
     /// Started and synced.
     async fn synced() -> (Self, JoinSet<()>) {
         let live = Self::new().await;
-        let watchers = watch::spawn(live.client.clone(), live.state.clone());
+        let watchers = live.spawn();
         live.until("every kind is listed", |s| s.is_ready()).await;
         (live, watchers)
     }
 
+    /// Starts the watchers.
+    fn spawn(&self) -> JoinSet<()> {
+        watch::spawn(self.client.clone(), self.url(), self.state.clone())
+    }
+
+    /// The fake API's URL as the log names it.
+    fn url(&self) -> String {
+        format!("http://{}", self.fake.addr)
+    }
+
     /// Waits (bounded) until `cond` holds for the state.
     async fn until(&self, what: &str, cond: impl Fn(&ClusterState) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if cond(&self.state.read().unwrap()) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting until {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(&self.state, what, cond).await;
     }
 
     /// Waits (bounded) until the fake API has seen `count` requests matching `what`.
@@ -145,6 +145,68 @@ fn example_document(kind: &str, name: &str) -> Value {
         .unwrap_or_else(|| panic!("{kind} {name} in the example cluster"))
 }
 
+/// Waits (bounded) until `cond` holds for `state`.
+async fn until(state: &SharedState, what: &str, cond: impl Fn(&ClusterState) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if cond(&state.read().unwrap()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The log lines written on this thread while the guard lives, filtered and formatted
+/// as the binary's text logs are (without time stamps). `#[tokio::test]` runs on one thread,
+/// so the watchers' and the client's tasks log here too.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_env_filter(volguard::cmd::DEFAULT_LOG_FILTER)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The lines at `level` (`WARN`, `INFO`), without the level and its padding.
+    fn lines(&self, level: &str) -> Vec<String> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter_map(|l| l.trim_start().strip_prefix(level))
+            .map(|l| l.trim_start().to_owned())
+            .collect()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 /// A bound claim in shop and its linode PV.
 fn claim_and_volume(claim: &str, pv: &str, handle: &str) -> [Value; 2] {
     [
@@ -191,7 +253,7 @@ async fn readiness_waits_for_the_first_list_of_every_kind() {
     );
     assert_eq!(answer["NodeNames"], Value::Null, "no verdict: {answer}");
 
-    let _watchers = watch::spawn(live.client.clone(), live.state.clone());
+    let _watchers = live.spawn();
     live.until("every kind is listed", |s| s.is_ready()).await;
     let (status, body) = live.server.get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
@@ -493,6 +555,101 @@ async fn a_direct_get_that_hangs_becomes_a_warning() {
         warning.contains("shop/data-web-2 not found (direct GET: no answer within 2s)"),
         "{warning}"
     );
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_logged_once_with_its_cause() {
+    // Bound but not listening: every connection is refused, until it listens below.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", socket.local_addr().unwrap());
+    let config = common::example_config();
+    let state: SharedState = Arc::new(RwLock::new(common::empty_state(&config)));
+    let client = watch::client(kube::Config::new(url.parse().unwrap()), &state).unwrap();
+    let (logs, _guard) = Captured::start();
+    let _watchers = watch::spawn(client, &url, state.clone());
+
+    until(&state, "every kind failed in two retry rounds", |s| {
+        Kind::ALL
+            .iter()
+            .all(|k| s.readiness().watch(*k).errors >= 2)
+    })
+    .await;
+    let warnings = logs.lines("WARN");
+    assert_eq!(warnings.len(), 1, "said once: {warnings:#?}");
+    let kind = Kind::ALL
+        .into_iter()
+        .map(Kind::as_str)
+        .find(|k| warnings[0].contains(&format!("cannot list {k} at")))
+        .unwrap_or_else(|| panic!("names a kind: {}", warnings[0]));
+    assert_eq!(
+        warnings[0],
+        format!(
+            "volguard::sources::watch: cannot list {kind} at {url}: ServiceError: client error \
+             (Connect): tcp connect error: Connection refused (os error 111); retrying, quietly \
+             while the error stays the same kind=\"{kind}\""
+        )
+    );
+    let why = state
+        .read()
+        .unwrap()
+        .readiness()
+        .watch(Kind::Pod)
+        .last_error;
+    assert_eq!(
+        why.as_deref(),
+        Some(
+            "cannot list: ServiceError: client error (Connect): tcp connect error: \
+             Connection refused (os error 111)"
+        ),
+        "readiness quotes the cause"
+    );
+
+    // The API server comes up: every kind recovers, and nothing more was warned.
+    let fake = FakeApi::serve(socket.listen(64).unwrap(), example_documents());
+    until(&state, "every kind recovered and synced", |s| {
+        s.is_ready() && Kind::ALL.iter().all(|k| !s.readiness().is_failing(*k))
+    })
+    .await;
+    let recovered = logs.lines("INFO");
+    for kind in Kind::ALL {
+        let said = "volguard::sources::watch::recovery: watch recovered after ";
+        assert!(
+            recovered
+                .iter()
+                .any(|l| l.starts_with(said) && l.ends_with(&format!("kind=\"{}\"", kind.as_str()))),
+            "{kind:?} recovery logged: {recovered:#?}"
+        );
+    }
+    assert_eq!(logs.lines("WARN").len(), 1, "{:#?}", logs.lines("WARN"));
+    drop(fake);
+}
+
+#[tokio::test]
+async fn a_403_names_the_verb_and_resource_once() {
+    let live = Live::new().await;
+    live.fake.forbid(Kind::Pod);
+    let (logs, _guard) = Captured::start();
+    let _watchers = live.spawn();
+    live.until_seen("list", Kind::Pod, 3).await;
+    live.until("every other kind is listed", |s| {
+        s.unsynced() == [Kind::Pod]
+    })
+    .await;
+    let warnings = logs.lines("WARN");
+    assert_eq!(
+        warnings,
+        [format!(
+            "volguard::sources::watch: cannot list Pod at {}: 403 Forbidden: pods is forbidden: \
+             User \"{FORBIDDEN_USER}\" cannot list resource \"pods\" in API group \"\" at the \
+             cluster scope; retrying, quietly while the error stays the same kind=\"Pod\"",
+            live.url()
+        )],
+        "one line for three refused lists"
+    );
+    live.fake.allow(Kind::Pod);
+    live.until("pods are listed", |s| s.is_ready()).await;
+    assert_eq!(logs.lines("WARN").len(), 1);
 }
 
 #[test]

@@ -57,12 +57,22 @@ impl Readiness {
             .collect()
     }
 
-    /// Records a failed watch request or a broken watch stream of `kind`.
-    pub fn watch_failed(&mut self, kind: Kind, error: String, at: Instant) {
+    /// Records a failed watch request or a broken watch stream of `kind`, and says
+    /// whether the error is news: no watch (this kind's or another's) is failing with
+    /// the same text right now. Unreachable or refusing API servers fail every kind on
+    /// every retry with one cause; the caller logs it when it is news, so an operator
+    /// reads each cause once per failure episode, and again once it changed or after
+    /// the watch recovered.
+    pub fn watch_failed(&mut self, kind: Kind, error: String, at: Instant) -> bool {
+        let news = !self
+            .watches
+            .values()
+            .any(|h| h.failing_since.is_some() && h.last_error.as_deref() == Some(&error));
         let health = self.watches.entry(kind).or_default();
         health.errors += 1;
         health.failing_since.get_or_insert(at);
         health.last_error = Some(error);
+        news
     }
 
     /// Records that the API answered `kind`'s list or watch again; returns how long it
@@ -195,6 +205,30 @@ mod tests {
             "errors are counted, not reset"
         );
         assert_eq!(r.watch_recovered(Kind::Pod, t0), None, "already recovered");
+    }
+
+    #[test]
+    fn an_error_is_news_once_per_failure_episode() {
+        let mut r = synced();
+        let t0 = Instant::now();
+        let refused = || "cannot list: connection refused".to_owned();
+        assert!(r.watch_failed(Kind::Pod, refused(), t0), "first failure");
+        assert!(!r.watch_failed(Kind::Pod, refused(), t0), "the next retry");
+        assert!(!r.watch_failed(Kind::Node, refused(), t0), "another kind");
+        assert!(
+            r.watch_failed(Kind::Pod, "cannot list: 401 Unauthorized".into(), t0),
+            "a changed error"
+        );
+        assert!(
+            !r.watch_failed(Kind::Pod, refused(), t0),
+            "Node still fails with it"
+        );
+        r.watch_recovered(Kind::Pod, t0);
+        r.watch_recovered(Kind::Node, t0);
+        assert!(
+            r.watch_failed(Kind::Node, refused(), t0),
+            "a new episode after the recovery"
+        );
     }
 
     #[test]

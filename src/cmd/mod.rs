@@ -70,14 +70,22 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The log filter when `RUST_LOG` is not set (the shipped Deployment sets the same).
+/// kube's client logs every failed request at ERROR, and its watcher every 403 at WARN
+/// as a debug dump, on every retry; volguard's watchers log each failure themselves,
+/// once, with the kind, the server and the whole cause.
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,kube_client::client::builder=off,kube_runtime::watcher=error";
+
 fn init_logging(format: LogFormat) {
-    // kube's client logs every failed request at ERROR; the watchers already log each
-    // failure once, with the kind, at WARN.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Colour codes only for a person at a terminal: in a file, a pipe or a log
+    // collector they are noise bytes around every level.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

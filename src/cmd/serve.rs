@@ -167,10 +167,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
             None => None,
             Some((kube_config, origin)) => {
                 tracing::info!(api = %kube_config.cluster_url, config = %origin, "watching the Kubernetes API; /readyz is 503 until every kind is listed");
+                let server = kube_config.cluster_url.clone();
                 let client = watch::client(kube_config, &app.cluster)
                     .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
                 app.api = Some(client.clone());
-                Some(watch::spawn(client, app.cluster.clone()))
+                Some(watch::spawn(client, server, app.cluster.clone()))
             }
         };
         let tls = RustlsConfig::from_config(Arc::new(serving.config));
@@ -223,7 +224,19 @@ fn serving_tls(args: &ServeArgs) -> Result<(Loaded, Source), Failure> {
         key: args.tls_key.clone(),
         client_ca,
     };
-    let pair = files.read().map_err(Failure::usage)?;
+    let pair = files.read().map_err(|e| {
+        if args.tls_cert.exists() && args.tls_key.exists() {
+            return Failure::usage(e);
+        }
+        let dir = match args.tls_cert.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.display().to_string(),
+            _ => ".".to_owned(),
+        };
+        Failure::usage(format!(
+            "{e}; run `volguard certs --service NAME --namespace NS --out {dir}` to create \
+             the certificate files, or pass --self-signed to serve an in-memory certificate"
+        ))
+    })?;
     let loaded = files.build(&pair).map_err(Failure::usage)?;
     Ok((loaded, Source::Files(files, pair)))
 }

@@ -76,7 +76,7 @@ pub fn load(args: &StateArgs) -> Result<Loaded, Failure> {
     let client = runtime.block_on(async {
         let client = watch::client(kube_config, &shared)
             .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
-        watch::list_once(client.clone(), shared.clone(), LIST_TIMEOUT)
+        watch::list_once(client.clone(), &api, shared.clone(), LIST_TIMEOUT)
             .await
             .map_err(|e| Failure::runtime(format!("{api} ({origin}): {e}")))?;
         Ok::<_, Failure>(client)

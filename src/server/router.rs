@@ -13,7 +13,7 @@ use axum::{
     http::{StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 
 use crate::server::{
@@ -28,21 +28,20 @@ use crate::server::{
 pub fn router(app: App) -> Router {
     let limits = app.limits;
     Router::new()
-        .route(
-            "/mutate",
-            post(mutate).layer(DefaultBodyLimit::max(MUTATE_BODY_LIMIT)),
-        )
+        .route("/mutate", limited(post(mutate), MUTATE_BODY_LIMIT))
         .route(
             "/filter",
-            post(extender::endpoints::filter_handler).layer(DefaultBodyLimit::max(
+            limited(
+                post(extender::endpoints::filter_handler),
                 extender::endpoints::EXTENDER_BODY_LIMIT,
-            )),
+            ),
         )
         .route(
             "/prioritize",
-            post(extender::endpoints::prioritize_handler).layer(DefaultBodyLimit::max(
+            limited(
+                post(extender::endpoints::prioritize_handler),
                 extender::endpoints::EXTENDER_BODY_LIMIT,
-            )),
+            ),
         )
         .merge(health_routes())
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
@@ -57,6 +56,17 @@ pub fn router(app: App) -> Router {
             metrics::track,
         ))
         .with_state(app)
+}
+
+/// A route taking bodies of at most `limit` bytes: refused up front when the
+/// Content-Length says more, cut off at `limit` while reading otherwise; both 413.
+fn limited(route: MethodRouter<App>, limit: usize) -> MethodRouter<App> {
+    route
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            limit,
+            limits::content_length,
+        ))
 }
 
 /// `/healthz` and `/readyz`, served on both listeners.

@@ -46,6 +46,7 @@ struct Inner {
     offline: bool,
     compacted: u64,
     stall_gets: bool,
+    forbidden: std::collections::BTreeSet<Kind>,
     seen: Vec<Seen>,
 }
 
@@ -62,6 +63,15 @@ impl FakeApi {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        Self::serve(listener, objects)
+    }
+
+    /// Starts serving `objects` on a listener the caller made (e.g. on a port that
+    /// refused connections until now).
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        objects: impl IntoIterator<Item = Value>,
+    ) -> Self {
         let addr = listener.local_addr().expect("addr");
         let inner = Arc::new(Mutex::new(Inner::default()));
         let (epoch, _) = watch::channel(0u64);
@@ -120,6 +130,17 @@ impl FakeApi {
         let mut inner = self.inner.lock().unwrap();
         inner.offline = false;
         inner.compacted = inner.resource_version;
+    }
+
+    /// Lists and watches of `kind` are answered 403 Forbidden with the Status the API
+    /// server sends when RBAC lacks the verb, until [`FakeApi::allow`].
+    pub fn forbid(&self, kind: Kind) {
+        self.inner.lock().unwrap().forbidden.insert(kind);
+    }
+
+    /// Undoes [`FakeApi::forbid`].
+    pub fn allow(&self, kind: Kind) {
+        self.inner.lock().unwrap().forbidden.remove(&kind);
     }
 
     /// GETs of single objects are accepted but never answered.
@@ -245,6 +266,9 @@ fn answer<B>(inner: &Mutex<Inner>, req: Request<B>) -> Response<Body> {
         let watching = query.get("watch").is_some_and(|v| v == "true" || v == "1");
         let verb = if watching { "watch" } else { "list" };
         inner.seen.push(Seen { verb, path, kind });
+        if inner.forbidden.contains(&kind) {
+            return forbidden(kind, verb);
+        }
         return if watching {
             watch_events(&mut inner, kind, &query)
         } else {
@@ -397,6 +421,34 @@ fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
     );
     response
 }
+
+/// The API server's answer to a service account whose role lacks `verb` on `kind`.
+fn forbidden(kind: Kind, verb: &str) -> Response<Body> {
+    let path = collection_path(kind);
+    let (prefix, plural) = path.rsplit_once('/').expect("a collection path");
+    let group = prefix
+        .strip_prefix("/apis/")
+        .and_then(|g| g.split('/').next())
+        .unwrap_or_default();
+    let resource = if group.is_empty() {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{group}")
+    };
+    let message = format!(
+        "{resource} is forbidden: User \"{FORBIDDEN_USER}\" cannot {verb} resource \"{plural}\" \
+         in API group \"{group}\" at the cluster scope"
+    );
+    json_response(
+        StatusCode::FORBIDDEN,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": "Forbidden", "details": {"kind": plural},
+                "code": 403}),
+    )
+}
+
+/// The identity named in 403 answers: volguard's service account.
+pub const FORBIDDEN_USER: &str = "system:serviceaccount:volguard-system:volguard";
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     json_response(

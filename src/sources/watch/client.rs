@@ -5,7 +5,7 @@ use std::path::Path;
 
 use kube::{
     client::ClientBuilder,
-    config::{KubeConfigOptions, Kubeconfig},
+    config::{KubeConfigOptions, Kubeconfig, KubeconfigError, LoadDataError},
 };
 
 use super::recovery::RecoveryLayer;
@@ -17,12 +17,14 @@ use crate::cluster::SharedState;
 pub async fn kube_config(kubeconfig: Option<&Path>) -> Result<(kube::Config, String), String> {
     if let Some(path) = kubeconfig {
         let origin = path.display().to_string();
-        let file = Kubeconfig::read_from(path)
-            .map_err(|e| format!("{origin}: cannot read kubeconfig: {}", first_line(&e)))?;
+        let file = Kubeconfig::read_from(path).map_err(|e| match e {
+            KubeconfigError::ReadConfig(io, _) => format!("{origin}: cannot read: {io}"),
+            e => format!("{origin}: cannot read kubeconfig: {}", problem(&e)),
+        })?;
         return kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
             .await
             .map(|config| (config, origin.clone()))
-            .map_err(|e| format!("{origin}: unusable kubeconfig: {}", first_line(&e)));
+            .map_err(|e| format!("{origin}: unusable kubeconfig: {}", problem(&e)));
     }
     let in_cluster = match kube::Config::incluster() {
         Ok(config) => return Ok((config, "in-cluster service account".into())),
@@ -36,13 +38,37 @@ pub async fn kube_config(kubeconfig: Option<&Path>) -> Result<(kube::Config, Str
         .await
         .map(|config| (config, file.clone()))
         .map_err(|e| {
+            let (file, why) = match e {
+                KubeconfigError::ReadConfig(io, path) => {
+                    (path.display().to_string(), format!("cannot read: {io}"))
+                }
+                e => (file, problem(&e)),
+            };
             format!(
-                "no Kubernetes API to watch: not in a cluster ({}) and {file}: {}; \
+                "no Kubernetes API to watch: not in a cluster ({}) and {file}: {why}; \
                  pass --kubeconfig FILE, or --snapshot PATH to serve from files",
                 first_line(&in_cluster),
-                first_line(&e)
             )
         })
+}
+
+/// What is wrong with a kubeconfig, in one line. kube's own text for a file it cannot
+/// read quotes the path twice (`failed to read file '"/etc/ca.crt"'`), so those are
+/// written here with the path as it is.
+fn problem(e: &KubeconfigError) -> String {
+    let file = |what: &str, load: &LoadDataError| match load {
+        LoadDataError::ReadFile(io, path) => {
+            format!("cannot read the {what} {}: {io}", path.display())
+        }
+        other => format!("cannot load the {what}: {}", first_line(other)),
+    };
+    match e {
+        KubeconfigError::ReadConfig(io, path) => format!("cannot read {}: {io}", path.display()),
+        KubeconfigError::LoadCertificateAuthority(load) => file("certificate authority", load),
+        KubeconfigError::LoadClientCertificate(load) => file("client certificate", load),
+        KubeconfigError::LoadClientKey(load) => file("client key", load),
+        other => first_line(other),
+    }
 }
 
 /// The YAML parser appends a source excerpt on further lines; the first says it all.

@@ -51,7 +51,7 @@ async fn get<K: Watched>(api: &Api<K>, name: &str, deadline: Instant) -> Result<
             "no answer within {}s",
             DIRECT_GET_TIMEOUT.as_secs()
         )),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(super::cause::chain(&e)),
         Ok(Ok(None)) => Err("not found either".into()),
         Ok(Ok(Some(object))) => Ok(object),
     }

@@ -1,9 +1,11 @@
 //! Live cluster state from the Kubernetes API: one reflector-style watcher per cached
 //! kind (list, then watch from the list's resourceVersion, relist on 410 Gone, backoff
 //! on errors) feeds the same indexed [`ClusterState`](crate::cluster::ClusterState) a
-//! snapshot fills. Failures are logged, counted and turn readiness off once they outlast
-//! the grace period; they never stop the server.
+//! snapshot fills. Failures are logged (with their whole cause, once per failure
+//! episode), counted and turn readiness off once they outlast the grace period; they
+//! never stop the server.
 
+mod cause;
 mod client;
 mod direct_get;
 mod feed;
@@ -12,6 +14,7 @@ mod recovery;
 
 use std::{
     pin::pin,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -31,6 +34,7 @@ pub use direct_get::{DIRECT_GET_TIMEOUT, fetch_missing};
 pub use feed::Feed;
 pub use kinds::{Watched, collection_path};
 
+use self::cause::WatchFailure;
 use crate::cluster::{Kind, SharedState};
 
 /// Most events applied under one write lock: a list page at a time, so readers wait
@@ -38,19 +42,26 @@ use crate::cluster::{Kind, SharedState};
 const BATCH: usize = 500;
 
 /// Starts one watcher per kind on the current runtime; dropping the set stops them.
-pub fn spawn(client: Client, state: SharedState) -> JoinSet<()> {
+/// `server` is the API server's URL (`kube::Config::cluster_url`), named in every
+/// failure logged, since the client's errors do not say where they tried to go.
+pub fn spawn(client: Client, server: impl std::fmt::Display, state: SharedState) -> JoinSet<()> {
+    let server: Arc<str> = server.to_string().trim_end_matches('/').into();
     let mut set = JoinSet::new();
     for kind in Kind::ALL {
-        let (client, state) = (client.clone(), state.clone());
+        let w = Watcher {
+            client: client.clone(),
+            server: server.clone(),
+            state: state.clone(),
+        };
         match kind {
-            Kind::Node => set.spawn(run::<Node>(client, state)),
-            Kind::CsiNode => set.spawn(run::<CSINode>(client, state)),
-            Kind::PersistentVolume => set.spawn(run::<PersistentVolume>(client, state)),
-            Kind::PersistentVolumeClaim => set.spawn(run::<PersistentVolumeClaim>(client, state)),
-            Kind::Pod => set.spawn(run::<Pod>(client, state)),
-            Kind::VolumeAttachment => set.spawn(run::<VolumeAttachment>(client, state)),
-            Kind::StorageClass => set.spawn(run::<StorageClass>(client, state)),
-            Kind::CsiDriver => set.spawn(run::<CSIDriver>(client, state)),
+            Kind::Node => set.spawn(run::<Node>(w)),
+            Kind::CsiNode => set.spawn(run::<CSINode>(w)),
+            Kind::PersistentVolume => set.spawn(run::<PersistentVolume>(w)),
+            Kind::PersistentVolumeClaim => set.spawn(run::<PersistentVolumeClaim>(w)),
+            Kind::Pod => set.spawn(run::<Pod>(w)),
+            Kind::VolumeAttachment => set.spawn(run::<VolumeAttachment>(w)),
+            Kind::StorageClass => set.spawn(run::<StorageClass>(w)),
+            Kind::CsiDriver => set.spawn(run::<CSIDriver>(w)),
         };
     }
     set
@@ -61,10 +72,11 @@ pub fn spawn(client: Client, state: SharedState) -> JoinSet<()> {
 /// The error names the kinds not listed within `timeout`, with their last error.
 pub async fn list_once(
     client: Client,
+    server: impl std::fmt::Display,
     state: SharedState,
     timeout: Duration,
 ) -> Result<(), String> {
-    let _watchers = spawn(client, state.clone());
+    let _watchers = spawn(client, server, state.clone());
     let deadline = Instant::now() + timeout;
     loop {
         let missing: Vec<String> = {
@@ -94,12 +106,31 @@ pub async fn list_once(
     }
 }
 
+/// What one kind's watcher works with.
+struct Watcher {
+    client: Client,
+    /// The API server's URL, for the log.
+    server: Arc<str>,
+    state: SharedState,
+}
+
 /// Watches one kind for as long as the process runs. The watcher recovers by itself
 /// (rewatch, or relist after 410 Gone) with exponential backoff between failures.
 /// Lists use the defaults on purpose: pages of 500 bound the full objects alive at once
 /// (each is slimmed into a record on apply and dropped), and most-recent semantics keep
 /// a relist from going back in time after a disconnect.
-async fn run<K: Watched>(client: Client, state: SharedState) {
+///
+/// A failure is logged at WARN only when it is news (see
+/// [`Readiness::watch_failed`](crate::cluster::readiness::Readiness::watch_failed)):
+/// an API server that cannot be reached fails all eight kinds on every retry round with
+/// one cause, which an operator needs to read once, not once per kind and round.
+async fn run<K: Watched>(
+    Watcher {
+        client,
+        server,
+        state,
+    }: Watcher,
+) {
     let kind = K::KIND;
     let mut feed = Feed::new(kind);
     let events = watcher(Api::<K>::all(client), watcher::Config::default())
@@ -120,17 +151,24 @@ async fn run<K: Watched>(client: Client, state: SharedState) {
                 match item {
                     Ok(event) => feed.handle(&mut state, convert(event)),
                     Err(e) => {
-                        let e = e.to_string();
-                        state
-                            .readiness_mut()
-                            .watch_failed(kind, e.clone(), Instant::now());
-                        errors.push(e);
+                        let failure = WatchFailure::of(&e);
+                        let news = state.readiness_mut().watch_failed(
+                            kind,
+                            failure.summary(),
+                            Instant::now(),
+                        );
+                        errors.push((failure, news));
                     }
                 }
             }
         }
-        for e in errors {
-            tracing::warn!(kind = kind.as_str(), "watch failed, retrying: {e}");
+        for (failure, news) in errors {
+            let line = failure.line(kind.as_str(), &server);
+            if news {
+                tracing::warn!(kind = kind.as_str(), "{line}");
+            } else {
+                tracing::debug!(kind = kind.as_str(), "{line}");
+            }
         }
     }
 }
