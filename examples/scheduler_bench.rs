@@ -57,7 +57,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
@@ -198,7 +198,14 @@ async fn run(args: Args) {
 
     // The pods, all through the webhook: some one at a time, then the rest.
     let sequential = args.sequential.min(pods.len());
-    let scrape = || async { (cp.apiserver_metrics().await, cp.volguard_metrics().await) };
+    let scrape = || async {
+        Scrape {
+            apiserver: cp.apiserver_metrics().await,
+            volguard: cp.volguard_metrics().await,
+            at: Instant::now(),
+            busy: machine_busy(),
+        }
+    };
     let t = Instant::now();
     let at_start = scrape().await;
     create_pods(&cp.admin, &pods[..sequential], 1).await;
@@ -260,6 +267,12 @@ async fn run(args: Args) {
         if let Some(mut extra) = extra {
             extra.stop(Duration::from_secs(10));
         }
+        // The next scheduler starts from the same cluster: no pod bound yet.
+        if phase.scheduler_name != PHASES[PHASES.len() - 1].scheduler_name {
+            let t = Instant::now();
+            delete_pods(&cp, phase, args.pods, args.concurrency).await;
+            step(t, &format!("{} pods deleted", phase.scheduler_name));
+        }
     }
     let rss = cp
         .volguard
@@ -267,6 +280,7 @@ async fn run(args: Args) {
         .and_then(Component::pid)
         .map(memory)
         .unwrap_or_default();
+    let round_trips = extender_round_trips(&cp, args.nodes).await;
 
     report(
         &args,
@@ -274,21 +288,30 @@ async fn run(args: Args) {
         &at_start,
         &after_sequential,
         &after_all,
-        sequential,
         rss,
+        round_trips,
     );
     step(started, "total");
+}
+
+/// The API server's and volguard's `/metrics` at one moment, with the machine's busy
+/// CPU time then.
+struct Scrape {
+    apiserver: String,
+    volguard: String,
+    at: Instant,
+    busy: f64,
 }
 
 /// The table, to stdout.
 fn report(
     args: &Args,
     runs: &[Run],
-    at_start: &(String, String),
-    after_sequential: &(String, String),
-    after_all: &(String, String),
-    sequential: usize,
+    at_start: &Scrape,
+    after_sequential: &Scrape,
+    after_all: &Scrape,
     rss: (f64, f64),
+    round_trips: Vec<(&'static str, Vec<f64>)>,
 ) {
     println!();
     println!(
@@ -297,17 +320,18 @@ fn report(
     );
     println!();
     println!(
-        "| scheduler | pods bound per second | first to last bind | scheduling algorithm per pod: mean, p99 | CPU s per 1,000 pods: scheduler / kube-apiserver / etcd / volguard |"
+        "| scheduler | pods bound per second | first to last bind | scheduling algorithm per pod: mean, p99 | CPU s per 1,000 pods: scheduler / kube-apiserver / etcd / volguard | cores busy: all, other processes |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for run in runs {
         let algorithm = Histogram::of(
             &run.scheduler_metrics,
             "scheduler_scheduling_algorithm_duration_seconds",
             &[],
         );
+        let (busy, others) = run.cores_busy();
         println!(
-            "| {} ({}) | {:.1} | {:.1} s | {:.1} ms, {:.0} ms | {} |",
+            "| {} ({}) | {:.1} | {:.1} s | {:.1} ms, {:.0} ms | {} | {busy:.2}, {others:.2} |",
             run.phase.scheduler_name,
             run.phase.what,
             run.rate(),
@@ -337,25 +361,32 @@ fn report(
         ("concurrently", after_sequential, after_all),
     ] {
         let admission = Histogram::delta(
-            &before.0,
-            &after.0,
+            &before.apiserver,
+            &after.apiserver,
             "apiserver_admission_webhook_admission_duration_seconds",
             &[("name", WEBHOOK), ("type", "admit")],
         );
+        let create = Histogram::delta(
+            &before.apiserver,
+            &after.apiserver,
+            "apiserver_request_duration_seconds",
+            &[("verb", "POST"), ("resource", "pods"), ("subresource", "")],
+        );
         let mutate = Histogram::delta(
-            &before.1,
-            &after.1,
+            &before.volguard,
+            &after.volguard,
             "volguard_request_duration_seconds",
             &[("endpoint", "/mutate")],
         );
+        let cores = (after.busy - before.busy) / (after.at - before.at).as_secs_f64();
         println!(
-            "webhook, pods created {what} ({} calls): kube-apiserver's apiserver_admission_webhook_admission_duration_seconds: {}; volguard's /mutate: {}",
+            "webhook, pods created {what} ({} calls, {cores:.2} cores busy): kube-apiserver's apiserver_admission_webhook_admission_duration_seconds: {}; the whole create (apiserver_request_duration_seconds): mean {:.2} ms; volguard's /mutate: {}",
             admission.count(),
             admission.summary(),
+            create.mean() * 1000.0,
             mutate.summary()
         );
     }
-    let _ = sequential;
     if let Some(run) = runs
         .iter()
         .find(|r| r.phase.scheduler_name == control_plane::SCHEDULER)
@@ -374,10 +405,91 @@ fn report(
             );
         }
     }
+    for (endpoint, times) in round_trips {
+        println!(
+            "extender {endpoint}, one request at a time from a keep-alive Rust client with kube-scheduler's body ({} requests, scheduler idle): mean {:.2} ms, p50 {:.2} ms, p99 {:.2} ms",
+            times.len(),
+            mean(&times) * 1000.0,
+            exact_quantile(&times, 0.5) * 1000.0,
+            exact_quantile(&times, 0.99) * 1000.0,
+        );
+    }
     println!(
         "volguard RSS watching this cluster: VmRSS {:.0} MiB (peak VmHWM {:.0} MiB)",
         rss.0, rss.1
     );
+}
+
+/// The extender's round trip without kube-scheduler: the body it sends for a pending pod
+/// (a stored pod of the run, unbound, on a free claim; every node's name), posted one
+/// at a time over one keep-alive TLS connection; client-side seconds per request.
+async fn extender_round_trips(cp: &ControlPlane, nodes: usize) -> Vec<(&'static str, Vec<f64>)> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let api: Api<Pod> = Api::namespaced(cp.admin.clone(), NAMESPACE);
+    let mut pod = serde_json::to_value(
+        api.get(&format!("{}-00000", PHASES[2].prefix))
+            .await
+            .expect("a pod of the run"),
+    )
+    .expect("pod JSON");
+    pod["metadata"]["name"] = json!("round-trip");
+    pod["spec"]["nodeName"] = json!(null);
+    pod["status"] = json!({"phase": "Pending"});
+    // The first phase's claims are free again.
+    pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] =
+        json!(format!("{}-00000", PHASES[0].prefix));
+    let names: Vec<String> = (0..nodes).map(|i| format!("node-{i:05}")).collect();
+    let body = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();
+    let client = common::client_for(&cp.volguard_ca);
+    let mut out = Vec::new();
+    for endpoint in ["/filter", "/prioritize"] {
+        let url = format!("https://localhost:{}{endpoint}", cp.volguard_port);
+        let mut times = Vec::new();
+        for i in 0..220 {
+            let request = hyper::Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.clone())))
+                .expect("request");
+            let t = Instant::now();
+            let response = client.request(request).await.expect("extender request");
+            let status = response.status();
+            let answer = response
+                .into_body()
+                .collect()
+                .await
+                .expect("answer")
+                .to_bytes();
+            let took = t.elapsed().as_secs_f64();
+            assert!(status.is_success(), "{endpoint}: {status}");
+            if i == 0 && endpoint == "/filter" {
+                let answer: serde_json::Value =
+                    serde_json::from_slice(&answer).expect("ExtenderFilterResult");
+                let passing = answer["NodeNames"].as_array().map_or(0, Vec::len);
+                if passing != nodes {
+                    eprintln!("round trip: {passing} of {nodes} nodes pass: {answer}");
+                }
+            }
+            // The first 20 warm the connection up.
+            if i >= 20 {
+                times.push(took);
+            }
+        }
+        out.push((endpoint, times));
+    }
+    out
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// The nearest-rank `q` quantile.
+fn exact_quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied().unwrap_or(0.0)
 }
 
 /// A component's own `/metrics` over HTTPS on its `--secure-port` (read from its
@@ -611,7 +723,11 @@ async fn create_pods(admin: &Client, pods: &[(String, &'static str)], concurrenc
         let pod: Pod = serde_json::from_value(json!({
             // The shipped webhook would send a default-scheduler pod with a managed
             // volume to volguard-scheduler; each pod here stays with its scheduler.
-            "metadata": {"name": name, "annotations": {"volguard.io/route": "false"}},
+            "metadata": {
+                "name": name,
+                "labels": {"bench": name.split('-').next()},
+                "annotations": {"volguard.io/route": "false"},
+            },
             "spec": {
                 "schedulerName": scheduler,
                 "containers": [{
@@ -629,6 +745,44 @@ async fn create_pods(admin: &Client, pods: &[(String, &'static str)], concurrenc
         }
     })
     .await;
+}
+
+/// Deletes the pods of `phase` at once (no kubelet would confirm a graceful delete);
+/// waits until the API and volguard's cache have none of them left.
+async fn delete_pods(cp: &ControlPlane, phase: &Phase, pods: usize, concurrency: usize) {
+    let api: Api<Pod> = Api::namespaced(cp.admin.clone(), NAMESPACE);
+    let pods_cached = || async {
+        sample(
+            &cp.volguard_metrics().await,
+            "volguard_cache_objects",
+            &[("kind", "Pod")],
+        )
+        .unwrap_or(0.0) as usize
+    };
+    let cached_before = pods_cached().await;
+    each(pods, concurrency, "delete the pods", |i| {
+        let api = api.clone();
+        let name = format!("{}-{i:05}", phase.prefix);
+        async move {
+            api.delete(&name, &DeleteParams::default().grace_period(0))
+                .await?;
+            Ok(())
+        }
+    })
+    .await;
+    let selector = ListParams::default()
+        .labels(&format!("bench={}", phase.prefix))
+        .limit(1);
+    let gone = wait_for(Duration::from_secs(300), || async {
+        let left = api.list(&selector).await.ok()?;
+        (left.items.is_empty() && pods_cached().await + pods <= cached_before).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the pods of {} are not gone",
+        phase.scheduler_name
+    );
 }
 
 /// When each pod of the namespace was first seen bound, from a watch.
@@ -683,17 +837,48 @@ struct Processes {
 }
 
 impl Processes {
-    fn cpu(&self) -> [f64; 4] {
-        [self.scheduler, self.apiserver, self.etcd, self.volguard]
-            .map(|p| p.map_or(0.0, cpu_seconds))
+    /// CPU seconds so far of the scheduler, kube-apiserver, etcd, volguard, this
+    /// program, and of the whole machine (busy time of every core).
+    fn cpu(&self) -> [f64; 6] {
+        let [scheduler, apiserver, etcd, volguard, me] = [
+            self.scheduler,
+            self.apiserver,
+            self.etcd,
+            self.volguard,
+            Some(std::process::id()),
+        ]
+        .map(|p| p.map_or(0.0, cpu_seconds));
+        [scheduler, apiserver, etcd, volguard, me, machine_busy()]
     }
+}
+
+/// Busy CPU seconds of the whole machine (user, nice, system, irq, softirq, steal of
+/// every core), from /proc/stat.
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(total) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let fields: Vec<f64> = total
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum::<f64>()
+        / clock_ticks()
 }
 
 struct Run {
     phase: &'static Phase,
     span: Duration,
     pods: usize,
-    cpu: [f64; 4],
+    /// CPU seconds during the run: scheduler, kube-apiserver, etcd, volguard, this
+    /// program, the whole machine.
+    cpu: [f64; 6],
     /// The scheduler's own `/metrics` after the run.
     scheduler_metrics: String,
     /// volguard's `/metrics` before and after.
@@ -705,10 +890,21 @@ impl Run {
         (self.pods.saturating_sub(1)) as f64 / self.span.as_secs_f64()
     }
 
+    /// Scheduler / kube-apiserver / etcd / volguard, in CPU seconds per 1,000 pods.
     fn cpu_per_thousand(&self) -> String {
-        self.cpu
+        self.cpu[..4]
+            .iter()
             .map(|c| format!("{:.1}", c * 1000.0 / self.pods as f64))
+            .collect::<Vec<_>>()
             .join(" / ")
+    }
+
+    /// Cores busy on average during the run: all, and those of processes other than the
+    /// control plane's and this program (another workload skews the figures).
+    fn cores_busy(&self) -> (f64, f64) {
+        let secs = self.span.as_secs_f64().max(1e-9);
+        let ours: f64 = self.cpu[..5].iter().sum();
+        (self.cpu[5] / secs, (self.cpu[5] - ours).max(0.0) / secs)
     }
 }
 
@@ -740,7 +936,7 @@ async fn measure(
                 phase.scheduler_name,
                 (times[0] - started).as_secs_f64()
             );
-            let mut cpu = [0.0; 4];
+            let mut cpu = [0.0; 6];
             for (i, c) in cpu.iter_mut().enumerate() {
                 *c = cpu_after[i] - cpu_before.unwrap_or(cpu_after)[i];
             }
