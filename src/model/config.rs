@@ -24,7 +24,7 @@ pub struct Config {
     pub annotation_prefix: String,
     /// Policy for volguard's own errors in the webhook.
     pub on_error: OnError,
-    /// Extended resource injected into containers[0] so that a scheduler whose extender
+    /// Extended resource injected into `containers[0]` so that a scheduler whose extender
     /// lists it in `managedResources` sends the pod to volguard; empty: not injected
     /// (a scheduler that sends volguard every pod needs none, and kube-scheduler
     /// requeues pods that carry it late, see the README).
