@@ -2,7 +2,12 @@
 //! cluster as a snapshot, a realistic 6 KB AdmissionReview (3 containers, 2 managed
 //! volumes), and a 5,000-node ExtenderArgs (nodeCacheCapable) for a pod with 2 volumes.
 //!
-//! `cargo run --release --example loadtest_data -- DIR [nodes pods volumes]`
+//! With `--lists` it also writes the same cluster as one `kind: List` document, the way
+//! `kubectl get nodes,csinodes,pv,pvc,pods,volumeattachments,storageclasses -A` prints
+//! it: `list.json` (`-o json`: 4-space indent, `items` before `kind`) and `list.yaml`
+//! (`-o yaml`), for measuring how a List loads against the stream of documents.
+//!
+//! `cargo run --release --example loadtest_data -- DIR [nodes pods volumes] [--lists]`
 
 use std::{
     fs::File,
@@ -10,13 +15,16 @@ use std::{
     path::PathBuf,
 };
 
+use serde::Serialize;
 use serde_json::{Value, json};
 use volguard::sources::synthetic::{self, Size};
 
 fn main() -> std::io::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let lists = args.iter().any(|a| a == "--lists");
+    args.retain(|a| a != "--lists");
     let Some(dir) = args.first().map(PathBuf::from) else {
-        eprintln!("usage: loadtest_data DIR [nodes pods volumes]");
+        eprintln!("usage: loadtest_data DIR [nodes pods volumes] [--lists]");
         std::process::exit(2);
     };
     let n = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
@@ -33,6 +41,10 @@ fn main() -> std::io::Result<()> {
         snap.write_all(b"\n")?;
     }
     snap.flush()?;
+    if lists {
+        write_json_list(&dir.join("list.json"), size)?;
+        write_yaml_list(&dir.join("list.yaml"), size)?;
+    }
 
     let review = admission_review(synthetic::pending_pod(2));
     std::fs::write(dir.join("mutate.json"), serde_json::to_vec(&review)?)?;
@@ -41,12 +53,62 @@ fn main() -> std::io::Result<()> {
     let args = json!({"Pod": synthetic::pending_pod(2), "Nodes": null, "NodeNames": names});
     std::fs::write(dir.join("filter.json"), serde_json::to_vec(&args)?)?;
     eprintln!(
-        "wrote {}: snapshot.json ({} nodes, {} pods, {} volumes), mutate.json, filter.json",
+        "wrote {}: snapshot.json ({} nodes, {} pods, {} volumes){}, mutate.json, filter.json",
         dir.display(),
         size.nodes,
         size.pods,
-        size.volumes
+        size.volumes,
+        if lists { ", list.json, list.yaml" } else { "" }
     );
+    Ok(())
+}
+
+/// Every object of the snapshot, as one `kind: List`.
+fn all_documents(size: Size) -> impl Iterator<Item = Value> {
+    synthetic::documents(size).chain(synthetic::fresh_volumes(2))
+}
+
+/// `kubectl get ... -o json`: `{"apiVersion", "items", "kind": "List", "metadata"}`,
+/// indented by 4 spaces; written item by item, never held whole.
+fn write_json_list(path: &std::path::Path, size: Size) -> std::io::Result<()> {
+    let mut out = BufWriter::new(File::create(path)?);
+    out.write_all(b"{\n    \"apiVersion\": \"v1\",\n    \"items\": [")?;
+    for (i, doc) in all_documents(size).enumerate() {
+        out.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+        let mut text = Vec::new();
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        doc.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut text, formatter,
+        ))?;
+        indent(&mut out, &text, b"        ", b"        ")?;
+    }
+    out.write_all(b"\n    ],\n    \"kind\": \"List\",\n    \"metadata\": {\n        \"resourceVersion\": \"\"\n    }\n}\n")?;
+    out.flush()
+}
+
+/// `kubectl get ... -o yaml`: `apiVersion`, `items` as a block sequence at column 0,
+/// `kind: List`, `metadata`.
+fn write_yaml_list(path: &std::path::Path, size: Size) -> std::io::Result<()> {
+    let mut out = BufWriter::new(File::create(path)?);
+    out.write_all(b"apiVersion: v1\nitems:\n")?;
+    for doc in all_documents(size) {
+        let text = serde_saphyr::to_string(&doc).map_err(std::io::Error::other)?;
+        indent(&mut out, text.trim_end().as_bytes(), b"- ", b"  ")?;
+        out.write_all(b"\n")?;
+    }
+    out.write_all(b"kind: List\nmetadata:\n  resourceVersion: \"\"\n")?;
+    out.flush()
+}
+
+/// Writes `text` with `first` before its first line and `rest` before every other one.
+fn indent(out: &mut impl Write, text: &[u8], first: &[u8], rest: &[u8]) -> std::io::Result<()> {
+    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+        if i > 0 {
+            out.write_all(b"\n")?;
+        }
+        out.write_all(if i == 0 { first } else { rest })?;
+        out.write_all(line)?;
+    }
     Ok(())
 }
 

@@ -7,8 +7,9 @@
 # 50,000 volumes), starts `volguard serve` on it and the baseline example on loopback,
 # and drives both over TLS with oha (keep-alive). Prints a Markdown table: saturation
 # throughput for /mutate (as a ratio of the baseline), p50/p99 latency at fixed rates,
-# the server's RSS and its time from start to ready. Everything runs on 127.0.0.1 and
-# stops by itself.
+# the server's RSS and its time from start to ready; then the time to ready and the
+# memory of the same cluster written as one `kind: List` (JSON as `kubectl get -o json`
+# prints it, and YAML). Everything runs on 127.0.0.1 and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-"$bin/examples/loadtest_data" "$work" 2>/dev/null
+"$bin/examples/loadtest_data" "$work" --lists 2>/dev/null
 "$bin/volguard" certs --service volguard --namespace volguard-system --out "$work/certs" >/dev/null 2>&1
 
 start=$(date +%s%N)
@@ -64,6 +65,28 @@ f_rate=$(run 18443 /filter "$work/filter.json" -c 8 -q 200 --latency-correction)
 rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
 hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
 
+# load FILE: `volguard serve` on one snapshot file alone; prints the milliseconds from
+# start to ready, then VmRSS and VmHWM (the peak) in MiB once ready, and stops it.
+load() {
+  local start pid ms
+  start=$(date +%s%N)
+  "$bin/volguard" serve --snapshot "$1" --config examples/config.yaml --self-signed \
+    --listen 127.0.0.1:18445 --metrics-listen 127.0.0.1:19091 >/dev/null 2>"$work/load.log" &
+  pid=$!
+  for _ in $(seq 1 12000); do
+    curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { echo "$1 did not load: $(tail -1 "$work/load.log")" >&2; exit 1; }
+    sleep 0.01
+  done
+  ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  echo "$ms $(awk '/VmRSS/ {print int($2/1024)}' "/proc/$pid/status") $(awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status")"
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+}
+mib() { echo $(( $(stat -c %s "$1") / 1048576 )); }
+figures=$(load "$work/snapshot.json"); read -r s_ms s_rss s_hwm <<<"$figures"
+figures=$(load "$work/list.json"); read -r j_ms j_rss j_hwm <<<"$figures"
+figures=$(load "$work/list.yaml"); read -r y_ms y_rss y_hwm <<<"$figures"
+
 vol=$(rps <<<"$m_vol"); base=$(rps <<<"$m_base")
 cat <<TABLE
 | what | volguard | target |
@@ -74,6 +97,12 @@ cat <<TABLE
 | /filter at 200 req/s | p50 $(pct p50 <<<"$f_rate") ms, p99 $(pct p99 <<<"$f_rate") ms (success $(ok <<<"$f_rate")) | p99 <= 10 ms |
 | RSS after the runs (peak) | $((rss_kb / 1024)) MiB ($((hwm_kb / 1024)) MiB) | <= 256 MiB |
 | start to ready on the snapshot | $ready_ms ms | <= 200 ms |
+
+| loading the cluster alone | start to ready | RSS once ready | peak RSS | target |
+|---|---|---|---|---|
+| separate JSON documents ($(mib "$work/snapshot.json") MiB) | $s_ms ms | $s_rss MiB | $s_hwm MiB | |
+| one JSON List, \`kubectl get -o json\` ($(mib "$work/list.json") MiB) | $j_ms ms | $j_rss MiB | $j_hwm MiB | <= 2 s, peak <= 2 x RSS |
+| one YAML List, \`-o yaml\` ($(mib "$work/list.yaml") MiB) | $y_ms ms | $y_rss MiB | $y_hwm MiB | loads |
 TABLE
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%d GiB", $2/1048576}' /proc/meminfo), $(uname -sr); oha $(oha --version | awk '{print $2}'); ${secs}s per run"

@@ -612,3 +612,125 @@ fn logs_through_a_pipe_carry_no_colour_codes() {
     );
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
 }
+
+/// `volguard serve` on a snapshot that must be refused: it never gets to serving, but
+/// in case it did, it is stopped rather than left running.
+fn serve_snapshot(path: &std::path::Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volguard"))
+        .args(["serve", "--self-signed", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--snapshot"])
+        .arg(path)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+/// A List with a broken item, a file cut short, a List without `items` or with
+/// `items` that is not an array: exit 2 and exactly this one line, from `serve` (which
+/// then serves nothing) and from `explain`.
+#[test]
+fn broken_lists_exit_2_with_one_line_naming_document_and_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "a"}}"#;
+    let list = format!(
+        "{{\"apiVersion\": \"v1\", \"items\": [\n  {node},\n  {node},\n  {node}\n], \"kind\": \"List\", \"metadata\": {{}}}}\n"
+    );
+    let yaml_list = "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata:\n    name: a\n- apiVersion: storage.k8s.io/v1\n  kind: CSINode\n  metadata:\n    name: a\n  spec:\n    drivers: 7\nkind: List\nmetadata: {}\n";
+    let cases = [
+        (
+            "item.json",
+            list.replacen(
+                r#""name": "a"}}"#,
+                r#""name": "a"}, "spec": {"taints": 7}}"#,
+                2,
+            )
+            .replacen(
+                r#""name": "a"}, "spec": {"taints": 7}}"#,
+                r#""name": "a"}}"#,
+                1,
+            ),
+            "document 1, item 2: invalid Node: invalid type: integer `7`, expected a sequence at line 3 column 86",
+        ),
+        (
+            "item.yaml",
+            yaml_list.to_owned(),
+            "document 1, item 2: invalid CSINode: expected sequence start at line 12, column 14",
+        ),
+        (
+            "syntax.json",
+            list.replacen(r#""name": "a"}"#, r#""name": "a",}"#, 3)
+                .replacen(r#""name": "a",}"#, r#""name": "a"}"#, 2),
+            "document 1, item 3: invalid JSON: trailing comma at line 4 column 65",
+        ),
+        (
+            "mixed.yaml",
+            format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: b\n---\n{yaml_list}"),
+            "document 2, item 2: invalid CSINode: expected sequence start at line 17, column 14",
+        ),
+        (
+            "truncated.json",
+            list[..list.find("\"Node\", \"metadata\"").unwrap() + 100].to_owned(),
+            "truncated: the file ends inside document 1, item 2",
+        ),
+        (
+            "truncated.yaml",
+            yaml_list[..yaml_list.find("  spec:").unwrap()].to_owned(),
+            "document 1: List without kind (kubectl prints it after the items: is the file cut short?)",
+        ),
+        (
+            "noitems.json",
+            r#"{"apiVersion": "v1", "kind": "List", "metadata": {}}"#.to_owned(),
+            "document 1: List without items",
+        ),
+        (
+            "noitems.yaml",
+            "apiVersion: v1\nkind: NodeList\nmetadata: {}\n".to_owned(),
+            "document 1: NodeList without items",
+        ),
+        (
+            "notarray.json",
+            r#"{"apiVersion": "v1", "items": {"a": 1}, "kind": "List"}"#.to_owned(),
+            "document 1: List: items is an object, not an array",
+        ),
+        (
+            "notarray.yaml",
+            "apiVersion: v1\nkind: List\nitems: nope\n".to_owned(),
+            "document 1: List: items is a string, not an array",
+        ),
+        (
+            "kindless.json",
+            format!(
+                r#"{{"apiVersion": "v1", "items": [{node}, {{"metadata": {{}}}}], "kind": "List"}}"#
+            ),
+            "document 1, item 2: no kind, and the List is not of one kind (such as NodeList) that would give it one",
+        ),
+    ];
+    let pod = common::repo("examples/pods/linode-web.yaml");
+    for (file, text, message) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let line = format!("volguard: {}: {message}", path.display());
+        for out in [
+            serve_snapshot(&path),
+            volguard(&[
+                "explain",
+                "--snapshot",
+                path.to_str().unwrap(),
+                "--pod",
+                pod.to_str().unwrap(),
+            ]),
+        ] {
+            assert_usage_failure(&out, &line);
+            assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), line);
+            assert!(out.stdout.is_empty(), "{file}: nothing served");
+        }
+    }
+}

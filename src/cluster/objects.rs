@@ -5,9 +5,8 @@ use k8s_openapi::api::{
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim},
     storage::v1::{CSIDriver, CSINode, StorageClass, VolumeAttachment},
 };
-use std::borrow::Cow;
 
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::model::podview::PodView;
@@ -45,6 +44,11 @@ impl Kind {
         Kind::VolumeAttachment,
         Kind::Pod,
     ];
+
+    /// The cached kind a Kubernetes `kind` string names, if any.
+    pub fn parse(kind: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
 
     /// The Kubernetes `kind` string.
     pub fn as_str(self) -> &'static str {
@@ -103,76 +107,41 @@ pub enum ObjectError {
     },
 }
 
-/// Where a document is decoded from: an already parsed value, or JSON text (faster:
-/// no intermediate tree).
-trait Source {
-    fn decode<T: DeserializeOwned>(self) -> serde_json::Result<T>;
-}
-
-impl Source for Value {
-    fn decode<T: DeserializeOwned>(self) -> serde_json::Result<T> {
-        serde_json::from_value(self)
-    }
-}
-
-impl Source for &str {
-    fn decode<T: DeserializeOwned>(self) -> serde_json::Result<T> {
-        serde_json::from_str(self)
-    }
-}
-
 impl ClusterObject {
     /// Decodes a JSON document by its `kind`.
     pub fn from_value(value: Value) -> Result<Self, ObjectError> {
-        let kind = value
+        let name = value
             .get("kind")
             .and_then(Value::as_str)
-            .ok_or(ObjectError::NoKind)?
-            .to_owned();
-        Self::decode(&kind, value)
+            .ok_or(ObjectError::NoKind)?;
+        let Some(kind) = Kind::parse(name) else {
+            return Err(ObjectError::UnknownKind(name.to_owned()));
+        };
+        Self::deserialize_kind(kind, value).map_err(|source| ObjectError::Invalid {
+            kind: kind.as_str(),
+            source,
+        })
     }
 
-    /// Decodes one JSON document given as text, by its `kind`.
-    pub fn from_json(text: &str) -> Result<Self, ObjectError> {
-        #[derive(Deserialize)]
-        struct KindOnly<'a> {
-            #[serde(borrow, default)]
-            kind: Option<Cow<'a, str>>,
-        }
-        let probe: KindOnly =
-            serde_json::from_str(text).map_err(|source| ObjectError::Invalid {
-                kind: "object",
-                source,
-            })?;
-        let kind = probe.kind.ok_or(ObjectError::NoKind)?;
-        Self::decode(&kind, text)
-    }
-
-    fn decode(kind: &str, source: impl Source) -> Result<Self, ObjectError> {
-        fn typed<T: DeserializeOwned>(
-            kind: Kind,
-            source: impl Source,
-        ) -> Result<Box<T>, ObjectError> {
-            source
-                .decode()
-                .map(Box::new)
-                .map_err(|source| ObjectError::Invalid {
-                    kind: kind.as_str(),
-                    source,
-                })
+    /// Decodes an object of a known kind from any serde deserializer: the snapshot
+    /// reader hands it the rest of a YAML or JSON mapping once the `kind` key is read,
+    /// so that a List's items go straight into their types without a tree in between.
+    pub fn deserialize_kind<'de, D: Deserializer<'de>>(
+        kind: Kind,
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
+        fn typed<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Box<T>, D::Error> {
+            T::deserialize(d).map(Box::new)
         }
         Ok(match kind {
-            "Node" => Self::Node(typed(Kind::Node, source)?),
-            "CSINode" => Self::CsiNode(typed(Kind::CsiNode, source)?),
-            "PersistentVolume" => Self::PersistentVolume(typed(Kind::PersistentVolume, source)?),
-            "PersistentVolumeClaim" => {
-                Self::PersistentVolumeClaim(typed(Kind::PersistentVolumeClaim, source)?)
-            }
-            "Pod" => Self::Pod(typed(Kind::Pod, source)?),
-            "VolumeAttachment" => Self::VolumeAttachment(typed(Kind::VolumeAttachment, source)?),
-            "StorageClass" => Self::StorageClass(typed(Kind::StorageClass, source)?),
-            "CSIDriver" => Self::CsiDriver(typed(Kind::CsiDriver, source)?),
-            _ => return Err(ObjectError::UnknownKind(kind.to_owned())),
+            Kind::Node => Self::Node(typed(deserializer)?),
+            Kind::CsiNode => Self::CsiNode(typed(deserializer)?),
+            Kind::PersistentVolume => Self::PersistentVolume(typed(deserializer)?),
+            Kind::PersistentVolumeClaim => Self::PersistentVolumeClaim(typed(deserializer)?),
+            Kind::Pod => Self::Pod(typed(deserializer)?),
+            Kind::VolumeAttachment => Self::VolumeAttachment(typed(deserializer)?),
+            Kind::StorageClass => Self::StorageClass(typed(deserializer)?),
+            Kind::CsiDriver => Self::CsiDriver(typed(deserializer)?),
         })
     }
 
