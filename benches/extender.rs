@@ -1,7 +1,8 @@
 //! Extender speed on the LARGE synthetic cluster (5,000 nodes, 150,000 pods, 50,000
-//! attached volumes): a pod with 2 fresh managed volumes judged against all 5,000
-//! nodes, as the pure judge and as the full `/filter` and `/prioritize` body handling
-//! (parse ExtenderArgs with 5,000 NodeNames, judge, encode).
+//! attached volumes), for each pod of [`synthetic::bench_pods`]: one that fits every
+//! node, and three that make every node fail or be judged on its attach limit. Each is
+//! measured as the pure judge and as the full `/filter` and `/prioritize` body
+//! handling (parse ExtenderArgs with 5,000 NodeNames, judge, encode).
 
 use std::{
     hint::black_box,
@@ -20,13 +21,11 @@ use volguard::{
     },
 };
 
-const CLAIMS: usize = 2;
-
 fn large_state(config: &Arc<Config>) -> ClusterState {
-    let mut objects = synthetic::objects(Size::LARGE).expect("synthetic objects");
-    for doc in synthetic::fresh_volumes(CLAIMS) {
-        objects.push(ClusterObject::from_value(doc).expect("fresh volume"));
-    }
+    let objects = synthetic::documents(Size::LARGE)
+        .chain(synthetic::bench_volumes())
+        .map(|doc| ClusterObject::from_value(doc).expect("synthetic object"))
+        .collect();
     let snap = Snapshot {
         objects,
         skipped: Vec::new(),
@@ -37,32 +36,34 @@ fn large_state(config: &Arc<Config>) -> ClusterState {
 
 fn extender(c: &mut Criterion) {
     let config = Arc::new(Config::default());
-    let state = large_state(&config);
+    let state = Arc::new(RwLock::new(large_state(&config)));
+    let app = App::new(config.clone(), state.clone());
     let names: Vec<String> = (0..Size::LARGE.nodes).map(synthetic::node_name).collect();
-    let pod_json = synthetic::pending_pod(CLAIMS);
-    let pod: PodView = serde_json::from_value(pod_json.clone()).expect("pending pod");
 
-    c.bench_function("judge 5000 nodes, pod with 2 volumes", |b| {
-        b.iter(|| {
-            let resolution = resolve(&pod, "bench", &state, &config);
-            let judge = Judge::new(resolution.as_ref(), &state, &config);
-            let passing = names.iter().filter(|n| judge.judge(n).passes()).count();
-            assert_eq!(passing, names.len());
-            black_box(passing)
-        })
-    });
+    for case in synthetic::bench_pods() {
+        let pod: PodView = serde_json::from_value(case.pod.clone()).expect("bench pod");
+        let namespace = pod.namespace().expect("bench pods have a namespace");
+        let state = state.read().expect("state");
+        c.bench_function(&format!("judge 5000 nodes, {} pod", case.name), |b| {
+            b.iter(|| {
+                let resolution = resolve(&pod, namespace, &state, &config);
+                let judge = Judge::new(resolution.as_ref(), &state, &config);
+                black_box(names.iter().filter(|n| judge.judge(n).passes()).count())
+            })
+        });
+        drop(state);
 
-    let body = serde_json::to_vec(&serde_json::json!({
-        "Pod": pod_json, "Nodes": null, "NodeNames": names,
-    }))
-    .expect("body");
-    let app = App::new(config.clone(), Arc::new(RwLock::new(state)));
-    c.bench_function("/filter body, 5000 NodeNames", |b| {
-        b.iter(|| black_box(endpoints::filter(black_box(&body), &app).expect("answer")))
-    });
-    c.bench_function("/prioritize body, 5000 NodeNames", |b| {
-        b.iter(|| black_box(endpoints::prioritize(black_box(&body), &app).expect("answer")))
-    });
+        let body = serde_json::to_vec(&serde_json::json!({
+            "Pod": case.pod, "Nodes": null, "NodeNames": names,
+        }))
+        .expect("body");
+        c.bench_function(&format!("/filter 5000 NodeNames, {} pod", case.name), |b| {
+            b.iter(|| black_box(endpoints::filter(black_box(&body), &app).expect("answer")))
+        });
+        c.bench_function(&format!("/prioritize 5000 NodeNames, {} pod", case.name), |b| {
+            b.iter(|| black_box(endpoints::prioritize(black_box(&body), &app).expect("answer")))
+        });
+    }
 }
 
 criterion_group!(benches, extender);

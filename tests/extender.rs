@@ -803,3 +803,75 @@ async fn a_local_attach_limit_applies_only_when_configured_counting_bound_pods()
         "virt-1 holds the volume; virt-2 fails"
     );
 }
+
+/// The pods of the benchmarks and the load test get the verdicts their table rows
+/// claim, on a small synthetic cluster shaped like the large one (10 volumes attached
+/// per node, CSINode limit 16).
+#[test]
+fn bench_pods_are_judged_as_the_performance_table_says() {
+    use std::sync::{Arc, RwLock};
+    use volguard::{
+        model::config::Config,
+        server::{app::App, extender::endpoints},
+        sources::{
+            snapshot::{self, Snapshot},
+            synthetic::{self, Size},
+        },
+    };
+    let size = Size {
+        nodes: 3,
+        pods: 30,
+        volumes: 30,
+    };
+    let config = Config::default();
+    let objects = synthetic::documents(size)
+        .chain(synthetic::bench_volumes())
+        .map(|doc| ClusterObject::from_value(doc).expect("synthetic object"))
+        .collect();
+    let snap = Snapshot {
+        objects,
+        skipped: Vec::new(),
+    };
+    let state = snapshot::into_state(&snap, common::empty_state(&config));
+    let app = App::new(Arc::new(config), Arc::new(RwLock::new(state)));
+    let names: Vec<String> = (0..size.nodes).map(synthetic::node_name).collect();
+    let answer = |pod: &Value| -> Value {
+        let body = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();
+        serde_json::from_slice(&endpoints::filter(body.as_bytes(), &app).expect("answered"))
+            .expect("JSON")
+    };
+    let pods = synthetic::bench_pods();
+    let names_of = |v: &Value| -> Vec<String> {
+        serde_json::from_value(v.clone()).expect("a list of names")
+    };
+    let by_name = |name: &str| &pods.iter().find(|p| p.name == name).expect(name).pod;
+
+    let fresh = answer(by_name("fresh"));
+    assert_eq!(names_of(&fresh["NodeNames"]), names);
+
+    let in_use = answer(by_name("in-use"));
+    assert_eq!(names_of(&in_use["NodeNames"]), ["node-00000"]);
+    let held = "node(s) that cannot use ReadWriteOnce volume 000000-vol (claim claim-000000): \
+                in use on node-00000 by pod ns-0/pod-000000";
+    assert_eq!(
+        reasons(&in_use["FailedAndUnresolvableNodes"]),
+        BTreeMap::from([
+            ("node-00001".to_owned(), held.to_owned()),
+            ("node-00002".to_owned(), held.to_owned()),
+        ])
+    );
+
+    let unbound = answer(by_name("unbound"));
+    assert_eq!(names_of(&unbound["NodeNames"]), names);
+
+    let full = answer(by_name("full"));
+    assert_eq!(names_of(&full["NodeNames"]), Vec::<String>::new());
+    let at_limit = "node(s) at the linode attach limit (limit from CSINode)";
+    assert_eq!(
+        reasons(&full["FailedNodes"]),
+        names
+            .iter()
+            .map(|n| (n.clone(), at_limit.to_owned()))
+            .collect::<BTreeMap<_, _>>()
+    );
+}

@@ -58,22 +58,85 @@ pub fn objects(size: Size) -> Result<Vec<ClusterObject>, ObjectError> {
 /// A pending pod that uses `claims` fresh volumes (created by [`fresh_volumes`]), as the
 /// scheduler would send it after the webhook: the one judged in benchmarks.
 pub fn pending_pod(claims: usize) -> Value {
-    let volumes: Vec<Value> = (0..claims)
-        .map(|c| json!({"name": format!("data-{c}"), "persistentVolumeClaim": {"claimName": format!("fresh-{c}")}}))
+    let names: Vec<String> = (0..claims).map(|c| format!("fresh-{c}")).collect();
+    pod_with_claims("bench", &names)
+}
+
+/// A pending pod named `bench` in `namespace` using these claims, as the scheduler
+/// would send it after the webhook.
+pub fn pod_with_claims(namespace: &str, claims: &[String]) -> Value {
+    let volumes: Vec<Value> = claims
+        .iter()
+        .enumerate()
+        .map(|(c, claim)| json!({"name": format!("data-{c}"), "persistentVolumeClaim": {"claimName": claim}}))
         .collect();
-    let mounts: Vec<Value> = (0..claims)
+    let mounts: Vec<Value> = (0..claims.len())
         .map(|c| json!({"name": format!("data-{c}"), "mountPath": format!("/data/{c}")}))
         .collect();
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "bench", "namespace": "bench", "uid": "00000000-0000-0000-0000-00000000beef"},
+        "metadata": {"name": "bench", "namespace": namespace, "uid": "00000000-0000-0000-0000-00000000beef"},
         "spec": {
             "containers": [{"name": "app", "image": "busybox", "volumeMounts": mounts,
-                            "resources": {"limits": {"volguard.io/volumes": claims.to_string()}}}],
+                            "resources": {"limits": {"volguard.io/volumes": claims.len().to_string()}}}],
             "volumes": volumes
         },
         "status": {"phase": "Pending"}
     })
+}
+
+/// Unbound claims a bench pod may use on top of the cluster: `new-<c>` in namespace
+/// `bench`, of the driver's storage class, waiting for their first consumer.
+pub const UNBOUND_CLAIMS: usize = 7;
+
+/// A pod the benchmarks and the load test judge against a synthetic cluster.
+pub struct BenchPod {
+    /// Short name for file names and table rows.
+    pub name: &'static str,
+    /// What the [`Size::LARGE`] cluster makes of it, for a table row.
+    pub what: &'static str,
+    /// The pod, as the scheduler sends it.
+    pub pod: Value,
+}
+
+/// The pods judged in benchmarks: one that fits every node, and three that make every
+/// node go through the failing or limit-checking paths. Their claims are in
+/// [`bench_volumes`].
+pub fn bench_pods() -> Vec<BenchPod> {
+    let unbound = |n: usize| -> Vec<String> { (0..n).map(|c| format!("new-{c}")).collect() };
+    vec![
+        BenchPod {
+            name: "fresh",
+            what: "2 bound volumes attached nowhere: every node fits",
+            pod: pending_pod(2),
+        },
+        BenchPod {
+            name: "in-use",
+            what: "a ReadWriteOnce claim in use on one node: every other node fails",
+            pod: pod_with_claims("ns-0", &["claim-000000".to_owned()]),
+        },
+        BenchPod {
+            name: "unbound",
+            what: "1 unbound claim: every node judged on its attach limit",
+            pod: pod_with_claims("bench", &unbound(1)),
+        },
+        BenchPod {
+            name: "full",
+            what: "7 unbound claims: every node fails at its attach limit (10 used + 7 > 16)",
+            pod: pod_with_claims("bench", &unbound(UNBOUND_CLAIMS)),
+        },
+    ]
+}
+
+/// The claims (and volumes) of [`bench_pods`]: 2 fresh bound ones and the unbound ones.
+pub fn bench_volumes() -> impl Iterator<Item = Value> {
+    fresh_volumes(2).chain((0..UNBOUND_CLAIMS).map(|c| {
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": format!("new-{c}"), "namespace": "bench"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "linode-block-storage",
+                        "resources": {"requests": {"storage": "10Gi"}}},
+               "status": {"phase": "Pending"}})
+    }))
 }
 
 /// Bound claims `fresh-<c>` in namespace `bench` on PVs attached nowhere, for [`pending_pod`].
