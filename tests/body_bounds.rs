@@ -176,3 +176,22 @@ async fn extender_work_stops_when_its_request_is_abandoned() {
         "no node was judged: {text}"
     );
 }
+
+#[test]
+fn an_abandoned_request_is_not_started() {
+    use volguard::server::extender::endpoints::{self, Abandoned, ExtenderError};
+    let app = example_app();
+    let args = std::fs::read(common::repo("tests/fixtures/extenderargs-nodenames.json")).unwrap();
+    let abandoned = Abandoned::default();
+    abandoned.set();
+    assert!(matches!(
+        endpoints::filter(&args, &app, &abandoned),
+        Err(ExtenderError::Abandoned)
+    ));
+    assert!(matches!(
+        endpoints::prioritize(&args, &app, &abandoned),
+        Err(ExtenderError::Abandoned)
+    ));
+    // Not abandoned: answered.
+    assert!(endpoints::filter(&args, &app, &Abandoned::default()).is_ok());
+}

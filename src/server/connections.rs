@@ -43,7 +43,13 @@ pub struct ConnectionSlots {
     max_per_peer: usize,
     idle: Duration,
     metrics: Arc<Metrics>,
+    /// When a refusal was last logged, and how many were not logged since.
+    logged: Arc<Mutex<(Option<Instant>, u64)>>,
 }
+
+/// Refusals are logged at most this often (each is counted in the metrics): a flood
+/// must not turn into a flood of log lines.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ConnectionSlots {
     /// At most `max` connections, `max_per_peer` from one IP address, each closed after
@@ -63,12 +69,29 @@ impl ConnectionSlots {
             max_per_peer,
             idle,
             metrics,
+            logged: Arc::new(Mutex::new((None, 0))),
         }
     }
 
     fn refuse(&self, why: String) -> io::Error {
         self.metrics.connection_refused();
-        tracing::warn!(listener = self.listener, "{why}");
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match logged.0 {
+            Some(last) if now < last + REFUSAL_LOG_INTERVAL => logged.1 += 1,
+            _ => {
+                let unlogged = std::mem::take(&mut logged.1);
+                logged.0 = Some(now);
+                if unlogged == 0 {
+                    tracing::warn!(listener = self.listener, "{why}");
+                } else {
+                    tracing::warn!(
+                        listener = self.listener,
+                        "{why} ({unlogged} more refused since the last such line)"
+                    );
+                }
+            }
+        }
         io::Error::other(why)
     }
 

@@ -48,6 +48,15 @@ impl Abandoned {
     }
 }
 
+/// Nothing to start on when the request was abandoned while its task waited for a
+/// blocking thread.
+fn still_wanted(abandoned: &Abandoned) -> Result<(), ExtenderError> {
+    if abandoned.is_set() {
+        return Err(ExtenderError::Abandoned);
+    }
+    Ok(())
+}
+
 /// Candidates judged between two looks at [`Abandoned`].
 const NODES_PER_LOOK: usize = 256;
 
@@ -256,6 +265,7 @@ fn sort_out<'a>(
 /// ready, the answer carries `Error` (the scheduler retries), never a guessed verdict.
 /// Stops early, answering nothing, once `abandoned` is set.
 pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, ExtenderError> {
+    still_wanted(abandoned)?;
     let (pod, candidates) = parse(body)?;
     let judged = match app.cluster.read() {
         Err(_) => Err(Unjudged::NotReady(
@@ -277,6 +287,7 @@ pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, 
 /// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
 /// Stops early, answering nothing, once `abandoned` is set.
 pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, ExtenderError> {
+    still_wanted(abandoned)?;
     let (pod, candidates) = parse(body)?;
     let state = app
         .cluster
