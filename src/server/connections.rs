@@ -3,7 +3,8 @@
 //! at once beyond either, with a log line naming the peer), and an idle deadline that
 //! closes a connection with no request in flight, for HTTP/1 and HTTP/2 alike (hyper's
 //! own keep-alive limits only cover HTTP/1 request heads). On the TLS listener, the
-//! verified client certificate of the connection is handed to every request on it.
+//! fact that the connection presented a verified client certificate is handed to every
+//! request on it.
 
 use std::{
     collections::HashMap,
@@ -27,7 +28,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::server::{metrics::Metrics, tls};
+use crate::server::metrics::Metrics;
 
 /// Open connections per peer address, shared by a listener's connections.
 type PeerCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -39,6 +40,8 @@ pub struct ConnectionSlots {
     listener: &'static str,
     slots: Arc<Semaphore>,
     max: usize,
+    /// What `max` is, for the refusal's log line ("the limit (--max-connections)").
+    max_set_by: &'static str,
     peers: PeerCounts,
     max_per_peer: usize,
     idle: Duration,
@@ -52,11 +55,12 @@ pub struct ConnectionSlots {
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ConnectionSlots {
-    /// At most `max` connections, `max_per_peer` from one IP address, each closed after
-    /// `idle` without a request in flight; refusals counted in `metrics`.
+    /// At most `max` connections (named `max_set_by` in the log),
+    /// `max_per_peer` from one IP address, each closed after `idle` without a request in
+    /// flight; refusals counted in `metrics`.
     pub fn new(
         listener: &'static str,
-        max: usize,
+        (max, max_set_by): (usize, &'static str),
         max_per_peer: usize,
         idle: Duration,
         metrics: Arc<Metrics>,
@@ -65,6 +69,7 @@ impl ConnectionSlots {
             listener,
             slots: Arc::new(Semaphore::new(max)),
             max,
+            max_set_by,
             peers: Arc::new(Mutex::new(HashMap::new())),
             max_per_peer,
             idle,
@@ -100,8 +105,8 @@ impl ConnectionSlots {
         let who = peer.map_or_else(|| "an unknown peer".to_owned(), |ip| ip.to_string());
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             return Err(self.refuse(format!(
-                "connection from {who} refused: {} connections are open, the limit (--max-connections)",
-                self.max
+                "connection from {who} refused: {} connections are open, {}",
+                self.max, self.max_set_by
             )));
         };
         let Some(ip) = peer else {
@@ -322,13 +327,10 @@ where
     }
 }
 
-/// The verified client certificate of a request's connection, by its names (CN first,
-/// then DNS SANs); absent when the client presented none.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientCertificate {
-    /// The certificate's names.
-    pub names: Vec<String>,
-}
+/// Marks a request whose connection presented a client certificate, verified (chain
+/// and allowed names) in the handshake; absent when the client presented none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCertificate;
 
 /// An acceptor around the TLS one that hands the connection's verified client
 /// certificate, if any, to each of its requests as a [`ClientCertificate`] extension.
@@ -352,12 +354,8 @@ where
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|leaf| {
-                    Arc::new(ClientCertificate {
-                        names: tls::certificate_names(leaf),
-                    })
-                });
+                .is_some_and(|chain| !chain.is_empty())
+                .then_some(ClientCertificate);
             Ok((
                 stream,
                 WithCertificate {
@@ -373,7 +371,7 @@ where
 #[derive(Clone)]
 pub struct WithCertificate<S> {
     inner: S,
-    certificate: Option<Arc<ClientCertificate>>,
+    certificate: Option<ClientCertificate>,
 }
 
 impl<S, B> tower::Service<Request<B>> for WithCertificate<S>
@@ -389,8 +387,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(certificate) = &self.certificate {
-            req.extensions_mut().insert(certificate.clone());
+        if let Some(certificate) = self.certificate {
+            req.extensions_mut().insert(certificate);
         }
         self.inner.call(req)
     }

@@ -81,11 +81,7 @@ fn limited(route: MethodRouter<App>, limit: usize, budget: &BodyBudget) -> Metho
 /// Route middleware: a one-line 403 for a request whose connection presented no client
 /// certificate (one that was presented has been verified in the handshake).
 async fn client_certificate_required(req: Request, next: Next) -> Response {
-    if req
-        .extensions()
-        .get::<std::sync::Arc<ClientCertificate>>()
-        .is_some()
-    {
+    if req.extensions().get::<ClientCertificate>().is_some() {
         return next.run(req).await;
     }
     let path = req.uri().path().to_owned();
@@ -136,7 +132,7 @@ pub async fn serve_tls(
     listener.set_nonblocking(true)?;
     let slots = ConnectionSlots::new(
         "https",
-        limits.max_connections,
+        (limits.max_connections, "the limit (--max-connections)"),
         limits.max_connections_per_peer,
         limits.idle_timeout,
         metrics,
@@ -177,7 +173,10 @@ pub async fn serve_plain(
     let limits = app.limits;
     let slots = ConnectionSlots::new(
         "metrics",
-        limits.metrics_max_connections,
+        (
+            limits.metrics_max_connections,
+            "the metrics listener's limit",
+        ),
         limits.max_connections_per_peer,
         limits.idle_timeout,
         app.metrics.clone(),
