@@ -1,9 +1,10 @@
 //! Certificate hot reload: the serving certificate and key files, and the client CA
 //! bundle when there is one, are re-read on an interval and, when their contents
-//! changed, a new TLS config is swapped in for new connections. Comparing contents (not inotify on the files) also catches the kubelet's
-//! Secret update, which swaps the directory's `..data` symlink and never writes the
-//! files themselves. A pair that cannot be used is refused with an error log and a
-//! metric, and the certificate in use stays.
+//! changed, a new TLS config is swapped in for new connections. Comparing contents
+//! (not inotify on the files) also catches the kubelet's Secret update, which swaps the
+//! directory's `..data` symlink and never writes the files themselves. Files that
+//! cannot be used are refused with an error log and a metric, and the certificates in
+//! use stay.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -137,13 +138,13 @@ impl Reloader {
             Ok(loaded) => {
                 self.tls.reload_from_config(Arc::new(loaded.config));
                 self.metrics.certificate_reloaded(loaded.not_after);
-                tracing::info!(cert = %self.files.cert.display(), not_after = loaded.not_after, "serving certificate reloaded");
+                tracing::info!(cert = %self.files.cert.display(), not_after = loaded.not_after, "certificate files reloaded (serving pair, and client CA when set)");
                 Check::Reloaded
             }
             Err(why) => {
                 self.metrics.certificate_reload_failed();
                 tracing::error!(
-                    "certificate files changed but cannot be used, keeping the certificate in use: {why}"
+                    "certificate files changed but cannot be used, keeping the ones in use: {why}"
                 );
                 Check::Refused(why)
             }
