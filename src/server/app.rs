@@ -18,7 +18,7 @@ pub struct App {
     pub cluster: SharedState,
     /// The Prometheus families, moved by handlers and middleware.
     pub metrics: Arc<Metrics>,
-    /// Request and connection limits of the TLS listener.
+    /// Request, body and connection limits of the listeners.
     pub limits: Limits,
     /// `/filter` and `/prioritize` need a verified client certificate (client CA set).
     pub extender_needs_client_certificate: bool,
