@@ -170,3 +170,45 @@ async fn the_metrics_listener_caps_connections_and_closes_idle_ones() {
     let (status, _, _) = server.get_plain("/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn http2_settings_limit_streams_and_request_heads() {
+    let server = start(Limits {
+        h2_max_streams: 7,
+        ..Limits::default()
+    })
+    .await;
+    let (addr, ca) = (server.addr, server.ca_pem.clone());
+    let settings = tokio::task::spawn_blocking(move || {
+        let mut config = client_config(&ca, None);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let mut tls = raw::connect_with(addr, std::sync::Arc::new(config)).unwrap();
+        assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+        // The client preface and an empty SETTINGS frame.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .unwrap();
+        tls.flush().unwrap();
+        // The server's first frame is its SETTINGS: 9-byte header, then 6-byte entries.
+        let mut header = [0u8; 9];
+        tls.read_exact(&mut header).unwrap();
+        assert_eq!(header[3], 0x4, "a SETTINGS frame first");
+        let length =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut payload = vec![0u8; length];
+        tls.read_exact(&mut payload).unwrap();
+        payload
+            .chunks(6)
+            .map(|e| {
+                (
+                    u16::from_be_bytes([e[0], e[1]]),
+                    u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+                )
+            })
+            .collect::<std::collections::BTreeMap<u16, u32>>()
+    })
+    .await
+    .unwrap();
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) and SETTINGS_MAX_HEADER_LIST_SIZE (0x6).
+    assert_eq!(settings.get(&0x3), Some(&7), "{settings:?}");
+    assert_eq!(settings.get(&0x6), Some(&(64 << 10)), "{settings:?}");
+}
