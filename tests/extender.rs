@@ -837,8 +837,10 @@ fn bench_pods_are_judged_as_the_performance_table_says() {
     let names: Vec<String> = (0..size.nodes).map(synthetic::node_name).collect();
     let answer = |pod: &Value| -> Value {
         let body = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();
-        serde_json::from_slice(&endpoints::filter(body.as_bytes(), &app).expect("answered"))
-            .expect("JSON")
+        serde_json::from_slice(
+            &endpoints::filter(body.as_bytes(), &app, &Default::default()).expect("answered"),
+        )
+        .expect("JSON")
     };
     let pods = synthetic::bench_pods();
     let names_of =

@@ -204,11 +204,11 @@ async fn a_body_announced_too_large_is_refused_before_it_is_sent() {
             ),
             (
                 413,
-                "request body of 135266304 bytes is over the 128 MiB limit of /filter\n".to_owned()
+                "request body of 135266304 bytes is over the 4 MiB limit of /filter\n".to_owned()
             ),
             (
                 413,
-                "request body of 1099511627776 bytes is over the 128 MiB limit of /prioritize\n"
+                "request body of 1099511627776 bytes is over the 4 MiB limit of /prioritize\n"
                     .to_owned()
             ),
         ]

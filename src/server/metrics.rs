@@ -83,6 +83,8 @@ pub struct Metrics {
     certificate_reloads: Counter,
     certificate_reload_failures: Counter,
     connections_refused: Counter,
+    requests_abandoned: Counter,
+    body_bytes_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -168,8 +170,21 @@ impl Metrics {
         let connections_refused = Counter::default();
         registry.register(
             "connections_refused",
-            "TLS connections closed at once because the connection limit was reached",
+            "Connections closed at once by a connection limit (overall or per peer)",
             connections_refused.clone(),
+        );
+        let requests_abandoned = Counter::default();
+        registry.register(
+            "requests_abandoned",
+            "Extender requests whose judging stopped because their deadline fired or their client went away",
+            requests_abandoned.clone(),
+        );
+        let body_bytes_in_flight = Gauge::default();
+        registry.register_with_unit(
+            "request_body_in_flight",
+            "Request body bytes held across all requests (bounded by --max-bytes-in-flight)",
+            Unit::Bytes,
+            body_bytes_in_flight.clone(),
         );
         Metrics {
             registry,
@@ -186,6 +201,8 @@ impl Metrics {
             certificate_reloads,
             certificate_reload_failures,
             connections_refused,
+            requests_abandoned,
+            body_bytes_in_flight,
         }
     }
 
@@ -256,9 +273,19 @@ impl Metrics {
         self.certificate_reload_failures.inc();
     }
 
-    /// Records a connection closed by the connection limit.
+    /// Records a connection closed by a connection limit.
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    /// Records extender work stopped because nobody waits for its answer any more.
+    pub fn request_abandoned(&self) {
+        self.requests_abandoned.inc();
+    }
+
+    /// Moves the request body bytes held by `delta` (negative when released).
+    pub fn body_bytes_held(&self, delta: i64) {
+        self.body_bytes_in_flight.inc_by(delta);
     }
 
     /// Copies the cache's object counts and readiness into their gauges.

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod app;
 pub mod certs;
+pub mod connections;
 pub mod extender;
 pub mod limits;
 pub mod metrics;
