@@ -140,6 +140,11 @@ impl ClusterState {
         &self.drivers
     }
 
+    /// The driver table, to keep after the state is released.
+    pub fn shared_drivers(&self) -> Arc<Drivers> {
+        self.drivers.clone()
+    }
+
     /// Adds or replaces one object and updates every index it touches.
     pub fn apply(&mut self, object: &ClusterObject) {
         let d = self.drivers.clone();
