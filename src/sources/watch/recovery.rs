@@ -217,6 +217,10 @@ where
             && let Some(data) = frame.data_ref()
             && let Some(watch) = &mut self.watch
             && watch.lines.scan(data)
+            && watch
+                .state
+                .read()
+                .is_ok_and(|s| s.readiness().is_failing(watch.kind))
         {
             let after = watch
                 .state
