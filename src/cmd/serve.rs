@@ -237,7 +237,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         };
         let listener = bind(args.listen)?;
         let plain = bind(args.metrics_listen)?;
-        tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "serving");
+        // The bound addresses: with port 0 the system picks one, and this line says which.
+        let bound = |l: &std::net::TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+        tracing::info!(
+            listen = %bound(&listener, args.listen),
+            metrics = %bound(&plain, args.metrics_listen),
+            "serving"
+        );
         shutdown::serve_until_stopped(app, listener, plain, tls, drain, signals)
             .await
             .map_err(Failure::runtime)

@@ -71,6 +71,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    requests_in_flight: Gauge,
     latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     pods_mutated: Family<DriverLabels, Counter>,
     nodes_failed: Family<ReasonLabels, Counter>,
@@ -102,6 +103,13 @@ impl Metrics {
             "requests",
             "HTTPS requests by endpoint (matched route) and outcome",
             requests.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "HTTPS requests received and not answered yet, those waiting for a slot \
+             (--max-requests) included",
+            requests_in_flight.clone(),
         );
         let latency = Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
@@ -189,6 +197,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            requests_in_flight,
             latency,
             pods_mutated,
             nodes_failed,
@@ -333,17 +342,35 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts every request by matched route and outcome, and times it.
+/// Middleware: counts every request by matched route and outcome, and times it; while
+/// it is not answered (queued for a slot, or dropped on the way), it is in flight.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let endpoint = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
+    let _in_flight = InFlight::new(&metrics.requests_in_flight);
     let start = Instant::now();
     let response = next.run(req).await;
     metrics.observe_request(&endpoint, response.status(), start.elapsed());
     response
+}
+
+/// One request counted in the in-flight gauge until it is dropped, answered or not.
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A small fixed set of outcomes, so the label never explodes.
