@@ -11,32 +11,17 @@ use std::{
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use volguard::{
-    cluster::{ClusterObject, ClusterState},
     decide::{judge::Judge, resolve::resolve},
-    model::{config::Config, drivers::Drivers, podview::PodView},
+    model::{config::Config, podview::PodView},
     server::{app::App, extender::endpoints},
-    sources::{
-        snapshot::{self, Snapshot},
-        synthetic::{self, Size},
-    },
+    sources::synthetic::{self, Size},
 };
-
-fn large_state(config: &Arc<Config>) -> ClusterState {
-    let objects = synthetic::documents(Size::LARGE)
-        .chain(synthetic::bench_volumes())
-        .map(|doc| ClusterObject::from_value(doc).expect("synthetic object"))
-        .collect();
-    let snap = Snapshot {
-        objects,
-        skipped: Vec::new(),
-    };
-    let empty = ClusterState::new(config.clone(), Arc::new(Drivers::new(config)));
-    snapshot::into_state(&snap, empty)
-}
 
 fn extender(c: &mut Criterion) {
     let config = Arc::new(Config::default());
-    let state = Arc::new(RwLock::new(large_state(&config)));
+    let state = Arc::new(RwLock::new(
+        synthetic::state(Size::LARGE, &config).expect("synthetic cluster"),
+    ));
     let app = App::new(config.clone(), state.clone());
     let names: Vec<String> = (0..Size::LARGE.nodes).map(synthetic::node_name).collect();
 

@@ -220,15 +220,21 @@ fn certs_into(dir: &Path, extra: &[&str]) -> Output {
     volguard(&args)
 }
 
-/// Whether `leaf` verifies for `volguard.volguard-system.svc` under `ca`.
-fn verifies(ca: &[u8], leaf: &[u8]) -> Result<(), String> {
+/// The certificates of the PEM bundle `ca` as trust roots.
+fn roots(ca: &[u8]) -> std::sync::Arc<rustls::RootCertStore> {
     volguard::server::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for c in volguard::server::tls::parse_certs(ca, "ca").unwrap() {
         roots.add(c).unwrap();
     }
+    std::sync::Arc::new(roots)
+}
+
+/// Whether `leaf` verifies for `volguard.volguard-system.svc` under `ca`.
+fn verifies(ca: &[u8], leaf: &[u8]) -> Result<(), String> {
+    let roots = roots(ca);
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        std::sync::Arc::new(roots),
+        roots,
         std::sync::Arc::new(rustls::crypto::ring::default_provider()),
     )
     .build()
@@ -251,13 +257,9 @@ fn verifies(ca: &[u8], leaf: &[u8]) -> Result<(), String> {
 
 /// Whether `leaf` verifies as a client certificate under `ca`.
 fn verifies_client(ca: &[u8], leaf: &[u8]) -> Result<(), String> {
-    volguard::server::tls::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in volguard::server::tls::parse_certs(ca, "ca").unwrap() {
-        roots.add(c).unwrap();
-    }
+    let roots = roots(ca);
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        std::sync::Arc::new(roots),
+        roots,
         std::sync::Arc::new(rustls::crypto::ring::default_provider()),
     )
     .build()

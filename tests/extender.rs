@@ -844,27 +844,16 @@ fn bench_pods_are_judged_as_the_performance_table_says() {
     use volguard::{
         model::config::Config,
         server::{app::App, extender::endpoints},
-        sources::{
-            snapshot::{self, Snapshot},
-            synthetic::{self, Size},
-        },
+        sources::synthetic::{self, Size},
     };
     let size = Size {
         nodes: 3,
         pods: 30,
         volumes: 30,
     };
-    let config = Config::default();
-    let objects = synthetic::documents(size)
-        .chain(synthetic::bench_volumes())
-        .map(|doc| ClusterObject::from_value(doc).expect("synthetic object"))
-        .collect();
-    let snap = Snapshot {
-        objects,
-        skipped: Vec::new(),
-    };
-    let state = snapshot::into_state(&snap, common::empty_state(&config));
-    let app = App::new(Arc::new(config), Arc::new(RwLock::new(state)));
+    let config = Arc::new(Config::default());
+    let state = synthetic::state(size, &config).expect("synthetic cluster");
+    let app = App::new(config, Arc::new(RwLock::new(state)));
     let names: Vec<String> = (0..size.nodes).map(synthetic::node_name).collect();
     let answer = |pod: &Value| -> Value {
         let body = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();

@@ -159,6 +159,12 @@ impl<S> axum_server::accept::Accept<TcpStream, S> for ConnectionSlots {
     type Future = Ready<io::Result<(IdleClose<TcpStream>, Held<S>)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        // Answers are written whole. With Nagle's algorithm the last partial segment of
+        // a large one (a 5,000-node /prioritize list) waits for the client's delayed
+        // ACK: 40 ms on Linux, a p99 of 50 ms at 200 req/s instead of a few.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+        }
         let peer = stream.peer_addr().ok().map(|a| a.ip());
         ready(self.take(peer).map(|slot| {
             let activity = Arc::new(Activity::default());
@@ -391,5 +397,30 @@ where
             req.extensions_mut().insert(certificate);
         }
         self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum_server::accept::Accept;
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_waiting_for_acks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        assert!(!stream.nodelay().unwrap(), "Linux accepts with Nagle on");
+        let slots = ConnectionSlots::new(
+            "test",
+            (1, "--max-connections"),
+            1,
+            Duration::from_secs(60),
+            Arc::new(Metrics::new()),
+        );
+        let (stream, _) = slots.accept(stream, ()).await.unwrap();
+        assert!(stream.inner.nodelay().unwrap());
     }
 }

@@ -4,7 +4,13 @@
 
 use serde_json::{Value, json};
 
-use crate::cluster::{ClusterObject, objects::ObjectError};
+use std::sync::Arc;
+
+use crate::{
+    cluster::{ClusterObject, ClusterState, objects::ObjectError},
+    model::{config::Config, drivers::Drivers},
+    sources::snapshot::{self, Snapshot},
+};
 
 /// The size of a synthetic cluster.
 #[derive(Debug, Clone, Copy)]
@@ -50,9 +56,21 @@ pub fn documents(size: Size) -> impl Iterator<Item = Value> {
     node_docs.chain(fixed).chain(volume_docs).chain(pod_docs)
 }
 
-/// The cluster as typed objects, ready for [`crate::cluster::ClusterState::apply`].
-pub fn objects(size: Size) -> Result<Vec<ClusterObject>, ObjectError> {
-    documents(size).map(ClusterObject::from_value).collect()
+/// The cluster of `size` and the claims of [`bench_pods`], as a synced state: what
+/// benchmarks and tests judge the bench pods against.
+pub fn state(size: Size, config: &Arc<Config>) -> Result<ClusterState, ObjectError> {
+    let objects = documents(size)
+        .chain(bench_volumes())
+        .map(ClusterObject::from_value)
+        .collect::<Result<_, _>>()?;
+    let empty = ClusterState::new(config.clone(), Arc::new(Drivers::new(config)));
+    Ok(snapshot::into_state(
+        &Snapshot {
+            objects,
+            skipped: Vec::new(),
+        },
+        empty,
+    ))
 }
 
 /// A pending pod that uses `claims` fresh volumes (created by [`fresh_volumes`]), as the
@@ -244,12 +262,6 @@ fn pod(p: usize, node: &str, claim: Option<usize>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        cluster::ClusterState,
-        model::{config::Config, drivers::Drivers},
-        sources::snapshot,
-    };
-    use std::sync::Arc;
 
     #[test]
     fn small_synthetic_cluster_indexes_its_attachments() {
@@ -258,13 +270,7 @@ mod tests {
             pods: 10,
             volumes: 6,
         };
-        let config = Arc::new(Config::default());
-        let state = ClusterState::new(config.clone(), Arc::new(Drivers::new(&config)));
-        let snap = snapshot::Snapshot {
-            objects: objects(size).unwrap(),
-            skipped: vec![],
-        };
-        let state = snapshot::into_state(&snap, state);
+        let state = state(size, &Arc::new(Config::default())).unwrap();
         let linode = state.drivers().by_csi(DRIVER).unwrap();
         // 6 volumes round-robin over 3 nodes, each attached and used by one pod: 2 per node.
         for n in 0..3 {
