@@ -22,6 +22,7 @@ use crate::{
         certs,
         limits::Limits,
         reload::{CertFiles, Loaded, Pair, Reloader},
+        remediation::{self, Remediator},
         shutdown::{self, Drain, StopSignals},
         tls,
     },
@@ -115,6 +116,16 @@ enum Source {
 /// drained it.
 pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let config = Arc::new(Config::load(args.config.as_deref()).map_err(Failure::usage)?);
+    if config.remediation.enabled && args.snapshot.is_some() {
+        let file = args
+            .config
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+            .display();
+        return Err(Failure::usage(format!(
+            "{file}: remediation.enabled: remediation evicts pods through the API and cannot run on a --snapshot: watch the cluster (no --snapshot) or set remediation.enabled: false"
+        )));
+    }
     let drivers = Arc::new(Drivers::new(&config));
     let mut state = ClusterState::new(config.clone(), drivers);
     state.readiness_mut().set_stale_after(args.stale_after);
@@ -171,6 +182,18 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
                 let client = watch::client(kube_config, &app.cluster)
                     .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
                 app.api = Some(client.clone());
+                if app.config.remediation.enabled {
+                    let remediator = Remediator::new(
+                        client.clone(),
+                        app.cluster.clone(),
+                        app.config.clone(),
+                        app.metrics.clone(),
+                        remediation::identity(),
+                    );
+                    let lease = app.config.remediation.lease.clone();
+                    tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), dry_run = app.config.remediation.dry_run, "remediation enabled");
+                    tokio::spawn(remediation::run(remediator, lease));
+                }
                 Some(watch::spawn(client, server, app.cluster.clone()))
             }
         };
