@@ -11,7 +11,7 @@ use std::{
 use crate::{
     cluster::ClusterState,
     model::{
-        config::RemediationConfig,
+        config::{Config, RemediationConfig},
         drivers::{Mode, VolumeId},
     },
 };
@@ -50,6 +50,32 @@ impl Detached {
             self.volume, self.node, self.resource
         )
     }
+}
+
+/// One line for `volguard explain` and `volguard nodes`: the pod, where its volume is,
+/// and what remediation will do about it under `config`.
+pub fn status_line(d: &Detached, skip: Option<Skip>, config: &Config) -> String {
+    let r = &config.remediation;
+    let then = match skip {
+        Some(Skip::OptedOut) => format!(
+            "left alone: it opts out ({}: \"false\")",
+            config.annotation("remediate")
+        ),
+        Some(Skip::NodeNotReady) => format!("left alone: node {} is not Ready", d.node),
+        Some(Skip::RateLimited) | None if !r.enabled => {
+            "not evicted: remediation is off (remediation.enabled: false)".to_owned()
+        }
+        Some(Skip::RateLimited) | None => format!(
+            "waiting for remediation: {} once this has lasted {}s (remediation.gracePeriodSeconds)",
+            if r.dry_run {
+                "a dry-run Event"
+            } else {
+                "evicted"
+            },
+            r.grace_period_seconds
+        ),
+    };
+    format!("{}: {}; {then}", d.pod, d.whereabouts())
 }
 
 /// Why a detached pod is not evicted in this round.
