@@ -179,12 +179,19 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
             Some((kube_config, origin)) => {
                 tracing::info!(api = %kube_config.cluster_url, config = %origin, "watching the Kubernetes API; /readyz is 503 until every kind is listed");
                 let server = kube_config.cluster_url.clone();
+                let remediation_client = app
+                    .config
+                    .remediation
+                    .enabled
+                    .then(|| remediation::client(kube_config.clone()))
+                    .transpose()
+                    .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
                 let client = watch::client(kube_config, &app.cluster)
                     .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
                 app.api = Some(client.clone());
-                if app.config.remediation.enabled {
+                if let Some(remediation_client) = remediation_client {
                     let remediator = Remediator::new(
-                        client.clone(),
+                        remediation_client,
                         app.cluster.clone(),
                         app.config.clone(),
                         app.metrics.clone(),

@@ -50,6 +50,14 @@ pub struct Remediator {
     memory: Memory,
 }
 
+/// The controller's own client: without kube's default retry of 429 answers, which
+/// would retry a refused eviction inside one call for minutes (respecting the API
+/// server's Retry-After) instead of returning the refusal to be recorded.
+pub fn client(mut config: kube::Config) -> Result<Client, String> {
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| format!("cannot build the Kubernetes client: {e}"))
+}
+
 /// This replica's name in the Lease and in Events: the host (the pod's name in a
 /// cluster) and the process id, unique even for two replicas on one host.
 pub fn identity() -> String {
@@ -83,6 +91,22 @@ pub async fn elect(
         })?;
     let (leader, _task) = manager.watch().await;
     Ok(leader)
+}
+
+/// The longest one API call of a round may take: a hung call must not stop the
+/// controller (the client's own read timeout is meant for watches, minutes long).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn in_time<T>(
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("no answer within {}s", CALL_TIMEOUT.as_secs()).into(),
+            ))
+        })
 }
 
 /// Competes for the Lease until it can (the API may be away at start, which the
@@ -170,7 +194,7 @@ impl Remediator {
         let (namespace, name) = d.pod_parts();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         // Read afresh: the cache may lag, and the Event must name this pod's uid.
-        let pod = match pods.get_opt(name).await {
+        let pod = match in_time(pods.get_opt(name)).await {
             Ok(Some(p)) => p,
             Ok(None) => return Outcome::Done,
             Err(e) => {
@@ -195,7 +219,7 @@ impl Remediator {
             self.record(&pod, "Normal", "DryRun", message).await;
             return Outcome::Done;
         }
-        match self.evict(&pod).await {
+        match in_time(self.evict(&pod)).await {
             Ok(_) => {
                 let message = format!("Evicted: {}", d.whereabouts());
                 tracing::info!(pod = %d.pod, "remediation: {message}");
@@ -281,7 +305,7 @@ impl Remediator {
             ..Event::default()
         };
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        if let Err(e) = events.create(&PostParams::default(), &event).await {
+        if let Err(e) = in_time(events.create(&PostParams::default(), &event)).await {
             tracing::warn!(pod = %pod.metadata.name.as_deref().unwrap_or_default(), "remediation: cannot record the Event: {e}");
         }
     }

@@ -185,6 +185,8 @@ pub struct Options {
     /// volguard's config file (YAML); `None`: the one `manifests/` ships in its
     /// ConfigMap.
     pub volguard_config: Option<String>,
+    /// The kustomization applied, e.g. `manifests/overlays/remediation`.
+    pub manifests: &'static str,
     /// Start volguard (and register its webhook).
     pub volguard: bool,
     /// Start kube-scheduler with the shipped profile.
@@ -202,6 +204,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             volguard_config: None,
+            manifests: "manifests",
             volguard: true,
             scheduler: true,
             volguard_flags: Vec::new(),
@@ -382,17 +385,14 @@ impl ControlPlane {
 
     /// `kubectl kustomize manifests/`, as documents.
     fn rendered_manifests(&self) -> Vec<Value> {
+        let step = format!("render {} (kubectl kustomize)", self.options.manifests);
         let out = Command::new("kubectl")
             .arg("kustomize")
-            .arg(repo("manifests"))
+            .arg(repo(self.options.manifests))
             .output()
-            .unwrap_or_else(|e| fail("render manifests/ (kubectl kustomize)", e, None));
+            .unwrap_or_else(|e| fail(&step, e, None));
         if !out.status.success() {
-            fail(
-                "render manifests/ (kubectl kustomize)",
-                String::from_utf8_lossy(&out.stderr),
-                None,
-            );
+            fail(&step, String::from_utf8_lossy(&out.stderr), None);
         }
         volguard::sources::snapshot::parse_documents(&String::from_utf8_lossy(&out.stdout), false)
             .unwrap_or_else(|e| fail("parse the rendered manifests", e, None))
