@@ -160,3 +160,114 @@ async fn a_budget_that_allows_no_disruption_stops_the_eviction_and_says_so() {
         "{metrics}"
     );
 }
+
+/// The Lease's holder, as kube-lease-manager wrote it.
+async fn lease_holder(cp: &ControlPlane) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(cp.admin.clone(), "volguard-system");
+    leases
+        .get("volguard-remediation")
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_lease_holder_evicts_and_the_other_takes_over() {
+    let mut cp = cluster_with_pod(json!({"app": "db"})).await;
+    let (mut replica, replica_metrics) = cp.volguard_replica().await;
+    let first = cp
+        .volguard
+        .as_ref()
+        .and_then(|v| v.pid())
+        .expect("volguard runs");
+    let second = replica.pid().expect("the replica runs");
+    let holder = wait_for(Duration::from_secs(30), || lease_holder(&cp))
+        .await
+        .expect("a replica takes the Lease");
+    let first_leads = holder.ends_with(&format!("_{first}"));
+    assert!(
+        first_leads || holder.ends_with(&format!("_{second}")),
+        "holder {holder} is neither pid {first} nor {second}"
+    );
+    move_volume(&cp).await;
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "shop");
+    let evicted = wait_for(Duration::from_secs(60), || async {
+        pods.get("db-0")
+            .await
+            .ok()?
+            .metadata
+            .deletion_timestamp
+            .map(|_| ())
+    })
+    .await;
+    assert!(evicted.is_some(), "db-0 was not evicted");
+    assert_eq!(
+        cp.events_from("shop", "db-0", "VolumeDetached").await,
+        [("volguard".to_owned(), format!("Evicted: {DETACHED}"))]
+    );
+    let evicted_line = "volguard_remediation_evictions_total{outcome=\"evicted\"} 1\n";
+    let (leader, other) = if first_leads {
+        (
+            cp.volguard_metrics().await,
+            cp.metrics_at(replica_metrics).await,
+        )
+    } else {
+        (
+            cp.metrics_at(replica_metrics).await,
+            cp.volguard_metrics().await,
+        )
+    };
+    assert!(leader.contains(evicted_line), "{leader}");
+    assert!(
+        !other.contains("volguard_remediation_evictions_total{"),
+        "{other}"
+    );
+    assert!(
+        other.contains("volguard_remediation_pods_at_risk "),
+        "{other}"
+    );
+
+    // The leader stops without handing over: the other takes the Lease once it expires
+    // (15 s) and evicts the next pod whose volume is gone.
+    let next = if first_leads {
+        cp.stop_volguard();
+        second
+    } else {
+        replica.stop(Duration::from_secs(10));
+        first
+    };
+    let taken = wait_for(Duration::from_secs(40), || async {
+        lease_holder(&cp)
+            .await
+            .filter(|h| h.ends_with(&format!("_{next}")))
+    })
+    .await;
+    assert!(taken.is_some(), "pid {next} did not take the Lease over");
+    cp.pod(
+        "shop",
+        json!({
+            "metadata": {"name": "db-1",
+                "annotations": {"volguard.io/devices": "brightbox=vol-e2e"}},
+            "spec": {"nodeName": "e2e-a",
+                "containers": [{"name": "db", "image": "postgres"}]},
+        }),
+    )
+    .await;
+    let evicted = wait_for(Duration::from_secs(60), || async {
+        pods.get("db-1")
+            .await
+            .ok()?
+            .metadata
+            .deletion_timestamp
+            .map(|_| ())
+    })
+    .await;
+    assert!(evicted.is_some(), "db-1 was not evicted by the new leader");
+    assert_eq!(
+        cp.events_from("shop", "db-1", "VolumeDetached").await,
+        [("volguard".to_owned(), format!("Evicted: {DETACHED}"))]
+    );
+}
