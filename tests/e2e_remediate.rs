@@ -161,17 +161,17 @@ async fn a_budget_that_allows_no_disruption_stops_the_eviction_and_says_so() {
     );
 }
 
-/// The Lease's holder, as kube-lease-manager wrote it.
-async fn lease_holder(cp: &ControlPlane) -> Option<String> {
+/// The Lease's holder and its last renewal, as kube-lease-manager wrote them.
+async fn lease(cp: &ControlPlane) -> Option<(String, String)> {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(cp.admin.clone(), "volguard-system");
-    leases
-        .get("volguard-remediation")
-        .await
-        .ok()?
-        .spec?
-        .holder_identity
-        .filter(|h| !h.is_empty())
+    let spec = leases.get("volguard-remediation").await.ok()?.spec?;
+    let holder = spec.holder_identity.filter(|h| !h.is_empty())?;
+    Some((holder, format!("{:?}", spec.renew_time)))
+}
+
+async fn lease_holder(cp: &ControlPlane) -> Option<String> {
+    lease(cp).await.map(|(holder, _)| holder)
 }
 
 #[tokio::test]
