@@ -60,12 +60,9 @@ fn extender(c: &mut Criterion) {
         c.bench_function(&format!("/filter 5000 NodeNames, {} pod", case.name), |b| {
             b.iter(|| black_box(endpoints::filter(black_box(&body), &app).expect("answer")))
         });
-        c.bench_function(
-            &format!("/prioritize 5000 NodeNames, {} pod", case.name),
-            |b| {
-                b.iter(|| black_box(endpoints::prioritize(black_box(&body), &app).expect("answer")))
-            },
-        );
+        c.bench_function(&format!("/prioritize 5000 NodeNames, {} pod", case.name), |b| {
+            b.iter(|| black_box(endpoints::prioritize(black_box(&body), &app).expect("answer")))
+        });
     }
 }
 

@@ -841,8 +841,9 @@ fn bench_pods_are_judged_as_the_performance_table_says() {
             .expect("JSON")
     };
     let pods = synthetic::bench_pods();
-    let names_of =
-        |v: &Value| -> Vec<String> { serde_json::from_value(v.clone()).expect("a list of names") };
+    let names_of = |v: &Value| -> Vec<String> {
+        serde_json::from_value(v.clone()).expect("a list of names")
+    };
     let by_name = |name: &str| &pods.iter().find(|p| p.name == name).expect(name).pod;
 
     let fresh = answer(by_name("fresh"));
