@@ -58,11 +58,23 @@ fn extender(c: &mut Criterion) {
         }))
         .expect("body");
         c.bench_function(&format!("/filter 5000 NodeNames, {} pod", case.name), |b| {
-            b.iter(|| black_box(endpoints::filter(black_box(&body), &app).expect("answer")))
+            b.iter(|| {
+                black_box(
+                    endpoints::filter(black_box(&body), &app, &Default::default()).expect("answer"),
+                )
+            })
         });
-        c.bench_function(&format!("/prioritize 5000 NodeNames, {} pod", case.name), |b| {
-            b.iter(|| black_box(endpoints::prioritize(black_box(&body), &app).expect("answer")))
-        });
+        c.bench_function(
+            &format!("/prioritize 5000 NodeNames, {} pod", case.name),
+            |b| {
+                b.iter(|| {
+                    black_box(
+                        endpoints::prioritize(black_box(&body), &app, &Default::default())
+                            .expect("answer"),
+                    )
+                })
+            },
+        );
     }
 }
 

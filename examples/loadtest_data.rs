@@ -1,6 +1,8 @@
 //! Writes the inputs of `scripts/loadtest.sh` into a directory: the large synthetic
-//! cluster as a snapshot, a realistic 6 KB AdmissionReview (3 containers, 2 managed
-//! volumes), and a 5,000-node ExtenderArgs (nodeCacheCapable) for a pod with 2 volumes.
+//! cluster as a snapshot (with the claims of the bench pods), a realistic 6 KB
+//! AdmissionReview (3 containers, 2 managed volumes), and a 5,000-node ExtenderArgs
+//! (nodeCacheCapable) per bench pod, `filter-<name>.json`, listed with what the cluster
+//! makes of each in `pods.tsv`.
 //!
 //! With `--lists` it also writes the same cluster as one `kind: List` document, the way
 //! `kubectl get nodes,csinodes,pv,pvc,pods,volumeattachments,storageclasses -A` prints
@@ -36,7 +38,7 @@ fn main() -> std::io::Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     let mut snap = BufWriter::new(File::create(dir.join("snapshot.json"))?);
-    for doc in synthetic::documents(size).chain(synthetic::fresh_volumes(2)) {
+    for doc in all_documents(size) {
         serde_json::to_writer(&mut snap, &doc)?;
         snap.write_all(b"\n")?;
     }
@@ -50,10 +52,18 @@ fn main() -> std::io::Result<()> {
     std::fs::write(dir.join("mutate.json"), serde_json::to_vec(&review)?)?;
 
     let names: Vec<String> = (0..size.nodes).map(synthetic::node_name).collect();
-    let args = json!({"Pod": synthetic::pending_pod(2), "Nodes": null, "NodeNames": names});
-    std::fs::write(dir.join("filter.json"), serde_json::to_vec(&args)?)?;
+    let mut table = String::new();
+    for case in synthetic::bench_pods() {
+        let args = json!({"Pod": case.pod, "Nodes": null, "NodeNames": names});
+        std::fs::write(
+            dir.join(format!("filter-{}.json", case.name)),
+            serde_json::to_vec(&args)?,
+        )?;
+        table.push_str(&format!("{}\t{}\n", case.name, case.what));
+    }
+    std::fs::write(dir.join("pods.tsv"), table)?;
     eprintln!(
-        "wrote {}: snapshot.json ({} nodes, {} pods, {} volumes){}, mutate.json, filter.json",
+        "wrote {}: snapshot.json ({} nodes, {} pods, {} volumes){}, mutate.json, filter-*.json, pods.tsv",
         dir.display(),
         size.nodes,
         size.pods,
@@ -63,9 +73,9 @@ fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Every object of the snapshot, as one `kind: List`.
+/// Every object of the snapshot: the cluster and the bench pods' claims.
 fn all_documents(size: Size) -> impl Iterator<Item = Value> {
-    synthetic::documents(size).chain(synthetic::fresh_volumes(2))
+    synthetic::documents(size).chain(synthetic::bench_volumes())
 }
 
 /// `kubectl get ... -o json`: `{"apiVersion", "items", "kind": "List", "metadata"}`,

@@ -441,7 +441,8 @@ async fn extender_round_trips(cp: &ControlPlane, nodes: usize) -> Vec<(&'static 
         json!(format!("{}-00000", PHASES[0].prefix));
     let names: Vec<String> = (0..nodes).map(|i| format!("node-{i:05}")).collect();
     let body = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();
-    let client = common::client_for(&cp.volguard_ca);
+    let (cert, key) = &cp.volguard_client;
+    let client = common::client_with(&cp.volguard_ca, Some((cert, key)));
     let mut out = Vec::new();
     for endpoint in ["/filter", "/prioritize"] {
         let url = format!("https://localhost:{}{endpoint}", cp.volguard_port);

@@ -233,13 +233,19 @@ async fn client(run: Arc<Run>, seed: u64) {
     }
 }
 
-/// Whether the answer to a valid request is valid (a 4xx is not), and whether it says
-/// something (see [`TELLING`]).
+/// What the extender says of a claim its cache does not hold: a churned claim the pool's
+/// pods name is gone three quarters of the time, and the scheduler is told to retry.
+const CACHE_MISS: &str = "not found in volguard's cluster state";
+
+/// Whether the answer to a valid request is valid (a 4xx is not; a retry for a claim
+/// the churn deleted is), and whether it says something (see [`TELLING`]).
 fn judge(endpoint: Endpoint, body: &[u8], status: u16, answer: &[u8]) -> Result<bool, String> {
     match answers::check(endpoint, body, status, answer)? {
+        Answer::Refused(503, why) if why.contains(CACHE_MISS) => Ok(false),
         Answer::Refused(status, why) => Err(format!("HTTP {status}: {why}")),
         Answer::Review(r) if r["allowed"] != true => Err(format!("denied: {r}")),
         Answer::Review(r) => Ok(r.get("patch").is_some()),
+        Answer::Filter(f) if f.error.contains(CACHE_MISS) => Ok(false),
         Answer::Filter(f) if !f.error.is_empty() => Err(format!("Error: {}", f.error)),
         Answer::Filter(f) => Ok(!f.failed.is_empty() || !f.unresolvable.is_empty()),
         Answer::Priorities(p) => Ok(p.iter().any(|(_, s)| *s > 0)),

@@ -112,7 +112,8 @@ fn certs_writes_a_ca_and_a_serving_cert_for_the_service() {
         format!(
             "wrote {0}/ca.crt {0}/ca.key {0}/tls.crt {0}/tls.key for volguard, \
              volguard.volguard-system, volguard.volguard-system.svc, \
-             volguard.volguard-system.svc.cluster.local, localhost, 127.0.0.1; \
+             volguard.volguard-system.svc.cluster.local, localhost, 127.0.0.1, \
+             {0}/client.crt {0}/client.key for volguard-scheduler; \
              caBundle for the MutatingWebhookConfiguration:\n",
             out.display()
         )
@@ -123,6 +124,23 @@ fn certs_writes_a_ca_and_a_serving_cert_for_the_service() {
         server_usages(&cert),
         ["serverAuth"],
         "a serving certificate, not a client one"
+    );
+    // The scheduler's client certificate: client authentication only, named for the
+    // --client-allowed-names of the shipped Deployment.
+    let client = std::fs::read(out.join("client.crt")).unwrap();
+    assert_eq!(server_usages(&client), ["clientAuth"]);
+    assert_eq!(
+        mode(&out.join("client.key")),
+        0o600,
+        "the client key is private"
+    );
+    verifies_client(&ca, &client).expect("the client certificate verifies under ca.crt");
+    let leaf = volguard::server::tls::parse_certs(&client, "client.crt")
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        volguard::server::tls::certificate_names(&leaf),
+        ["volguard-scheduler"]
     );
     // The pair loads, and a client trusting ca.crt accepts it for every Service name.
     volguard::server::tls::install_crypto_provider();
@@ -231,6 +249,73 @@ fn verifies(ca: &[u8], leaf: &[u8]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether `leaf` verifies as a client certificate under `ca`.
+fn verifies_client(ca: &[u8], leaf: &[u8]) -> Result<(), String> {
+    volguard::server::tls::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in volguard::server::tls::parse_certs(ca, "ca").unwrap() {
+        roots.add(c).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let leaf = volguard::server::tls::parse_certs(leaf, "cert")
+        .unwrap()
+        .remove(0);
+    verifier
+        .verify_client_cert(&leaf, &[], rustls_pki_types::UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn serve_refuses_inconsistent_limits_and_client_flags() {
+    let snapshot = common::repo("examples/cluster");
+    let snapshot = snapshot.to_str().unwrap();
+    let out = volguard(&[
+        "serve",
+        "--self-signed",
+        "--snapshot",
+        snapshot,
+        "--max-bytes-in-flight",
+        "2MiB",
+    ]);
+    assert_usage_failure(
+        &out,
+        "volguard: --max-bytes-in-flight 2097152 is below --extender-body-limit 4194304: such a \
+         request could never be read; raise --max-bytes-in-flight",
+    );
+    let out = volguard(&[
+        "serve",
+        "--self-signed",
+        "--snapshot",
+        snapshot,
+        "--extender-body-limit",
+        "4 MB",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("\"4 MB\": unknown unit \" MB\" (use KiB, MiB or GiB)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for flag in [
+        ["--client-allowed-names", "volguard-scheduler"],
+        ["--client-auth", "extender"],
+    ] {
+        let mut args = vec!["serve", "--self-signed", "--snapshot", snapshot];
+        args.extend(flag);
+        let out = volguard(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--client-ca <CLIENT_CA>"), "{stderr}");
+    }
+}
+
 #[test]
 fn certs_again_reissues_the_serving_certificate_under_the_same_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -250,7 +335,8 @@ fn certs_again_reissues_the_serving_certificate_under_the_same_ca() {
         format!(
             "re-issued {0}/tls.crt {0}/tls.key for volguard, volguard.volguard-system, \
              volguard.volguard-system.svc, volguard.volguard-system.svc.cluster.local, \
-             localhost, 127.0.0.1 from the CA in {0}/ca.crt; the caBundle is unchanged:\n",
+             localhost, 127.0.0.1, {0}/client.crt {0}/client.key for volguard-scheduler \
+             from the CA in {0}/ca.crt; the caBundle is unchanged:\n",
             out.display()
         )
     );

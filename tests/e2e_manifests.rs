@@ -133,6 +133,24 @@ async fn the_base_is_accepted_by_the_api_server() {
     assert!(err.contains("NotFound"), "{err}");
 }
 
+/// The NetworkPolicy example (not in the kustomization: its API server address is the
+/// cluster's) is a valid object as shipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_network_policy_example_is_accepted_by_the_api_server() {
+    let cp = ControlPlane::start_with(plain_control_plane()).await;
+    let file = repo("manifests/docs/networkpolicy.yaml");
+    let (ok, stdout, stderr) = cp.kubectl(
+        &["apply", "--dry-run=server", "-f", file.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "kubectl apply --dry-run=server -f {file:?}:\n{stderr}");
+    assert_eq!(stderr, "", "no warnings (deprecated APIs, unknown fields)");
+    assert_eq!(
+        stdout.trim(),
+        "networkpolicy.networking.k8s.io/volguard created (server dry run)"
+    );
+}
+
 /// The cert-manager overlay needs cert-manager's CRDs, which this control plane does not
 /// have (nothing here installs cert-manager). So it cannot pass as a whole: the test
 /// asserts that it fails on the cert-manager kinds only (each Issuer and Certificate gets
@@ -168,6 +186,7 @@ async fn the_cert_manager_overlay_fails_only_on_the_cert_manager_kinds() {
         kinds,
         [
             ("Certificate", "volguard-ca"),
+            ("Certificate", "volguard-scheduler-client"),
             ("Certificate", "volguard-tls"),
             ("Issuer", "volguard-ca"),
             ("Issuer", "volguard-selfsigned"),
@@ -224,7 +243,7 @@ async fn the_cert_manager_overlay_fails_only_on_the_cert_manager_kinds() {
     assert_eq!(failed, kinds, "{stderr}");
     assert_eq!(
         stderr.matches("ensure CRDs are installed first").count(),
-        4,
+        5,
         "{stderr}"
     );
 }

@@ -100,6 +100,21 @@ async fn a_device_plugin_pod_is_bound_where_its_volume_is_attached() {
         filter_requests(&cp).await > before,
         "the scheduler asked volguard (the marker resource routes the pod to the extender)"
     );
+    // It was answered because it presented its client certificate: the shipped flags
+    // turn away a caller without one, which the webhook path still takes.
+    let args =
+        json!({"Pod": pod("seed", &[], Some("brightbox=vol-qsk4v")), "NodeNames": ["node-b"]});
+    assert_eq!(
+        cp.volguard_post_anonymous("/filter", &args).await,
+        (
+            403,
+            "/filter needs a client certificate signed by volguard's client CA (--client-ca): \
+             kube-scheduler presents one with its extender tlsConfig certFile/keyFile or certData/keyData\n"
+                .to_owned()
+        )
+    );
+    let (status, _) = cp.volguard_post("/filter", &args).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

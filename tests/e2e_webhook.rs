@@ -154,7 +154,7 @@ async fn a_pod_created_through_the_api_is_stored_as_volguard_patched_it() {
             "object": serde_json::to_value(&stored).unwrap(),
         },
     });
-    let (status, body) = cp.volguard_post("/mutate", &review).await;
+    let (status, body) = cp.volguard_post_anonymous("/mutate", &review).await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["response"]["allowed"], true);

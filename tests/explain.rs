@@ -60,6 +60,8 @@ fn linode_web_prints_the_patch_and_one_row_per_node() {
             .any(|op| op["value"]["volguard.io/volumes"] == "linode=310200-pvcweb"),
         "{patch_text}"
     );
+    // Scores from the documented formula, 1 + 8 × free / limit after placing the pod:
+    // worker-1 1 + 8 × 14/16 = 8, worker-2 1 + 8 × 6/8 = 7; failing nodes 0.
     assert_eq!(
         rows(&stdout),
         [

@@ -234,6 +234,37 @@ async fn nodes_fixture_echoes_the_passing_node_objects_unchanged() {
     assert_eq!((scores["worker-3"], scores["worker-4"]), (0, 0));
 }
 
+/// Scores against the formula the README documents, worked out by hand rather than
+/// asked of volguard: `1 + 8 × free / limit`, with the slots free after placing the pod;
+/// 0 for a failing node. linode-web needs one new linode volume; worker-1 holds one other
+/// (1 used), so 2 are used once the pod is placed, and the node annotation sets the
+/// limit. Limits are chosen where the formula gives whole numbers.
+#[tokio::test]
+async fn scores_follow_the_documented_formula() {
+    let server = TestServer::example().await;
+    let web = pod("examples/pods/linode-web.yaml");
+    let table = [
+        ("1", 0),  // 2 used of 1: fails
+        ("2", 1),  // free 0: 1 + 8 × 0/2
+        ("4", 5),  // free 2: 1 + 8 × 2/4
+        ("8", 7),  // free 6: 1 + 8 × 6/8
+        ("16", 8), // free 14: 1 + 8 × 14/16
+    ];
+    let mut worker1 = read_doc("examples/cluster/nodes.yaml")["items"][0].clone();
+    assert_eq!(worker1["metadata"]["name"], "worker-1");
+    for (limit, want) in table {
+        worker1["metadata"]["annotations"]["volguard.io/attach-limit"] = limit.into();
+        server
+            .app
+            .cluster
+            .write()
+            .unwrap()
+            .apply(&volguard::cluster::ClusterObject::from_value(worker1.clone()).unwrap());
+        let scores = prioritize(&server, by_names(&web, &["worker-1"])).await;
+        assert_eq!(scores, [("worker-1".to_owned(), want)], "limit {limit}");
+    }
+}
+
 #[tokio::test]
 async fn example_pods_get_the_outcome_their_comments_state_in_both_modes() {
     let server = TestServer::example().await;
@@ -837,13 +868,14 @@ fn bench_pods_are_judged_as_the_performance_table_says() {
     let names: Vec<String> = (0..size.nodes).map(synthetic::node_name).collect();
     let answer = |pod: &Value| -> Value {
         let body = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();
-        serde_json::from_slice(&endpoints::filter(body.as_bytes(), &app).expect("answered"))
-            .expect("JSON")
+        serde_json::from_slice(
+            &endpoints::filter(body.as_bytes(), &app, &Default::default()).expect("answered"),
+        )
+        .expect("JSON")
     };
     let pods = synthetic::bench_pods();
-    let names_of = |v: &Value| -> Vec<String> {
-        serde_json::from_value(v.clone()).expect("a list of names")
-    };
+    let names_of =
+        |v: &Value| -> Vec<String> { serde_json::from_value(v.clone()).expect("a list of names") };
     let by_name = |name: &str| &pods.iter().find(|p| p.name == name).expect(name).pod;
 
     let fresh = answer(by_name("fresh"));

@@ -69,37 +69,58 @@ async fn requests_beyond_the_concurrency_cap_wait_for_a_slot() {
         ..Limits::default()
     })
     .await;
-    let (addr, ca) = (server.addr, server.ca_pem.clone());
+    let (addr, ca, metrics) = (server.addr, server.ca_pem.clone(), server.metrics_addr);
     blocking(move || {
         let body = review_body();
         let mut first = raw::connect(addr, &ca);
         raw::start_request(&mut first, "/mutate", &body);
-        // The only slot is taken: a second request is not answered meanwhile.
+        assert_eq!(in_flight(metrics), 1.0);
+        // The only slot is taken: a second request is received, and waits.
         let mut second = raw::connect(addr, &ca);
         second
-            .sock
-            .set_read_timeout(Some(Duration::from_millis(300)))
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .unwrap();
-        let waiting = raw::get(&mut second, "/healthz");
+        second.flush().unwrap();
+        until_in_flight(metrics, 2.0);
+        second.sock.set_nonblocking(true).unwrap();
+        let waiting = raw::read_response(&mut second);
         let Err(e) = waiting else {
             panic!("answered while the only slot was taken: {waiting:?}")
         };
-        assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-            "{e:?}"
-        );
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e:?}");
+        second.sock.set_nonblocking(false).unwrap();
+
         raw::finish_request(&mut first, &body);
         assert_eq!(raw::read_response(&mut first).unwrap().0, 200);
-        second
-            .sock
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
         assert_eq!(raw::read_response(&mut second).unwrap().0, 200);
+        until_in_flight(metrics, 0.0);
     })
     .await;
+}
+
+/// `volguard_requests_in_flight` as the plain listener's /metrics shows it.
+fn in_flight(metrics: std::net::SocketAddr) -> f64 {
+    let mut conn = std::net::TcpStream::connect(metrics).unwrap();
+    let (status, body) = raw::get(&mut conn, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    openmetrics::parse(&String::from_utf8(body).unwrap())
+        .unwrap()
+        .value("volguard_requests_in_flight", &[])
+        .expect("the in-flight gauge is exported")
+}
+
+/// Scrapes /metrics until the in-flight gauge shows `want` (a hang guard bounds it).
+fn until_in_flight(metrics: std::net::SocketAddr, want: f64) {
+    for _ in 0..3000 {
+        if in_flight(metrics) == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "volguard_requests_in_flight never showed {want}: {}",
+        in_flight(metrics)
+    );
 }
 
 #[tokio::test]
@@ -204,11 +225,11 @@ async fn a_body_announced_too_large_is_refused_before_it_is_sent() {
             ),
             (
                 413,
-                "request body of 135266304 bytes is over the 128 MiB limit of /filter\n".to_owned()
+                "request body of 135266304 bytes is over the 4 MiB limit of /filter\n".to_owned()
             ),
             (
                 413,
-                "request body of 1099511627776 bytes is over the 128 MiB limit of /prioritize\n"
+                "request body of 1099511627776 bytes is over the 4 MiB limit of /prioritize\n"
                     .to_owned()
             ),
         ]

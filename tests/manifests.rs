@@ -14,8 +14,10 @@ use k8s_openapi::Resource;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, PodSpec, Probe, SecurityContext, Service, ServiceAccount,
+    ConfigMap, Container, Namespace, PodSpec, Probe, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -231,6 +233,34 @@ fn the_extender(config: &Value, what: &str) -> Value {
         .unwrap_or_else(|| panic!("{what}: no `extenders` list"));
     assert_eq!(extenders.len(), 1, "{what}: exactly one extender");
     extenders[0].clone()
+}
+
+/// The value after `flag` in a container's args.
+fn flag_value<'a>(container: &'a Container, flag: &str) -> Option<&'a str> {
+    let args = container.args.as_deref().unwrap_or_default();
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+/// The Secret volume of `pod` mounted at the longest prefix of `file` in `container`.
+fn secret_holding<'a>(
+    pod: &'a PodSpec,
+    container: &Container,
+    file: &str,
+) -> &'a SecretVolumeSource {
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| Path::new(file).starts_with(&m.mount_path))
+        .max_by_key(|m| m.mount_path.len())
+        .unwrap_or_else(|| panic!("{file} is not mounted"));
+    pod.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.secret.as_ref())
+        .unwrap_or_else(|| panic!("{file} does not come from a Secret"))
 }
 
 fn strings(v: &Option<Vec<String>>) -> BTreeSet<&str> {
@@ -481,6 +511,20 @@ fn check_volguard_deployment(r: &Rendered) {
             "{flag} {file} is not under any volumeMount"
         );
     }
+    // mTLS for the extender: the CA of the serving Secret, the scheduler's name only;
+    // the webhook path takes kube-apiserver's calls, which carry no certificate.
+    let client_ca = flag_value(container, "--client-ca").expect("volguard args lack --client-ca");
+    assert_eq!(
+        secret_holding(pod, container, client_ca)
+            .secret_name
+            .as_deref(),
+        Some("volguard-tls")
+    );
+    assert_eq!(flag_value(container, "--client-auth"), Some("extender"));
+    assert_eq!(
+        flag_value(container, "--client-allowed-names"),
+        Some("volguard-scheduler")
+    );
     let log_format = args.iter().position(|a| a == "--log-format");
     assert_eq!(
         log_format.and_then(|i| args.get(i + 1)).map(String::as_str),
@@ -655,6 +699,25 @@ fn check_scheduler(r: &Rendered) {
         .as_str()
         .expect("tlsConfig.caFile");
     assert!(mounted(container, ca_file), "{ca_file} is not mounted");
+    // The client certificate volguard's extender paths require, from its own Secret,
+    // readable by the scheduler's user only.
+    for key in ["certFile", "keyFile"] {
+        let file = extender["tlsConfig"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("tlsConfig.{key}"));
+        let secret = secret_holding(pod, container, file);
+        assert_eq!(
+            secret.secret_name.as_deref(),
+            Some("volguard-scheduler-client")
+        );
+        assert_eq!(secret.default_mode, Some(0o400), "{key}: 0400");
+    }
+    let pod_sc = pod.security_context.as_ref();
+    assert_eq!(
+        pod_sc.and_then(|s| s.fs_group),
+        pod_sc.and_then(|s| s.run_as_group),
+        "fsGroup is the scheduler's group, so it can read the 0400 client key"
+    );
 
     let bound: BTreeSet<&str> = r
         .cluster_role_bindings
@@ -770,6 +833,38 @@ fn cert_manager_overlay_injects_the_ca() {
             "Certificate volguard-tls lacks dnsName {name}"
         );
     }
+    // The serving certificate cannot log in as a client; the scheduler's client
+    // certificate is issued to the one name volguard accepts.
+    let usages = |name: &str| -> BTreeSet<String> {
+        let certificate = r
+            .cert_manager
+            .iter()
+            .find(|o| o["kind"] == "Certificate" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("Certificate {name}"));
+        certificate["spec"]["usages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("Certificate {name} lists its usages"))
+            .iter()
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(usages("volguard-tls").contains("server auth"));
+    assert!(!usages("volguard-tls").contains("client auth"));
+    assert!(usages("volguard-scheduler-client").contains("client auth"));
+    assert!(!usages("volguard-scheduler-client").contains("server auth"));
+    let client = r
+        .cert_manager
+        .iter()
+        .find(|o| o["metadata"]["name"] == "volguard-scheduler-client")
+        .expect("Certificate volguard-scheduler-client");
+    assert_eq!(client["spec"]["secretName"], "volguard-scheduler-client");
+    assert_eq!(client["spec"]["issuerRef"]["name"], "volguard-ca");
+    let allowed = flag_value(
+        &pod_spec(deployment(&r, "volguard")).containers[0],
+        "--client-allowed-names",
+    );
+    assert_eq!(client["spec"]["commonName"].as_str(), allowed);
+
     // serverName of the scheduler extender must be covered by the certificate.
     let extender = the_extender(&scheduler_config(&r), "volguard-scheduler-config");
     let server_name = extender["tlsConfig"]["serverName"]
@@ -900,4 +995,60 @@ fn remediation_overlay_turns_it_on_with_exactly_the_permissions_it_needs() {
     let text = config_map(&r, "volguard-config").data.as_ref().unwrap()["config.yaml"].clone();
     let parsed = volguard::model::config::Config::parse(&text).expect("a valid volguard config");
     assert!(parsed.remediation.enabled && !parsed.remediation.dry_run);
+}
+
+#[test]
+fn the_network_policy_example_admits_the_scheduler_to_volguard() {
+    let path = repo_path("manifests/docs/networkpolicy.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let policy: NetworkPolicy = typed(
+        &yaml_value(&text, "networkpolicy.yaml"),
+        "networkpolicy.yaml",
+    );
+    assert_eq!(policy.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let r = parse(&kustomize("manifests"), "manifests");
+    let labels_of = |name: &str| {
+        deployment(&r, name)
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref()?.labels.clone())
+            .unwrap_or_default()
+    };
+    let selects = |selector: &Option<BTreeMap<String, String>>,
+                   labels: &BTreeMap<String, String>| {
+        selector
+            .iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let spec = policy.spec.as_ref().expect("spec");
+    let applies_to = spec
+        .pod_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone());
+    assert!(
+        selects(&applies_to, &labels_of("volguard")),
+        "the policy applies to volguard's pods"
+    );
+    assert!(
+        !selects(&applies_to, &labels_of("volguard-scheduler")),
+        "... not to the scheduler's"
+    );
+    let scheduler = labels_of("volguard-scheduler");
+    let https = IntOrString::String("https".into());
+    let admitted = spec.ingress.iter().flatten().any(|rule| {
+        rule.ports
+            .iter()
+            .flatten()
+            .any(|p| p.port.as_ref() == Some(&https))
+            && rule.from.iter().flatten().any(|peer| {
+                peer.namespace_selector.is_none()
+                    && peer
+                        .pod_selector
+                        .as_ref()
+                        .is_some_and(|s| selects(&s.match_labels, &scheduler))
+            })
+    });
+    assert!(admitted, "the scheduler's pods reach port https");
 }

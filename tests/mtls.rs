@@ -1,16 +1,20 @@
 //! `--client-ca`: with a client CA configured, the TLS listener requires a client
 //! certificate signed by it. A client without one, with one from another CA, or with a
 //! serving certificate from the right CA, is refused during the handshake; a client
-//! with a good one is served.
+//! with a good one is served. `--client-allowed-names` narrows the accepted names;
+//! `--client-auth extender` asks only the extender's callers for a certificate.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::{TestServer, client_config, client_with, example_app, raw};
+use common::{TestServer, client_config, client_with, example_app, logs, raw, read_doc};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, body::Bytes};
-use volguard::server::certs::{self, Ca, CertBundle, Leaf};
+use volguard::server::{
+    certs::{self, Ca, CertBundle, Leaf},
+    tls::{ClientAuth, ClientAuthScope},
+};
 
 fn bundle(name: &str) -> CertBundle {
     certs::generate(&[name.to_owned(), "localhost".to_owned()], 1).unwrap()
@@ -22,27 +26,56 @@ fn client_ca(name: &str) -> (String, Leaf) {
     (ca_pem, ca.client(name, 1).unwrap())
 }
 
-/// The server, trusting clients of `client_ca_pem`.
+/// Verification of clients of `client_ca_pem`, for `scope`, accepting `names`.
+fn auth(client_ca_pem: &str, names: &[&str], scope: ClientAuthScope) -> ClientAuth {
+    ClientAuth {
+        ca_pem: client_ca_pem.as_bytes().to_vec(),
+        ca_name: "clients.crt".to_owned(),
+        allowed_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        scope,
+    }
+}
+
+/// The server, requiring certificates of `client_ca_pem` from every client.
 async fn start(serving: &CertBundle, client_ca_pem: &str) -> TestServer {
-    TestServer::launch(example_app(), serving, Some(client_ca_pem)).await
+    let auth = auth(client_ca_pem, &[], ClientAuthScope::All);
+    TestServer::launch(example_app(), serving, Some(&auth)).await
 }
 
 /// GET /healthz with `identity`; the status, or the error text when refused.
 async fn healthz(server: &TestServer, identity: Option<&Leaf>) -> Result<StatusCode, String> {
+    request(server, identity, Request::get("/healthz"), Bytes::new())
+        .await
+        .map(|(status, _)| status)
+}
+
+/// Sends a request to `path` (made by `req`) with `identity`; the status and body, or
+/// the error text when refused.
+async fn request(
+    server: &TestServer,
+    identity: Option<&Leaf>,
+    req: hyper::http::request::Builder,
+    body: Bytes,
+) -> Result<(StatusCode, String), String> {
     let client = client_with(
         &server.ca_pem,
         identity.map(|b| (b.cert_pem.as_str(), b.key_pem.as_str())),
     );
-    let req = Request::get(format!("https://localhost:{}/healthz", server.addr.port()))
-        .body(Full::new(Bytes::new()))
+    let path = req.uri_ref().map(|u| u.to_string()).unwrap_or_default();
+    let req = req
+        .uri(format!("https://localhost:{}{path}", server.addr.port()))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
         .unwrap();
     let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
     let status = resp.status();
-    resp.into_body()
+    let body = resp
+        .into_body()
         .collect()
         .await
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(status)
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// What the server says to a TLS 1.3 client that completed its side of the handshake
@@ -139,4 +172,74 @@ async fn a_serving_certificate_is_not_a_client_certificate() {
 async fn without_a_client_ca_no_client_certificate_is_asked_for() {
     let server = TestServer::example().await;
     assert_eq!(healthz(&server, None).await, Ok(StatusCode::OK));
+}
+
+#[tokio::test]
+async fn a_client_whose_name_is_not_allowed_is_refused_in_the_handshake() {
+    logs::capture();
+    let (ca, ca_pem, _) = Ca::generate(1).unwrap();
+    let scheduler = ca.client("volguard-scheduler", 1).unwrap();
+    let apiserver = ca.client("kube-apiserver", 1).unwrap();
+    let auth = auth(&ca_pem, &["volguard-scheduler"], ClientAuthScope::All);
+    let server = TestServer::launch(example_app(), &bundle("volguard"), Some(&auth)).await;
+
+    assert_eq!(healthz(&server, Some(&scheduler)).await, Ok(StatusCode::OK));
+    assert!(healthz(&server, Some(&apiserver)).await.is_err());
+    assert_eq!(
+        alert_for(&server, Some(&apiserver)).await,
+        Some(rustls::AlertDescription::AccessDenied)
+    );
+    assert!(
+        logs::contain(
+            "client certificate refused: its names (\"kube-apiserver\") are not in --client-allowed-names (volguard-scheduler)"
+        ),
+        "{}",
+        logs::all()
+    );
+}
+
+#[tokio::test]
+async fn with_extender_scope_only_the_extender_needs_a_client_certificate() {
+    let (ca, ca_pem, _) = Ca::generate(1).unwrap();
+    let scheduler = ca.client("volguard-scheduler", 1).unwrap();
+    let auth = auth(&ca_pem, &["volguard-scheduler"], ClientAuthScope::Extender);
+    let server = TestServer::launch(example_app(), &bundle("volguard"), Some(&auth)).await;
+    let review = common::create_review(&read_doc("examples/pods/seed-000-device.yaml"), "default");
+    let filter = std::fs::read(common::repo("tests/fixtures/extenderargs-nodenames.json")).unwrap();
+
+    // kube-apiserver's webhook call carries no certificate: served.
+    let (status, _) = request(
+        &server,
+        None,
+        Request::post("/mutate"),
+        review.to_string().into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(healthz(&server, None).await, Ok(StatusCode::OK));
+    for path in ["/filter", "/prioritize"] {
+        assert_eq!(
+            request(&server, None, Request::post(path), filter.clone().into()).await,
+            Ok((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{path} needs a client certificate signed by volguard's client CA (--client-ca): \
+                     kube-scheduler presents one with its extender tlsConfig certFile/keyFile or certData/keyData\n"
+                )
+            ))
+        );
+        let (status, body) = request(
+            &server,
+            Some(&scheduler),
+            Request::post(path),
+            filter.clone().into(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // A certificate that is presented is still checked, on every path.
+    let stranger = ca.client("someone-else", 1).unwrap();
+    assert!(healthz(&server, Some(&stranger)).await.is_err());
 }

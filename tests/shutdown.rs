@@ -10,7 +10,7 @@ mod common;
 
 use std::{
     fs::File,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     process::{Child, Command, ExitStatus, Stdio},
     thread::sleep,
     time::Duration,
@@ -37,13 +37,6 @@ struct Daemon {
     dir: tempfile::TempDir,
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 impl Daemon {
     fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -60,7 +53,6 @@ impl Daemon {
             .output()
             .unwrap();
         assert!(certs.status.success(), "{certs:?}");
-        let (tls, plain) = (free_addr(), free_addr());
         let log = File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(BIN)
             .arg("serve")
@@ -72,23 +64,41 @@ impl Daemon {
             .arg(dir.path().join("tls.crt"))
             .arg("--tls-key")
             .arg(dir.path().join("tls.key"))
-            .args(["--listen", &tls.to_string()])
-            .args(["--metrics-listen", &plain.to_string()])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         let ca_pem = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+        // The system picks both ports, so no other process can take them first; the
+        // log line `serving` names them.
+        let unbound: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let mut daemon = Daemon {
             child,
-            tls,
-            plain,
+            tls: unbound,
+            plain: unbound,
             ca_pem,
             dir,
         };
+        daemon.wait_for("serving", |d| d.bound().is_some());
+        (daemon.tls, daemon.plain) = daemon.bound().unwrap();
         daemon.wait_for("ready", |d| d.readyz().is_some_and(|(s, _)| s == 200));
         daemon
+    }
+
+    /// The TLS and plain addresses the `serving` log line names, once it is written.
+    fn bound(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.log().lines().find_map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+            let fields = &entry["fields"];
+            if fields["message"] != "serving" {
+                return None;
+            }
+            let addr = |key: &str| fields[key].as_str()?.parse::<SocketAddr>().ok();
+            Some((addr("listen")?, addr("metrics")?))
+        })
     }
 
     fn log(&self) -> String {

@@ -13,12 +13,12 @@ use std::{
     time::Duration,
 };
 
-use common::{TestServer, example_app, openmetrics, raw};
+use common::{TestServer, client_config, example_app, openmetrics, raw};
 use rustls_pki_types::CertificateDer;
 use volguard::server::{
-    certs::{self, CertBundle},
-    reload::{CertFiles, Check, Reloader},
-    tls,
+    certs::{self, Ca, CertBundle, Leaf},
+    reload::{CertFiles, Check, ClientAuthFiles, Reloader},
+    tls::{self, ClientAuth, ClientAuthScope},
 };
 
 /// A Secret volume directory with the kubelet's atomic-writer layout.
@@ -71,7 +71,7 @@ impl SecretVolume {
         CertFiles {
             cert: self.path("tls.crt"),
             key: self.path("tls.key"),
-            client_ca: None,
+            client_auth: None,
         }
     }
 }
@@ -217,4 +217,73 @@ async fn the_polling_loop_picks_up_a_rotation_on_its_own() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the rotated certificate was never served");
+}
+
+/// Whether a new connection presenting `identity` gets `/healthz` answered.
+async fn served_with(server: &TestServer, identity: &Leaf) -> bool {
+    let config = std::sync::Arc::new(client_config(
+        &server.ca_pem,
+        Some((&identity.cert_pem, &identity.key_pem)),
+    ));
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || {
+        raw::connect_with(addr, config)
+            .and_then(|mut tls| raw::get(&mut tls, "/healthz"))
+            .is_ok_and(|(status, _)| status == 200)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_rotated_client_ca_is_used_for_new_connections() {
+    let serving = bundle(1);
+    let (old_ca, old_pem, _) = Ca::generate(1).unwrap();
+    let (new_ca, new_pem, _) = Ca::generate(1).unwrap();
+    let (old_client, new_client) = (
+        old_ca.client("volguard-scheduler", 1).unwrap(),
+        new_ca.client("volguard-scheduler", 1).unwrap(),
+    );
+    let volume = SecretVolume::new(&serving.cert_pem, &serving.key_pem);
+    let ca_file = volume.path("client-ca.crt");
+    std::fs::write(&ca_file, &old_pem).unwrap();
+    let auth = ClientAuth {
+        ca_pem: old_pem.clone().into_bytes(),
+        ca_name: ca_file.display().to_string(),
+        allowed_names: Vec::new(),
+        scope: ClientAuthScope::All,
+    };
+    let server = TestServer::launch(example_app(), &serving, Some(&auth)).await;
+    let files = CertFiles {
+        client_auth: Some(ClientAuthFiles {
+            ca: ca_file.clone(),
+            allowed_names: Vec::new(),
+            scope: ClientAuthScope::All,
+        }),
+        ..volume.files()
+    };
+    let current = files.read().unwrap();
+    let mut reloader = Reloader::new(
+        files,
+        current,
+        server.tls.clone(),
+        server.app.metrics.clone(),
+    );
+    assert!(served_with(&server, &old_client).await);
+    assert!(!served_with(&server, &new_client).await);
+
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    let Check::Refused(why) = reloader.check() else {
+        panic!("a broken client CA must be refused")
+    };
+    assert_eq!(
+        why,
+        format!("{}: no CERTIFICATE block found", ca_file.display())
+    );
+    assert!(served_with(&server, &old_client).await, "the old CA stays");
+
+    std::fs::write(&ca_file, &new_pem).unwrap();
+    assert_eq!(reloader.check(), Check::Reloaded);
+    assert!(served_with(&server, &new_client).await);
+    assert!(!served_with(&server, &old_client).await);
 }

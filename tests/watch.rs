@@ -558,6 +558,97 @@ async fn a_direct_get_that_hangs_becomes_a_warning() {
 }
 
 #[tokio::test]
+async fn a_claim_deleted_while_its_direct_get_is_in_flight_is_not_brought_back() {
+    let (live, _watchers) = Live::synced().await;
+    for kind in Kind::ALL {
+        live.until_seen("watch", kind, 1).await;
+    }
+    let [claim, _] = claim_and_volume("data-web-3", "pv-web-3", "310700-web3");
+    live.fake.put_unannounced(claim);
+    let release = live.fake.hold_gets();
+    let pod = web_pod("data-web-3");
+    let meanwhile = async {
+        live.until_seen("get", Kind::PersistentVolumeClaim, 1).await;
+        // The GET has read the claim; now it is deleted, and the watch reports it
+        // (the claim created after it on the same watch proves the delete went first).
+        live.fake
+            .delete(Kind::PersistentVolumeClaim, "shop/data-web-3");
+        let [after, _] = claim_and_volume("after-delete", "pv-after", "310701-after");
+        live.fake.put(after);
+        live.until("the watch delivered the delete", |s| {
+            s.pvc("shop", "after-delete").is_some()
+        })
+        .await;
+        release.send(true).expect("the GET waits");
+    };
+    let (response, ()) = tokio::join!(live.admit(&pod, "shop"), meanwhile);
+    assert_eq!(response["allowed"], true);
+    assert!(patch_of(&response).is_none(), "{response}");
+    assert_eq!(
+        common::first_warning(&response),
+        "volguard: pod admitted unchanged: PersistentVolumeClaim shop/data-web-3 not found (direct GET: deleted while the GET \
+         was in flight)"
+    );
+    assert!(
+        live.state
+            .read()
+            .unwrap()
+            .pvc("shop", "data-web-3")
+            .is_none(),
+        "the deleted claim stays deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_failing_after_every_response_head_keeps_failing_until_a_bookmark() {
+    let (live, _watchers) = Live::synced().await;
+    for kind in Kind::ALL {
+        live.until_seen("watch", kind, 1).await;
+    }
+    let (logs, _guard) = Captured::start();
+    let lists = live.seen("list", Kind::Pod);
+    let health = |s: &SharedState| s.read().unwrap().readiness().watch(Kind::Pod);
+
+    // Every rewatch is answered 200, then fails with an error event.
+    live.fake.fail_watches(Kind::Pod);
+    live.fake.end_watches(Kind::Pod);
+    live.until("the pod watch fails", |s| {
+        s.readiness().watch(Kind::Pod).errors >= 1
+    })
+    .await;
+    let first = health(&live.state).failing_since.expect("failing");
+    live.until("two more rounds failed", |s| {
+        s.readiness().watch(Kind::Pod).errors >= 3
+    })
+    .await;
+    assert!(
+        live.seen("watch", Kind::Pod) >= 4,
+        "each round got a response head"
+    );
+    assert_eq!(
+        health(&live.state).failing_since,
+        Some(first),
+        "the stale clock runs from the first failure"
+    );
+    assert_eq!(logs.lines("INFO"), Vec::<String>::new(), "no recovery");
+
+    // Mended: the rewatch streams nothing but a bookmark, and that is proof enough.
+    live.fake.mend(Kind::Pod);
+    live.until("the pod watch recovered", |s| {
+        !s.readiness().is_failing(Kind::Pod)
+    })
+    .await;
+    assert_eq!(live.seen("list", Kind::Pod), lists, "no relist: a rewatch");
+    let recovered = logs.lines("INFO");
+    assert_eq!(recovered.len(), 1, "{recovered:#?}");
+    assert!(
+        recovered[0].starts_with("volguard::sources::watch::recovery: watch recovered after "),
+        "{recovered:#?}"
+    );
+    assert!(recovered[0].ends_with("kind=\"Pod\""), "{recovered:#?}");
+}
+
+#[tokio::test]
 async fn an_unreachable_api_server_is_logged_once_with_its_cause() {
     // Bound but not listening: every connection is refused, until it listens below.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

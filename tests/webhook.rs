@@ -797,3 +797,47 @@ async fn a_resource_template_makes_a_selected_driver_a_device_plugin_driver() {
         Some("limits disks.example.com/local-pv-bb1049dc=1 (app); liveness probes on app")
     );
 }
+
+/// A watch holding the cluster state to write a batch makes a review wait; it waits on a
+/// blocking thread, so the async worker that polled the handler is free at once for
+/// every other request (`/readyz`, the extender, other reviews).
+#[test]
+fn a_review_waiting_for_the_cluster_state_leaves_its_async_worker_free() {
+    use std::{sync::mpsc, time::Duration};
+
+    use axum::{body::Bytes, extract::State};
+    use volguard::server::admission::endpoint::mutate;
+
+    let app = common::example_app();
+    let pod = read_doc("examples/pods/linode-web.yaml");
+    let review = Bytes::from(create_review(&pod, "shop").to_string());
+    let cluster = app.cluster.clone();
+    let writer = cluster.write().unwrap();
+    let (polled_tx, polled) = mpsc::channel();
+    let (answered_tx, answered) = mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut handler = std::pin::pin!(mutate(State(app), review));
+            let first = futures::poll!(handler.as_mut());
+            polled_tx.send(first.is_pending()).unwrap();
+            let body = axum::body::to_bytes(handler.await.into_body(), usize::MAX).await;
+            answered_tx.send(body.unwrap()).unwrap();
+        });
+    });
+    // Only a hang guard: a handler that blocks its worker never comes back from the poll.
+    let pending = polled.recv_timeout(Duration::from_secs(30)).expect(
+        "the /mutate handler blocked its async worker thread while a watch held the cluster state",
+    );
+    assert!(pending, "answered while the state was held for writing");
+    drop(writer);
+    let body = answered
+        .recv_timeout(Duration::from_secs(30))
+        .expect("answered once the writer is done");
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(patch_of(&response).is_some(), "{response}");
+}

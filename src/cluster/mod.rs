@@ -1,6 +1,7 @@
 //! Cluster state: the kinds volguard reads, their slim records, and the indexed model
 //! that snapshots and watches fill and that the webhook and extender read.
 
+pub mod deletions;
 pub mod missing;
 pub mod objects;
 pub mod readiness;
@@ -10,4 +11,4 @@ pub mod state;
 pub use missing::Missing;
 pub use objects::{ClusterObject, Kind};
 pub use readiness::{Readiness, WatchHealth};
-pub use state::{ClusterState, SharedState, VolumeUser};
+pub use state::{ClusterState, Fetched, SharedState, VolumeUser};

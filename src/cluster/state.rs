@@ -7,6 +7,7 @@ use std::{
 };
 
 use super::{
+    deletions::{Deletion, RecentDeletions},
     objects::{ClusterObject, Kind},
     readiness::Readiness,
     records::{
@@ -93,7 +94,19 @@ pub struct ClusterState {
     pv_claim: HashMap<String, String>,
     pv_attachments: HashMap<String, HashSet<String>>,
 
+    deletions: RecentDeletions,
     readiness: Readiness,
+}
+
+/// What became of an object a direct GET read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// It was not cached, and is now.
+    Applied,
+    /// The watch delivered it meanwhile; the watch's copy is kept.
+    Cached,
+    /// The watch reported its deletion after the GET read it: not put back.
+    DeletedMeanwhile,
 }
 
 impl ClusterState {
@@ -117,6 +130,7 @@ impl ClusterState {
             claim_pods: HashMap::new(),
             pv_claim: HashMap::new(),
             pv_attachments: HashMap::new(),
+            deletions: RecentDeletions::default(),
             readiness: Readiness::default(),
         }
     }
@@ -124,6 +138,11 @@ impl ClusterState {
     /// The driver table the records were slimmed with.
     pub fn drivers(&self) -> &Drivers {
         &self.drivers
+    }
+
+    /// The driver table, to keep after the state is released.
+    pub fn shared_drivers(&self) -> Arc<Drivers> {
+        self.drivers.clone()
     }
 
     /// Adds or replaces one object and updates every index it touches.
@@ -228,6 +247,41 @@ impl ClusterState {
         }
     }
 
+    /// Removes an object whose deletion a watch reported. The deletions of claims and
+    /// PersistentVolumes, the kinds [`ClusterState::apply_fetched`] takes, are remembered
+    /// (the latest few thousand).
+    pub fn delete_reported(&mut self, object: &ClusterObject) {
+        let kind = object.kind();
+        let key = object_key(object);
+        if matches!(kind, Kind::PersistentVolumeClaim | Kind::PersistentVolume) {
+            let (uid, resource_version) = object.version();
+            let deletion = Deletion {
+                uid: uid.map(str::to_owned),
+                resource_version: resource_version.map(str::to_owned),
+            };
+            self.deletions.record(kind, &key, deletion);
+        }
+        self.delete(kind, &key);
+    }
+
+    /// Applies an object a direct GET read while the watch had not delivered it, unless
+    /// the watch delivered it meanwhile (its copy is as new or newer) or reported its
+    /// deletion after the GET read it (see [`RecentDeletions::outdates`]): a GET in
+    /// flight never brings a deleted object back.
+    pub fn apply_fetched(&mut self, object: &ClusterObject) -> Fetched {
+        let kind = object.kind();
+        let key = object_key(object);
+        if self.keys_contain(kind, &key) {
+            return Fetched::Cached;
+        }
+        let (uid, resource_version) = object.version();
+        if self.deletions.outdates(kind, &key, uid, resource_version) {
+            return Fetched::DeletedMeanwhile;
+        }
+        self.apply(object);
+        Fetched::Applied
+    }
+
     /// Ends a relist of one kind: objects not in `listed` (keys as [`object_key`] makes
     /// them) vanished while the watch was away and are deleted; the kind counts as synced.
     /// The listed objects themselves were applied one by one as they arrived, so a relist
@@ -280,6 +334,19 @@ impl ClusterState {
             Kind::VolumeAttachment => self.vas.len(),
             Kind::StorageClass => self.storage_classes.len(),
             Kind::CsiDriver => self.csi_drivers.len(),
+        }
+    }
+
+    fn keys_contain(&self, kind: Kind, key: &str) -> bool {
+        match kind {
+            Kind::Node => self.nodes.contains_key(key),
+            Kind::CsiNode => self.csinodes.contains_key(key),
+            Kind::PersistentVolume => self.pvs.contains_key(key),
+            Kind::PersistentVolumeClaim => self.pvcs.contains_key(key),
+            Kind::Pod => self.pods.contains_key(key),
+            Kind::VolumeAttachment => self.vas.contains_key(key),
+            Kind::StorageClass => self.storage_classes.contains_key(key),
+            Kind::CsiDriver => self.csi_drivers.contains(key),
         }
     }
 

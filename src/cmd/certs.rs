@@ -1,6 +1,7 @@
-//! `volguard certs`: a CA and a serving certificate for the webhook Service, and the
+//! `volguard certs`: a CA, a serving certificate for the webhook Service, a client
+//! certificate for the scheduler's extender calls (`serve --client-ca`), and the
 //! caBundle to paste into the MutatingWebhookConfiguration. Run again over the same
-//! directory, it re-issues only the serving certificate from the CA there, so the
+//! directory, it re-issues only the two leaf certificates from the CA there, so the
 //! caBundle already deployed stays valid; replacing the CA takes `--force`.
 
 use std::{
@@ -35,6 +36,14 @@ pub struct CertsArgs {
     /// Replace an existing CA (the caBundle deployed with it stops working).
     #[arg(long, env = "VOLGUARD_CERTS_FORCE")]
     pub force: bool,
+    /// Common name of the client certificate (client.crt, client.key) that
+    /// kube-scheduler presents to the extender; `serve --client-allowed-names` lists it.
+    #[arg(
+        long,
+        env = "VOLGUARD_CLIENT_NAME",
+        default_value = "volguard-scheduler"
+    )]
+    pub client_name: String,
 }
 
 /// Mode of the private keys: readable by their owner only.
@@ -61,6 +70,8 @@ pub fn run(args: &CertsArgs) -> Result<ExitCode, Failure> {
     }
     let bundle = certs::generate(&names, args.days)
         .map_err(|e| Failure::runtime(format!("cannot generate certificates: {e}")))?;
+    let ca = Ca::from_pem(&bundle.ca_pem, &bundle.ca_key_pem).map_err(Failure::runtime)?;
+    let client = client_certificate(&ca, args)?;
     std::fs::create_dir_all(dir)
         .map_err(|e| Failure::usage(format!("{}: cannot create: {e}", dir.display())))?;
     for (name, pem, mode) in [
@@ -68,13 +79,16 @@ pub fn run(args: &CertsArgs) -> Result<ExitCode, Failure> {
         ("ca.crt", &bundle.ca_pem, CERT_MODE),
         ("tls.key", &bundle.key_pem, KEY_MODE),
         ("tls.crt", &bundle.cert_pem, CERT_MODE),
+        ("client.key", &client.key_pem, KEY_MODE),
+        ("client.crt", &client.cert_pem, CERT_MODE),
     ] {
         write(&file(name), pem, mode)?;
     }
     eprintln!(
-        "wrote {0}/ca.crt {0}/ca.key {0}/tls.crt {0}/tls.key for {1}; caBundle for the MutatingWebhookConfiguration:",
+        "wrote {0}/ca.crt {0}/ca.key {0}/tls.crt {0}/tls.key for {1}, {0}/client.crt {0}/client.key for {2}; caBundle for the MutatingWebhookConfiguration:",
         dir.display(),
-        names.join(", ")
+        names.join(", "),
+        args.client_name
     );
     print_ca_bundle(&bundle.ca_pem);
     Ok(ExitCode::SUCCESS)
@@ -110,13 +124,17 @@ fn reissue(
     let leaf = ca
         .serving(names, args.days)
         .map_err(|e| Failure::runtime(format!("cannot generate a certificate: {e}")))?;
+    let client = client_certificate(&ca, args)?;
     let dir = &args.out;
     write(&dir.join("tls.key"), &leaf.key_pem, KEY_MODE)?;
     write(&dir.join("tls.crt"), &leaf.cert_pem, CERT_MODE)?;
+    write(&dir.join("client.key"), &client.key_pem, KEY_MODE)?;
+    write(&dir.join("client.crt"), &client.cert_pem, CERT_MODE)?;
     eprintln!(
-        "re-issued {0}/tls.crt {0}/tls.key for {1} from the CA in {0}/ca.crt; the caBundle is unchanged:",
+        "re-issued {0}/tls.crt {0}/tls.key for {1}, {0}/client.crt {0}/client.key for {2} from the CA in {0}/ca.crt; the caBundle is unchanged:",
         dir.display(),
-        names.join(", ")
+        names.join(", "),
+        args.client_name
     );
     print_ca_bundle(&ca_pem);
     Ok(ExitCode::SUCCESS)
@@ -141,7 +159,7 @@ fn refuse_to_overwrite(dir: &Path) -> Result<(), Failure> {
             ca_crt.display()
         )));
     }
-    for name in ["tls.crt", "tls.key"] {
+    for name in ["tls.crt", "tls.key", "client.crt", "client.key"] {
         let path = dir.join(name);
         if path.exists() {
             return Err(Failure::usage(format!(
@@ -151,6 +169,17 @@ fn refuse_to_overwrite(dir: &Path) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The client certificate kube-scheduler presents, valid as long as the serving one.
+fn client_certificate(ca: &Ca, args: &CertsArgs) -> Result<certs::Leaf, Failure> {
+    if args.client_name.trim().is_empty() {
+        return Err(Failure::usage(
+            "--client-name is empty: name the client, e.g. volguard-scheduler",
+        ));
+    }
+    ca.client(&args.client_name, args.days)
+        .map_err(|e| Failure::runtime(format!("cannot generate a client certificate: {e}")))
 }
 
 fn print_ca_bundle(ca_pem: &str) {

@@ -6,6 +6,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
+    str::FromStr,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -18,13 +19,14 @@ use crate::{
     cmd::failure::Failure,
     model::{config::Config, drivers::Drivers},
     server::{
+        admission::endpoint::MUTATE_BODY_LIMIT,
         app::App,
         certs,
         limits::Limits,
-        reload::{CertFiles, Loaded, Pair, Reloader},
+        reload::{CertFiles, ClientAuthFiles, Loaded, Pair, Reloader},
         remediation::{self, Remediator},
         shutdown::{self, Drain, StopSignals},
-        tls,
+        tls::{self, ClientAuth, ClientAuthScope},
     },
     sources::{snapshot, watch},
 };
@@ -44,9 +46,24 @@ pub struct ServeArgs {
     /// Serving private key (PEM).
     #[arg(long, env = "VOLGUARD_TLS_KEY", default_value = "certs/tls.key")]
     pub tls_key: PathBuf,
-    /// CA bundle (PEM) for client certificates; when set, clients must present one.
+    /// CA bundle (PEM) for client certificates; when set, clients must present one
+    /// (see --client-auth). Re-read with the serving certificate.
     #[arg(long, env = "VOLGUARD_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// Who must present a client certificate: `all` (refused in the handshake without
+    /// one) or `extender` (/filter and /prioritize answer 403 without one; the webhook
+    /// takes kube-apiserver's calls, which carry none by default). Default: all.
+    #[arg(long, env = "VOLGUARD_CLIENT_AUTH", requires = "client_ca", value_parser = ClientAuthScope::from_str)]
+    pub client_auth: Option<ClientAuthScope>,
+    /// Client certificate names accepted (CN or a DNS SAN), comma-separated; others are
+    /// refused in the handshake. Default: any certificate the client CA signed.
+    #[arg(
+        long,
+        env = "VOLGUARD_CLIENT_ALLOWED_NAMES",
+        requires = "client_ca",
+        value_delimiter = ','
+    )]
+    pub client_allowed_names: Vec<String>,
     /// Plain-HTTP listen address for /metrics, /healthz and /readyz.
     #[arg(long, env = "VOLGUARD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
@@ -84,6 +101,43 @@ pub struct ServeArgs {
     /// Open HTTPS connections; more are closed at once.
     #[arg(long, env = "VOLGUARD_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Open connections from one IP address (on each listener); more are closed at once.
+    #[arg(long, env = "VOLGUARD_MAX_CONNECTIONS_PER_PEER", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_peer: u32,
+    /// Request body bytes held across all requests at once (e.g. 64MiB); a request
+    /// that does not fit gets a 503 before its body is read.
+    #[arg(long, env = "VOLGUARD_MAX_BYTES_IN_FLIGHT", default_value = "64MiB", value_parser = parse_size)]
+    pub max_bytes_in_flight: usize,
+    /// Largest /filter and /prioritize body (e.g. 4MiB). Enough for nodeCacheCapable:
+    /// true (node names); an extender sent full Node objects needs about 128MiB.
+    #[arg(long, env = "VOLGUARD_EXTENDER_BODY_LIMIT", default_value = "4MiB", value_parser = parse_size)]
+    pub extender_body_limit: usize,
+}
+
+/// Parses `512KiB`, `4MiB`, `1GiB`, or a bare number of bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let n: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 512KiB, 4MiB or 1GiB"))?;
+    let shift = match unit {
+        "" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(1 << shift)
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("{text:?}: must be above 0 and fit in memory"))
 }
 
 /// Parses `500ms`, `10s`, `2m`, or a bare number of seconds.
@@ -115,6 +169,7 @@ enum Source {
 /// Runs the server; returns on a startup or listener failure, or after a stop signal
 /// drained it.
 pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
+    let limits = limits(&args)?;
     let config = Arc::new(Config::load(args.config.as_deref()).map_err(Failure::usage)?);
     if config.remediation.enabled && args.snapshot.is_some() {
         let file = args
@@ -159,12 +214,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         );
     }
     let mut app = App::new(config, Arc::new(RwLock::new(state)));
-    app.limits = Limits {
-        request_timeout: args.request_timeout,
-        max_requests: args.max_requests as usize,
-        max_connections: args.max_connections as usize,
-        ..Limits::default()
-    };
+    app.limits = limits;
+    app.extender_needs_client_certificate = args.client_ca.is_some();
     app.metrics.certificate_in_use(serving.not_after);
     let drain = Drain {
         delay: args.shutdown_delay,
@@ -216,7 +267,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         };
         let listener = bind(args.listen)?;
         let plain = bind(args.metrics_listen)?;
-        tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, "serving");
+        // The bound addresses: with port 0 the system picks one, and this line says which.
+        let bound = |l: &std::net::TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+        tracing::info!(
+            listen = %bound(&listener, args.listen),
+            metrics = %bound(&plain, args.metrics_listen),
+            "serving"
+        );
         shutdown::serve_until_stopped(app, listener, plain, tls, drain, signals)
             .await
             .map_err(Failure::runtime)
@@ -224,21 +281,56 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The serving certificate from files (which the reloader then watches), or from a
-/// generated bundle.
+/// The listener limits from the flags; a body budget too small for the largest body a
+/// route accepts is refused, as such a request could never be read.
+fn limits(args: &ServeArgs) -> Result<Limits, Failure> {
+    for (flag, largest) in [
+        ("--extender-body-limit", args.extender_body_limit),
+        ("the /mutate body limit", MUTATE_BODY_LIMIT),
+    ] {
+        if args.max_bytes_in_flight < largest {
+            return Err(Failure::usage(format!(
+                "--max-bytes-in-flight {} is below {flag} {}: such a request could never be read; raise --max-bytes-in-flight",
+                args.max_bytes_in_flight, largest
+            )));
+        }
+    }
+    Ok(Limits {
+        request_timeout: args.request_timeout,
+        max_requests: args.max_requests as usize,
+        max_connections: args.max_connections as usize,
+        max_connections_per_peer: args.max_connections_per_peer as usize,
+        max_bytes_in_flight: args.max_bytes_in_flight,
+        extender_body_limit: args.extender_body_limit,
+        ..Limits::default()
+    })
+}
+
+/// The serving certificate from files (which the reloader then watches, client CA
+/// included), or from a generated bundle.
 fn serving_tls(args: &ServeArgs) -> Result<(Loaded, Source), Failure> {
-    let client_ca = match &args.client_ca {
-        Some(p) => Some(tls::read_pem(p).map_err(Failure::usage)?),
-        None => None,
-    };
+    let client_files = args.client_ca.as_ref().map(|ca| ClientAuthFiles {
+        ca: ca.clone(),
+        allowed_names: args.client_allowed_names.clone(),
+        scope: args.client_auth.unwrap_or(ClientAuthScope::All),
+    });
     if args.self_signed {
+        let client_ca = match &client_files {
+            Some(files) => Some(ClientAuth {
+                ca_pem: tls::read_pem(&files.ca).map_err(Failure::usage)?,
+                ca_name: files.ca.display().to_string(),
+                allowed_names: files.allowed_names.clone(),
+                scope: files.scope,
+            }),
+            None => None,
+        };
         let bundle = certs::generate(&certs::service_names("volguard", "volguard-system"), 30)
             .map_err(|e| Failure::runtime(format!("cannot generate a certificate: {e}")))?;
         let names = ("generated certificate", "generated key");
         let config = tls::server_config(
             bundle.cert_pem.as_bytes(),
             bundle.key_pem.as_bytes(),
-            client_ca.as_deref(),
+            client_ca.as_ref(),
             names,
         )
         .map_err(Failure::usage)?;
@@ -252,10 +344,13 @@ fn serving_tls(args: &ServeArgs) -> Result<(Loaded, Source), Failure> {
     let files = CertFiles {
         cert: args.tls_cert.clone(),
         key: args.tls_key.clone(),
-        client_ca,
+        client_auth: client_files,
     };
     let pair = files.read().map_err(|e| {
-        if args.tls_cert.exists() && args.tls_key.exists() {
+        let missing_pair = [&args.tls_cert, &args.tls_key]
+            .iter()
+            .any(|p| e.what == p.display().to_string() && !p.exists());
+        if !missing_pair {
             return Failure::usage(e);
         }
         let dir = match args.tls_cert.parent() {
@@ -284,6 +379,17 @@ mod tests {
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         for bad in ["", "s", "1h", "-1s", "1.5s", "ten"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units_or_as_bytes() {
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        for bad in ["", "0", "0MiB", "4MB", "4 MiB", "-1", "1.5MiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
         }
     }
 }

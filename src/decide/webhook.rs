@@ -5,9 +5,9 @@ use crate::{
     cluster::{ClusterState, Missing},
     decide::{
         mutate::{Mutation, mutate},
-        resolve::resolve,
+        resolve::{Resolution, resolve},
     },
-    model::{config::Config, podview::PodView},
+    model::{config::Config, drivers::Drivers, podview::PodView},
 };
 
 /// What the webhook decided for one request.
@@ -34,11 +34,22 @@ pub fn decide(
     config: &Config,
 ) -> Result<Decision, Missing> {
     let resolution = resolve(pod, namespace, state, config)?;
+    Ok(finish(pod, resolution, config, state.drivers()))
+}
+
+/// The decision for a pod whose volumes are resolved: the patch, built without the
+/// cluster state, so a server can release the state before building it.
+pub fn finish(
+    pod: &PodView,
+    resolution: Resolution,
+    config: &Config,
+    drivers: &Drivers,
+) -> Decision {
     if resolution.volumes.is_empty() && resolution.warnings.is_empty() {
-        return Ok(Decision::Untouched);
+        return Decision::Untouched;
     }
-    let mut mutation = mutate(pod, &resolution, config, state.drivers());
+    let mut mutation = mutate(pod, &resolution, config, drivers);
     let mut warnings = resolution.warnings;
     warnings.append(&mut mutation.warnings);
-    Ok(Decision::Mutated { mutation, warnings })
+    Decision::Mutated { mutation, warnings }
 }

@@ -18,8 +18,10 @@ pub struct App {
     pub cluster: SharedState,
     /// The Prometheus families, moved by handlers and middleware.
     pub metrics: Arc<Metrics>,
-    /// Request and connection limits of the TLS listener.
+    /// Request, body and connection limits of the listeners.
     pub limits: Limits,
+    /// `/filter` and `/prioritize` need a verified client certificate (client CA set).
+    pub extender_needs_client_certificate: bool,
     /// Set once a stop signal arrived: readiness fails while in-flight requests finish.
     pub draining: Arc<AtomicBool>,
     /// The live API client when watching (not with a snapshot): the webhook GETs a
@@ -37,6 +39,7 @@ impl App {
             cluster,
             metrics: Arc::new(metrics),
             limits: Limits::default(),
+            extender_needs_client_certificate: false,
             draining: Arc::new(AtomicBool::new(false)),
             api: None,
         }

@@ -1,17 +1,12 @@
-//! Limits of the TLS listener, so that a flood or a stuck client degrades volguard
-//! instead of exhausting it: a cap on open connections (refused at once beyond it), a
-//! cap on requests handled at the same time (the rest queue), a per-request deadline
-//! (queueing and body upload included), and an idle deadline for request heads. Body sizes
-//! are limited per route (the limits live next to the handlers): a body announced too
-//! big by its Content-Length is refused here before it is read.
+//! Limits of the listeners, so that a flood or a stuck client degrades volguard
+//! instead of exhausting it: caps on open connections, overall and per peer (refused
+//! at once beyond them, see `connections`), a cap on requests handled at the same time
+//! (the rest queue), a per-request deadline (queueing and body upload included), idle
+//! deadlines, HTTP/2 stream and keep-alive settings, and bounds on request bodies: per
+//! route (a body announced too big by its Content-Length is refused before it is read)
+//! and across all requests in flight.
 
-use std::{
-    future::{Ready, ready},
-    io,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{Request, State},
@@ -36,17 +31,47 @@ pub struct Limits {
     pub max_requests: usize,
     /// Open TLS connections; more are closed right after accept.
     pub max_connections: usize,
+    /// Open connections from one IP address, on each listener: one client cannot hold
+    /// every slot.
+    pub max_connections_per_peer: usize,
+    /// Open connections to the plain metrics listener (probes and scrapers).
+    pub metrics_max_connections: usize,
+    /// Request body bytes held across all requests at once; a request that would go
+    /// over gets a 503 before its body is read.
+    pub max_bytes_in_flight: usize,
+    /// Largest `/filter` or `/prioritize` body.
+    pub extender_body_limit: usize,
+    /// HTTP/2 streams (requests) open at once on one connection.
+    pub h2_max_streams: u32,
+    /// HTTP/2 ping interval on a connection; a peer that does not answer within
+    /// `h2_keep_alive_timeout` is dropped.
+    pub h2_keep_alive_interval: Duration,
+    /// See `h2_keep_alive_interval`.
+    pub h2_keep_alive_timeout: Duration,
 }
+
+/// Largest extender body by default: kube-scheduler with `nodeCacheCapable: true` (the
+/// shipped setup) sends node names only, 5,000 of them in about 100 KB, next to a Pod of
+/// at most 1.5 MB (etcd's object limit). Full Node objects need far more (about 25 KB
+/// each): that mode raises it.
+pub const EXTENDER_BODY_LIMIT: usize = 4 << 20;
 
 impl Default for Limits {
     /// Under the apiserver's 10 s webhook cap; far above what two schedulers and a few
-    /// apiservers keep open.
+    /// apiservers keep open; bodies in flight well inside the shipped 512 MiB container.
     fn default() -> Self {
         Limits {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_requests: 256,
             max_connections: 1024,
+            max_connections_per_peer: 128,
+            metrics_max_connections: 64,
+            max_bytes_in_flight: 64 << 20,
+            extender_body_limit: EXTENDER_BODY_LIMIT,
+            h2_max_streams: 64,
+            h2_keep_alive_interval: Duration::from_secs(30),
+            h2_keep_alive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -76,12 +101,7 @@ pub async fn deadline(State(timeout): State<Duration>, req: Request, next: Next)
 /// connection and a request slot until the deadline) only to refuse them. Bodies with
 /// no length (chunked) are still cut off by the route's body limit as they arrive.
 pub async fn content_length(State(limit): State<usize>, req: Request, next: Next) -> Response {
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match announced {
+    match announced_length(&req) {
         Some(length) if length > limit as u64 => {
             tracing::debug!(
                 length,
@@ -101,72 +121,117 @@ fn too_large(path: &str, length: u64, limit: usize) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         format!(
-            "request body of {length} bytes is over the {} MiB limit of {path}\n",
-            limit >> 20
+            "request body of {length} bytes is over the {} limit of {path}\n",
+            size(limit)
         ),
     )
         .into_response()
 }
 
-/// An axum-server acceptor that holds one slot per open connection and closes
-/// connections beyond the limit before the TLS handshake.
+/// The request body bytes all requests may hold at once, charged by KiB.
 #[derive(Clone)]
-pub struct ConnectionSlots {
-    slots: Arc<Semaphore>,
+pub struct BodyBudget {
+    kib: Arc<Semaphore>,
+    total: usize,
     metrics: Arc<Metrics>,
 }
 
-impl ConnectionSlots {
-    /// `max` slots; refusals are counted in `metrics`.
-    pub fn new(max: usize, metrics: Arc<Metrics>) -> Self {
-        ConnectionSlots {
-            slots: Arc::new(Semaphore::new(max)),
+impl BodyBudget {
+    /// A budget of `total` bytes; what is held shows in `metrics`.
+    pub fn new(total: usize, metrics: Arc<Metrics>) -> Self {
+        BodyBudget {
+            kib: Arc::new(Semaphore::new(total.div_ceil(1024))),
+            total,
             metrics,
         }
     }
-}
 
-impl<I, S> axum_server::accept::Accept<I, S> for ConnectionSlots {
-    type Stream = I;
-    type Service = Held<S>;
-    type Future = Ready<io::Result<(I, Held<S>)>>;
-
-    fn accept(&self, stream: I, service: S) -> Self::Future {
-        ready(match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Ok((
-                stream,
-                Held {
-                    inner: service,
-                    _slot: Arc::new(permit),
-                },
-            )),
-            Err(_) => {
-                self.metrics.connection_refused();
-                tracing::warn!("connection limit reached: closing a new connection");
-                Err(io::Error::other("connection limit reached"))
-            }
+    /// Takes `bytes` from the budget, or `None` when that would go over it.
+    fn charge(&self, bytes: u64) -> Option<Charged> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
+        let permit = self.kib.clone().try_acquire_many_owned(kib).ok()?;
+        let held = i64::from(kib) * 1024;
+        self.metrics.body_bytes_held(held);
+        Some(Charged {
+            _permit: permit,
+            held,
+            metrics: self.metrics.clone(),
         })
     }
-}
 
-/// A connection's service, holding its slot until the connection and every request
-/// on it are done.
-#[derive(Clone)]
-pub struct Held<S> {
-    inner: S,
-    _slot: Arc<OwnedSemaphorePermit>,
-}
-
-impl<S: tower::Service<R>, R> tower::Service<R> for Held<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Bytes held now.
+    fn held(&self) -> usize {
+        (self.total.div_ceil(1024) - self.kib.available_permits()) * 1024
     }
+}
 
-    fn call(&mut self, req: R) -> Self::Future {
-        self.inner.call(req)
+/// A request's share of the body budget, given back when the last holder drops it: the
+/// request's future, and the blocking task that judges its body (which may outlive it).
+#[derive(Clone)]
+pub struct BodyCharge(pub Arc<Charged>);
+
+/// Bytes taken from the budget.
+pub struct Charged {
+    _permit: OwnedSemaphorePermit,
+    held: i64,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Charged {
+    fn drop(&mut self) {
+        self.metrics.body_bytes_held(-self.held);
+    }
+}
+
+/// Route middleware: charges the request's body to the budget before it is read, by
+/// its Content-Length, or the route's whole `limit` when it has none (chunked); over
+/// the budget, a one-line 503 with `Retry-After`. The charge is handed to the handler
+/// as a [`BodyCharge`] extension.
+pub async fn charge_body(
+    State((budget, limit)): State<(BodyBudget, usize)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let bytes = announced_length(&req).unwrap_or(limit as u64);
+    let Some(charged) = budget.charge(bytes) else {
+        let line = format!(
+            "request bodies in flight hold {} of the {} volguard reads at once \
+             (--max-bytes-in-flight); this body of {bytes} bytes does not fit: retry later",
+            size(budget.held()),
+            size(budget.total),
+        );
+        tracing::warn!(path = req.uri().path(), "{line}");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::RETRY_AFTER, "1"),
+            ],
+            format!("{line}\n"),
+        )
+            .into_response();
+    };
+    let charge = BodyCharge(Arc::new(charged));
+    req.extensions_mut().insert(charge.clone());
+    let response = next.run(req).await;
+    drop(charge);
+    response
+}
+
+fn announced_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// `bytes` exactly, in the largest of MiB, KiB and bytes that divides it.
+fn size(bytes: usize) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes.is_multiple_of(1 << 10) {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
     }
 }

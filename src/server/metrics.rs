@@ -81,6 +81,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    requests_in_flight: Gauge,
     latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     pods_mutated: Family<DriverLabels, Counter>,
     nodes_failed: Family<ReasonLabels, Counter>,
@@ -93,6 +94,8 @@ pub struct Metrics {
     certificate_reloads: Counter,
     certificate_reload_failures: Counter,
     connections_refused: Counter,
+    requests_abandoned: Counter,
+    body_bytes_in_flight: Gauge,
     remediation_at_risk: Gauge,
     remediation_evictions: Family<OutcomeLabels, Counter>,
     remediation_skipped: Family<SkipLabels, Gauge>,
@@ -113,6 +116,13 @@ impl Metrics {
             "requests",
             "HTTPS requests by endpoint (matched route) and outcome",
             requests.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "HTTPS requests received and not answered yet, those waiting for a slot \
+             (--max-requests) included",
+            requests_in_flight.clone(),
         );
         let latency = Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
@@ -181,8 +191,21 @@ impl Metrics {
         let connections_refused = Counter::default();
         registry.register(
             "connections_refused",
-            "TLS connections closed at once because the connection limit was reached",
+            "Connections closed at once by a connection limit (overall or per peer)",
             connections_refused.clone(),
+        );
+        let requests_abandoned = Counter::default();
+        registry.register(
+            "requests_abandoned",
+            "Extender requests whose judging stopped because their deadline fired or their client went away",
+            requests_abandoned.clone(),
+        );
+        let body_bytes_in_flight = Gauge::default();
+        registry.register_with_unit(
+            "request_body_in_flight",
+            "Request body bytes held across all requests (bounded by --max-bytes-in-flight)",
+            Unit::Bytes,
+            body_bytes_in_flight.clone(),
         );
         let remediation_at_risk = Gauge::default();
         registry.register(
@@ -205,6 +228,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            requests_in_flight,
             latency,
             pods_mutated,
             nodes_failed,
@@ -217,6 +241,8 @@ impl Metrics {
             certificate_reloads,
             certificate_reload_failures,
             connections_refused,
+            requests_abandoned,
+            body_bytes_in_flight,
             remediation_at_risk,
             remediation_evictions,
             remediation_skipped,
@@ -313,9 +339,19 @@ impl Metrics {
         self.certificate_reload_failures.inc();
     }
 
-    /// Records a connection closed by the connection limit.
+    /// Records a connection closed by a connection limit.
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    /// Records extender work stopped because nobody waits for its answer any more.
+    pub fn request_abandoned(&self) {
+        self.requests_abandoned.inc();
+    }
+
+    /// Moves the request body bytes held by `delta` (negative when released).
+    pub fn body_bytes_held(&self, delta: i64) {
+        self.body_bytes_in_flight.inc_by(delta);
     }
 
     /// Copies the cache's object counts and readiness into their gauges.
@@ -363,17 +399,35 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts every request by matched route and outcome, and times it.
+/// Middleware: counts every request by matched route and outcome, and times it; while
+/// it is not answered (queued for a slot, or dropped on the way), it is in flight.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let endpoint = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
+    let _in_flight = InFlight::new(&metrics.requests_in_flight);
     let start = Instant::now();
     let response = next.run(req).await;
     metrics.observe_request(&endpoint, response.status(), start.elapsed());
     response
+}
+
+/// One request counted in the in-flight gauge until it is dropped, answered or not.
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A small fixed set of outcomes, so the label never explodes.

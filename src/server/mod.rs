@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod app;
 pub mod certs;
+pub mod connections;
 pub mod extender;
 pub mod limits;
 pub mod metrics;

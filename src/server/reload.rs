@@ -1,9 +1,10 @@
-//! Certificate hot reload: the serving certificate and key files are re-read on an
-//! interval and, when their contents changed, a new TLS config is swapped in for new
-//! connections. Comparing contents (not inotify on the files) also catches the kubelet's
-//! Secret update, which swaps the directory's `..data` symlink and never writes the
-//! files themselves. A pair that cannot be used is refused with an error log and a
-//! metric, and the certificate in use stays.
+//! Certificate hot reload: the serving certificate and key files, and the client CA
+//! bundle when there is one, are re-read on an interval and, when their contents
+//! changed, a new TLS config is swapped in for new connections. Comparing contents
+//! (not inotify on the files) also catches the kubelet's Secret update, which swaps the
+//! directory's `..data` symlink and never writes the files themselves. Files that
+//! cannot be used are refused with an error log and a metric, and the certificates in
+//! use stay.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -12,25 +13,38 @@ use rustls::ServerConfig;
 
 use crate::server::{
     metrics::Metrics,
-    tls::{self, TlsError},
+    tls::{self, ClientAuth, ClientAuthScope, TlsError},
 };
 
-/// Where the serving certificate comes from, and the client CA that stays with it.
+/// Where the serving certificate comes from, and the client CA verified with it.
 #[derive(Debug, Clone)]
 pub struct CertFiles {
     /// The certificate chain (PEM).
     pub cert: PathBuf,
     /// The private key (PEM).
     pub key: PathBuf,
-    /// The client CA bundle (PEM) when client certificates are required; read once.
-    pub client_ca: Option<Vec<u8>>,
+    /// Client-certificate verification, when clients present certificates.
+    pub client_auth: Option<ClientAuthFiles>,
 }
 
-/// The two files' contents, as read together.
+/// Client-certificate verification with its CA bundle in a file (re-read like the
+/// serving pair: a CA rotated in its Secret reaches new connections without a restart).
+#[derive(Debug, Clone)]
+pub struct ClientAuthFiles {
+    /// The client CA bundle (PEM).
+    pub ca: PathBuf,
+    /// Accepted client names; empty: any.
+    pub allowed_names: Vec<String>,
+    /// Who must present a certificate.
+    pub scope: ClientAuthScope,
+}
+
+/// The files' contents, as read together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair {
     cert: Vec<u8>,
     key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
 }
 
 /// A usable serving config and what the metrics need of it.
@@ -42,11 +56,15 @@ pub struct Loaded {
 }
 
 impl CertFiles {
-    /// Reads both files.
+    /// Reads the files.
     pub fn read(&self) -> Result<Pair, TlsError> {
         Ok(Pair {
             cert: tls::read_pem(&self.cert)?,
             key: tls::read_pem(&self.key)?,
+            client_ca: match &self.client_auth {
+                Some(auth) => Some(tls::read_pem(&auth.ca)?),
+                None => None,
+            },
         })
     }
 
@@ -54,10 +72,19 @@ impl CertFiles {
     pub fn build(&self, pair: &Pair) -> Result<Loaded, TlsError> {
         let cert_name = self.cert.display().to_string();
         let key_name = self.key.display().to_string();
+        let client_auth = match (&self.client_auth, &pair.client_ca) {
+            (Some(files), Some(ca_pem)) => Some(ClientAuth {
+                ca_pem: ca_pem.clone(),
+                ca_name: files.ca.display().to_string(),
+                allowed_names: files.allowed_names.clone(),
+                scope: files.scope,
+            }),
+            _ => None,
+        };
         let config = tls::server_config(
             &pair.cert,
             &pair.key,
-            self.client_ca.as_deref(),
+            client_auth.as_ref(),
             (&cert_name, &key_name),
         )?;
         let not_after = tls::not_after(&pair.cert, &cert_name)?;
@@ -111,13 +138,13 @@ impl Reloader {
             Ok(loaded) => {
                 self.tls.reload_from_config(Arc::new(loaded.config));
                 self.metrics.certificate_reloaded(loaded.not_after);
-                tracing::info!(cert = %self.files.cert.display(), not_after = loaded.not_after, "serving certificate reloaded");
+                tracing::info!(cert = %self.files.cert.display(), not_after = loaded.not_after, "certificate files reloaded (serving pair, and client CA when set)");
                 Check::Reloaded
             }
             Err(why) => {
                 self.metrics.certificate_reload_failed();
                 tracing::error!(
-                    "certificate files changed but cannot be used, keeping the certificate in use: {why}"
+                    "certificate files changed but cannot be used, keeping the ones in use: {why}"
                 );
                 Check::Refused(why)
             }

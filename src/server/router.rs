@@ -9,9 +9,9 @@ use std::{
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, Request, State},
     http::{StatusCode, header},
-    middleware,
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{MethodRouter, get, post},
 };
@@ -19,29 +19,33 @@ use axum::{
 use crate::server::{
     admission::endpoint::{MUTATE_BODY_LIMIT, mutate},
     app::App,
+    connections::{ClientCertificate, ConnectionSlots, Identified},
     extender,
-    limits::{self, ConnectionSlots, Limits},
+    limits::{self, BodyBudget, Limits},
     metrics::{self, Metrics},
 };
 
 /// The router served over TLS, with its limits and request metrics.
 pub fn router(app: App) -> Router {
     let limits = app.limits;
+    let budget = BodyBudget::new(limits.max_bytes_in_flight, app.metrics.clone());
+    let extender = |handler| {
+        let route = limited(handler, limits.extender_body_limit, &budget);
+        if app.extender_needs_client_certificate {
+            route.layer(middleware::from_fn(client_certificate_required))
+        } else {
+            route
+        }
+    };
     Router::new()
-        .route("/mutate", limited(post(mutate), MUTATE_BODY_LIMIT))
+        .route("/mutate", limited(post(mutate), MUTATE_BODY_LIMIT, &budget))
         .route(
             "/filter",
-            limited(
-                post(extender::endpoints::filter_handler),
-                extender::endpoints::EXTENDER_BODY_LIMIT,
-            ),
+            extender(post(extender::endpoints::filter_handler)),
         )
         .route(
             "/prioritize",
-            limited(
-                post(extender::endpoints::prioritize_handler),
-                extender::endpoints::EXTENDER_BODY_LIMIT,
-            ),
+            extender(post(extender::endpoints::prioritize_handler)),
         )
         .merge(health_routes())
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
@@ -59,14 +63,38 @@ pub fn router(app: App) -> Router {
 }
 
 /// A route taking bodies of at most `limit` bytes: refused up front when the
-/// Content-Length says more, cut off at `limit` while reading otherwise; both 413.
-fn limited(route: MethodRouter<App>, limit: usize) -> MethodRouter<App> {
+/// Content-Length says more, cut off at `limit` while reading otherwise (both 413), and
+/// charged to the budget of bodies in flight before it is read (503 over it).
+fn limited(route: MethodRouter<App>, limit: usize, budget: &BodyBudget) -> MethodRouter<App> {
     route
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            (budget.clone(), limit),
+            limits::charge_body,
+        ))
         .layer(middleware::from_fn_with_state(
             limit,
             limits::content_length,
         ))
+}
+
+/// Route middleware: a one-line 403 for a request whose connection presented no client
+/// certificate (one that was presented has been verified in the handshake).
+async fn client_certificate_required(req: Request, next: Next) -> Response {
+    if req.extensions().get::<ClientCertificate>().is_some() {
+        return next.run(req).await;
+    }
+    let path = req.uri().path().to_owned();
+    tracing::warn!(path, "refused a request without a client certificate: 403");
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!(
+            "{path} needs a client certificate signed by volguard's client CA (--client-ca): \
+             kube-scheduler presents one with its extender tlsConfig certFile/keyFile or certData/keyData\n"
+        ),
+    )
+        .into_response()
 }
 
 /// `/healthz` and `/readyz`, served on both listeners.
@@ -91,8 +119,8 @@ async fn readyz(State(app): State<App>) -> Response {
 }
 
 /// Serves `router` over TLS on an already bound listener until `handle` shuts it down,
-/// within the connection cap and idle deadline of `limits` (refusals counted in
-/// `metrics`).
+/// within the connection caps, idle deadlines and HTTP/2 settings of `limits`
+/// (refusals counted in `metrics`).
 pub async fn serve_tls(
     listener: std::net::TcpListener,
     tls: axum_server::tls_rustls::RustlsConfig,
@@ -102,9 +130,69 @@ pub async fn serve_tls(
     handle: axum_server::Handle<SocketAddr>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let slots = ConnectionSlots::new(limits.max_connections, metrics);
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(slots);
+    let slots = ConnectionSlots::new(
+        "https",
+        (limits.max_connections, "the limit (--max-connections)"),
+        limits.max_connections_per_peer,
+        limits.idle_timeout,
+        metrics,
+    );
+    let acceptor = Identified(axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(slots));
     let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor);
+    let builder = server.http_builder();
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .keep_alive_interval(limits.h2_keep_alive_interval)
+        .keep_alive_timeout(limits.h2_keep_alive_timeout)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
+    server
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await
+}
+
+/// Largest request head over HTTP/2 (hyper's default is 16 MiB); volguard's callers
+/// send a handful of short headers.
+const H2_MAX_HEADER_LIST: u32 = 64 << 10;
+
+/// Serves `/metrics`, `/healthz` and `/readyz` in plain HTTP/1 on an already bound
+/// listener until `stop` resolves, within its own connection caps and the idle
+/// deadline of the app's limits.
+pub async fn serve_plain(
+    listener: std::net::TcpListener,
+    app: App,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let limits = app.limits;
+    let slots = ConnectionSlots::new(
+        "metrics",
+        (
+            limits.metrics_max_connections,
+            "the metrics listener's limit",
+        ),
+        limits.max_connections_per_peer,
+        limits.idle_timeout,
+        app.metrics.clone(),
+    );
+    let routes = health_routes()
+        .route("/metrics", get(scrape))
+        .with_state(app);
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        stop.await;
+        stopping.graceful_shutdown(Some(PLAIN_DRAIN));
+    });
+    let mut server = axum_server::from_tcp(listener)?
+        .acceptor(slots)
+        .http1_only();
     server
         .http_builder()
         .http1()
@@ -112,26 +200,12 @@ pub async fn serve_tls(
         .header_read_timeout(limits.idle_timeout);
     server
         .handle(handle)
-        .serve(router.into_make_service())
+        .serve(routes.into_make_service())
         .await
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` in plain HTTP on an already bound
-/// listener until `stop` resolves.
-pub async fn serve_plain(
-    listener: std::net::TcpListener,
-    app: App,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let routes = health_routes()
-        .route("/metrics", get(scrape))
-        .with_state(app);
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(stop)
-        .await
-}
+/// How long scrapes and probes in flight get once the plain listener stops.
+const PLAIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn scrape(State(app): State<App>) -> Response {
     if let Ok(state) = app.cluster.read() {

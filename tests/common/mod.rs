@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod answers;
+pub mod logs;
 pub mod openmetrics;
 pub mod raw;
 
@@ -91,14 +92,20 @@ impl TestServer {
         Self::launch(app, &bundle, None).await
     }
 
-    /// Serves `app` over TLS with `bundle`'s certificate, requiring client certificates
-    /// signed by `client_ca_pem` when given, plus the plain listener.
-    pub async fn launch(app: App, bundle: &certs::CertBundle, client_ca_pem: Option<&str>) -> Self {
+    /// Serves `app` over TLS with `bundle`'s certificate, verifying client certificates
+    /// as `client_auth` says when given (the extender then needs one), plus the plain
+    /// listener.
+    pub async fn launch(
+        mut app: App,
+        bundle: &certs::CertBundle,
+        client_auth: Option<&tls::ClientAuth>,
+    ) -> Self {
         tls::install_crypto_provider();
+        app.extender_needs_client_certificate = client_auth.is_some();
         let server_config = tls::server_config(
             bundle.cert_pem.as_bytes(),
             bundle.key_pem.as_bytes(),
-            client_ca_pem.map(str::as_bytes),
+            client_auth,
             ("cert", "key"),
         )
         .expect("tls config");

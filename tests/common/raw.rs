@@ -25,9 +25,27 @@ pub fn try_connect(addr: SocketAddr, ca_pem: &str) -> std::io::Result<Tls> {
 /// A TLS connection to `addr` with a given client config, handshake done (from the
 /// client's side: in TLS 1.3 the server may still refuse the client's certificate).
 pub fn connect_with(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    handshake(TcpStream::connect(addr)?, config)
+}
+
+/// A TLS connection over an open socket, trusting `ca_pem`, handshake done.
+pub fn connect_over(sock: TcpStream, ca_pem: &str) -> std::io::Result<Tls> {
+    handshake(sock, Arc::new(super::client_config(ca_pem, None)))
+}
+
+/// A blocking socket connected to `addr` from the loopback address `from` (any of
+/// 127.0.0.0/8), so that one test can be several peers.
+pub async fn socket_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0))?;
+    let stream = socket.connect(addr).await?.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+fn handshake(mut sock: TcpStream, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
     let mut conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap())
         .map_err(std::io::Error::other)?;
-    let mut sock = TcpStream::connect(addr)?;
     sock.set_read_timeout(Some(Duration::from_secs(30)))?;
     while conn.is_handshaking() {
         conn.complete_io(&mut sock)?;

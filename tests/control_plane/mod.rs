@@ -9,7 +9,9 @@
 //!   tokens come from the TokenRequest API). Two changes only, because there is no
 //!   kube-proxy and no Secret volume here: the webhook's `clientConfig` is a loopback
 //!   `url` with the caBundle `volguard certs` printed, and the scheduler's extender
-//!   `urlPrefix` is the loopback address with that CA as `caData`.
+//!   `urlPrefix` is the loopback address with that CA as `caData` and the client
+//!   certificate `volguard certs` wrote as `certData`/`keyData`. volguard runs with the
+//!   shipped Deployment's client-certificate flags, its file paths mapped to those files.
 //! - There is no kubelet and no controller-manager: Nodes, CSINodes, PVs and PVCs
 //!   (bound through `/status`), VolumeAttachments are written through the API.
 //!
@@ -229,6 +231,11 @@ pub struct ControlPlane {
     pub volguard_metrics_port: u16,
     /// The CA of volguard's serving certificate (from `volguard certs`).
     pub volguard_ca: String,
+    /// The scheduler's client certificate and key (PEM, from `volguard certs`), which
+    /// the extender paths require.
+    pub volguard_client: (String, String),
+    /// The shipped Deployment's client-certificate flags, paths mapped to this run's files.
+    volguard_auth_flags: Vec<String>,
     /// An admin client.
     pub admin: Client,
     options: Options,
@@ -267,6 +274,38 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The client-certificate flags of the shipped volguard Deployment, with the Secret
+/// volume's paths (`/etc/volguard/tls/ca.crt`) mapped to the files `volguard certs`
+/// wrote into `certs_dir`.
+fn shipped_auth_flags(manifests: &[Value], certs_dir: &Path) -> Vec<String> {
+    const SECRET_DIR: &str = "/etc/volguard/tls/";
+    let deployment = manifests
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "volguard")
+        .unwrap_or_else(|| fail("find the volguard Deployment", "absent", None));
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap_or_else(|| fail("read the volguard Deployment's args", "absent", None))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut flags = Vec::new();
+    for pair in args.windows(2) {
+        if let [
+            "--client-ca" | "--client-auth" | "--client-allowed-names",
+            value,
+        ] = pair
+        {
+            let value = match value.strip_prefix(SECRET_DIR) {
+                Some(file) => certs_dir.join(file).display().to_string(),
+                None => (*value).to_owned(),
+            };
+            flags.extend([pair[0].to_owned(), value]);
+        }
+    }
+    flags
 }
 
 /// A plain HTTP client for loopback health checks, trusting `ca_pem` for HTTPS.
@@ -326,6 +365,8 @@ impl ControlPlane {
             volguard_port: 0,
             volguard_metrics_port: 0,
             volguard_ca: String::new(),
+            volguard_client: (String::new(), String::new()),
+            volguard_auth_flags: Vec::new(),
             admin,
             options: options.clone(),
             api_ca: api_certs.ca_pem,
@@ -442,6 +483,11 @@ impl ControlPlane {
             fail("volguard certs", String::from_utf8_lossy(&out.stderr), None);
         }
         self.volguard_ca = fs::read_to_string(certs_dir.join("ca.crt")).expect("ca.crt");
+        self.volguard_client = (
+            fs::read_to_string(certs_dir.join("client.crt")).expect("client.crt"),
+            fs::read_to_string(certs_dir.join("client.key")).expect("client.key"),
+        );
+        self.volguard_auth_flags = shipped_auth_flags(manifests, &certs_dir);
         let token = self.token("volguard");
         let kubeconfig = root.join("volguard.kubeconfig");
         write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, &token);
@@ -480,6 +526,7 @@ impl ControlPlane {
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{metrics_port}"))
             .args(["--shutdown-delay", "0s"])
+            .args(&self.volguard_auth_flags)
             .args(&self.options.volguard_flags)
             .env("RUST_LOG", "info");
         command
@@ -568,8 +615,21 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
-    /// POSTs to volguard's TLS port, trusting its CA; (status, body).
+    /// POSTs to volguard's TLS port, trusting its CA, as the scheduler (with its client
+    /// certificate); (status, body).
     pub async fn volguard_post(&self, path: &str, body: &Value) -> (u16, String) {
+        loopback_http::Client::with_identity(&self.volguard_ca, &self.volguard_client)
+            .post(
+                &format!("https://localhost:{}{path}", self.volguard_port),
+                body.to_string(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} to volguard: {e}"))
+    }
+
+    /// POSTs to volguard's TLS port, trusting its CA, without a client certificate (as
+    /// kube-apiserver calls the webhook); (status, body).
+    pub async fn volguard_post_anonymous(&self, path: &str, body: &Value) -> (u16, String) {
         http(Some(&self.volguard_ca))
             .post(
                 &format!("https://localhost:{}{path}", self.volguard_port),
@@ -658,6 +718,15 @@ impl ControlPlane {
             let tls = extender["tlsConfig"].as_object_mut().expect("tlsConfig");
             tls.remove("caFile");
             tls.insert("caData".into(), json!(ca));
+            for (file, data, pem) in [
+                ("certFile", "certData", &self.volguard_client.0),
+                ("keyFile", "keyData", &self.volguard_client.1),
+            ] {
+                if tls.remove(file).is_some() {
+                    let pem = base64::engine::general_purpose::STANDARD.encode(pem);
+                    tls.insert(data.into(), json!(pem));
+                }
+            }
         }
         if let Some(changes) = &self.options.scheduler_config {
             merge(&mut config, changes);
@@ -1408,12 +1477,23 @@ mod loopback_http {
 
     pub struct Client {
         ca_pem: Option<String>,
+        identity: Option<(String, String)>,
     }
 
     impl Client {
         pub fn new(ca_pem: Option<&str>) -> Self {
             Client {
                 ca_pem: ca_pem.map(str::to_owned),
+                identity: None,
+            }
+        }
+
+        /// An HTTPS client trusting `ca_pem` that presents `identity` (certificate and
+        /// key, PEM).
+        pub fn with_identity(ca_pem: &str, identity: &(String, String)) -> Self {
+            Client {
+                ca_pem: Some(ca_pem.to_owned()),
+                identity: Some(identity.clone()),
             }
         }
 
@@ -1453,10 +1533,15 @@ mod loopback_http {
                     .request(req)
                     .await
                     .map_err(|e| e.to_string())?,
-                Some(ca) => crate::common::client_for(ca)
-                    .request(req)
-                    .await
-                    .map_err(|e| format!("{e:?}"))?,
+                Some(ca) => crate::common::client_with(
+                    ca,
+                    self.identity
+                        .as_ref()
+                        .map(|(cert, key)| (cert.as_str(), key.as_str())),
+                )
+                .request(req)
+                .await
+                .map_err(|e| format!("{e:?}"))?,
             };
             let status = resp.status().as_u16();
             let body = resp

@@ -1,8 +1,9 @@
 //! A scripted Kubernetes API server on a loopback port, speaking plain HTTP to the real
 //! kube client: lists with resourceVersion and continue tokens, watches that stream
 //! newline-delimited ADDED/MODIFIED/DELETED/BOOKMARK events from any resourceVersion,
-//! 410 Gone for a compacted resourceVersion, GETs of single objects, and a switch that
-//! drops every connection as a lost network would.
+//! 410 Gone for a compacted resourceVersion, GETs of single objects (answered at once or
+//! held back), watches failing after their response head, and a switch that drops every
+//! connection as a lost network would.
 #![allow(dead_code)]
 
 use std::{
@@ -47,6 +48,8 @@ struct Inner {
     compacted: u64,
     stall_gets: bool,
     forbidden: std::collections::BTreeSet<Kind>,
+    failing_watches: std::collections::BTreeSet<Kind>,
+    held_gets: Option<watch::Receiver<bool>>,
     seen: Vec<Seen>,
 }
 
@@ -141,6 +144,32 @@ impl FakeApi {
     /// Undoes [`FakeApi::forbid`].
     pub fn allow(&self, kind: Kind) {
         self.inner.lock().unwrap().forbidden.remove(&kind);
+    }
+
+    /// Watches of `kind` are answered 200 with one ERROR event (a 500 from etcd) and
+    /// closed, until [`FakeApi::mend`]: each rewatch gets a response head, then fails.
+    pub fn fail_watches(&self, kind: Kind) {
+        self.inner.lock().unwrap().failing_watches.insert(kind);
+    }
+
+    /// Undoes [`FakeApi::fail_watches`].
+    pub fn mend(&self, kind: Kind) {
+        self.inner.lock().unwrap().failing_watches.remove(&kind);
+    }
+
+    /// Ends the open watches of `kind` cleanly, as the API server does when a watch's
+    /// timeout runs out: the client watches again from where it was.
+    pub fn end_watches(&self, kind: Kind) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.collections.entry(kind).or_default().watchers.clear();
+    }
+
+    /// GETs of single objects read the object when they arrive but answer only when
+    /// the returned sender is set to `true` (or dropped).
+    pub fn hold_gets(&self) -> watch::Sender<bool> {
+        let (release, held) = watch::channel(false);
+        self.inner.lock().unwrap().held_gets = Some(held);
+        release
     }
 
     /// GETs of single objects are accepted but never answered.
@@ -269,6 +298,9 @@ fn answer<B>(inner: &Mutex<Inner>, req: Request<B>) -> Response<Body> {
         if inner.forbidden.contains(&kind) {
             return forbidden(kind, verb);
         }
+        if watching && inner.failing_watches.contains(&kind) {
+            return watch_error();
+        }
         return if watching {
             watch_events(&mut inner, kind, &query)
         } else {
@@ -293,7 +325,10 @@ fn answer<B>(inner: &Mutex<Inner>, req: Request<B>) -> Response<Body> {
         >()));
     }
     match inner.collections.get(&kind).and_then(|c| c.items.get(&key)) {
-        Some(object) => json_response(StatusCode::OK, object),
+        Some(object) => match inner.held_gets.clone() {
+            Some(held) => held_response(object, held),
+            None => json_response(StatusCode::OK, object),
+        },
         None => status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -388,6 +423,35 @@ fn watch_events(inner: &mut Inner, kind: Kind, query: &BTreeMap<String, String>)
     }
     let body = tokio_stream(rx).map(Ok::<_, Infallible>);
     let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(
+        "content-type",
+        "application/json".parse().expect("header value"),
+    );
+    response
+}
+
+/// A watch answered 200 whose only event is an ERROR, then closed.
+fn watch_error() -> Response<Body> {
+    let error = json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500,
+    }});
+    let mut response = Response::new(Body::from(line(&error)));
+    response.headers_mut().insert(
+        "content-type",
+        "application/json".parse().expect("header value"),
+    );
+    response
+}
+
+/// `object` as it is now, sent once `held` turns true or its sender is dropped.
+fn held_response(object: &Value, mut held: watch::Receiver<bool>) -> Response<Body> {
+    let body = Bytes::from(object.to_string());
+    let later = async move {
+        let _ = held.wait_for(|released| *released).await;
+        Ok::<_, Infallible>(body)
+    };
+    let mut response = Response::new(Body::from_stream(futures::stream::once(later)));
     response.headers_mut().insert(
         "content-type",
         "application/json".parse().expect("header value"),

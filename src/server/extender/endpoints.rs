@@ -2,9 +2,17 @@
 //! judge. The axum handlers are thin wrappers so that benchmarks drive exactly the code
 //! the server runs.
 
-use std::{borrow::Cow, collections::HashSet};
+use std::{
+    borrow::Cow,
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use axum::{
+    Extension,
     body::Bytes,
     extract::State,
     http::{StatusCode, header},
@@ -19,11 +27,38 @@ use crate::{
         resolve::resolve,
     },
     model::{config::Config, json_shape, podview::PodView},
-    server::{app::App, metrics::Metrics, reply::bad_request},
+    server::{app::App, limits::BodyCharge, metrics::Metrics, reply::bad_request},
 };
 
-/// Largest ExtenderArgs accepted: room for 5,000 full Node objects in `Nodes` mode.
-pub const EXTENDER_BODY_LIMIT: usize = 128 << 20;
+/// Set once nobody waits for a request's answer any more (its deadline fired, or its
+/// client went away): the judging, which runs on a blocking thread that outlives the
+/// request, stops at its next look and frees the body.
+#[derive(Debug, Clone, Default)]
+pub struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    /// Whether the request was abandoned.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Marks the request abandoned.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Nothing to start on when the request was abandoned while its task waited for a
+/// blocking thread.
+fn still_wanted(abandoned: &Abandoned) -> Result<(), ExtenderError> {
+    if abandoned.is_set() {
+        return Err(ExtenderError::Abandoned);
+    }
+    Ok(())
+}
+
+/// Candidates judged between two looks at [`Abandoned`].
+const NODES_PER_LOOK: usize = 256;
 
 /// Why a body got no judgement.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +72,17 @@ pub enum ExtenderError {
     /// volguard failed to produce an answer: HTTP 500.
     #[error("{0}")]
     Internal(String),
+    /// Nobody waits for the answer: judging stopped.
+    #[error("request abandoned (deadline or client gone): judging stopped")]
+    Abandoned,
+}
+
+/// Why candidates were not judged.
+enum Unjudged {
+    /// The state is not ready: this line says why.
+    NotReady(String),
+    /// The request was abandoned.
+    Abandoned,
 }
 
 /// The candidates of one request, in the order the scheduler sent them.
@@ -122,35 +168,44 @@ fn not_ready(state: &ClusterState) -> Option<String> {
         .map(|why| format!("volguard's {why}: retry later"))
 }
 
-/// Judges every candidate, in order. A pod with no managed volume passes everywhere
-/// with score 0, decided before the state's readiness is even looked at.
+/// Judges every candidate, in order, until `abandoned` is set. A pod with no managed
+/// volume passes everywhere with score 0, decided before the state's readiness is even
+/// looked at.
 fn judge_all(
     pod: &PodView,
     names: &[Cow<'_, str>],
     state: &ClusterState,
     config: &Config,
-) -> Result<Vec<Judgement>, String> {
+    abandoned: &Abandoned,
+) -> Result<Vec<Judgement>, Unjudged> {
     let indifferent = || vec![Judgement::indifferent(); names.len()];
     if has_no_managed_volumes(pod, state, config) {
         return Ok(indifferent());
     }
     if let Some(why) = not_ready(state) {
-        return Err(why);
+        return Err(Unjudged::NotReady(why));
     }
     let namespace = pod.namespace().unwrap_or("default");
     // kube-scheduler's own VolumeBinding plugin turns away pods whose claim does not
     // exist, so a claim or PV missing here is volguard's cache lagging behind: answer
     // Error, and the scheduler retries after its backoff instead of parking the pod.
     let resolution = resolve(pod, namespace, state, config).map_err(|missing| {
-        format!(
+        Unjudged::NotReady(format!(
             "{missing} in volguard's cluster state (a cache that lags behind the API): retry later"
-        )
+        ))
     })?;
     let judge = Judge::new(Ok(&resolution), state, config);
     if judge.is_indifferent() {
         return Ok(indifferent());
     }
-    Ok(names.iter().map(|n| judge.judge(n)).collect())
+    let mut judged = Vec::with_capacity(names.len());
+    for chunk in names.chunks(NODES_PER_LOOK) {
+        if abandoned.is_set() {
+            return Err(Unjudged::Abandoned);
+        }
+        judged.extend(chunk.iter().map(|n| judge.judge(n)));
+    }
+    Ok(judged)
 }
 
 /// Sorts judged candidates into the filter answer, in the mode they were sent in, and
@@ -208,14 +263,19 @@ fn sort_out<'a>(
 
 /// Answers a `/filter` body with an `ExtenderFilterResult` body. When the state is not
 /// ready, the answer carries `Error` (the scheduler retries), never a guessed verdict.
-pub fn filter(body: &[u8], app: &App) -> Result<Vec<u8>, ExtenderError> {
+/// Stops early, answering nothing, once `abandoned` is set.
+pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, ExtenderError> {
+    still_wanted(abandoned)?;
     let (pod, candidates) = parse(body)?;
     let judged = match app.cluster.read() {
-        Err(_) => Err("volguard's cluster state is unavailable".to_owned()),
-        Ok(state) => judge_all(&pod, &candidates.names, &state, &app.config),
+        Err(_) => Err(Unjudged::NotReady(
+            "volguard's cluster state is unavailable".to_owned(),
+        )),
+        Ok(state) => judge_all(&pod, &candidates.names, &state, &app.config, abandoned),
     };
     match judged {
-        Err(why) => {
+        Err(Unjudged::Abandoned) => return Err(ExtenderError::Abandoned),
+        Err(Unjudged::NotReady(why)) => {
             tracing::warn!(pod = pod.name(), "extender filter not answered: {why}");
             serde_json::to_vec(&ExtenderFilterResult::error(why))
         }
@@ -225,14 +285,20 @@ pub fn filter(body: &[u8], app: &App) -> Result<Vec<u8>, ExtenderError> {
 }
 
 /// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
-pub fn prioritize(body: &[u8], app: &App) -> Result<Vec<u8>, ExtenderError> {
+/// Stops early, answering nothing, once `abandoned` is set.
+pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, ExtenderError> {
+    still_wanted(abandoned)?;
     let (pod, candidates) = parse(body)?;
     let state = app
         .cluster
         .read()
         .map_err(|_| ExtenderError::NotReady("volguard's cluster state is unavailable".into()))?;
-    let judged =
-        judge_all(&pod, &candidates.names, &state, &app.config).map_err(ExtenderError::NotReady)?;
+    let judged = judge_all(&pod, &candidates.names, &state, &app.config, abandoned).map_err(
+        |e| match e {
+            Unjudged::NotReady(why) => ExtenderError::NotReady(why),
+            Unjudged::Abandoned => ExtenderError::Abandoned,
+        },
+    )?;
     drop(state);
     let list: Vec<HostPriority> = candidates
         .names
@@ -262,30 +328,68 @@ fn reply(outcome: Result<Vec<u8>, ExtenderError>) -> Response {
             tracing::error!("extender: {why}");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")).into_response()
         }
+        Err(e @ ExtenderError::Abandoned) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+        }
     }
 }
 
 /// [`filter`] or [`prioritize`].
-type BodyHandler = fn(&[u8], &App) -> Result<Vec<u8>, ExtenderError>;
+type BodyHandler = fn(&[u8], &App, &Abandoned) -> Result<Vec<u8>, ExtenderError>;
+
+/// Marks the request abandoned when dropped: the handler's future is dropped when the
+/// deadline fires or the client goes away (and harmlessly after the answer).
+struct AbandonOnDrop(Abandoned);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
+    }
+}
 
 /// Runs a body handler off the async workers: a large `Nodes` body takes a while to parse.
-async fn off_runtime(app: App, body: Bytes, handle: BodyHandler) -> Response {
-    let outcome = tokio::task::spawn_blocking(move || handle(&body, &app))
-        .await
-        .unwrap_or_else(|e| {
-            Err(ExtenderError::Internal(format!(
-                "extender task failed: {e}"
-            )))
-        });
+/// The blocking task owns the body and its share of the body budget, so both are freed
+/// when it stops, which it does early once the request is abandoned.
+async fn off_runtime(
+    app: App,
+    body: Bytes,
+    charge: Option<Extension<BodyCharge>>,
+    handle: BodyHandler,
+) -> Response {
+    let abandoned = Abandoned::default();
+    let _guard = AbandonOnDrop(abandoned.clone());
+    let outcome = tokio::task::spawn_blocking(move || {
+        let outcome = handle(&body, &app, &abandoned);
+        drop((body, charge));
+        if matches!(outcome, Err(ExtenderError::Abandoned)) {
+            app.metrics.request_abandoned();
+            tracing::info!("extender request abandoned (deadline or client gone): judging stopped");
+        }
+        outcome
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ExtenderError::Internal(format!(
+            "extender task failed: {e}"
+        )))
+    });
     reply(outcome)
 }
 
 /// `POST /filter`.
-pub async fn filter_handler(State(app): State<App>, body: Bytes) -> Response {
-    off_runtime(app, body, filter).await
+pub async fn filter_handler(
+    State(app): State<App>,
+    charge: Option<Extension<BodyCharge>>,
+    body: Bytes,
+) -> Response {
+    off_runtime(app, body, charge, filter).await
 }
 
 /// `POST /prioritize`.
-pub async fn prioritize_handler(State(app): State<App>, body: Bytes) -> Response {
-    off_runtime(app, body, prioritize).await
+pub async fn prioritize_handler(
+    State(app): State<App>,
+    charge: Option<Extension<BodyCharge>>,
+    body: Bytes,
+) -> Response {
+    off_runtime(app, body, charge, prioritize).await
 }

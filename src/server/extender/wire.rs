@@ -3,9 +3,9 @@
 //! keys exactly, hence the explicit renames. Node objects are kept as raw JSON so that
 //! the `Nodes` answer echoes them byte for byte, fields volguard does not know included.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
 use serde_json::value::RawValue;
 
 use crate::model::podview::PodView;
@@ -78,8 +78,50 @@ pub fn node_name<'a>(item: &'a RawValue, index: usize) -> Result<Cow<'a, str>, S
         .ok_or_else(|| format!("Nodes.items[{index}] has no metadata.name"))
 }
 
-/// Reasons by node name, as the Go `FailedNodesMap`.
-pub type FailedNodesMap<'a> = BTreeMap<&'a str, &'a str>;
+/// Reasons by node name, as the Go `FailedNodesMap`, in the order the nodes were
+/// added. Thousands of nodes usually share a handful of reasons: each distinct reason is
+/// JSON-encoded once per answer, not once per node.
+#[derive(Debug, Default)]
+pub struct FailedNodesMap<'a> {
+    /// Node name and the index of its reason; names are unique (callers dedupe).
+    entries: Vec<(&'a str, usize)>,
+    reasons: Vec<&'a str>,
+}
+
+impl<'a> FailedNodesMap<'a> {
+    /// Records why `node` fails. Nodes failing for the same reason share its entry,
+    /// found by address first (the judge shares one string per cause), then by text.
+    pub fn insert(&mut self, node: &'a str, reason: &'a str) {
+        let index = match self
+            .reasons
+            .iter()
+            .position(|r| std::ptr::eq(*r, reason) || *r == reason)
+        {
+            Some(i) => i,
+            None => {
+                self.reasons.push(reason);
+                self.reasons.len() - 1
+            }
+        };
+        self.entries.push((node, index));
+    }
+}
+
+impl Serialize for FailedNodesMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let encoded: Vec<Box<RawValue>> = self
+            .reasons
+            .iter()
+            .map(|r| serde_json::value::to_raw_value(r).map_err(S::Error::custom))
+            .collect::<Result<_, _>>()?;
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for (node, reason) in &self.entries {
+            map.serialize_entry(node, &encoded[*reason])?;
+        }
+        map.end()
+    }
+}
 
 /// The answer to `POST /filter`. Every key is always present, as Go encodes it.
 #[derive(Debug, Default, Serialize)]
@@ -125,6 +167,21 @@ pub struct HostPriority<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_nodes_keep_their_order_and_share_an_escaped_reason() {
+        let shared = String::from(r#"claim "data" in use on node-a"#);
+        let copy = shared.clone();
+        let mut map = FailedNodesMap::default();
+        map.insert("node-c", &shared);
+        map.insert("node-a", "at the limit");
+        map.insert("node-b", &copy);
+        assert_eq!(map.reasons.len(), 2, "equal texts share one entry");
+        assert_eq!(
+            serde_json::to_string(&map).unwrap(),
+            r#"{"node-c":"claim \"data\" in use on node-a","node-a":"at the limit","node-b":"claim \"data\" in use on node-a"}"#
+        );
+    }
 
     #[test]
     fn upstream_compatibility_shapes_decode_and_encode() {

@@ -1,5 +1,5 @@
 //! The API client: where its config comes from (in-cluster, a kubeconfig file) and the
-//! middleware that lets the watchers' recoveries be seen.
+//! middleware that lets the watchers' bookmarks be seen.
 
 use std::path::Path;
 
@@ -81,8 +81,8 @@ fn first_line(e: &dyn std::fmt::Display) -> String {
         .to_owned()
 }
 
-/// A client for `config` whose successful list and watch answers mark the kind's
-/// watch as recovered in `state`. Must be called inside the tokio runtime.
+/// A client for `config` whose watch streams mark a failing kind as recovered in
+/// `state` when a bookmark arrives. Must be called inside the tokio runtime.
 pub fn client(config: kube::Config, state: &SharedState) -> Result<kube::Client, String> {
     let builder = ClientBuilder::try_from(config)
         .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;

@@ -8,14 +8,15 @@ use kube::{Api, Client};
 use tokio::time::Instant;
 
 use super::kinds::Watched;
-use crate::cluster::{Missing, SharedState};
+use crate::cluster::{Fetched, Missing, SharedState};
 
 /// How long the webhook waits for direct GETs of one pod, in total: well inside the
 /// webhook's own timeout, so a slow API costs a warning, not a failed admission.
 pub const DIRECT_GET_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// GETs the one object `miss` names (the claim, or the PV bound to it) and applies it
-/// to the state, unless the watch delivered it meanwhile; the error says why not.
+/// to the state, unless the watch delivered it meanwhile or reported its deletion
+/// after the GET read it; the error says why not.
 pub async fn fetch_missing(
     client: &Client,
     miss: &Missing,
@@ -35,14 +36,10 @@ pub async fn fetch_missing(
     let mut state = state
         .write()
         .map_err(|_| "cluster state is unavailable".to_owned())?;
-    let cached = match miss {
-        Missing::Claim { namespace, name } => state.pvc(namespace, name).is_some(),
-        Missing::Volume { pv, .. } => state.pv(pv).is_some(),
-    };
-    if !cached {
-        state.apply(&object);
+    match state.apply_fetched(&object) {
+        Fetched::Applied | Fetched::Cached => Ok(()),
+        Fetched::DeletedMeanwhile => Err("deleted while the GET was in flight".into()),
     }
-    Ok(())
 }
 
 async fn get<K: Watched>(api: &Api<K>, name: &str, deadline: Instant) -> Result<K, String> {

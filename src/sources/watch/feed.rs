@@ -28,7 +28,7 @@ impl Feed {
     pub fn handle(&mut self, state: &mut ClusterState, event: Event<ClusterObject>) {
         match event {
             Event::Apply(o) => state.apply(&o),
-            Event::Delete(o) => state.delete(self.kind, &object_key(&o)),
+            Event::Delete(o) => state.delete_reported(&o),
             Event::Init => self.listing = Some(HashSet::new()),
             Event::InitApply(o) => {
                 if let Some(listing) = &mut self.listing {

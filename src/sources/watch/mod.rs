@@ -123,7 +123,9 @@ struct Watcher {
 /// A failure is logged at WARN only when it is news (see
 /// [`Readiness::watch_failed`](crate::cluster::readiness::Readiness::watch_failed)):
 /// an API server that cannot be reached fails all eight kinds on every retry round with
-/// one cause, which an operator needs to read once, not once per kind and round.
+/// one cause, which an operator needs to read once, not once per kind and round. A
+/// failing kind recovers on proof that the API serves it again: a completed list or an
+/// applied event here, a bookmark in the [`recovery`] layer; never on a response head.
 async fn run<K: Watched>(
     Watcher {
         client,
@@ -138,7 +140,7 @@ async fn run<K: Watched>(
         .ready_chunks(BATCH);
     let mut events = pin!(events);
     while let Some(batch) = events.next().await {
-        let mut errors = Vec::new();
+        let mut notes = Vec::new();
         {
             let Ok(mut state) = state.write() else {
                 tracing::error!(
@@ -149,7 +151,13 @@ async fn run<K: Watched>(
             };
             for item in batch {
                 match item {
-                    Ok(event) => feed.handle(&mut state, convert(event)),
+                    Ok(event) => {
+                        let works = recovery::proves_working(&event);
+                        feed.handle(&mut state, convert(event));
+                        if works && let Some(after) = recovery::recovered(&mut state, kind) {
+                            notes.push(Note::Recovered(after));
+                        }
+                    }
                     Err(e) => {
                         let failure = WatchFailure::of(&e);
                         let news = state.readiness_mut().watch_failed(
@@ -157,20 +165,33 @@ async fn run<K: Watched>(
                             failure.summary(),
                             Instant::now(),
                         );
-                        errors.push((failure, news));
+                        notes.push(Note::Failed(failure, news));
                     }
                 }
             }
         }
-        for (failure, news) in errors {
-            let line = failure.line(kind.as_str(), &server);
-            if news {
-                tracing::warn!(kind = kind.as_str(), "{line}");
-            } else {
-                tracing::debug!(kind = kind.as_str(), "{line}");
+        for note in notes {
+            match note {
+                Note::Recovered(after) => recovery::log_recovered(kind, after),
+                Note::Failed(failure, news) => {
+                    let line = failure.line(kind.as_str(), &server);
+                    if news {
+                        tracing::warn!(kind = kind.as_str(), "{line}");
+                    } else {
+                        tracing::debug!(kind = kind.as_str(), "{line}");
+                    }
+                }
             }
         }
     }
+}
+
+/// What a batch of watch results left to log once the state lock is released, in order.
+enum Note {
+    /// The kind works again after failing this long.
+    Recovered(Duration),
+    /// A failure, and whether it is news.
+    Failed(WatchFailure, bool),
 }
 
 fn convert<K: Watched>(event: watcher::Event<K>) -> watcher::Event<crate::cluster::ClusterObject> {
