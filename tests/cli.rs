@@ -477,6 +477,16 @@ fn broken_config_exits_2_naming_file_and_key() {
         ),
         ("notyaml.yaml", "drivers: [\n", "notyaml.yaml"),
         ("onerror.yaml", "onError: maybe\n", "onerror.yaml"),
+        (
+            "grace.yaml",
+            "remediation: {enabled: true, gracePeriodSeconds: 0}\n",
+            "grace.yaml: remediation.gracePeriodSeconds: 0 is too small: use 1 or more (the default is 60)",
+        ),
+        (
+            "offline.yaml",
+            "remediation: {enabled: true}\n",
+            "offline.yaml: remediation.enabled: remediation evicts pods through the API and cannot run on a --snapshot: watch the cluster (no --snapshot) or set remediation.enabled: false",
+        ),
     ];
     for (file, text, says) in cases {
         let path = dir.path().join(file);

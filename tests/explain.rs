@@ -302,3 +302,48 @@ fn nodes_shows_every_node_s_slots_and_devices() {
         })
     );
 }
+
+#[test]
+fn nodes_and_explain_show_a_pod_waiting_for_remediation() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo("examples/cluster")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    // worker-1 advertises vol-qsk4v with a count of 0, worker-2 with 1.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cache-0\n  namespace: shop\n  annotations:\n    volguard.io/devices: brightbox=vol-qsk4v\nspec:\n  nodeName: worker-1\n  containers: [{name: app, image: app}]\nstatus:\n  phase: Running\n";
+    std::fs::write(dir.path().join("detached.yaml"), pod).unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("config.yaml");
+    let mut text = std::fs::read_to_string(repo("examples/config.yaml")).unwrap();
+    text.push_str("remediation: {enabled: true, gracePeriodSeconds: 90}\n");
+    std::fs::write(&config, text).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
+            .args(args)
+            .arg("--snapshot")
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .env_remove("VOLGUARD_OUTPUT")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let line = "shop/cache-0: volume vol-qsk4v is detached from node worker-1 (volumes.brightbox.com/vol-qsk4v is below 1 there); it is attached to worker-2; waiting for remediation: evicted once this has lasted 90s (remediation.gracePeriodSeconds)";
+    let nodes = run(&["nodes"]);
+    assert!(
+        nodes.ends_with(&format!(
+            "\npods whose device-plugin volume left their node:\n  {line}\n"
+        )),
+        "{nodes}"
+    );
+    let json: Value = serde_json::from_str(&run(&["nodes", "--output", "json"])).unwrap();
+    assert_eq!(json["detachedPods"], serde_json::json!([line]));
+    let pod_file = dir.path().join("detached.yaml");
+    let explain = run(&["explain", "--pod", pod_file.to_str().unwrap()]);
+    assert!(
+        explain.ends_with(&format!("\nremediation: {line}\n")),
+        "{explain}"
+    );
+}

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -61,6 +61,7 @@ struct Rendered {
     service_accounts: Vec<ServiceAccount>,
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
     role_bindings: Vec<RoleBinding>,
     config_maps: Vec<ConfigMap>,
     deployments: Vec<Deployment>,
@@ -134,6 +135,8 @@ fn parse(yaml: &str, source: &str) -> Rendered {
             r.cluster_roles.push(typed(&doc, &what));
         } else if is!(ClusterRoleBinding) {
             r.cluster_role_bindings.push(typed(&doc, &what));
+        } else if is!(Role) {
+            r.roles.push(typed(&doc, &what));
         } else if is!(RoleBinding) {
             r.role_bindings.push(typed(&doc, &what));
         } else if is!(ConfigMap) {
@@ -890,6 +893,108 @@ fn extender_snippet_matches_the_scheduler_config() {
     if let Some(diff) = first_difference(&deployed, &snippet, "extenders[0]", names) {
         panic!("docs/extender-snippet.yaml drifted from the scheduler ConfigMap: {diff}");
     }
+}
+
+/// `(group, resource, verb)` of every rule, to compare grants as sets.
+fn grants(rules: &Option<Vec<PolicyRule>>) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in rules.iter().flatten() {
+        assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none());
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    out.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn grant(group: &str, resource: &str, verb: &str) -> (String, String, String) {
+    (group.into(), resource.into(), verb.into())
+}
+
+#[test]
+fn remediation_overlay_turns_it_on_with_exactly_the_permissions_it_needs() {
+    let base = parse(&kustomize("manifests"), "manifests");
+    assert!(
+        base.cluster_roles
+            .iter()
+            .all(|c| c.metadata.name.as_deref() != Some("volguard-remediation"))
+            && base.roles.is_empty(),
+        "the base must stay read-only: remediation's roles belong in the overlay"
+    );
+    assert_eq!(volguard_config(&base)["remediation"], Value::Null);
+
+    let r = parse(
+        &kustomize("manifests/overlays/remediation"),
+        "manifests/overlays/remediation",
+    );
+    check_base(&r);
+    let name = |o: &ClusterRole| o.metadata.name.as_deref().unwrap_or_default().to_owned();
+    let role = by_name(&r.cluster_roles, "volguard-remediation", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    assert_eq!(
+        grants(&role.rules),
+        [
+            grant("", "pods/eviction", "create"),
+            grant("", "events", "create")
+        ]
+        .into_iter()
+        .collect(),
+        "ClusterRole {} grants",
+        name(role)
+    );
+    let binding = by_name(&r.cluster_role_bindings, "volguard-remediation", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    assert_eq!(binding.role_ref.name, "volguard-remediation");
+    let lease_role = by_name(&r.roles, "volguard-remediation-lease", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    assert_eq!(lease_role.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_eq!(
+        grants(&lease_role.rules),
+        ["get", "create", "update", "patch"]
+            .into_iter()
+            .map(|v| grant("coordination.k8s.io", "leases", v))
+            .collect()
+    );
+    let lease_binding = by_name(&r.role_bindings, "volguard-remediation-lease", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    assert_eq!(lease_binding.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_eq!(lease_binding.role_ref.kind, "Role");
+    for subjects in [&binding.subjects, &lease_binding.subjects] {
+        assert!(subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount"
+                && s.name == "volguard"
+                && s.namespace.as_deref() == Some(NAMESPACE)
+        }));
+    }
+
+    // The config: the base's, plus remediation turned on, valid for volguard.
+    let mut config = volguard_config(&r);
+    let remediation = config["remediation"].take();
+    assert_eq!(remediation["enabled"], true);
+    assert_eq!(
+        remediation["lease"],
+        serde_json::json!({"name": "volguard-remediation", "namespace": NAMESPACE})
+    );
+    config.as_object_mut().unwrap().remove("remediation");
+    if let Some(diff) = first_difference(
+        &volguard_config(&base),
+        &config,
+        "config.yaml",
+        ("base", "remediation overlay"),
+    ) {
+        panic!("the remediation overlay's config drifted from the base's: {diff}");
+    }
+    let text = config_map(&r, "volguard-config").data.as_ref().unwrap()["config.yaml"].clone();
+    let parsed = volguard::model::config::Config::parse(&text).expect("a valid volguard config");
+    assert!(parsed.remediation.enabled && !parsed.remediation.dry_run);
 }
 
 #[test]

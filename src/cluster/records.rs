@@ -26,6 +26,9 @@ pub struct NodeRecord {
     /// Per-driver limit overrides read from the configured node annotation;
     /// an unparsable value is kept as its text so the reason can quote it.
     pub limit_overrides: Vec<(DriverId, Result<i64, String>)>,
+    /// Its `Ready` condition is `True`: only then is a detached device evidence enough to
+    /// move its pods (a node in trouble is the node lifecycle controller's business).
+    pub ready: bool,
 }
 
 /// What volguard keeps of a CSINode: the managed drivers registered there and their count.
@@ -80,6 +83,10 @@ pub struct PodRecord {
     pub terminal: bool,
     /// Managed (or possibly managed) volumes it uses.
     pub uses: Vec<PodVolumeRef>,
+    /// Carries `<prefix>/remediate: "false"`: never evicted by remediation.
+    pub remediation_opt_out: bool,
+    /// Has a deletion timestamp: already on its way out.
+    pub deleting: bool,
 }
 
 /// What volguard keeps of a VolumeAttachment of a managed attacher.
@@ -112,6 +119,11 @@ impl NodeRecord {
     pub fn from_node(node: &Node, drivers: &Drivers) -> Self {
         let mut rec = NodeRecord::default();
         if let Some(status) = &node.status {
+            rec.ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
             if let Some(alloc) = &status.allocatable {
                 for (name, q) in alloc {
                     if let Some(v) = drivers.volume_of_resource(name) {
@@ -364,6 +376,11 @@ impl PodRecord {
             node: pod.node_name().map(Arc::from),
             terminal: pod.is_terminal(),
             uses,
+            remediation_opt_out: pod.annotation(&config.annotation("remediate")) == Some("false"),
+            deleting: pod
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.deletion_timestamp.is_some()),
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::{
     },
     decide::{
         judge::{self, Judge, Judgement, Slots, Verdict},
+        remediate,
         resolve::{Resolution, resolve},
         webhook::{Decision, decide},
     },
@@ -103,6 +104,7 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, Failure> {
             ExplainOutput::Table => {
                 let mut out = webhook_text(&name, webhook.as_ref());
                 out.push_str(&format!("extender: not asked about {name}: {why}\n"));
+                out.push_str(&remediation_text(&name, state, config));
                 out
             }
             ExplainOutput::Json => json_text(&json!({
@@ -137,7 +139,11 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, Failure> {
         .collect();
     let fits = rows.iter().any(|r| r.judgement.passes());
     let text = match args.output {
-        ExplainOutput::Table => table(&name, webhook.as_ref(), &rows, args.all_nodes),
+        ExplainOutput::Table => {
+            let mut out = table(&name, webhook.as_ref(), &rows, args.all_nodes);
+            out.push_str(&remediation_text(&name, state, config));
+            out
+        }
         ExplainOutput::Json => json_report(&name, webhook.as_ref(), &rows, fits),
     };
     report::print(&text)?;
@@ -146,6 +152,21 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `remediation: ...` when the pod's node advertises its device-plugin volume below 1:
+/// where the volume is and what remediation does about it.
+fn remediation_text(pod: &str, state: &ClusterState, config: &Config) -> String {
+    remediate::detached(state)
+        .iter()
+        .filter(|(d, _)| d.pod == pod)
+        .map(|(d, skip)| {
+            format!(
+                "remediation: {}\n",
+                remediate::status_line(d, *skip, config)
+            )
+        })
+        .collect()
 }
 
 /// Why kube-scheduler would never send this pod to volguard's extender, if so.

@@ -15,8 +15,14 @@ use crate::{
         report,
         state::{self, StateArgs},
     },
-    decide::judge::{self, Slots},
-    model::drivers::{Drivers, Mode},
+    decide::{
+        judge::{self, Slots},
+        remediate,
+    },
+    model::{
+        config::Config,
+        drivers::{Drivers, Mode},
+    },
 };
 
 /// Flags of `volguard nodes`.
@@ -42,9 +48,19 @@ struct NodeRow<'s> {
 pub fn run(args: &NodesArgs) -> Result<ExitCode, Failure> {
     let loaded = state::load(&args.state)?;
     let rows = rows(&loaded.state);
+    let detached = detached_lines(&loaded.state, &loaded.config);
     let text = match args.output {
-        ExplainOutput::Table => table(&rows, loaded.state.drivers()),
-        ExplainOutput::Json => json_report(&rows),
+        ExplainOutput::Table => {
+            let mut out = table(&rows, loaded.state.drivers());
+            if !detached.is_empty() {
+                out.push_str("\npods whose device-plugin volume left their node:\n");
+                for line in &detached {
+                    out.push_str(&format!("  {line}\n"));
+                }
+            }
+            out
+        }
+        ExplainOutput::Json => json_report(&rows, &detached),
     };
     report::print(&text)?;
     Ok(ExitCode::SUCCESS)
@@ -73,6 +89,15 @@ fn rows(state: &ClusterState) -> Vec<NodeRow<'_>> {
                 devices,
             }
         })
+        .collect()
+}
+
+/// One line per pod whose node advertises its device-plugin volume below 1, saying what
+/// remediation does about it.
+fn detached_lines(state: &ClusterState, config: &Config) -> Vec<String> {
+    remediate::detached(state)
+        .iter()
+        .map(|(d, skip)| remediate::status_line(d, *skip, config))
         .collect()
 }
 
@@ -128,7 +153,7 @@ fn table(rows: &[NodeRow<'_>], drivers: &Drivers) -> String {
     out
 }
 
-fn json_report(rows: &[NodeRow<'_>]) -> String {
+fn json_report(rows: &[NodeRow<'_>], detached: &[String]) -> String {
     let nodes: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -144,7 +169,9 @@ fn json_report(rows: &[NodeRow<'_>]) -> String {
             })
         })
         .collect();
-    let mut text = serde_json::to_string_pretty(&json!({ "nodes": nodes })).unwrap_or_default();
+    let mut text =
+        serde_json::to_string_pretty(&json!({ "nodes": nodes, "detachedPods": detached }))
+            .unwrap_or_default();
     text.push('\n');
     text
 }

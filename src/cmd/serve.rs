@@ -24,6 +24,7 @@ use crate::{
         certs,
         limits::Limits,
         reload::{CertFiles, ClientAuthFiles, Loaded, Pair, Reloader},
+        remediation::{self, Remediator},
         shutdown::{self, Drain, StopSignals},
         tls::{self, ClientAuth, ClientAuthScope},
     },
@@ -170,6 +171,16 @@ enum Source {
 pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let limits = limits(&args)?;
     let config = Arc::new(Config::load(args.config.as_deref()).map_err(Failure::usage)?);
+    if config.remediation.enabled && args.snapshot.is_some() {
+        let file = args
+            .config
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+            .display();
+        return Err(Failure::usage(format!(
+            "{file}: remediation.enabled: remediation evicts pods through the API and cannot run on a --snapshot: watch the cluster (no --snapshot) or set remediation.enabled: false"
+        )));
+    }
     let drivers = Arc::new(Drivers::new(&config));
     let mut state = ClusterState::new(config.clone(), drivers);
     state.readiness_mut().set_stale_after(args.stale_after);
@@ -219,9 +230,28 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
             Some((kube_config, origin)) => {
                 tracing::info!(api = %kube_config.cluster_url, config = %origin, "watching the Kubernetes API; /readyz is 503 until every kind is listed");
                 let server = kube_config.cluster_url.clone();
+                let remediation_client = app
+                    .config
+                    .remediation
+                    .enabled
+                    .then(|| remediation::client(kube_config.clone()))
+                    .transpose()
+                    .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
                 let client = watch::client(kube_config, &app.cluster)
                     .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
                 app.api = Some(client.clone());
+                if let Some(remediation_client) = remediation_client {
+                    let remediator = Remediator::new(
+                        remediation_client,
+                        app.cluster.clone(),
+                        app.config.clone(),
+                        app.metrics.clone(),
+                        remediation::identity(),
+                    );
+                    let lease = app.config.remediation.lease.clone();
+                    tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), dry_run = app.config.remediation.dry_run, "remediation enabled");
+                    tokio::spawn(remediation::run(remediator, lease));
+                }
                 Some(watch::spawn(client, server, app.cluster.clone()))
             }
         };

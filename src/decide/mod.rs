@@ -3,5 +3,6 @@
 
 pub mod judge;
 pub mod mutate;
+pub mod remediate;
 pub mod resolve;
 pub mod webhook;

@@ -35,6 +35,8 @@ pub struct Config {
     pub liveness_probe: ProbeConfig,
     /// Switches for the extender's rules.
     pub scheduling: SchedulingConfig,
+    /// The opt-in controller that evicts pods whose device-plugin volume left their node.
+    pub remediation: RemediationConfig,
 }
 
 /// One managed driver: how to recognise its volumes and how a node holds them.
@@ -122,6 +124,57 @@ pub struct SchedulingConfig {
     pub scheduler_name: Option<String>,
 }
 
+/// When and how fast pods whose device-plugin volume was detached from their node are
+/// evicted (README: "Remediation"). Off by default: it is the only part of volguard
+/// that writes to the API.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RemediationConfig {
+    /// Run the controller inside `volguard serve`.
+    pub enabled: bool,
+    /// How long a node must advertise the volume with a count below 1, without a break,
+    /// before its pod is evicted: a device plugin re-registering must not move pods.
+    pub grace_period_seconds: i64,
+    /// Evictions started per minute at most, across the cluster: a mass detach moves
+    /// pods gradually.
+    pub max_evictions_per_minute: i64,
+    /// Record the Event and the metric, evict nothing: to see what it would do first.
+    pub dry_run: bool,
+    /// The Lease that elects the one replica that acts.
+    pub lease: LeaseConfig,
+}
+
+/// The coordination.k8s.io Lease held by the acting replica.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// The Lease's name.
+    pub name: String,
+    /// Its namespace: volguard's own, where the overlay grants access to Leases.
+    pub namespace: String,
+}
+
+impl Default for RemediationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            grace_period_seconds: 60,
+            max_evictions_per_minute: 10,
+            dry_run: false,
+            lease: LeaseConfig::default(),
+        }
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            name: "volguard-remediation".into(),
+            namespace: "volguard-system".into(),
+        }
+    }
+}
+
 fn default_flex_option() -> String {
     "volumeID".into()
 }
@@ -166,6 +219,7 @@ impl Default for Config {
             ],
             liveness_probe: ProbeConfig::default(),
             scheduling: SchedulingConfig::default(),
+            remediation: RemediationConfig::default(),
         }
     }
 }
@@ -378,12 +432,44 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        self.remediation.validate()
     }
 
     /// The annotation `<prefix>/<name>`.
     pub fn annotation(&self, name: &str) -> String {
         format!("{}/{name}", self.annotation_prefix)
+    }
+}
+
+impl RemediationConfig {
+    fn validate(&self) -> Result<(), String> {
+        for (key, v, default) in [
+            ("gracePeriodSeconds", self.grace_period_seconds, 60),
+            ("maxEvictionsPerMinute", self.max_evictions_per_minute, 10),
+        ] {
+            if v < 1 {
+                return Err(format!(
+                    "remediation.{key}: {v} is too small: use 1 or more (the default is {default})"
+                ));
+            }
+        }
+        for (key, v) in [
+            ("lease.name", &self.lease.name),
+            ("lease.namespace", &self.lease.namespace),
+        ] {
+            let dns_label = !v.is_empty()
+                && v.len() <= 63
+                && v.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !v.starts_with('-')
+                && !v.ends_with('-');
+            if !dns_label {
+                return Err(format!(
+                    "remediation.{key}: {v:?} is not a Kubernetes name (lowercase letters, digits and '-', at most 63), e.g. volguard-remediation"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -564,5 +650,47 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(Config::parse(text).unwrap_err(), want, "{text}");
         }
+    }
+
+    #[test]
+    fn remediation_is_off_by_default_and_its_keys_are_checked() {
+        let r = Config::parse("").unwrap().remediation;
+        assert_eq!(r, RemediationConfig::default());
+        assert!(!r.enabled);
+        assert_eq!(
+            (r.grace_period_seconds, r.max_evictions_per_minute),
+            (60, 10)
+        );
+        assert_eq!(r.lease.name, "volguard-remediation");
+        assert_eq!(r.lease.namespace, "volguard-system");
+        let on = Config::parse(
+            "remediation: {enabled: true, gracePeriodSeconds: 5, dryRun: true, lease: {namespace: ops}}\n",
+        )
+        .unwrap()
+        .remediation;
+        assert!(on.enabled && on.dry_run);
+        assert_eq!(
+            (on.grace_period_seconds, on.lease.namespace.as_str()),
+            (5, "ops")
+        );
+        assert_eq!(on.lease.name, "volguard-remediation");
+        for (text, error) in [
+            (
+                "remediation: {gracePeriodSeconds: 0}",
+                "remediation.gracePeriodSeconds: 0 is too small: use 1 or more (the default is 60)",
+            ),
+            (
+                "remediation: {maxEvictionsPerMinute: -1}",
+                "remediation.maxEvictionsPerMinute: -1 is too small: use 1 or more (the default is 10)",
+            ),
+            (
+                "remediation: {lease: {name: Leader_1}}",
+                "remediation.lease.name: \"Leader_1\" is not a Kubernetes name (lowercase letters, digits and '-', at most 63), e.g. volguard-remediation",
+            ),
+        ] {
+            assert_eq!(Config::parse(text).unwrap_err(), error, "{text}");
+        }
+        let unknown = Config::parse("remediation: {grace: 5}").unwrap_err();
+        assert!(unknown.contains("unknown field `grace`"), "{unknown}");
     }
 }

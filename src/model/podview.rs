@@ -42,6 +42,9 @@ pub struct MetaView {
     /// `None` when absent or null: the patch must then create the map.
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Set once the pod is being deleted (an eviction went through): nothing to remediate.
+    #[serde(default)]
+    pub deletion_timestamp: Option<serde::de::IgnoredAny>,
 }
 
 /// The parts of `spec` volguard reads.
@@ -343,6 +346,10 @@ impl From<Pod> for PodView {
                 name: pod.metadata.name,
                 namespace: pod.metadata.namespace,
                 annotations: pod.metadata.annotations,
+                deletion_timestamp: pod
+                    .metadata
+                    .deletion_timestamp
+                    .map(|_| serde::de::IgnoredAny),
             }),
             spec: pod.spec.map(|s| SpecView {
                 node_name: s.node_name,

@@ -59,6 +59,16 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkipLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -86,6 +96,9 @@ pub struct Metrics {
     connections_refused: Counter,
     requests_abandoned: Counter,
     body_bytes_in_flight: Gauge,
+    remediation_at_risk: Gauge,
+    remediation_evictions: Family<OutcomeLabels, Counter>,
+    remediation_skipped: Family<SkipLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -194,6 +207,24 @@ impl Metrics {
             Unit::Bytes,
             body_bytes_in_flight.clone(),
         );
+        let remediation_at_risk = Gauge::default();
+        registry.register(
+            "remediation_pods_at_risk",
+            "Pods whose device-plugin volume left their node, waiting out the grace period or the rate limit",
+            remediation_at_risk.clone(),
+        );
+        let remediation_evictions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "remediation_evictions",
+            "Evictions remediation started, by outcome (evicted, dry_run, refused, failed)",
+            remediation_evictions.clone(),
+        );
+        let remediation_skipped = Family::<SkipLabels, Gauge>::default();
+        registry.register(
+            "remediation_pods_skipped",
+            "Pods whose device-plugin volume left their node that remediation leaves alone now, by reason",
+            remediation_skipped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -212,7 +243,33 @@ impl Metrics {
             connections_refused,
             requests_abandoned,
             body_bytes_in_flight,
+            remediation_at_risk,
+            remediation_evictions,
+            remediation_skipped,
         }
+    }
+
+    /// Copies one remediation round into its gauges: pods at risk, and skipped by reason.
+    pub fn remediation_round(&self, plan: &crate::decide::remediate::Plan) {
+        use crate::decide::remediate::Skip;
+        self.remediation_at_risk
+            .set(i64::try_from(plan.at_risk()).unwrap_or(i64::MAX));
+        for skip in [Skip::OptedOut, Skip::NodeNotReady, Skip::RateLimited] {
+            let count = plan.skipped.iter().filter(|(_, s)| *s == skip).count();
+            self.remediation_skipped
+                .get_or_create(&SkipLabels {
+                    reason: skip.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts one eviction remediation started: `evicted`, `dry_run`, `refused` (a
+    /// PodDisruptionBudget said no) or `failed`.
+    pub fn remediation_eviction(&self, outcome: &'static str) {
+        self.remediation_evictions
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Counts one answered HTTPS request and its latency.

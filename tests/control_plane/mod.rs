@@ -187,6 +187,8 @@ pub struct Options {
     /// volguard's config file (YAML); `None`: the one `manifests/` ships in its
     /// ConfigMap.
     pub volguard_config: Option<String>,
+    /// The kustomization applied, e.g. `manifests/overlays/remediation`.
+    pub manifests: &'static str,
     /// Start volguard (and register its webhook).
     pub volguard: bool,
     /// Start kube-scheduler with the shipped profile.
@@ -204,6 +206,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             volguard_config: None,
+            manifests: "manifests",
             volguard: true,
             scheduler: true,
             volguard_flags: Vec::new(),
@@ -423,17 +426,14 @@ impl ControlPlane {
 
     /// `kubectl kustomize manifests/`, as documents.
     fn rendered_manifests(&self) -> Vec<Value> {
+        let step = format!("render {} (kubectl kustomize)", self.options.manifests);
         let out = Command::new("kubectl")
             .arg("kustomize")
-            .arg(repo("manifests"))
+            .arg(repo(self.options.manifests))
             .output()
-            .unwrap_or_else(|e| fail("render manifests/ (kubectl kustomize)", e, None));
+            .unwrap_or_else(|e| fail(&step, e, None));
         if !out.status.success() {
-            fail(
-                "render manifests/ (kubectl kustomize)",
-                String::from_utf8_lossy(&out.stderr),
-                None,
-            );
+            fail(&step, String::from_utf8_lossy(&out.stderr), None);
         }
         volguard::sources::snapshot::parse_documents(&String::from_utf8_lossy(&out.stdout), false)
             .unwrap_or_else(|e| fail("parse the rendered manifests", e, None))
@@ -506,8 +506,8 @@ impl ControlPlane {
         self.launch_volguard().await;
     }
 
-    /// Starts (or restarts) `volguard serve` with the files `start_volguard` wrote.
-    pub async fn launch_volguard(&mut self) {
+    /// `volguard serve` with the files `start_volguard` wrote, on these ports.
+    fn volguard_command(&self, port: u16, metrics_port: u16) -> Command {
         let root = self.dir().to_owned();
         let certs_dir = root.join("volguard-certs");
         let mut command = Command::new(env!("CARGO_BIN_EXE_volguard"));
@@ -522,13 +522,20 @@ impl ControlPlane {
             .arg("--tls-key")
             .arg(certs_dir.join("tls.key"))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.volguard_port))
+            .arg(format!("127.0.0.1:{port}"))
             .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{}", self.volguard_metrics_port))
+            .arg(format!("127.0.0.1:{metrics_port}"))
             .args(["--shutdown-delay", "0s"])
             .args(&self.volguard_auth_flags)
             .args(&self.options.volguard_flags)
             .env("RUST_LOG", "info");
+        command
+    }
+
+    /// Starts (or restarts) `volguard serve` with the files `start_volguard` wrote.
+    pub async fn launch_volguard(&mut self) {
+        let root = self.dir().to_owned();
+        let command = self.volguard_command(self.volguard_port, self.volguard_metrics_port);
         let volguard = Component::spawn("volguard", command, root.join("volguard.log"));
         self.volguard = Some(volguard);
         let ready = wait_for(Duration::from_secs(60), || async {
@@ -542,6 +549,40 @@ impl ControlPlane {
                 self.volguard.as_ref(),
             );
         }
+    }
+
+    /// A second replica of volguard (same config and identity, its own ports), once
+    /// its /readyz answers 200; with its metrics port.
+    pub async fn volguard_replica(&self) -> (Component, u16) {
+        let metrics_port = free_port();
+        let command = self.volguard_command(free_port(), metrics_port);
+        let replica = Component::spawn(
+            "volguard replica",
+            command,
+            self.dir().join("volguard-replica.log"),
+        );
+        let ready = wait_for(Duration::from_secs(60), || async {
+            let url = format!("http://127.0.0.1:{metrics_port}/readyz");
+            (http(None).get(&url).await.ok()?.0 == 200).then_some(())
+        })
+        .await;
+        if ready.is_none() {
+            fail(
+                "volguard replica: /readyz 200 within 60 s",
+                "",
+                Some(&replica),
+            );
+        }
+        (replica, metrics_port)
+    }
+
+    /// `/metrics` of the volguard whose plain listener is on `port`.
+    pub async fn metrics_at(&self, port: u16) -> String {
+        http(None)
+            .get(&format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 
     /// Stops volguard (SIGTERM).

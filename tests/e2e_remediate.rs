@@ -1,0 +1,273 @@
+//! Remediation against the real kube-apiserver (see `tests/control_plane/`), deployed
+//! through `manifests/overlays/remediation` (its RBAC and its config, with a 3 s grace
+//! period): a pod whose device count drops to 0 on its node is evicted through the
+//! Eviction API with an Event saying where its volume went; a PodDisruptionBudget that
+//! allows no disruption stops it, and the refusal is an Event.
+
+mod common;
+mod control_plane;
+
+use std::time::Duration;
+
+use control_plane::{ControlPlane, Options, wait_for};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+const RESOURCE: &str = "volumes.brightbox.com/vol-e2e";
+
+/// The overlay's config with a grace period short enough for a test.
+fn overlay_config() -> String {
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(control_plane::repo("manifests/overlays/remediation"))
+        .output()
+        .expect("kubectl kustomize");
+    let docs =
+        volguard::sources::snapshot::parse_documents(&String::from_utf8_lossy(&out.stdout), false)
+            .expect("rendered overlay");
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-config")
+        .and_then(|d| d["data"]["config.yaml"].as_str())
+        .expect("the overlay's volguard-config")
+        .to_owned();
+    assert!(config.contains("gracePeriodSeconds: 60"), "{config}");
+    config.replace("gracePeriodSeconds: 60", "gracePeriodSeconds: 3")
+}
+
+/// Two Ready nodes: e2e-a holds the volume, e2e-b does not; a pod on e2e-a uses it.
+async fn cluster_with_pod(labels: Value) -> ControlPlane {
+    let cp = ControlPlane::start_with(Options {
+        manifests: "manifests/overlays/remediation",
+        volguard_config: Some(overlay_config()),
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    cp.namespace("shop").await;
+    cp.node("e2e-a", json!({}), json!({RESOURCE: "1"})).await;
+    cp.node("e2e-b", json!({}), json!({RESOURCE: "0"})).await;
+    cp.pod(
+        "shop",
+        json!({
+            "metadata": {"name": "db-0", "labels": labels,
+                "annotations": {"volguard.io/devices": "brightbox=vol-e2e"}},
+            "spec": {"nodeName": "e2e-a",
+                "containers": [{"name": "db", "image": "postgres"}]},
+        }),
+    )
+    .await;
+    cp
+}
+
+/// The device plugin on e2e-a reports the volume gone, the one on e2e-b reports it.
+async fn move_volume(cp: &ControlPlane) {
+    cp.node_status("e2e-a", json!({RESOURCE: "0"})).await;
+    cp.node_status("e2e-b", json!({RESOURCE: "1"})).await;
+}
+
+const DETACHED: &str = "volume vol-e2e is detached from node e2e-a (volumes.brightbox.com/vol-e2e is below 1 there); it is attached to e2e-b";
+
+#[tokio::test]
+async fn a_pod_whose_volume_moved_is_evicted_with_an_event() {
+    let cp = cluster_with_pod(json!({"app": "db"})).await;
+    move_volume(&cp).await;
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "shop");
+    // No kubelet confirms the deletion: the evicted pod keeps its deletionTimestamp.
+    let evicted = wait_for(Duration::from_secs(60), || async {
+        let pod = pods.get("db-0").await.ok()?;
+        pod.metadata.deletion_timestamp.map(|_| ())
+    })
+    .await;
+    assert!(
+        evicted.is_some(),
+        "db-0 was not evicted; volguard log:\n{}",
+        cp.volguard.as_ref().unwrap().tail(40)
+    );
+    let events = cp.events_from("shop", "db-0", "VolumeDetached").await;
+    assert_eq!(
+        events,
+        [("volguard".to_owned(), format!("Evicted: {DETACHED}"))]
+    );
+    let metrics = cp.volguard_metrics().await;
+    assert!(
+        metrics.contains("volguard_remediation_evictions_total{outcome=\"evicted\"} 1\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_that_allows_no_disruption_stops_the_eviction_and_says_so() {
+    let cp = cluster_with_pod(json!({"app": "guarded"})).await;
+    cp.create(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "guarded", "namespace": "shop"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}},
+    }))
+    .await;
+    // The API server lets a Pending pod be evicted whatever its budget: make it
+    // Running and Ready, as its kubelet would.
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "shop");
+    pods.patch_status(
+        "db-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}]}})),
+    )
+    .await
+    .expect("pod status");
+    // What the disruption controller (not running here) would write: 1 pod wanted
+    // healthy, 1 is, so no disruption is allowed.
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(cp.admin.clone(), "shop");
+    pdbs.patch_status(
+        "guarded",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"observedGeneration": 1, "disruptionsAllowed": 0,
+            "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}}),
+        ),
+    )
+    .await
+    .expect("PDB status");
+    move_volume(&cp).await;
+    let refusal = wait_for(Duration::from_secs(60), || async {
+        cp.events_from("shop", "db-0", "VolumeDetached")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        refusal,
+        Some((
+            "volguard".to_owned(),
+            format!(
+                "Eviction refused (Cannot evict pod as it would violate the pod's disruption budget), tried again in 30s: {DETACHED}"
+            )
+        )),
+        "volguard log:\n{}\nmetrics:\n{}\npod: {:?}",
+        cp.volguard.as_ref().unwrap().tail(40),
+        cp.volguard_metrics().await,
+        pods.get("db-0").await.map(|p| p.status)
+    );
+    let pod = pods.get("db-0").await.expect("db-0 is still there");
+    assert!(pod.metadata.deletion_timestamp.is_none());
+    let metrics = cp.volguard_metrics().await;
+    assert!(
+        metrics.contains("volguard_remediation_evictions_total{outcome=\"refused\"} 1\n"),
+        "{metrics}"
+    );
+}
+
+/// The Lease's holder and its last renewal, as kube-lease-manager wrote them.
+async fn lease(cp: &ControlPlane) -> Option<(String, String)> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(cp.admin.clone(), "volguard-system");
+    let spec = leases.get("volguard-remediation").await.ok()?.spec?;
+    let holder = spec.holder_identity.filter(|h| !h.is_empty())?;
+    Some((holder, format!("{:?}", spec.renew_time)))
+}
+
+async fn lease_holder(cp: &ControlPlane) -> Option<String> {
+    lease(cp).await.map(|(holder, _)| holder)
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_lease_holder_evicts_and_the_other_takes_over() {
+    let mut cp = cluster_with_pod(json!({"app": "db"})).await;
+    let (mut replica, replica_metrics) = cp.volguard_replica().await;
+    let first = cp
+        .volguard
+        .as_ref()
+        .and_then(|v| v.pid())
+        .expect("volguard runs");
+    let second = replica.pid().expect("the replica runs");
+    let holder = wait_for(Duration::from_secs(30), || lease_holder(&cp))
+        .await
+        .expect("a replica takes the Lease");
+    let first_leads = holder.ends_with(&format!("_{first}"));
+    assert!(
+        first_leads || holder.ends_with(&format!("_{second}")),
+        "holder {holder} is neither pid {first} nor {second}"
+    );
+    move_volume(&cp).await;
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "shop");
+    let evicted = wait_for(Duration::from_secs(60), || async {
+        pods.get("db-0")
+            .await
+            .ok()?
+            .metadata
+            .deletion_timestamp
+            .map(|_| ())
+    })
+    .await;
+    assert!(evicted.is_some(), "db-0 was not evicted");
+    assert_eq!(
+        cp.events_from("shop", "db-0", "VolumeDetached").await,
+        [("volguard".to_owned(), format!("Evicted: {DETACHED}"))]
+    );
+    let evicted_line = "volguard_remediation_evictions_total{outcome=\"evicted\"} 1\n";
+    let (leader, other) = if first_leads {
+        (
+            cp.volguard_metrics().await,
+            cp.metrics_at(replica_metrics).await,
+        )
+    } else {
+        (
+            cp.metrics_at(replica_metrics).await,
+            cp.volguard_metrics().await,
+        )
+    };
+    assert!(leader.contains(evicted_line), "{leader}");
+    assert!(
+        !other.contains("volguard_remediation_evictions_total{"),
+        "{other}"
+    );
+    assert!(
+        other.contains("volguard_remediation_pods_at_risk "),
+        "{other}"
+    );
+
+    // The leader stops without handing over: the other takes the Lease once it expires
+    // (15 s) and evicts the next pod whose volume is gone.
+    let next = if first_leads {
+        cp.stop_volguard();
+        second
+    } else {
+        replica.stop(Duration::from_secs(10));
+        first
+    };
+    let taken = wait_for(Duration::from_secs(40), || async {
+        lease_holder(&cp)
+            .await
+            .filter(|h| h.ends_with(&format!("_{next}")))
+    })
+    .await;
+    assert!(taken.is_some(), "pid {next} did not take the Lease over");
+    cp.pod(
+        "shop",
+        json!({
+            "metadata": {"name": "db-1",
+                "annotations": {"volguard.io/devices": "brightbox=vol-e2e"}},
+            "spec": {"nodeName": "e2e-a",
+                "containers": [{"name": "db", "image": "postgres"}]},
+        }),
+    )
+    .await;
+    let evicted = wait_for(Duration::from_secs(60), || async {
+        pods.get("db-1")
+            .await
+            .ok()?
+            .metadata
+            .deletion_timestamp
+            .map(|_| ())
+    })
+    .await;
+    assert!(evicted.is_some(), "db-1 was not evicted by the new leader");
+    assert_eq!(
+        cp.events_from("shop", "db-1", "VolumeDetached").await,
+        [("volguard".to_owned(), format!("Evicted: {DETACHED}"))]
+    );
+}
