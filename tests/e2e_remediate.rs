@@ -69,27 +69,35 @@ async fn move_volume(cp: &ControlPlane) {
 
 const DETACHED: &str = "volume vol-e2e is detached from node e2e-a (volumes.brightbox.com/vol-e2e is below 1 there); it is attached to e2e-b";
 
-#[tokio::test]
-async fn a_pod_whose_volume_moved_is_evicted_with_an_event() {
-    let cp = cluster_with_pod(json!({"app": "db"})).await;
-    move_volume(&cp).await;
+/// Waits until pod `name` in `shop` is being deleted (no kubelet confirms an eviction,
+/// so an evicted pod keeps its deletionTimestamp), then checks volguard's one Event.
+async fn assert_evicted_with_event(cp: &ControlPlane, name: &str) {
     let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "shop");
-    // No kubelet confirms the deletion: the evicted pod keeps its deletionTimestamp.
     let evicted = wait_for(Duration::from_secs(60), || async {
-        let pod = pods.get("db-0").await.ok()?;
-        pod.metadata.deletion_timestamp.map(|_| ())
+        pods.get(name)
+            .await
+            .ok()?
+            .metadata
+            .deletion_timestamp
+            .map(|_| ())
     })
     .await;
     assert!(
         evicted.is_some(),
-        "db-0 was not evicted; volguard log:\n{}",
-        cp.volguard.as_ref().unwrap().tail(40)
+        "{name} was not evicted; volguard log:\n{}",
+        cp.volguard.as_ref().map(|v| v.tail(40)).unwrap_or_default()
     );
-    let events = cp.events_from("shop", "db-0", "VolumeDetached").await;
     assert_eq!(
-        events,
+        cp.events_from("shop", name, "VolumeDetached").await,
         [("volguard".to_owned(), format!("Evicted: {DETACHED}"))]
     );
+}
+
+#[tokio::test]
+async fn a_pod_whose_volume_moved_is_evicted_with_an_event() {
+    let cp = cluster_with_pod(json!({"app": "db"})).await;
+    move_volume(&cp).await;
+    assert_evicted_with_event(&cp, "db-0").await;
     let metrics = cp.volguard_metrics().await;
     assert!(
         metrics.contains("volguard_remediation_evictions_total{outcome=\"evicted\"} 1\n"),
@@ -193,21 +201,7 @@ async fn with_two_replicas_only_the_lease_holder_evicts_and_the_other_takes_over
         "holder {holder} is neither pid {first} nor {second}"
     );
     move_volume(&cp).await;
-    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "shop");
-    let evicted = wait_for(Duration::from_secs(60), || async {
-        pods.get("db-0")
-            .await
-            .ok()?
-            .metadata
-            .deletion_timestamp
-            .map(|_| ())
-    })
-    .await;
-    assert!(evicted.is_some(), "db-0 was not evicted");
-    assert_eq!(
-        cp.events_from("shop", "db-0", "VolumeDetached").await,
-        [("volguard".to_owned(), format!("Evicted: {DETACHED}"))]
-    );
+    assert_evicted_with_event(&cp, "db-0").await;
     let evicted_line = "volguard_remediation_evictions_total{outcome=\"evicted\"} 1\n";
     let (leader, other) = if first_leads {
         (
@@ -256,18 +250,5 @@ async fn with_two_replicas_only_the_lease_holder_evicts_and_the_other_takes_over
         }),
     )
     .await;
-    let evicted = wait_for(Duration::from_secs(60), || async {
-        pods.get("db-1")
-            .await
-            .ok()?
-            .metadata
-            .deletion_timestamp
-            .map(|_| ())
-    })
-    .await;
-    assert!(evicted.is_some(), "db-1 was not evicted by the new leader");
-    assert_eq!(
-        cp.events_from("shop", "db-1", "VolumeDetached").await,
-        [("volguard".to_owned(), format!("Evicted: {DETACHED}"))]
-    );
+    assert_evicted_with_event(&cp, "db-1").await;
 }

@@ -8,10 +8,13 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use std::sync::{RwLockReadGuard, TryLockError};
+
 use tokio::runtime::Handle;
 
 use super::wire;
 use crate::{
+    cluster::{ClusterState, missing::Missing},
     decide::{
         resolve::resolve,
         webhook::{Decision, finish},
@@ -24,36 +27,65 @@ use crate::{
 /// Largest AdmissionReview accepted: the apiserver caps objects far below this.
 pub const MUTATE_BODY_LIMIT: usize = 8 << 20;
 
+/// Reviews up to this size are answered on the async worker when the cluster state is
+/// free at once and holds everything the pod needs: a few KiB take ~15 µs, less than a
+/// hand-off to the blocking pool and back costs.
+const INLINE_REVIEW_LIMIT: usize = 64 << 10;
+
 /// The `/mutate` handler. Reading the review, deciding and encoding the answer are CPU
-/// work that grows with the pod (an 8 MiB review, 10,000 volumes), and deciding waits
-/// for the cluster state while a watch writes to it: all of it runs on a blocking
-/// thread, so the async workers keep serving every other request meanwhile.
+/// work that grows with the pod (an 8 MiB review, 10,000 volumes), and deciding may wait
+/// for the cluster state while a watch writes to it, or for a direct GET: a large
+/// review, or one that would wait, runs on a blocking thread, so the async workers keep
+/// serving every other request meanwhile.
 pub async fn mutate(State(app): State<App>, body: Bytes) -> Response {
+    if body.len() <= INLINE_REVIEW_LIMIT
+        && let Some(response) = answer(&app, &body, |pod, namespace| {
+            decide_now(&app, pod, namespace)
+        })
+    {
+        return response;
+    }
     let runtime = Handle::current();
-    tokio::task::spawn_blocking(move || answer(&app, &body, &runtime))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!("webhook task failed: {e}");
+    tokio::task::spawn_blocking(move || {
+        answer(&app, &body, |pod, namespace| {
+            Some(decide_with_lookups(&app, pod, namespace, &runtime))
+        })
+        .unwrap_or_else(|| {
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("webhook task failed: {e}\n"),
+                "webhook: no decision after waiting for the cluster state\n",
             )
                 .into_response()
         })
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::error!("webhook task failed: {e}");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("webhook task failed: {e}\n"),
+        )
+            .into_response()
+    })
 }
 
-/// The whole answer to one review, on a blocking thread.
-fn answer(app: &App, body: &[u8], runtime: &Handle) -> Response {
+/// The whole answer to one review, with the pod's decision from `decide`; `None` when
+/// `decide` cannot decide without waiting.
+fn answer(
+    app: &App,
+    body: &[u8],
+    decide: impl FnOnce(&PodView, &str) -> Option<Decision>,
+) -> Option<Response> {
     let req = match wire::parse_review(body) {
         Ok(r) => r,
-        Err(e) => return bad_request(e),
+        Err(e) => return Some(bad_request(e)),
     };
     let decision = match wire::pod_of(&req, &app.config) {
         Ok(None) => Decision::Untouched,
         Err(why) => Decision::Trouble(why),
         Ok(Some(pod)) => {
             let namespace = wire::namespace_of(&req, &pod);
-            decide_with_lookups(app, &pod, &namespace, runtime)
+            decide(&pod, &namespace)?
         }
     };
     match &decision {
@@ -65,30 +97,55 @@ fn answer(app: &App, body: &[u8], runtime: &Handle) -> Response {
         }
         _ => {}
     }
-    Json(wire::respond(&req, decision, &app.config)).into_response()
+    Some(Json(wire::respond(&req, decision, &app.config)).into_response())
 }
 
-/// Decides against the cached state, holding its lock only while the pod's volumes are
-/// looked up; the patch is built after. A claim or PV missing from the cache is fetched
-/// once with a direct GET (when watching the API) before it becomes a warning.
+/// Decides from one look at the state, held only while the pod's volumes are looked
+/// up (the patch is built after): the decision, or what the cache lacks.
+fn decide_from(
+    state: RwLockReadGuard<'_, ClusterState>,
+    app: &App,
+    pod: &PodView,
+    namespace: &str,
+) -> Result<Decision, Missing> {
+    if let Some(why) = state.readiness().problem() {
+        return Ok(Decision::Trouble(why));
+    }
+    let resolved = resolve(pod, namespace, &state, &app.config);
+    let drivers = state.shared_drivers();
+    drop(state);
+    resolved.map(|resolution| finish(pod, resolution, &app.config, &drivers))
+}
+
+/// The decision if it needs no waiting: the state's lock is free and, when watching the
+/// API, the cache holds every claim and PV of the pod.
+fn decide_now(app: &App, pod: &PodView, namespace: &str) -> Option<Decision> {
+    let state = match app.cluster.try_read() {
+        Ok(state) => state,
+        Err(TryLockError::WouldBlock) => return None,
+        Err(TryLockError::Poisoned(_)) => {
+            return Some(Decision::Trouble("cluster state is unavailable".into()));
+        }
+    };
+    match decide_from(state, app, pod, namespace) {
+        Ok(decision) => Some(decision),
+        Err(miss) if app.api.is_none() => Some(Decision::Trouble(miss.to_string())),
+        Err(_) => None,
+    }
+}
+
+/// Decides against the cached state, waiting for its lock. A claim or PV missing from
+/// the cache is fetched once with a direct GET (when watching the API) before it becomes
+/// a warning.
 fn decide_with_lookups(app: &App, pod: &PodView, namespace: &str, runtime: &Handle) -> Decision {
     let deadline = tokio::time::Instant::now() + watch::DIRECT_GET_TIMEOUT;
     let mut fetched = Vec::new();
     loop {
-        let (resolved, drivers) = match app.cluster.read() {
-            Err(_) => return Decision::Trouble("cluster state is unavailable".into()),
-            Ok(state) => {
-                if let Some(why) = state.readiness().problem() {
-                    return Decision::Trouble(why);
-                }
-                (
-                    resolve(pod, namespace, &state, &app.config),
-                    state.shared_drivers(),
-                )
-            }
+        let Ok(state) = app.cluster.read() else {
+            return Decision::Trouble("cluster state is unavailable".into());
         };
-        let miss = match resolved {
-            Ok(resolution) => return finish(pod, resolution, &app.config, &drivers),
+        let miss = match decide_from(state, app, pod, namespace) {
+            Ok(decision) => return decision,
             Err(miss) => miss,
         };
         let Some(client) = &app.api else {
