@@ -114,13 +114,18 @@ pub struct ServeArgs {
     pub extender_body_limit: usize,
 }
 
+/// Splits `4MiB` into `4` and `MiB`; a bare number gets `default` as its unit.
+fn number_and_unit<'a>(text: &'a str, default: &'a str) -> (&'a str, &'a str) {
+    match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, default),
+    }
+}
+
 /// Parses `512KiB`, `4MiB`, `1GiB`, or a bare number of bytes.
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, ""),
-    };
+    let (number, unit) = number_and_unit(text, "");
     let n: usize = number
         .parse()
         .map_err(|_| format!("{text:?} is not a size such as 512KiB, 4MiB or 1GiB"))?;
@@ -143,10 +148,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 /// Parses `500ms`, `10s`, `2m`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
+    let (number, unit) = number_and_unit(text, "s");
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s or 2m"))?;

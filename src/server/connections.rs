@@ -102,8 +102,8 @@ impl ConnectionSlots {
 
     /// The two slots of a new connection from `peer`, or why it is refused.
     fn take(&self, peer: Option<IpAddr>) -> io::Result<Slot> {
-        let who = peer.map_or_else(|| "an unknown peer".to_owned(), |ip| ip.to_string());
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            let who = peer.map_or_else(|| "an unknown peer".to_owned(), |ip| ip.to_string());
             return Err(self.refuse(format!(
                 "connection from {who} refused: {} connections are open, {}",
                 self.max, self.max_set_by
@@ -121,7 +121,7 @@ impl ConnectionSlots {
             let open = *open;
             drop(peers);
             return Err(self.refuse(format!(
-                "connection from {who} refused: it has {open} connections open, the per-peer limit (--max-connections-per-peer)"
+                "connection from {ip} refused: it has {open} connections open, the per-peer limit (--max-connections-per-peer)"
             )));
         }
         *open += 1;
