@@ -156,6 +156,43 @@ fn opted_out_pods_and_nodes_not_ready_are_skipped_and_attach_mode_volumes_never_
 }
 
 #[test]
+fn an_opt_out_is_read_as_every_other_opt_out_spaces_and_case_aside() {
+    let config = Config::default();
+    let mut state = detached_cluster(&config);
+    for (name, value) in [("spaced", " false"), ("shouting", "FALSE\n"), ("kept", "no")] {
+        apply(
+            &mut state,
+            pod(
+                name,
+                "worker-1",
+                "brightbox=vol-a",
+                &[("volguard.io/remediate", value)],
+            ),
+        );
+    }
+    let plan = round(&state, &config.remediation, 1000, &mut Memory::default());
+    let skipped: Vec<(&str, Skip)> = plan
+        .skipped
+        .iter()
+        .map(|(d, s)| (d.pod.as_str(), *s))
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("shop/shouting", Skip::OptedOut),
+            ("shop/spaced", Skip::OptedOut)
+        ]
+    );
+    assert_eq!(
+        plan.waiting
+            .iter()
+            .map(|(d, _)| d.pod.as_str())
+            .collect::<Vec<_>>(),
+        ["shop/kept", "shop/web-0"]
+    );
+}
+
+#[test]
 fn terminal_and_deleting_pods_are_left_alone() {
     let config = Config::default();
     let mut state = detached_cluster(&config);

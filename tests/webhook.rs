@@ -242,11 +242,14 @@ async fn existing_probe_is_kept_and_resources_still_injected() {
 #[tokio::test]
 async fn liveness_probe_annotation_false_injects_resources_only() {
     let server = TestServer::example().await;
-    let mut pod = read_doc("examples/pods/seed-000-device.yaml");
-    pod["metadata"]["annotations"]["volguard.io/liveness-probe"] = "false".into();
-    let (pod, _) = admit_twice(&server, &pod, "default").await;
-    assert!(probe_command(&pod, 0).is_none());
-    assert!(limits(&pod, 0).contains_key("volumes.brightbox.com/vol-qsk4v"));
+    // Every opt-out is read alike: "false" in any case, spaces around it ignored.
+    for value in ["false", " False "] {
+        let mut pod = read_doc("examples/pods/seed-000-device.yaml");
+        pod["metadata"]["annotations"]["volguard.io/liveness-probe"] = value.into();
+        let (pod, _) = admit_twice(&server, &pod, "default").await;
+        assert!(probe_command(&pod, 0).is_none(), "{value:?}");
+        assert!(limits(&pod, 0).contains_key("volumes.brightbox.com/vol-qsk4v"));
+    }
 }
 
 #[tokio::test]

@@ -376,7 +376,7 @@ impl PodRecord {
             node: pod.node_name().map(Arc::from),
             terminal: pod.is_terminal(),
             uses,
-            remediation_opt_out: pod.annotation(&config.annotation("remediate")) == Some("false"),
+            remediation_opt_out: pod.opts_out(&config.annotation("remediate")),
             deleting: pod
                 .metadata
                 .as_ref()

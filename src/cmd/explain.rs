@@ -176,8 +176,8 @@ fn not_for_extender(
     config: &Config,
     admitted: bool,
 ) -> Option<String> {
-    let said = |name: &str| pod.annotation(&config.annotation(name)).map(str::trim);
-    if said("inject") == Some("false") {
+    let opts_out = |name: &str| pod.opts_out(&config.annotation(name));
+    if opts_out("inject") {
         return Some(format!(
             "it opts out ({}: \"false\")",
             config.annotation("inject")
@@ -188,7 +188,7 @@ fn not_for_extender(
     }
     if let Some(target) = &config.scheduling.scheduler_name {
         let named = pod.scheduler_name().unwrap_or("default-scheduler");
-        let routed = !admitted && named == "default-scheduler" && said("route") != Some("false");
+        let routed = !admitted && named == "default-scheduler" && !opts_out("route");
         if named != target && !routed {
             return Some(format!(
                 "it is scheduled by {named}, not {target} (scheduling.schedulerName), which consults volguard"

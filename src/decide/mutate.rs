@@ -45,9 +45,9 @@ pub fn mutate(
         drivers: Vec::new(),
         warnings: Vec::new(),
     };
-    let said = |name: &str| pod.annotation(&config.annotation(name)).map(str::trim);
+    let opts_out = |name: &str| pod.opts_out(&config.annotation(name));
     let containers = pod.containers();
-    if said("inject") == Some("false") || resolution.volumes.is_empty() || containers.is_empty() {
+    if opts_out("inject") || resolution.volumes.is_empty() || containers.is_empty() {
         return empty;
     }
     // container index -> limits to add, in order
@@ -111,7 +111,7 @@ pub fn mutate(
 
     // Liveness probes on app containers that use managed volumes and have none.
     let mut probed = Vec::new();
-    if config.liveness_probe.enabled && said("liveness-probe") != Some("false") {
+    if config.liveness_probe.enabled && !opts_out("liveness-probe") {
         for (i, c) in containers.iter().enumerate() {
             let paths = probe_paths(c, i, resolution, drivers);
             if c.liveness_probe || paths.is_empty() {
@@ -129,7 +129,7 @@ pub fn mutate(
     let mut routed = None;
     if let Some(target) = &config.scheduling.scheduler_name
         && pod.node_name().is_none()
-        && said("route") != Some("false")
+        && !opts_out("route")
     {
         match pod.scheduler_name() {
             Some(name) if name == target => {}

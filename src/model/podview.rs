@@ -241,6 +241,11 @@ impl PodView {
             .map(String::as_str)
     }
 
+    /// The pod carries the opt-out annotation `key` (see [`says_false`]).
+    pub fn opts_out(&self, key: &str) -> bool {
+        self.annotation(key).is_some_and(says_false)
+    }
+
     /// The pod's volumes (none without a spec).
     pub fn volumes(&self) -> &[VolumeView] {
         self.spec
@@ -287,6 +292,14 @@ impl PodView {
         let phase = self.status.as_ref().and_then(|s| s.phase.as_deref());
         matches!(phase, Some("Succeeded" | "Failed"))
     }
+}
+
+/// Whether the value of an opt-out annotation (`inject`, `liveness-probe`, `route`,
+/// `remediate`) turns its behaviour off: `false` in any case, spaces around it ignored.
+/// One reading for every opt-out and every reader (webhook, explain, the cache,
+/// remediation), so a value that opts a pod out of one thing cannot be ignored by another.
+pub fn says_false(value: &str) -> bool {
+    value.trim().eq_ignore_ascii_case("false")
 }
 
 /// A watched Pod arrives fully typed; keep only the view.

@@ -113,10 +113,7 @@ pub fn pod_of(req: &Request, config: &Config) -> Result<Option<PodView>, String>
     };
     let pod: PodView = serde_json::from_str(object.get())
         .map_err(|e| format!("the object is not a valid Pod: {e}"))?;
-    let opted_out = pod
-        .annotation(&config.annotation("inject"))
-        .is_some_and(|v| v.trim() == "false");
-    Ok((!opted_out).then_some(pod))
+    Ok((!pod.opts_out(&config.annotation("inject"))).then_some(pod))
 }
 
 /// The namespace of the pod under review: its own, else the request's.
