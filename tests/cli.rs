@@ -475,6 +475,21 @@ fn broken_config_exits_2_naming_file_and_key() {
             "drivers:\n  - {name: a, csiDriver: x.csi, sourceKinds: [local]}\n",
             "selectors.yaml: drivers[0] (a): select volumes by one of csiDriver/flexDriver, storageClasses or sourceKinds, not several: split it into one entry per selector",
         ),
+        (
+            "prefix.yaml",
+            "annotationPrefix: volguard_io\n",
+            "prefix.yaml: annotationPrefix: \"volguard_io\" is not a lower-case DNS subdomain (a-z, 0-9, '-' and '.', at most 253 characters), as the prefix of an annotation key must be: use a domain such as volguard.io",
+        ),
+        (
+            "marker.yaml",
+            "markerResource: volguard.io/Volumes_\n",
+            "marker.yaml: markerResource: \"volguard.io/Volumes_\" is not an extended resource name Kubernetes accepts: \"Volumes_\" must be letters, digits, '-', '_' or '.', starting and ending with a letter or digit; use domain/name, e.g. volguard.io/volumes, or \"\" for none",
+        ),
+        (
+            "pending.yaml",
+            "markerResource: volguard.io/volumes\nscheduling: {schedulerName: volguard-scheduler}\n",
+            "pending.yaml: markerResource: \"volguard.io/volumes\" with scheduling.schedulerName \"volguard-scheduler\" would leave every managed pod Pending",
+        ),
         ("notyaml.yaml", "drivers: [\n", "notyaml.yaml"),
         ("onerror.yaml", "onError: maybe\n", "onerror.yaml"),
         (

@@ -88,20 +88,12 @@ async fn a_pod_created_through_the_api_is_stored_as_volguard_patched_it() {
     );
     assert_eq!(
         annotations.get("volguard.io/mutated").map(String::as_str),
-        Some(
-            "limits volumes.brightbox.com/vol-qsk4v=1 (web), volguard.io/volumes=2 (web); \
-             liveness probes on web"
-        )
-    );
-    let web = limits(&stored, 0);
-    assert_eq!(
-        web.get("volumes.brightbox.com/vol-qsk4v")
-            .map(String::as_str),
-        Some("1")
+        Some("limits volumes.brightbox.com/vol-qsk4v=1 (web); liveness probes on web")
     );
     assert_eq!(
-        web.get("volguard.io/volumes").map(String::as_str),
-        Some("2")
+        limits(&stored, 0),
+        BTreeMap::from([("volumes.brightbox.com/vol-qsk4v".to_owned(), "1".to_owned())]),
+        "the device, and no marker: the shipped config sets none"
     );
     assert_eq!(
         limits(&stored, 1),

@@ -178,13 +178,8 @@ fn a_pod_the_extender_is_never_asked_about_says_so() {
 #[test]
 fn a_pod_naming_another_scheduler_is_not_judged() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(repo("examples/config.yaml")).unwrap()
-            + "\n  schedulerName: volguard-scheduler\n",
-    )
-    .unwrap();
+    // The example config routes to volguard-scheduler, as the manifests do.
+    let config = repo("examples/config.yaml");
     let pod = dir.path().join("pod.yaml");
     std::fs::write(
         &pod,

@@ -1052,3 +1052,22 @@ fn the_network_policy_example_admits_the_scheduler_to_volguard() {
     });
     assert!(admitted, "the scheduler's pods reach port https");
 }
+
+#[test]
+fn the_quickstart_config_is_the_one_the_manifests_deploy() {
+    let r = parse(&kustomize("manifests"), "manifests");
+    let path = repo_path("examples/config.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let example = yaml_value(&text, "examples/config.yaml");
+    if let Some(diff) = first_difference(
+        &example,
+        &volguard_config(&r),
+        "",
+        ("examples/config.yaml", "ConfigMap volguard-config"),
+    ) {
+        panic!(
+            "the quickstart config and the one manifests/base/configmap.yaml deploys differ: {diff}"
+        );
+    }
+}

@@ -59,7 +59,7 @@ fn annotation(pod: &Pod, key: &str) -> Option<String> {
 }
 
 #[tokio::test]
-async fn apiserver_fixture_gets_marker_probe_and_annotations() {
+async fn apiserver_fixture_gets_probe_annotations_and_the_second_scheduler() {
     let server = TestServer::example().await;
     let review = read_doc("tests/fixtures/admissionreview-create-pod.json");
     let uid = review["request"]["uid"].as_str().unwrap().to_owned();
@@ -72,14 +72,14 @@ async fn apiserver_fixture_gets_marker_probe_and_annotations() {
     json_patch::patch(&mut pod, &patch).expect("patch applies to the apiserver's object");
     let pod: Pod = serde_json::from_value(pod).expect("valid Pod");
 
-    let web = limits(&pod, 0);
-    assert_eq!(
-        web.get("volguard.io/volumes").map(String::as_str),
-        Some("1")
-    );
     assert!(
-        !web.keys().any(|k| k.starts_with("volumes.brightbox.com/")),
-        "linode is attach mode"
+        limits(&pod, 0).is_empty(),
+        "linode is attach mode, and the shipped config injects no marker"
+    );
+    assert_eq!(
+        pod.spec.as_ref().unwrap().scheduler_name.as_deref(),
+        Some("volguard-scheduler"),
+        "routed from default-scheduler"
     );
     let cmd = probe_command(&pod, 0).expect("web gets a probe");
     assert_eq!(cmd, ["/bin/sh", "-c", "ls '/srv/data' >/dev/null"]);
@@ -93,7 +93,6 @@ async fn apiserver_fixture_gets_marker_probe_and_annotations() {
         probe_command(&pod, 1).is_none(),
         "sidecar mounts no managed volume"
     );
-    assert!(limits(&pod, 1).is_empty() || !limits(&pod, 1).contains_key("volguard.io/volumes"));
     assert_eq!(
         annotation(&pod, "volguard.io/volumes").as_deref(),
         Some("linode=310200-pvcweb")
@@ -115,7 +114,7 @@ async fn seed_000_device_annotation_injects_resource_and_device_probe() {
         l.get("volumes.brightbox.com/vol-qsk4v").map(String::as_str),
         Some("1")
     );
-    assert_eq!(l.get("volguard.io/volumes").map(String::as_str), Some("1"));
+    assert_eq!(l.len(), 1, "the device only: no marker by default: {l:?}");
     let cmd = probe_command(&pod, 0).unwrap();
     assert_eq!(cmd[2], "ls '/dev/disk/by-id/virtio-vol-qsk4v' >/dev/null");
     assert_eq!(
@@ -125,20 +124,35 @@ async fn seed_000_device_annotation_injects_resource_and_device_probe() {
 }
 
 #[tokio::test]
-async fn an_empty_marker_resource_is_not_injected() {
-    let mut config = common::example_config();
-    config.marker_resource = String::new();
-    let state = common::example_state(&config);
-    let server = TestServer::start(config, state).await;
+async fn a_marker_resource_is_injected_only_when_configured() {
     let pod = read_doc("examples/pods/seed-000-device.yaml");
-    let (pod, _) = admit_twice(&server, &pod, "default").await;
+    let (shipped, _) = admit_twice(&TestServer::example().await, &pod, "default").await;
     assert_eq!(
-        limits(&pod, 0),
+        limits(&shipped, 0),
         [("volumes.brightbox.com/vol-qsk4v".to_owned(), "1".to_owned())].into()
     );
     assert_eq!(
-        annotation(&pod, "volguard.io/mutated").as_deref(),
-        Some("limits volumes.brightbox.com/vol-qsk4v=1 (app); liveness probes on app")
+        annotation(&shipped, "volguard.io/mutated").as_deref(),
+        Some(
+            "limits volumes.brightbox.com/vol-qsk4v=1 (app); liveness probes on app; \
+             scheduler volguard-scheduler"
+        )
+    );
+    let (marked, _) = admit_twice(&TestServer::with_marker().await, &pod, "default").await;
+    assert_eq!(
+        limits(&marked, 0),
+        [
+            ("volguard.io/volumes".to_owned(), "1".to_owned()),
+            ("volumes.brightbox.com/vol-qsk4v".to_owned(), "1".to_owned())
+        ]
+        .into()
+    );
+    assert_eq!(
+        annotation(&marked, "volguard.io/mutated").as_deref(),
+        Some(
+            "limits volumes.brightbox.com/vol-qsk4v=1 (app), volguard.io/volumes=1 (app); \
+             liveness probes on app"
+        )
     );
 }
 
@@ -190,12 +204,7 @@ async fn unbound_wait_for_first_consumer_claim_is_managed_without_a_handle() {
     let server = TestServer::example().await;
     let pod = read_doc("examples/pods/wffc-scratch.yaml");
     let (pod, _) = admit_twice(&server, &pod, "shop").await;
-    assert_eq!(
-        limits(&pod, 0)
-            .get("volguard.io/volumes")
-            .map(String::as_str),
-        Some("1")
-    );
+    assert!(probe_command(&pod, 0).unwrap()[2].contains("'/scratch'"));
     assert_eq!(
         annotation(&pod, "volguard.io/volumes").as_deref(),
         Some("linode=pending:scratch")
@@ -222,7 +231,7 @@ async fn opt_out_and_unmanaged_pods_are_left_alone() {
 
 #[tokio::test]
 async fn existing_probe_is_kept_and_resources_still_injected() {
-    let server = TestServer::example().await;
+    let server = TestServer::with_marker().await;
     let original = read_doc("examples/pods/existing-probe.yaml");
     let before: Pod = serde_json::from_value(original.clone()).unwrap();
     let (pod, _) = admit_twice(&server, &original, "shop").await;
@@ -270,7 +279,7 @@ async fn existing_resource_entries_are_never_overwritten_or_duplicated() {
 
 #[tokio::test]
 async fn keys_with_slashes_are_escaped_in_patch_paths() {
-    let server = TestServer::example().await;
+    let server = TestServer::with_marker().await;
     let mut pod = read_doc("examples/pods/linode-web.yaml");
     pod["metadata"]["annotations"] = serde_json::json!({"team": "shop"});
     pod["spec"]["containers"][0]["resources"] = serde_json::json!({"limits": {"cpu": "1"}});
@@ -297,7 +306,7 @@ async fn keys_with_slashes_are_escaped_in_patch_paths() {
 
 #[tokio::test]
 async fn annotation_keys_with_slashes_and_missing_parents_are_escaped() {
-    let server = TestServer::example().await;
+    let server = TestServer::with_marker().await;
     let pod = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "bare", "namespace": "shop"},
@@ -495,21 +504,13 @@ async fn bad_input_gets_one_line_400_or_413_and_the_server_keeps_serving() {
     assert_eq!(status, StatusCode::OK, "still answering reviews");
 }
 
-/// The example server with `scheduling.schedulerName: volguard-scheduler`.
-async fn routing_server() -> TestServer {
-    let mut config = common::example_config();
-    config.scheduling.scheduler_name = Some("volguard-scheduler".into());
-    let state = common::example_state(&config);
-    TestServer::start(config, state).await
-}
-
 fn scheduler(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref()?.scheduler_name.as_deref()
 }
 
 #[tokio::test]
 async fn managed_pods_are_routed_to_the_configured_scheduler() {
-    let server = routing_server().await;
+    let server = TestServer::example().await;
     let seed = read_doc("examples/pods/seed-000-device.yaml");
     for written in [None, Some("default-scheduler")] {
         let mut pod = seed.clone();
@@ -523,8 +524,8 @@ async fn managed_pods_are_routed_to_the_configured_scheduler() {
         assert_eq!(
             annotation(&pod, "volguard.io/mutated").as_deref(),
             Some(
-                "limits volumes.brightbox.com/vol-qsk4v=1 (app), volguard.io/volumes=1 (app); \
-                 liveness probes on app; scheduler volguard-scheduler"
+                "limits volumes.brightbox.com/vol-qsk4v=1 (app); liveness probes on app; \
+                 scheduler volguard-scheduler"
             )
         );
     }
@@ -532,7 +533,7 @@ async fn managed_pods_are_routed_to_the_configured_scheduler() {
 
 #[tokio::test]
 async fn a_pod_naming_another_scheduler_is_left_there_with_a_warning() {
-    let server = routing_server().await;
+    let server = TestServer::example().await;
     let mut pod = read_doc("examples/pods/seed-000-device.yaml");
     pod["spec"]["schedulerName"] = "gpu-scheduler".into();
     let (pod, response) = admit_twice(&server, &pod, "default").await;
@@ -550,7 +551,7 @@ async fn a_pod_naming_another_scheduler_is_left_there_with_a_warning() {
 
 #[tokio::test]
 async fn routing_skips_opted_out_and_unmanaged_pods() {
-    let server = routing_server().await;
+    let server = TestServer::example().await;
     let mut opted_out = read_doc("examples/pods/seed-000-device.yaml");
     opted_out["metadata"]["annotations"]["volguard.io/route"] = "false".into();
     let (pod, _) = admit_twice(&server, &opted_out, "default").await;
@@ -709,11 +710,12 @@ async fn local_nfs_and_host_path_pvs_selected_by_kind_are_known_by_name_or_expor
 }
 
 #[tokio::test]
-async fn nfs_and_host_path_pvs_selected_by_class_get_the_marker_as_today() {
-    // The default markerResource: injected with the count of managed volumes.
-    let server =
-        local_server("drivers:\n  - {name: shared, storageClasses: [nfs-shared, node-dirs]}\n")
-            .await;
+async fn nfs_and_host_path_pvs_selected_by_class_get_the_marker_when_one_is_set() {
+    // A markerResource is injected with the count of managed volumes, as for any driver.
+    let server = local_server(
+        "markerResource: volguard.io/volumes\ndrivers:\n  - {name: shared, storageClasses: [nfs-shared, node-dirs]}\n",
+    )
+    .await;
     let [pv, pvc] = pv_and_claim(
         "nfs-home",
         "home",

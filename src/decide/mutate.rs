@@ -13,7 +13,7 @@ use crate::{
         config::Config,
         drivers::{Drivers, Mode},
         podview::{ContainerView, PodView},
-        resource_name,
+        names,
     },
 };
 
@@ -68,7 +68,7 @@ pub fn mutate(
         let Some(resource) = drivers.resource_name(&id) else {
             continue;
         };
-        if let Err(why) = resource_name::check(&resource) {
+        if let Err(why) = names::extended_resource(&resource) {
             warnings.push(format!(
                 "volume {} of driver {}: {resource:?} is not a valid resource name ({why}), so no limit was injected for it",
                 id.handle,

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::model::names;
+
 /// What volguard does when its own machinery fails (cache miss, API error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -24,10 +26,11 @@ pub struct Config {
     pub annotation_prefix: String,
     /// Policy for volguard's own errors in the webhook.
     pub on_error: OnError,
-    /// Extended resource injected into `containers[0]` so that a scheduler whose extender
-    /// lists it in `managedResources` sends the pod to volguard; empty: not injected
-    /// (a scheduler that sends volguard every pod needs none, and kube-scheduler
-    /// requeues pods that carry it late, see the README).
+    /// Extended resource injected into `containers[0]` so that an existing scheduler
+    /// whose extender lists it in `managedResources` sends the pod to volguard. Empty (the
+    /// default): not injected, as the shipped second scheduler sends volguard every pod,
+    /// counts a marker it does not ignore as a resource no node has, and requeues pods
+    /// that carry one late (see the README).
     pub marker_resource: String,
     /// The volume drivers volguard manages; volumes of any other driver are left alone.
     pub drivers: Vec<DriverConfig>,
@@ -188,7 +191,7 @@ impl Default for Config {
         Self {
             annotation_prefix: "volguard.io".into(),
             on_error: OnError::Allow,
-            marker_resource: "volguard.io/volumes".into(),
+            marker_resource: String::new(),
             drivers: vec![
                 DriverConfig {
                     name: "brightbox".into(),
@@ -256,6 +259,10 @@ pub const SOURCE_KINDS: [&str; 6] = ["local", "nfs", "hostPath", "iscsi", "cephf
 /// Placeholder every resource and device path template must contain.
 pub const HANDLE_PLACEHOLDER: &str = "{volumeHandle}";
 
+/// A typical volume id, rendered into `resourceTemplate` at load to check the names it
+/// makes: a template that fails with it fails for every volume.
+const SAMPLE_HANDLE: &str = "vol-qsk4v";
+
 /// A config that could not be used, with the file it came from: printed as one line.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -293,28 +300,38 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks everything at load that would otherwise fail later, pod by pod: above
+    /// all every name volguard writes into pods, since kube-apiserver refuses a whole
+    /// pod (422) for one invalid name, and a setting that would fail every pod must stop
+    /// volguard at start, with one line saying what to change.
     fn validate(&self) -> Result<(), String> {
-        if self.annotation_prefix.is_empty() || self.annotation_prefix.contains('/') {
-            return Err(
-                "annotationPrefix: must be a DNS subdomain such as volguard.io (no '/')".into(),
-            );
-        }
-        if !self.marker_resource.is_empty() && !self.marker_resource.contains('/') {
+        // The annotation names are fixed, short and lower case: with a valid prefix,
+        // every `<prefix>/<name>` volguard reads or writes is a qualified name.
+        if let Err(why) = names::dns_subdomain(&self.annotation_prefix) {
             return Err(format!(
-                "markerResource: {:?} is not an extended resource name: use domain/name, e.g. volguard.io/volumes, or \"\" for none",
+                "annotationPrefix: {why}, as the prefix of an annotation key must be: use a domain such as volguard.io"
+            ));
+        }
+        if !self.marker_resource.is_empty()
+            && let Err(why) = names::extended_resource(&self.marker_resource)
+        {
+            return Err(format!(
+                "markerResource: {:?} is not an extended resource name Kubernetes accepts: {why}; use domain/name, e.g. volguard.io/volumes, or \"\" for none",
                 self.marker_resource
             ));
         }
-        if let Some(name) = &self.scheduling.scheduler_name
-            && (name.is_empty()
-                || name.len() > 253
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
-        {
-            return Err(format!(
-                "scheduling.schedulerName: {name:?} is not a scheduler name (lowercase letters, digits, '-' and '.'), e.g. volguard-scheduler"
-            ));
+        if let Some(name) = &self.scheduling.scheduler_name {
+            if names::dns_subdomain(name).is_err() {
+                return Err(format!(
+                    "scheduling.schedulerName: {name:?} is not a scheduler name (lowercase letters, digits, '-' and '.'), e.g. volguard-scheduler"
+                ));
+            }
+            if !self.marker_resource.is_empty() {
+                return Err(format!(
+                    "markerResource: {marker:?} with scheduling.schedulerName {name:?} would leave every managed pod Pending with \"Insufficient {marker}\" (that scheduler sends volguard every pod and, as shipped, counts the marker as a resource no node has): set markerResource: \"\", or remove schedulerName when volguard is added to an existing scheduler",
+                    marker = self.marker_resource
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         // (key, value) -> (index, name) of the entry that selects it: a volume must
@@ -385,11 +402,23 @@ impl Config {
                     ));
                 }
             }
-            if let Some(t) = &d.resource_template
-                && !t.contains('/')
+            if let Some(t) = &d.resource_template {
+                let sample = t.replace(HANDLE_PLACEHOLDER, SAMPLE_HANDLE);
+                if let Err(why) = names::extended_resource(&sample) {
+                    return Err(format!(
+                        "{at}.resourceTemplate: {t:?} makes resource names such as {sample:?} that Kubernetes refuses: {why}; use a lower-case domain/name, e.g. \"volumes.example.com/{HANDLE_PLACEHOLDER}\""
+                    ));
+                }
+            }
+            if let Some(key) = d
+                .attach_limit
+                .as_ref()
+                .and_then(|l| l.node_annotation.as_ref())
+                // Kubernetes checks annotation keys in lower case.
+                && let Err(why) = names::qualified_name(&key.to_ascii_lowercase())
             {
                 return Err(format!(
-                    "{at}.resourceTemplate: {t:?} must be domain/name, e.g. \"volumes.example.com/{HANDLE_PLACEHOLDER}\""
+                    "{at}.attachLimit.nodeAnnotation: {key:?} is not an annotation key, so no node can carry it: {why}; use e.g. volguard.io/attach-limit"
                 ));
             }
             if d.resource_template.is_some() && d.attach_limit.is_some() {
@@ -408,10 +437,11 @@ impl Config {
         }
         let p = &self.liveness_probe;
         if p.enabled {
-            if p.shell.is_empty() {
-                return Err(
-                    "livenessProbe.shell: must name a command, e.g. [\"/bin/sh\", \"-c\"]".into(),
-                );
+            if p.shell.first().is_none_or(|c| c.trim().is_empty()) {
+                return Err(format!(
+                    "livenessProbe.shell: {:?} names no command, so every injected probe would fail and restart its container: use e.g. [\"/bin/sh\", \"-c\"]",
+                    p.shell
+                ));
             }
             if !p.check.contains("{path}") {
                 return Err(format!(
@@ -521,7 +551,7 @@ mod tests {
     fn partial_file_keeps_other_defaults() {
         let c = Config::parse("onError: deny\n").unwrap();
         assert_eq!(c.on_error, OnError::Deny);
-        assert_eq!(c.marker_resource, "volguard.io/volumes");
+        assert_eq!(c.marker_resource, "", "no marker unless asked for");
     }
 
     #[test]
@@ -532,10 +562,87 @@ mod tests {
                 .marker_resource,
             ""
         );
+        assert_eq!(
+            Config::parse("markerResource: volguard.io/volumes\n")
+                .unwrap()
+                .marker_resource,
+            "volguard.io/volumes"
+        );
         let e = Config::parse("markerResource: volumes\n").unwrap_err();
         assert_eq!(
             e,
-            "markerResource: \"volumes\" is not an extended resource name: use domain/name, e.g. volguard.io/volumes, or \"\" for none"
+            "markerResource: \"volumes\" is not an extended resource name Kubernetes accepts: it has no domain prefix (domain/name); use domain/name, e.g. volguard.io/volumes, or \"\" for none"
+        );
+    }
+
+    #[test]
+    fn every_name_written_into_pods_is_one_kube_apiserver_accepts() {
+        let cases = [
+            (
+                "annotationPrefix: volguard_io\n",
+                "annotationPrefix: \"volguard_io\" is not a lower-case DNS subdomain (a-z, 0-9, '-' and '.', at most 253 characters), as the prefix of an annotation key must be: use a domain such as volguard.io",
+            ),
+            (
+                "annotationPrefix: Volguard.io\n",
+                "annotationPrefix: \"Volguard.io\" is not a lower-case DNS subdomain (a-z, 0-9, '-' and '.', at most 253 characters), as the prefix of an annotation key must be: use a domain such as volguard.io",
+            ),
+            (
+                "markerResource: volguard.io/Volumes_\n",
+                "markerResource: \"volguard.io/Volumes_\" is not an extended resource name Kubernetes accepts: \"Volumes_\" must be letters, digits, '-', '_' or '.', starting and ending with a letter or digit; use domain/name, e.g. volguard.io/volumes, or \"\" for none",
+            ),
+            (
+                "markerResource: kubernetes.io/volumes\n",
+                "markerResource: \"kubernetes.io/volumes\" is not an extended resource name Kubernetes accepts: the kubernetes.io domain is reserved; use domain/name, e.g. volguard.io/volumes, or \"\" for none",
+            ),
+            (
+                "markerResource: requests.volguard.io/volumes\n",
+                "markerResource: \"requests.volguard.io/volumes\" is not an extended resource name Kubernetes accepts: names starting with \"requests.\" are reserved for quotas; use domain/name, e.g. volguard.io/volumes, or \"\" for none",
+            ),
+            (
+                "drivers:\n  - {name: b, resourceTemplate: \"Volumes.example.com/{volumeHandle}\"}\n",
+                "drivers[0].resourceTemplate: \"Volumes.example.com/{volumeHandle}\" makes resource names such as \"Volumes.example.com/vol-qsk4v\" that Kubernetes refuses: its prefix \"Volumes.example.com\" is not a lower-case DNS subdomain (a-z, 0-9, '-' and '.', at most 253 characters); use a lower-case domain/name, e.g. \"volumes.example.com/{volumeHandle}\"",
+            ),
+            (
+                "drivers:\n  - {name: b, resourceTemplate: \"example.com/disks/{volumeHandle}\"}\n",
+                "drivers[0].resourceTemplate: \"example.com/disks/{volumeHandle}\" makes resource names such as \"example.com/disks/vol-qsk4v\" that Kubernetes refuses: it has more than one '/'; use a lower-case domain/name, e.g. \"volumes.example.com/{volumeHandle}\"",
+            ),
+            (
+                "drivers:\n  - {name: b, resourceTemplate: \"vol-{volumeHandle}\"}\n",
+                "drivers[0].resourceTemplate: \"vol-{volumeHandle}\" makes resource names such as \"vol-vol-qsk4v\" that Kubernetes refuses: it has no domain prefix (domain/name); use a lower-case domain/name, e.g. \"volumes.example.com/{volumeHandle}\"",
+            ),
+            (
+                "drivers:\n  - {name: l, csiDriver: l.csi, attachLimit: {nodeAnnotation: \"volguard.io/attach limit\"}}\n",
+                "drivers[0].attachLimit.nodeAnnotation: \"volguard.io/attach limit\" is not an annotation key, so no node can carry it: \"attach limit\" must be letters, digits, '-', '_' or '.', starting and ending with a letter or digit; use e.g. volguard.io/attach-limit",
+            ),
+            (
+                "livenessProbe: {shell: [\"\", \"-c\"]}\n",
+                "livenessProbe.shell: [\"\", \"-c\"] names no command, so every injected probe would fail and restart its container: use e.g. [\"/bin/sh\", \"-c\"]",
+            ),
+            (
+                "livenessProbe: {shell: []}\n",
+                "livenessProbe.shell: [] names no command, so every injected probe would fail and restart its container: use e.g. [\"/bin/sh\", \"-c\"]",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Config::parse(text).unwrap_err(), want, "{text}");
+        }
+        // Upper case is fine after the prefix, and a node annotation key is compared
+        // in lower case, as Kubernetes does.
+        let ok = Config::parse(
+            "markerResource: volguard.io/Volumes\ndrivers:\n  - {name: l, csiDriver: l.csi, attachLimit: {nodeAnnotation: Example.com/Limit}}\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn a_marker_with_the_second_scheduler_is_refused() {
+        let e = Config::parse(
+            "markerResource: volguard.io/volumes\nscheduling: {schedulerName: volguard-scheduler}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "markerResource: \"volguard.io/volumes\" with scheduling.schedulerName \"volguard-scheduler\" would leave every managed pod Pending with \"Insufficient volguard.io/volumes\" (that scheduler sends volguard every pod and, as shipped, counts the marker as a resource no node has): set markerResource: \"\", or remove schedulerName when volguard is added to an existing scheduler"
         );
     }
 

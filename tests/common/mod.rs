@@ -34,6 +34,15 @@ pub fn example_config() -> Config {
     Config::load(Some(&repo("examples/config.yaml"))).expect("examples/config.yaml is valid")
 }
 
+/// The example config in the existing-scheduler setup: the marker resource
+/// `volguard.io/volumes` is injected, and pods are not routed to a second scheduler.
+pub fn marker_config() -> Config {
+    let mut config = example_config();
+    config.marker_resource = "volguard.io/volumes".into();
+    config.scheduling.scheduler_name = None;
+    config
+}
+
 /// A synced state built from the shipped example snapshot.
 pub fn example_state(config: &Config) -> ClusterState {
     let snap = snapshot::load(&repo("examples/cluster")).expect("examples/cluster loads");
@@ -78,6 +87,13 @@ impl TestServer {
     /// Starts the real router over TLS on 127.0.0.1 with the example cluster.
     pub async fn example() -> Self {
         Self::with_app(example_app()).await
+    }
+
+    /// Starts the real router over TLS with the example cluster and [`marker_config`].
+    pub async fn with_marker() -> Self {
+        let config = marker_config();
+        let state = example_state(&config);
+        Self::start(config, state).await
     }
 
     /// Starts the real router over TLS with the given config and state.
