@@ -598,6 +598,12 @@ fn check_volguard_deployment(r: &Rendered) {
     });
     let pdb_spec = pdb.spec.as_ref().expect("PDB volguard has a spec");
     assert_eq!(pdb_spec.min_available, Some(IntOrString::Int(1)));
+    assert_eq!(
+        pdb_spec.unhealthy_pod_eviction_policy.as_deref(),
+        Some("AlwaysAllow"),
+        "PDB volguard: replicas that are not Ready must stay evictable, or an unready \
+         volguard blocks every node drain"
+    );
     let pdb_selector = pdb_spec
         .selector
         .as_ref()
@@ -1051,6 +1057,36 @@ fn the_network_policy_example_admits_the_scheduler_to_volguard() {
             })
     });
     assert!(admitted, "the scheduler's pods reach port https");
+}
+
+/// The `k8s.io/kubernetes` version the real control plane of the tests is built from.
+fn tested_kubernetes_version() -> String {
+    let path = repo_path("e2e/control-plane/go.mod");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            let module = words.next()?;
+            let version = words.next()?;
+            (module == "k8s.io/kubernetes" && version.starts_with('v')).then(|| version.to_owned())
+        })
+        .unwrap_or_else(|| panic!("{} requires no k8s.io/kubernetes version", path.display()))
+}
+
+#[test]
+fn the_shipped_kube_scheduler_is_the_version_the_tests_run() {
+    let r = parse(&kustomize("manifests"), "manifests");
+    let pod = pod_spec(deployment(&r, "volguard-scheduler"));
+    let image = pod.containers[0].image.as_deref().unwrap_or_default();
+    let tag = image.rsplit_once(':').map(|(_, tag)| tag);
+    let tested = tested_kubernetes_version();
+    assert_eq!(
+        tag,
+        Some(tested.as_str()),
+        "manifests/base/scheduler/deployment.yaml ships {image}, but the tests run \
+         kube-scheduler {tested} (e2e/control-plane/go.mod): ship the version that is tested"
+    );
 }
 
 #[test]
