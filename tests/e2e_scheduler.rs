@@ -214,7 +214,7 @@ async fn a_pod_that_fits_nowhere_stays_pending_with_volguards_reasons() {
         "0/4 nodes are available: 1 node(s) at the linode attach limit (limit from node annotation volguard.io/attach-limit), \
          1 node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?), \
          2 node(s) at the linode attach limit (limit from CSINode). \
-         preemption: 0/4 nodes are available: 1 Preemption is not helpful for scheduling, 3 No preemption victims found for incoming pod."
+         preemption: 0/4 nodes are available: 4 Preemption is not helpful for scheduling."
     );
     let events = cp.events("shop", "web", "FailedScheduling").await;
     assert!(events.contains(&message), "{events:?}");

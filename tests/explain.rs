@@ -69,7 +69,7 @@ fn linode_web_prints_the_patch_and_one_row_per_node() {
             ["worker-2", "pass", "7", "linode 1/8", "-"],
             [
                 "worker-3",
-                "fail",
+                "unresolvable",
                 "0",
                 "linode 8/8",
                 "node(s) at the linode attach limit (limit from CSINode): 8 of 8 used, pod needs 1 more"
@@ -106,7 +106,7 @@ fn json_output_carries_the_same_verdicts_and_limit_sources() {
         nodes[0]["slots"][0]["limitSource"],
         "limit from node annotation volguard.io/attach-limit"
     );
-    assert_eq!(nodes[2]["verdict"], "fail");
+    assert_eq!(nodes[2]["verdict"], "unresolvable");
     assert_eq!(
         nodes[2]["reason"],
         "node(s) at the linode attach limit (limit from CSINode)"

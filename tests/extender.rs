@@ -210,7 +210,7 @@ async fn nodes_fixture_echoes_the_passing_node_objects_unchanged() {
     assert_eq!(back[0], sent[0], "worker-1 echoed field for field");
     assert_eq!(back[1], sent[1], "worker-2 echoed field for field");
     assert_eq!(f.raw["Nodes"]["metadata"], json!({}));
-    assert_eq!(f.failed["worker-3"], WORKER_3_FULL);
+    assert_eq!(f.unresolvable["worker-3"], WORKER_3_FULL);
     assert_eq!(f.unresolvable["worker-4"], NOT_REGISTERED);
     let db = &args["Pod"];
     assert_eq!(
@@ -363,7 +363,7 @@ async fn rule_3_exclusive_volume_in_use_elsewhere_only_while_its_pod_runs() {
         ["worker-1", "worker-2"],
         "exclusiveReadWriteOnce: false"
     );
-    assert_eq!(f.failed["worker-3"], WORKER_3_FULL);
+    assert_eq!(f.unresolvable["worker-3"], WORKER_3_FULL);
 
     let server = TestServer::example().await;
     let mut db0 = read_doc("examples/cluster/pods.yaml")["items"]
@@ -397,14 +397,14 @@ async fn rule_4_limit_precedence_annotation_over_csinode_over_default() {
     );
     annotate_limit(&server, "worker-3", "8");
     let f = filter_names(&server, &web).await;
-    assert_eq!(f.failed["worker-3"], at_limit(ANNOTATION));
+    assert_eq!(f.unresolvable["worker-3"], at_limit(ANNOTATION));
     assert_eq!(
         per_node(&server, &web, "worker-3"),
         format!("{}: 8 of 8 used, pod needs 1 more", at_limit(ANNOTATION))
     );
     annotate_limit(&server, "worker-3", "lots");
     let f = filter_names(&server, &web).await;
-    assert_eq!(f.failed["worker-3"], at_limit("CSINode"));
+    assert_eq!(f.unresolvable["worker-3"], at_limit("CSINode"));
     assert_eq!(
         per_node(&server, &web, "worker-3"),
         format!(
@@ -424,7 +424,7 @@ async fn rule_4_limit_precedence_annotation_over_csinode_over_default() {
     let server = TestServer::start(config, state).await;
     let f = filter_names(&server, &web).await;
     assert_eq!(f.passing, ["worker-1", "worker-2"]);
-    assert_eq!(f.failed["worker-3"], at_limit("config default"));
+    assert_eq!(f.unresolvable["worker-3"], at_limit("config default"));
     assert_eq!(
         per_node(&server, &web, "worker-3"),
         format!(
@@ -450,7 +450,7 @@ async fn a_node_over_its_limit_still_takes_a_pod_whose_volumes_it_holds() {
     assert_eq!(scores[0], ("worker-1".into(), 10));
     let web = pod("examples/pods/linode-web.yaml");
     let f = filter_names(&server, &web).await;
-    assert_eq!(f.failed["worker-1"], at_limit(ANNOTATION));
+    assert_eq!(f.unresolvable["worker-1"], at_limit(ANNOTATION));
     assert_eq!(
         per_node(&server, &web, "worker-1"),
         format!("{}: 1 of 0 used, pod needs 1 more", at_limit(ANNOTATION))
@@ -501,7 +501,7 @@ async fn a_volume_shared_by_two_pods_on_a_node_counts_once() {
     annotate_limit(&server, "worker-2", "2");
     let web = pod("examples/pods/linode-web.yaml");
     let f = filter_names(&server, &web).await;
-    assert_eq!(f.failed["worker-2"], at_limit(ANNOTATION));
+    assert_eq!(f.unresolvable["worker-2"], at_limit(ANNOTATION));
     assert_eq!(
         per_node(&server, &web, "worker-2"),
         format!("{}: 2 of 2 used, pod needs 1 more", at_limit(ANNOTATION))
@@ -527,7 +527,7 @@ async fn terminated_pods_do_not_count() {
         bound_pod("batch-done", "worker-2", "Running", &["finished"]),
     );
     let f = filter_names(&server, &web).await;
-    assert_eq!(f.failed["worker-2"], at_limit(ANNOTATION), "{:?}", f.raw);
+    assert_eq!(f.unresolvable["worker-2"], at_limit(ANNOTATION), "{:?}", f.raw);
     assert_eq!(
         per_node(&server, &web, "worker-2"),
         format!("{}: 2 of 2 used, pod needs 1 more", at_limit(ANNOTATION))
@@ -546,7 +546,7 @@ async fn a_volume_attachment_whose_pod_is_gone_still_counts() {
     apply(&server, worker2);
     let web = pod("examples/pods/linode-web.yaml");
     let f = filter_names(&server, &web).await;
-    assert_eq!(f.failed["worker-2"], at_limit(ANNOTATION));
+    assert_eq!(f.unresolvable["worker-2"], at_limit(ANNOTATION));
     assert_eq!(
         per_node(&server, &web, "worker-2"),
         format!("{}: 1 of 1 used, pod needs 1 more", at_limit(ANNOTATION))
@@ -585,7 +585,7 @@ async fn an_unbound_wait_for_first_consumer_claim_is_one_new_attachment() {
         .unwrap()
         .push(json!({"name": "scratch-2", "persistentVolumeClaim": {"claimName": "scratch-2"}}));
     let f = filter_names(&server, &two).await;
-    assert_eq!(f.failed["worker-2"], at_limit(ANNOTATION));
+    assert_eq!(f.unresolvable["worker-2"], at_limit(ANNOTATION));
     assert_eq!(
         per_node(&server, &two, "worker-2"),
         format!("{}: 1 of 2 used, pod needs 2 more", at_limit(ANNOTATION))
@@ -807,7 +807,7 @@ async fn a_local_attach_limit_applies_only_when_configured_counting_bound_pods()
     let f = filter(&server, by_names(&pod, &VIRT)).await;
     assert_eq!(f.passing, ["virt-2"]);
     assert_eq!(
-        f.failed["virt-1"],
+        f.unresolvable["virt-1"],
         "node(s) at the local attach limit (limit from config default)"
     );
     assert_eq!(
@@ -889,7 +889,7 @@ fn bench_pods_are_judged_as_the_performance_table_says() {
     assert_eq!(names_of(&full["NodeNames"]), Vec::<String>::new());
     let at_limit = "node(s) at the linode attach limit (limit from CSINode)";
     assert_eq!(
-        reasons(&full["FailedNodes"]),
+        reasons(&full["FailedAndUnresolvableNodes"]),
         names
             .iter()
             .map(|n| (n.clone(), at_limit.to_owned()))

@@ -343,7 +343,7 @@ async fn watch_events_change_what_the_state_and_the_webhook_report() {
     let answer = live.filter(&web_pod_data).await;
     assert_eq!(answer["Error"], "", "{answer}");
     assert_eq!(
-        answer["FailedNodes"]["worker-3"],
+        answer["FailedAndUnresolvableNodes"]["worker-3"],
         "node(s) at the linode attach limit (limit from CSINode)",
         "{answer}"
     );
@@ -357,7 +357,11 @@ async fn watch_events_change_what_the_state_and_the_webhook_report() {
     })
     .await;
     let answer = live.filter(&web_pod_data).await;
-    assert_eq!(answer["FailedNodes"].get("worker-3"), None, "{answer}");
+    assert_eq!(
+        answer["FailedAndUnresolvableNodes"].get("worker-3"),
+        None,
+        "{answer}"
+    );
     assert!(
         answer["NodeNames"]
             .as_array()

@@ -101,9 +101,16 @@ pub enum FailKind {
 }
 
 impl FailKind {
-    /// Preemption or time can help (`FailedNodes`); otherwise `FailedAndUnresolvableNodes`.
+    /// Sent in `FailedNodes` (kube-scheduler may try preemption on the node) rather than
+    /// `FailedAndUnresolvableNodes` (it does not). Only for a node missing from volguard's
+    /// cache, about which volguard cannot claim that nothing would help. Attach-limit
+    /// failures are unresolvable although evicting a pod could free a slot: volguard
+    /// serves no `preemptVerb`, so kube-scheduler's preemption would choose victims
+    /// without asking volguard which evictions free a slot, and evict pods for nothing.
+    /// Such a pod waits and is retried (after its backoff, and on Node, CSINode and
+    /// VolumeAttachment changes) until a volume detaches or the limit changes.
     pub fn resolvable(self) -> bool {
-        matches!(self, FailKind::NodeUnknown | FailKind::AttachLimit)
+        matches!(self, FailKind::NodeUnknown)
     }
 
     /// A short fixed label for metrics.
