@@ -402,6 +402,81 @@ async fn unsynced_state_allows_with_a_warning() {
 }
 
 #[tokio::test]
+async fn a_pod_without_claims_is_decided_from_its_spec_whatever_the_cache_says() {
+    let mut config = common::example_config();
+    config.on_error = volguard::model::config::OnError::Deny;
+    let state = common::empty_state(&config);
+    let server = TestServer::start(config, state).await;
+    // No volume at all: allowed unchanged, not a word about the cache.
+    let plain = read_doc("examples/pods/no-volumes.yaml");
+    let (_, body) = server
+        .post("/mutate", create_review(&plain, "default").to_string())
+        .await;
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(patch_of(&response).is_none(), "{response}");
+    assert_eq!(response.get("warnings"), None, "{response}");
+    // An annotated device needs no cluster object: patched as with a synced cache.
+    let device = read_doc("examples/pods/seed-000-device.yaml");
+    let (pod, response) = admit_twice(&server, &device, "default").await;
+    assert_eq!(response.get("warnings"), None, "{response}");
+    assert_eq!(
+        limits(&pod, 0),
+        [("volumes.brightbox.com/vol-qsk4v".to_owned(), "1".to_owned())].into()
+    );
+    // A claim needs the cache: denied, and the answer says why.
+    let claim = read_doc("examples/pods/linode-web.yaml");
+    let (_, body) = server
+        .post("/mutate", create_review(&claim, "shop").to_string())
+        .await;
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("volguard could not check this pod's volumes: cluster state not synced yet: "),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_cache_is_named_in_warnings_without_the_api_servers_address() {
+    let config = common::example_config();
+    let mut state = common::example_state(&config);
+    let readiness = state.readiness_mut();
+    readiness.set_stale_after(std::time::Duration::ZERO);
+    let since = std::time::Instant::now()
+        .checked_sub(std::time::Duration::from_secs(42))
+        .expect("the clock has run for 42 s");
+    readiness.watch_failed(
+        volguard::cluster::Kind::Pod,
+        "cannot list: ServiceError: client error (Connect): invalid peer certificate: \
+         certificate not valid for name \"10.96.0.1\""
+            .into(),
+        since,
+    );
+    let server = TestServer::start(config, state).await;
+    let pod = read_doc("examples/pods/linode-web.yaml");
+    let (_, body) = server
+        .post("/mutate", create_review(&pod, "shop").to_string())
+        .await;
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], true, "{response}");
+    assert_eq!(
+        response["warnings"],
+        serde_json::json!([
+            "volguard: pod admitted unchanged: cluster state is stale: Pod watch failing for 42s \
+             (the cause is in volguard's log)"
+        ])
+    );
+    // The operator's readiness probe keeps the cause.
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&body).contains("10.96.0.1"));
+}
+
+#[tokio::test]
 async fn bad_device_entries_warn_but_good_ones_are_injected() {
     let server = TestServer::example().await;
     let mut pod = read_doc("examples/pods/seed-000-device.yaml");

@@ -113,6 +113,20 @@ impl Readiness {
 
     /// Why verdicts cannot be trusted at `now`, as one line; `None` when they can.
     pub fn problem_at(&self, now: Instant) -> Option<String> {
+        self.describe(now, true)
+    }
+
+    /// Why verdicts cannot be trusted now, without the watches' errors: what the webhook
+    /// tells everyone who creates a pod. A client error can name the API server's address
+    /// (a certificate not valid for `10.96.0.1`, ...), which is for volguard's log (the
+    /// watchers log every error once per failure episode) and `/readyz`, not for users.
+    pub fn problem_without_causes(&self) -> Option<String> {
+        self.describe(Instant::now(), false)
+    }
+
+    /// The problem at `now`; with each stale watch's last error when `causes`, else
+    /// pointing at the log.
+    fn describe(&self, now: Instant, causes: bool) -> Option<String> {
         let unsynced = self.unsynced();
         if !unsynced.is_empty() {
             let kinds: Vec<&str> = unsynced.iter().map(|k| k.as_str()).collect();
@@ -129,7 +143,10 @@ impl Readiness {
                 let secs = h
                     .failing_since
                     .map_or(0, |s| now.saturating_duration_since(s).as_secs());
-                let error = h.last_error.as_deref().unwrap_or("unknown error");
+                let error = match (causes, h.last_error.as_deref()) {
+                    (false, _) => "the cause is in volguard's log",
+                    (true, error) => error.unwrap_or("unknown error"),
+                };
                 format!("{} watch failing for {secs}s ({error})", k.as_str())
             })
             .collect();
@@ -205,6 +222,20 @@ mod tests {
             "errors are counted, not reset"
         );
         assert_eq!(r.watch_recovered(Kind::Pod, t0), None, "already recovered");
+    }
+
+    #[test]
+    fn the_problem_users_read_leaves_the_causes_to_the_log() {
+        let mut r = synced();
+        r.set_stale_after(Duration::ZERO);
+        let cause = "cannot list: invalid peer certificate: certificate not valid for name \"10.96.0.1\"";
+        r.watch_failed(Kind::Pod, cause.into(), Instant::now());
+        let detailed = r.problem().unwrap();
+        assert!(detailed.contains("10.96.0.1"), "{detailed}");
+        assert_eq!(
+            r.problem_without_causes().as_deref(),
+            Some("cluster state is stale: Pod watch failing for 0s (the cause is in volguard's log)")
+        );
     }
 
     #[test]

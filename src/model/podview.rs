@@ -254,6 +254,16 @@ impl PodView {
             .unwrap_or_default()
     }
 
+    /// The pod uses a PersistentVolumeClaim, its own or a generic ephemeral volume's:
+    /// which volume that is, and whether volguard manages it, only the cluster state can
+    /// say. Every other volume volguard could manage (inline csi and flexVolume, annotated
+    /// devices) is known from the pod spec alone.
+    pub fn uses_claims(&self) -> bool {
+        self.volumes()
+            .iter()
+            .any(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
+    }
+
     /// The app containers (none without a spec).
     pub fn containers(&self) -> &[ContainerView] {
         self.spec

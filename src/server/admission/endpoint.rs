@@ -101,14 +101,21 @@ fn answer(
 }
 
 /// Decides from one look at the state, held only while the pod's volumes are looked
-/// up (the patch is built after): the decision, or what the cache lacks.
+/// up (the patch is built after): the decision, or what the cache lacks. The state's
+/// readiness matters only for a pod with claims: every other pod is decided from its
+/// spec, so a cache that is not synced or stale neither warns about nor (with
+/// `onError: deny`) refuses a pod it has nothing to say about. The warning names the
+/// stale watches, not their errors, which can carry the API server's address and are
+/// in the log.
 fn decide_from(
     state: RwLockReadGuard<'_, ClusterState>,
     app: &App,
     pod: &PodView,
     namespace: &str,
 ) -> Result<Decision, Missing> {
-    if let Some(why) = state.readiness().problem() {
+    if pod.uses_claims()
+        && let Some(why) = state.readiness().problem_without_causes()
+    {
         return Ok(Decision::Trouble(why));
     }
     let resolved = resolve(pod, namespace, &state, &app.config);

@@ -86,29 +86,50 @@ fn api_status<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a Status> {
     e.downcast_ref::<Status>()
 }
 
+/// What a failed request to the API server says to someone who is not reading volguard's
+/// log (a webhook warning): `403 Forbidden` for an error answer, without its message, and
+/// nothing of other failures. Messages and transport errors can name the API server's
+/// address (`Get "https://10.0.0.1:6443/...": ...`, a certificate not valid for
+/// `10.96.0.1`): [`chain`] has them, for the log.
+pub fn brief(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status_head(status),
+        _ => "the request to the API server failed (the cause is in volguard's log)".into(),
+    }
+}
+
 /// `403 Forbidden: pods is forbidden: User "x" cannot list resource "pods" ...`; the
 /// message alone when the reason repeats it (`401 Unauthorized`).
 fn status_text(status: &Status) -> String {
-    // kube's stand-in reason when the body was not a Status (a proxy's page, an empty
-    // 404): the HTTP reason phrase says more.
-    let canonical = axum::http::StatusCode::from_u16(status.code)
-        .ok()
-        .and_then(|c| c.canonical_reason());
-    let reason = match (status.reason.trim(), canonical) {
-        ("Failed to parse error data", Some(canonical)) => canonical,
-        (reason, _) => reason,
-    };
+    let head = status_head(status);
     let message = one_line(&status.message);
-    let head = match (status.code, reason.is_empty()) {
+    if message.is_empty() || message == reason(status) {
+        head
+    } else {
+        format!("{head}: {message}")
+    }
+}
+
+/// `403 Forbidden`: the code and the reason.
+fn status_head(status: &Status) -> String {
+    let reason = reason(status);
+    match (status.code, reason.is_empty()) {
         (0, true) => "error answer".to_owned(),
         (0, false) => reason.to_owned(),
         (code, true) => code.to_string(),
         (code, false) => format!("{code} {reason}"),
-    };
-    if message.is_empty() || message == reason {
-        head
-    } else {
-        format!("{head}: {message}")
+    }
+}
+
+/// The answer's reason; the HTTP reason phrase for kube's stand-in reason when the body
+/// was not a Status (a proxy's page, an empty 404), which says more.
+fn reason(status: &Status) -> &str {
+    let canonical = axum::http::StatusCode::from_u16(status.code)
+        .ok()
+        .and_then(|c| c.canonical_reason());
+    match (status.reason.trim(), canonical) {
+        ("Failed to parse error data", Some(canonical)) => canonical,
+        (reason, _) => reason,
     }
 }
 
@@ -172,6 +193,17 @@ mod tests {
         assert_eq!(
             chain(&kube::Error::Api(proxied.boxed())),
             "502 Bad Gateway: <html>no route</html>"
+        );
+        let failed = Status::failure(
+            "Get \"https://10.0.0.1:6443/api\": dial tcp 10.0.0.1:6443: connect: connection refused",
+            "InternalError",
+        )
+        .with_code(500);
+        assert_eq!(brief(&kube::Error::Api(failed.boxed())), "500 InternalError");
+        let io = std::io::Error::other("certificate not valid for name \"10.96.0.1\"");
+        assert_eq!(
+            brief(&kube::Error::Service(Box::new(io))),
+            "the request to the API server failed (the cause is in volguard's log)"
         );
         let gone = Status::failure("too old resource version: 5 (9)", "Expired").with_code(410);
         assert_eq!(

@@ -16,7 +16,8 @@ pub const DIRECT_GET_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// GETs the one object `miss` names (the claim, or the PV bound to it) and applies it
 /// to the state, unless the watch delivered it meanwhile or reported its deletion
-/// after the GET read it; the error says why not.
+/// after the GET read it; the error says why not, in words fit for a webhook warning
+/// (a failed request's whole cause is logged).
 pub async fn fetch_missing(
     client: &Client,
     miss: &Missing,
@@ -48,7 +49,15 @@ async fn get<K: Watched>(api: &Api<K>, name: &str, deadline: Instant) -> Result<
             "no answer within {}s",
             DIRECT_GET_TIMEOUT.as_secs()
         )),
-        Ok(Err(e)) => Err(super::cause::chain(&e)),
+        Ok(Err(e)) => {
+            tracing::warn!(
+                kind = K::KIND.as_str(),
+                name,
+                "direct GET failed: {}",
+                super::cause::chain(&e)
+            );
+            Err(super::cause::brief(&e))
+        }
         Ok(Ok(None)) => Err("not found either".into()),
         Ok(Ok(Some(object))) => Ok(object),
     }
