@@ -229,6 +229,64 @@ async fn opt_out_and_unmanaged_pods_are_left_alone() {
     }
 }
 
+/// The seed-000 pod with a sidecar in front of `app`.
+fn device_pod_with_sidecar_first() -> Value {
+    let mut pod = read_doc("examples/pods/seed-000-device.yaml");
+    let containers = pod["spec"]["containers"].as_array_mut().unwrap();
+    containers.insert(0, serde_json::json!({"name": "sidecar", "image": "busybox"}));
+    pod
+}
+
+#[tokio::test]
+async fn an_annotated_device_is_probed_in_the_container_that_holds_it() {
+    let server = TestServer::example().await;
+    const DEVICE: &str = "volumes.brightbox.com/vol-qsk4v";
+    let probe = "ls '/dev/disk/by-id/virtio-vol-qsk4v' >/dev/null";
+
+    // app already requests the device: the device plugin passes it to app only.
+    let mut held = device_pod_with_sidecar_first();
+    held["spec"]["containers"][1]["resources"] = serde_json::json!({"limits": {DEVICE: "1"}});
+    let (pod, _) = admit_twice(&server, &held, "shop").await;
+    assert_eq!(probe_command(&pod, 0), None, "sidecar cannot see the device");
+    assert_eq!(probe_command(&pod, 1).unwrap()[2], probe);
+    assert!(limits(&pod, 0).is_empty(), "{:?}", limits(&pod, 0));
+    assert_eq!(
+        annotation(&pod, "volguard.io/mutated").as_deref(),
+        Some("liveness probes on app; scheduler volguard-scheduler")
+    );
+
+    // Named by the annotation: limit and probe together in app.
+    let mut named = device_pod_with_sidecar_first();
+    named["metadata"]["annotations"]["volguard.io/devices-container"] = "app".into();
+    let (pod, response) = admit_twice(&server, &named, "shop").await;
+    assert_eq!(response.get("warnings"), None, "{response}");
+    assert_eq!(probe_command(&pod, 0), None);
+    assert_eq!(probe_command(&pod, 1).unwrap()[2], probe);
+    assert!(limits(&pod, 0).is_empty());
+    assert_eq!(limits(&pod, 1), [(DEVICE.to_owned(), "1".to_owned())].into());
+
+    // Neither: containers[0], as before; a name the pod lacks is a warning.
+    let mut unknown = device_pod_with_sidecar_first();
+    unknown["metadata"]["annotations"]["volguard.io/devices-container"] = "web".into();
+    let (pod, response) = admit_twice(&server, &unknown, "shop").await;
+    assert_eq!(
+        common::first_warning(&response),
+        "volguard: volguard.io/devices-container: the pod has no container \"web\", so its \
+         devices went to \"sidecar\", its first container"
+    );
+    assert_eq!(probe_command(&pod, 0).unwrap()[2], probe);
+    assert_eq!(limits(&pod, 0), [(DEVICE.to_owned(), "1".to_owned())].into());
+    assert_eq!(probe_command(&pod, 1), None);
+
+    // Claimed by an init container only: no app container sees it, none is probed.
+    let mut init = device_pod_with_sidecar_first();
+    init["spec"]["initContainers"] =
+        serde_json::json!([{"name": "format", "image": "busybox", "resources": {"limits": {DEVICE: "1"}}}]);
+    let (pod, _) = admit_twice(&server, &init, "shop").await;
+    assert_eq!((probe_command(&pod, 0), probe_command(&pod, 1)), (None, None));
+    assert!(limits(&pod, 0).is_empty() && limits(&pod, 1).is_empty());
+}
+
 #[tokio::test]
 async fn existing_probe_is_kept_and_resources_still_injected() {
     let server = TestServer::with_marker().await;

@@ -56,9 +56,11 @@ pub fn mutate(
     let mut warnings = Vec::new();
     // Resources already given a container: a set, as a pod may name thousands.
     let mut planned: HashSet<String> = HashSet::new();
+    let devices = device_containers(pod, resolution, config, drivers, &mut warnings);
 
-    // Device-plugin resources: one claim per pod, in the first app container that uses it.
-    for m in &resolution.volumes {
+    // Device-plugin resources: one claim per pod, in the first app container that uses
+    // it; an annotated device in the container `devices` chose for it.
+    for (m, device_at) in resolution.volumes.iter().zip(&devices) {
         let Some(id) = m
             .id()
             .filter(|_| drivers.mode(m.driver) == Mode::DevicePlugin)
@@ -79,11 +81,15 @@ pub fn mutate(
         if !planned.insert(resource.clone()) || pod.all_containers().any(|c| c.claims(&resource)) {
             continue;
         }
-        let target = m
-            .pod_volume
-            .as_deref()
-            .and_then(|name| containers.iter().position(|c| c.uses_volume(name)))
-            .unwrap_or(0);
+        let target = match (m.origin == Origin::Device, device_at) {
+            (true, Some(at)) => *at,
+            (true, None) => continue,
+            (false, _) => m
+                .pod_volume
+                .as_deref()
+                .and_then(|name| containers.iter().position(|c| c.uses_volume(name)))
+                .unwrap_or(0),
+        };
         injected.push(format!("{resource}=1 ({})", containers[target].name));
         limits
             .entry(target)
@@ -113,7 +119,7 @@ pub fn mutate(
     let mut probed = Vec::new();
     if config.liveness_probe.enabled && !opts_out("liveness-probe") {
         for (i, c) in containers.iter().enumerate() {
-            let paths = probe_paths(c, i, resolution, drivers);
+            let paths = probe_paths(c, i, resolution, &devices, drivers);
             if c.liveness_probe || paths.is_empty() {
                 continue;
             }
@@ -242,16 +248,68 @@ fn add_annotations(ops: &mut Vec<PatchOperation>, pod: &PodView, entries: [(Stri
     }
 }
 
+/// The app container each annotated device of `resolution` goes to, its limit and its
+/// probe alike (index-aligned with `resolution.volumes`; `None` for other volumes). A
+/// device plugin passes the device only into the container whose resources claim it, so
+/// a probe anywhere else fails forever: the container that already claims the device's
+/// resource; else the one the `devices-container` annotation names; else containers[0].
+/// `None` too when only an init container claims it: no app container sees the device.
+/// A named container the pod does not have is a warning.
+fn device_containers(
+    pod: &PodView,
+    resolution: &Resolution,
+    config: &Config,
+    drivers: &Drivers,
+    warnings: &mut Vec<String>,
+) -> Vec<Option<usize>> {
+    let containers = pod.containers();
+    let has_devices = resolution.volumes.iter().any(|m| m.origin == Origin::Device);
+    let key = config.annotation("devices-container");
+    let named = match pod.annotation(&key).map(str::trim) {
+        Some(name) if has_devices => {
+            let found = containers.iter().position(|c| c.name == name);
+            if found.is_none() {
+                warnings.push(format!(
+                    "{key}: the pod has no container {name:?}, so its devices went to {:?}, its first container",
+                    containers[0].name
+                ));
+            }
+            found
+        }
+        _ => None,
+    };
+    resolution
+        .volumes
+        .iter()
+        .map(|m| {
+            if m.origin != Origin::Device {
+                return None;
+            }
+            let resource = m.id().and_then(|id| drivers.resource_name(&id));
+            if let Some(resource) = resource.as_deref() {
+                if let Some(holder) = containers.iter().position(|c| c.claims(resource)) {
+                    return Some(holder);
+                }
+                if pod.all_containers().any(|c| c.claims(resource)) {
+                    return None;
+                }
+            }
+            Some(named.unwrap_or(0))
+        })
+        .collect()
+}
+
 /// Paths the probe of container `index` checks: mount paths and block device paths of
-/// managed volumes it uses, plus annotated devices for containers[0].
+/// managed volumes it uses, plus the annotated devices `devices` puts into it.
 fn probe_paths(
     c: &ContainerView,
     index: usize,
     resolution: &Resolution,
+    devices: &[Option<usize>],
     drivers: &Drivers,
 ) -> Vec<String> {
     let mut paths = Vec::new();
-    for m in &resolution.volumes {
+    for (m, device_at) in resolution.volumes.iter().zip(devices) {
         if let Some(name) = &m.pod_volume {
             for mount in c.volume_mounts.iter().filter(|vm| &vm.name == name) {
                 paths.push(mount.mount_path.clone());
@@ -259,7 +317,7 @@ fn probe_paths(
             for dev in c.volume_devices.iter().filter(|vd| &vd.name == name) {
                 paths.push(dev.device_path.clone());
             }
-        } else if index == 0 && m.origin == Origin::Device {
+        } else if *device_at == Some(index) {
             paths.extend(m.id().and_then(|id| drivers.device_path(&id)));
         }
     }
