@@ -64,7 +64,12 @@ impl Live {
 
     /// Starts the watchers.
     fn spawn(&self) -> JoinSet<()> {
-        watch::spawn(self.client.clone(), self.url(), self.state.clone())
+        watch::spawn(
+            self.client.clone(),
+            self.url(),
+            self.state.clone(),
+            &self.server.app.stopped_watches,
+        )
     }
 
     /// The fake API's URL as the log names it.
@@ -662,7 +667,7 @@ async fn an_unreachable_api_server_is_logged_once_with_its_cause() {
     let state: SharedState = Arc::new(RwLock::new(common::empty_state(&config)));
     let client = watch::client(kube::Config::new(url.parse().unwrap()), &state).unwrap();
     let (logs, _guard) = Captured::start();
-    let _watchers = watch::spawn(client, &url, state.clone());
+    let _watchers = watch::spawn(client, &url, state.clone(), &watch::Stopped::default());
 
     until(&state, "every kind failed in two retry rounds", |s| {
         Kind::ALL
@@ -800,4 +805,64 @@ fn granted_by_cluster_role() -> BTreeSet<(String, String, String)> {
         }
     }
     granted
+}
+
+/// Waits (bounded) until the server's liveness answer says `expected`.
+async fn until_healthz(server: &TestServer, expected: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = server.get("/healthz").await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if text == expected {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz still says {status} {text:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn liveness_fails_once_the_watchers_stop() {
+    let (live, watchers) = Live::synced().await;
+    let (status, body) = live.server.get("/healthz").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    drop(watchers);
+    until_healthz(
+        &live.server,
+        "watchers stopped: Node, CSINode, PersistentVolume, PersistentVolumeClaim, Pod, \
+         VolumeAttachment, StorageClass, CSIDriver: the cache no longer follows the cluster; \
+         restart volguard\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn liveness_fails_once_the_state_lock_is_poisoned_and_its_watchers_stop() {
+    let (live, _watchers) = Live::synced().await;
+    let state = live.state.clone();
+    let panicked = std::thread::spawn(move || {
+        let _held = state.write().unwrap();
+        panic!("a writer panics while it holds the state");
+    })
+    .join();
+    assert!(panicked.is_err());
+    until_healthz(
+        &live.server,
+        "cluster state lock poisoned (a panic while it was written): the cache can no longer \
+         be updated; restart volguard\n",
+    )
+    .await;
+    // The next Node event finds the lock poisoned: that watcher stops, and says so.
+    let mut node = example_document("Node", "worker-1");
+    node["metadata"]["labels"] = json!({"changed": "yes"});
+    live.fake.put(node);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !live.server.app.stopped_watches.kinds().contains(&Kind::Node) {
+        assert!(tokio::time::Instant::now() < deadline, "the Node watcher goes on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

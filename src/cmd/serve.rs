@@ -254,7 +254,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
                     tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), dry_run = app.config.remediation.dry_run, "remediation enabled");
                     tokio::spawn(remediation::run(remediator, lease));
                 }
-                Some(watch::spawn(client, server, app.cluster.clone()))
+                Some(watch::spawn(
+                    client,
+                    server,
+                    app.cluster.clone(),
+                    &app.stopped_watches,
+                ))
             }
         };
         let tls = RustlsConfig::from_config(Arc::new(serving.config));

@@ -7,6 +7,7 @@ use crate::{
     cluster::SharedState,
     model::config::Config,
     server::{limits::Limits, metrics::Metrics},
+    sources::watch,
 };
 
 /// What every handler can reach.
@@ -27,6 +28,8 @@ pub struct App {
     /// The live API client when watching (not with a snapshot): the webhook GETs a
     /// claim the watch has not delivered yet.
     pub api: Option<kube::Client>,
+    /// The watchers that ended, for liveness (none with a snapshot).
+    pub stopped_watches: watch::Stopped,
 }
 
 impl App {
@@ -42,6 +45,7 @@ impl App {
             extender_needs_client_certificate: false,
             draining: Arc::new(AtomicBool::new(false)),
             api: None,
+            stopped_watches: watch::Stopped::default(),
         }
     }
 }

@@ -100,8 +100,36 @@ async fn client_certificate_required(req: Request, next: Next) -> Response {
 /// `/healthz` and `/readyz`, served on both listeners.
 pub fn health_routes() -> Router<App> {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+}
+
+/// Liveness: 503 once the cluster state can no longer follow the cluster, which only a
+/// restart mends (a lost API connection is not such a case: the watchers reconnect).
+async fn healthz(State(app): State<App>) -> Response {
+    match liveness_problem(&app) {
+        None => "ok".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+/// Why volguard must be restarted, if it must: the state's lock was poisoned by a
+/// panic while it was written (every later write is refused, so watchers stop), or a
+/// watcher ended.
+fn liveness_problem(app: &App) -> Option<String> {
+    if app.cluster.is_poisoned() {
+        return Some(
+            "cluster state lock poisoned (a panic while it was written): the cache can no longer be updated; restart volguard".into(),
+        );
+    }
+    let stopped = app.stopped_watches.kinds();
+    (!stopped.is_empty()).then(|| {
+        let kinds: Vec<&str> = stopped.iter().map(|k| k.as_str()).collect();
+        format!(
+            "watchers stopped: {}: the cache no longer follows the cluster; restart volguard",
+            kinds.join(", ")
+        )
+    })
 }
 
 async fn readyz(State(app): State<App>) -> Response {

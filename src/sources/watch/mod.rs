@@ -13,8 +13,9 @@ mod kinds;
 mod recovery;
 
 use std::{
+    collections::BTreeSet,
     pin::pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -41,10 +42,41 @@ use crate::cluster::{Kind, SharedState};
 /// at most a fraction of a millisecond while a large kind is listed.
 const BATCH: usize = 500;
 
-/// Starts one watcher per kind on the current runtime; dropping the set stops them.
-/// `server` is the API server's URL (`kube::Config::cluster_url`), named in every
-/// failure logged, since the client's errors do not say where they tried to go.
-pub fn spawn(client: Client, server: impl std::fmt::Display, state: SharedState) -> JoinSet<()> {
+/// The kinds whose watcher has ended. A watcher runs as long as the process and ends
+/// only when it cannot go on (the state lock poisoned, a panic): from then on the cache
+/// no longer follows the cluster, which only a restart mends, so liveness fails.
+#[derive(Debug, Clone, Default)]
+pub struct Stopped(Arc<Mutex<BTreeSet<Kind>>>);
+
+impl Stopped {
+    /// The kinds whose watcher has ended, in order.
+    pub fn kinds(&self) -> Vec<Kind> {
+        let kinds = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kinds.iter().copied().collect()
+    }
+}
+
+/// Records its kind in [`Stopped`] when the watcher holding it ends, however it ends:
+/// returned, panicked or aborted.
+struct Ending(Kind, Stopped);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let mut kinds = self.1.0.lock().unwrap_or_else(|p| p.into_inner());
+        kinds.insert(self.0);
+    }
+}
+
+/// Starts one watcher per kind on the current runtime; dropping the set stops them. A
+/// watcher that ends is recorded in `stopped`. `server` is the API server's URL
+/// (`kube::Config::cluster_url`), named in every failure logged, since the client's
+/// errors do not say where they tried to go.
+pub fn spawn(
+    client: Client,
+    server: impl std::fmt::Display,
+    state: SharedState,
+    stopped: &Stopped,
+) -> JoinSet<()> {
     let server: Arc<str> = server.to_string().trim_end_matches('/').into();
     let mut set = JoinSet::new();
     for kind in Kind::ALL {
@@ -52,6 +84,7 @@ pub fn spawn(client: Client, server: impl std::fmt::Display, state: SharedState)
             client: client.clone(),
             server: server.clone(),
             state: state.clone(),
+            ending: Ending(kind, stopped.clone()),
         };
         match kind {
             Kind::Node => set.spawn(run::<Node>(w)),
@@ -76,7 +109,7 @@ pub async fn list_once(
     state: SharedState,
     timeout: Duration,
 ) -> Result<(), String> {
-    let _watchers = spawn(client, server, state.clone());
+    let _watchers = spawn(client, server, state.clone(), &Stopped::default());
     let deadline = Instant::now() + timeout;
     loop {
         let missing: Vec<String> = {
@@ -112,6 +145,8 @@ struct Watcher {
     /// The API server's URL, for the log.
     server: Arc<str>,
     state: SharedState,
+    /// Records the kind as stopped when the watcher ends.
+    ending: Ending,
 }
 
 /// Watches one kind for as long as the process runs. The watcher recovers by itself
@@ -131,6 +166,7 @@ async fn run<K: Watched>(
         client,
         server,
         state,
+        ending: _ending,
     }: Watcher,
 ) {
     let kind = K::KIND;
