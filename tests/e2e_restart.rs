@@ -16,7 +16,7 @@ const LINODE: &str = "linodebs.csi.linode.com";
 /// What `--stale-after 3s` gives a failing watch before the state counts as stale.
 const STALE_AFTER: &str = "3s";
 /// Every kind volguard watches, in the order its readiness message lists them.
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 7] = [
     "Node",
     "CSINode",
     "PersistentVolume",
@@ -24,7 +24,6 @@ const KINDS: [&str; 8] = [
     "Pod",
     "VolumeAttachment",
     "StorageClass",
-    "CSIDriver",
 ];
 
 /// A pod of `shop` mounting the linode claim `data`.

@@ -360,7 +360,6 @@ fn check_cluster_role(r: &Rendered) {
         ("storage.k8s.io", "csinodes"),
         ("storage.k8s.io", "volumeattachments"),
         ("storage.k8s.io", "storageclasses"),
-        ("storage.k8s.io", "csidrivers"),
     ]
     .into_iter()
     .collect();

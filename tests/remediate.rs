@@ -273,7 +273,7 @@ fn a_state_not_synced_or_stale_decides_nothing_and_restarts_the_clock() {
     assert_eq!(
         halted.halted.as_deref(),
         Some(
-            "cluster state not synced yet: Node, CSINode, StorageClass, CSIDriver, PersistentVolume, PersistentVolumeClaim, VolumeAttachment, Pod"
+            "cluster state not synced yet: Node, CSINode, StorageClass, PersistentVolume, PersistentVolumeClaim, VolumeAttachment, Pod"
         )
     );
     assert!(halted.evict.is_empty() && halted.waiting.is_empty());

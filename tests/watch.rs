@@ -834,7 +834,7 @@ async fn liveness_fails_once_the_watchers_stop() {
     until_healthz(
         &live.server,
         "watchers stopped: Node, CSINode, PersistentVolume, PersistentVolumeClaim, Pod, \
-         VolumeAttachment, StorageClass, CSIDriver: the cache no longer follows the cluster; \
+         VolumeAttachment, StorageClass: the cache no longer follows the cluster; \
          restart volguard\n",
     )
     .await;

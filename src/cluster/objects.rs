@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::{
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim},
-    storage::v1::{CSIDriver, CSINode, StorageClass, VolumeAttachment},
+    storage::v1::{CSINode, StorageClass, VolumeAttachment},
 };
 
 use serde::{Deserialize, Deserializer};
@@ -28,17 +28,16 @@ pub enum Kind {
     VolumeAttachment,
     /// storage.k8s.io/v1 StorageClass
     StorageClass,
-    /// storage.k8s.io/v1 CSIDriver
-    CsiDriver,
 }
 
 impl Kind {
-    /// Every cached kind, in the order they are listed at start.
-    pub const ALL: [Kind; 8] = [
+    /// Every cached kind, in the order they are listed at start. Not CSIDriver: no
+    /// field of it decides anything volguard says, and a watch of it could only make
+    /// volguard unready.
+    pub const ALL: [Kind; 7] = [
         Kind::Node,
         Kind::CsiNode,
         Kind::StorageClass,
-        Kind::CsiDriver,
         Kind::PersistentVolume,
         Kind::PersistentVolumeClaim,
         Kind::VolumeAttachment,
@@ -60,7 +59,6 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::VolumeAttachment => "VolumeAttachment",
             Kind::StorageClass => "StorageClass",
-            Kind::CsiDriver => "CSIDriver",
         }
     }
 }
@@ -82,8 +80,6 @@ pub enum ClusterObject {
     VolumeAttachment(Box<VolumeAttachment>),
     /// A StorageClass.
     StorageClass(Box<StorageClass>),
-    /// A CSIDriver.
-    CsiDriver(Box<CSIDriver>),
 }
 
 /// Why a document could not become a [`ClusterObject`].
@@ -91,7 +87,7 @@ pub enum ClusterObject {
 pub enum ObjectError {
     /// `kind` names something volguard does not cache.
     #[error(
-        "kind {0:?} is not one volguard reads (Node, CSINode, PersistentVolume, PersistentVolumeClaim, Pod, VolumeAttachment, StorageClass, CSIDriver)"
+        "kind {0:?} is not one volguard reads (Node, CSINode, PersistentVolume, PersistentVolumeClaim, Pod, VolumeAttachment, StorageClass)"
     )]
     UnknownKind(String),
     /// The document has no `kind`.
@@ -141,7 +137,6 @@ impl ClusterObject {
             Kind::Pod => Self::Pod(typed(deserializer)?),
             Kind::VolumeAttachment => Self::VolumeAttachment(typed(deserializer)?),
             Kind::StorageClass => Self::StorageClass(typed(deserializer)?),
-            Kind::CsiDriver => Self::CsiDriver(typed(deserializer)?),
         })
     }
 
@@ -156,7 +151,6 @@ impl ClusterObject {
             Self::PersistentVolumeClaim(x) => &x.metadata,
             Self::VolumeAttachment(x) => &x.metadata,
             Self::StorageClass(x) => &x.metadata,
-            Self::CsiDriver(x) => &x.metadata,
         };
         (meta.uid.as_deref(), meta.resource_version.as_deref())
     }
@@ -171,7 +165,6 @@ impl ClusterObject {
             Self::Pod(_) => Kind::Pod,
             Self::VolumeAttachment(_) => Kind::VolumeAttachment,
             Self::StorageClass(_) => Kind::StorageClass,
-            Self::CsiDriver(_) => Kind::CsiDriver,
         }
     }
 }

@@ -188,8 +188,8 @@ mod tests {
         assert_eq!(
             r.problem().as_deref(),
             Some(
-                "cluster state not synced yet: CSINode, StorageClass, CSIDriver, \
-                 PersistentVolume, PersistentVolumeClaim, VolumeAttachment, Pod"
+                "cluster state not synced yet: CSINode, StorageClass, PersistentVolume, \
+                 PersistentVolumeClaim, VolumeAttachment, Pod"
             )
         );
         assert!(!r.is_ready());

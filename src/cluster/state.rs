@@ -84,7 +84,6 @@ pub struct ClusterState {
     pods: HashMap<String, PodRecord>,
     vas: HashMap<String, VaRecord>,
     storage_classes: HashMap<String, StorageClassRecord>,
-    csi_drivers: HashSet<String>,
 
     usage: FastMap<Arc<str>, NodeUsage>,
     contributions: HashMap<Source, (Arc<str>, Vec<VolumeId>)>,
@@ -122,7 +121,6 @@ impl ClusterState {
             pods: HashMap::new(),
             vas: HashMap::new(),
             storage_classes: HashMap::new(),
-            csi_drivers: HashSet::new(),
             usage: FastMap::default(),
             contributions: HashMap::new(),
             users: HashMap::new(),
@@ -193,10 +191,6 @@ impl ClusterState {
                 self.storage_classes
                     .insert(name, StorageClassRecord::from_storage_class(sc, &d));
             }
-            ClusterObject::CsiDriver(c) => {
-                self.csi_drivers
-                    .insert(c.metadata.name.clone().unwrap_or_default());
-            }
         }
     }
 
@@ -240,9 +234,6 @@ impl ClusterState {
             }
             Kind::StorageClass => {
                 self.storage_classes.remove(key);
-            }
-            Kind::CsiDriver => {
-                self.csi_drivers.remove(key);
             }
         }
     }
@@ -320,7 +311,7 @@ impl ClusterState {
     }
 
     /// How many objects of each kind are cached.
-    pub fn counts(&self) -> [(Kind, usize); 8] {
+    pub fn counts(&self) -> [(Kind, usize); Kind::ALL.len()] {
         Kind::ALL.map(|k| (k, self.len(k)))
     }
 
@@ -333,7 +324,6 @@ impl ClusterState {
             Kind::Pod => self.pods.len(),
             Kind::VolumeAttachment => self.vas.len(),
             Kind::StorageClass => self.storage_classes.len(),
-            Kind::CsiDriver => self.csi_drivers.len(),
         }
     }
 
@@ -346,7 +336,6 @@ impl ClusterState {
             Kind::Pod => self.pods.contains_key(key),
             Kind::VolumeAttachment => self.vas.contains_key(key),
             Kind::StorageClass => self.storage_classes.contains_key(key),
-            Kind::CsiDriver => self.csi_drivers.contains(key),
         }
     }
 
@@ -359,7 +348,6 @@ impl ClusterState {
             Kind::Pod => self.pods.keys().cloned().collect(),
             Kind::VolumeAttachment => self.vas.keys().cloned().collect(),
             Kind::StorageClass => self.storage_classes.keys().cloned().collect(),
-            Kind::CsiDriver => self.csi_drivers.iter().cloned().collect(),
         }
     }
 
@@ -679,7 +667,6 @@ pub fn object_key(o: &ClusterObject) -> String {
         ClusterObject::PersistentVolumeClaim(x) => &x.metadata,
         ClusterObject::VolumeAttachment(x) => &x.metadata,
         ClusterObject::StorageClass(x) => &x.metadata,
-        ClusterObject::CsiDriver(x) => &x.metadata,
     };
     let name = meta.name.as_deref().unwrap_or_default();
     match meta.namespace.as_deref() {

@@ -4,7 +4,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::{
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
-    storage::v1::{CSIDriver, CSINode, StorageClass, VolumeAttachment},
+    storage::v1::{CSINode, StorageClass, VolumeAttachment},
 };
 use kube::Resource;
 use serde::de::DeserializeOwned;
@@ -41,7 +41,6 @@ watched! {
     Pod => Pod,
     VolumeAttachment => VolumeAttachment,
     StorageClass => StorageClass,
-    CSIDriver => CsiDriver,
 }
 
 /// The all-namespaces collection a kind is listed and watched at, e.g. `/api/v1/pods`.
@@ -57,6 +56,5 @@ pub fn collection_path(kind: Kind) -> String {
         Kind::Pod => path::<Pod>(),
         Kind::VolumeAttachment => path::<VolumeAttachment>(),
         Kind::StorageClass => path::<StorageClass>(),
-        Kind::CsiDriver => path::<CSIDriver>(),
     }
 }

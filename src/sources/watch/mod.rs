@@ -22,7 +22,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
-    storage::v1::{CSIDriver, CSINode, StorageClass, VolumeAttachment},
+    storage::v1::{CSINode, StorageClass, VolumeAttachment},
 };
 use kube::{
     Api, Client,
@@ -94,7 +94,6 @@ pub fn spawn(
             Kind::Pod => set.spawn(run::<Pod>(w)),
             Kind::VolumeAttachment => set.spawn(run::<VolumeAttachment>(w)),
             Kind::StorageClass => set.spawn(run::<StorageClass>(w)),
-            Kind::CsiDriver => set.spawn(run::<CSIDriver>(w)),
         };
     }
     set
@@ -157,7 +156,7 @@ struct Watcher {
 ///
 /// A failure is logged at WARN only when it is news (see
 /// [`Readiness::watch_failed`](crate::cluster::readiness::Readiness::watch_failed)):
-/// an API server that cannot be reached fails all eight kinds on every retry round with
+/// an API server that cannot be reached fails all seven kinds on every retry round with
 /// one cause, which an operator needs to read once, not once per kind and round. A
 /// failing kind recovers on proof that the API serves it again: a completed list or an
 /// applied event here, a bookmark in the [`recovery`] layer; never on a response head.
