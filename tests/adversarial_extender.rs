@@ -102,7 +102,10 @@ async fn a_node_listed_twice_is_answered_once_in_both_modes() {
     let f = filter(&server, &by_names(&web, &twice)).await;
     assert_eq!(f.passing, ["worker-1", "worker-2"]);
     assert!(f.failed.is_empty(), "{f:?}");
-    assert_eq!(f.unresolvable.keys().collect::<Vec<_>>(), ["worker-3", "worker-4"]);
+    assert_eq!(
+        f.unresolvable.keys().collect::<Vec<_>>(),
+        ["worker-3", "worker-4"]
+    );
     let p = priorities(&server, &by_names(&web, &twice)).await;
     assert_eq!(hosts(&p), NODES);
 
@@ -313,7 +316,11 @@ async fn five_thousand_nodes_in_nodes_mode() {
     let f = filter(&server, &by_nodes(&web, &nodes)).await;
     let unregistered = (0..5_000).filter(|i| i % 7 == 0).count() + 1;
     let full = (0..5_000).filter(|i| i % 7 != 0 && i % 11 == 0).count() + 1;
-    assert_eq!(f.unresolvable.len(), unregistered + full, "worker-3 and worker-4, every 7th and every 11th registered");
+    assert_eq!(
+        f.unresolvable.len(),
+        unregistered + full,
+        "worker-3 and worker-4, every 7th and every 11th registered"
+    );
     assert!(f.failed.is_empty(), "an attach limit is not for preemption");
     assert_eq!(f.passing.len(), 5_004 - unregistered - full);
     let p = priorities(&server, &by_nodes(&web, &nodes)).await;

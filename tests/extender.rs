@@ -527,7 +527,12 @@ async fn terminated_pods_do_not_count() {
         bound_pod("batch-done", "worker-2", "Running", &["finished"]),
     );
     let f = filter_names(&server, &web).await;
-    assert_eq!(f.unresolvable["worker-2"], at_limit(ANNOTATION), "{:?}", f.raw);
+    assert_eq!(
+        f.unresolvable["worker-2"],
+        at_limit(ANNOTATION),
+        "{:?}",
+        f.raw
+    );
     assert_eq!(
         per_node(&server, &web, "worker-2"),
         format!("{}: 2 of 2 used, pod needs 1 more", at_limit(ANNOTATION))

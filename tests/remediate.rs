@@ -159,7 +159,11 @@ fn opted_out_pods_and_nodes_not_ready_are_skipped_and_attach_mode_volumes_never_
 fn an_opt_out_is_read_as_every_other_opt_out_spaces_and_case_aside() {
     let config = Config::default();
     let mut state = detached_cluster(&config);
-    for (name, value) in [("spaced", " false"), ("shouting", "FALSE\n"), ("kept", "no")] {
+    for (name, value) in [
+        ("spaced", " false"),
+        ("shouting", "FALSE\n"),
+        ("kept", "no"),
+    ] {
         apply(
             &mut state,
             pod(

@@ -110,7 +110,11 @@ fn a_list_loads_the_same_objects_and_state_as_separate_documents() {
         .unwrap()
         .objects
         .len();
-    assert_eq!(count, docs.len() - 3, "every object but the CSIDrivers and the Service");
+    assert_eq!(
+        count,
+        docs.len() - 3,
+        "every object but the CSIDrivers and the Service"
+    );
     assert_eq!(expected.1, ["CSIDriver", "CSIDriver", "Service"]);
     let cases = [
         ("list.json", pretty(&list(&docs))),

@@ -861,8 +861,17 @@ async fn liveness_fails_once_the_state_lock_is_poisoned_and_its_watchers_stop() 
     node["metadata"]["labels"] = json!({"changed": "yes"});
     live.fake.put(node);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !live.server.app.stopped_watches.kinds().contains(&Kind::Node) {
-        assert!(tokio::time::Instant::now() < deadline, "the Node watcher goes on");
+    while !live
+        .server
+        .app
+        .stopped_watches
+        .kinds()
+        .contains(&Kind::Node)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Node watcher goes on"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -233,7 +233,10 @@ async fn opt_out_and_unmanaged_pods_are_left_alone() {
 fn device_pod_with_sidecar_first() -> Value {
     let mut pod = read_doc("examples/pods/seed-000-device.yaml");
     let containers = pod["spec"]["containers"].as_array_mut().unwrap();
-    containers.insert(0, serde_json::json!({"name": "sidecar", "image": "busybox"}));
+    containers.insert(
+        0,
+        serde_json::json!({"name": "sidecar", "image": "busybox"}),
+    );
     pod
 }
 
@@ -247,7 +250,11 @@ async fn an_annotated_device_is_probed_in_the_container_that_holds_it() {
     let mut held = device_pod_with_sidecar_first();
     held["spec"]["containers"][1]["resources"] = serde_json::json!({"limits": {DEVICE: "1"}});
     let (pod, _) = admit_twice(&server, &held, "shop").await;
-    assert_eq!(probe_command(&pod, 0), None, "sidecar cannot see the device");
+    assert_eq!(
+        probe_command(&pod, 0),
+        None,
+        "sidecar cannot see the device"
+    );
     assert_eq!(probe_command(&pod, 1).unwrap()[2], probe);
     assert!(limits(&pod, 0).is_empty(), "{:?}", limits(&pod, 0));
     assert_eq!(
@@ -263,7 +270,10 @@ async fn an_annotated_device_is_probed_in_the_container_that_holds_it() {
     assert_eq!(probe_command(&pod, 0), None);
     assert_eq!(probe_command(&pod, 1).unwrap()[2], probe);
     assert!(limits(&pod, 0).is_empty());
-    assert_eq!(limits(&pod, 1), [(DEVICE.to_owned(), "1".to_owned())].into());
+    assert_eq!(
+        limits(&pod, 1),
+        [(DEVICE.to_owned(), "1".to_owned())].into()
+    );
 
     // Neither: containers[0], as before; a name the pod lacks is a warning.
     let mut unknown = device_pod_with_sidecar_first();
@@ -275,15 +285,20 @@ async fn an_annotated_device_is_probed_in_the_container_that_holds_it() {
          devices went to \"sidecar\", its first container"
     );
     assert_eq!(probe_command(&pod, 0).unwrap()[2], probe);
-    assert_eq!(limits(&pod, 0), [(DEVICE.to_owned(), "1".to_owned())].into());
+    assert_eq!(
+        limits(&pod, 0),
+        [(DEVICE.to_owned(), "1".to_owned())].into()
+    );
     assert_eq!(probe_command(&pod, 1), None);
 
     // Claimed by an init container only: no app container sees it, none is probed.
     let mut init = device_pod_with_sidecar_first();
-    init["spec"]["initContainers"] =
-        serde_json::json!([{"name": "format", "image": "busybox", "resources": {"limits": {DEVICE: "1"}}}]);
+    init["spec"]["initContainers"] = serde_json::json!([{"name": "format", "image": "busybox", "resources": {"limits": {DEVICE: "1"}}}]);
     let (pod, _) = admit_twice(&server, &init, "shop").await;
-    assert_eq!((probe_command(&pod, 0), probe_command(&pod, 1)), (None, None));
+    assert_eq!(
+        (probe_command(&pod, 0), probe_command(&pod, 1)),
+        (None, None)
+    );
     assert!(limits(&pod, 0).is_empty() && limits(&pod, 1).is_empty());
 }
 
@@ -490,10 +505,9 @@ async fn a_pod_without_claims_is_decided_from_its_spec_whatever_the_cache_says()
     let response = response_of(&body, UID);
     assert_eq!(response["allowed"], false, "{response}");
     assert!(
-        response["status"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("volguard could not check this pod's volumes: cluster state not synced yet: "),
+        response["status"]["message"].as_str().unwrap().starts_with(
+            "volguard could not check this pod's volumes: cluster state not synced yet: "
+        ),
         "{response}"
     );
 }

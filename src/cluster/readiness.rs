@@ -228,13 +228,16 @@ mod tests {
     fn the_problem_users_read_leaves_the_causes_to_the_log() {
         let mut r = synced();
         r.set_stale_after(Duration::ZERO);
-        let cause = "cannot list: invalid peer certificate: certificate not valid for name \"10.96.0.1\"";
+        let cause =
+            "cannot list: invalid peer certificate: certificate not valid for name \"10.96.0.1\"";
         r.watch_failed(Kind::Pod, cause.into(), Instant::now());
         let detailed = r.problem().unwrap();
         assert!(detailed.contains("10.96.0.1"), "{detailed}");
         assert_eq!(
             r.problem_without_causes().as_deref(),
-            Some("cluster state is stale: Pod watch failing for 0s (the cause is in volguard's log)")
+            Some(
+                "cluster state is stale: Pod watch failing for 0s (the cause is in volguard's log)"
+            )
         );
     }
 

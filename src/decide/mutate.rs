@@ -12,8 +12,8 @@ use crate::{
     model::{
         config::Config,
         drivers::{Drivers, Mode},
-        podview::{ContainerView, PodView},
         names,
+        podview::{ContainerView, PodView},
     },
 };
 
@@ -263,7 +263,10 @@ fn device_containers(
     warnings: &mut Vec<String>,
 ) -> Vec<Option<usize>> {
     let containers = pod.containers();
-    let has_devices = resolution.volumes.iter().any(|m| m.origin == Origin::Device);
+    let has_devices = resolution
+        .volumes
+        .iter()
+        .any(|m| m.origin == Origin::Device);
     let key = config.annotation("devices-container");
     let named = match pod.annotation(&key).map(str::trim) {
         Some(name) if has_devices => {

@@ -83,7 +83,9 @@ pub fn extended_resource(name: &str) -> Result<(), String> {
         return Err("the kubernetes.io domain is reserved".into());
     }
     if name.starts_with(QUOTA_PREFIX) {
-        return Err(format!("names starting with {QUOTA_PREFIX:?} are reserved for quotas"));
+        return Err(format!(
+            "names starting with {QUOTA_PREFIX:?} are reserved for quotas"
+        ));
     }
     Ok(())
 }
@@ -135,7 +137,10 @@ mod tests {
                 "the domain is longer than 244 characters",
             ),
             ("kubernetes.io/x", "the kubernetes.io domain is reserved"),
-            ("disks.kubernetes.io/x", "the kubernetes.io domain is reserved"),
+            (
+                "disks.kubernetes.io/x",
+                "the kubernetes.io domain is reserved",
+            ),
             (
                 "requests.example.com/x",
                 "names starting with \"requests.\" are reserved for quotas",
@@ -151,7 +156,15 @@ mod tests {
         for ok in ["volguard.io", "a", "x-1.example.com", &"a".repeat(253)] {
             assert_eq!(dns_subdomain(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "Volguard.io", "volguard_io", "-a", "a.", "a..b", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "Volguard.io",
+            "volguard_io",
+            "-a",
+            "a.",
+            "a..b",
+            &"a".repeat(254),
+        ] {
             assert!(dns_subdomain(bad).is_err(), "{bad:?}");
         }
         assert_eq!(qualified_name("volguard.io/attach-limit"), Ok(()));

@@ -199,7 +199,10 @@ mod tests {
             "InternalError",
         )
         .with_code(500);
-        assert_eq!(brief(&kube::Error::Api(failed.boxed())), "500 InternalError");
+        assert_eq!(
+            brief(&kube::Error::Api(failed.boxed())),
+            "500 InternalError"
+        );
         let io = std::io::Error::other("certificate not valid for name \"10.96.0.1\"");
         assert_eq!(
             brief(&kube::Error::Service(Box::new(io))),
