@@ -77,6 +77,8 @@ pub enum PodVolumeRef {
 /// What volguard keeps of a Pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodRecord {
+    /// `metadata.uid`: a pod recreated under the same name is another pod.
+    pub uid: Option<String>,
     /// The node it is bound to.
     pub node: Option<Arc<str>>,
     /// Succeeded or Failed: it holds no volume any more.
@@ -373,6 +375,7 @@ impl PodRecord {
             uses.extend(parsed.into_iter().map(PodVolumeRef::Direct));
         }
         PodRecord {
+            uid: pod.uid().map(str::to_owned),
             node: pod.node_name().map(Arc::from),
             terminal: pod.is_terminal(),
             uses,

@@ -370,6 +370,11 @@ impl ClusterState {
         self.nodes.get(name)
     }
 
+    /// The state's own copy of a known node's name: kept without a new allocation.
+    pub fn shared_name(&self, name: &str) -> Option<&Arc<str>> {
+        self.nodes.get_key_value(name).map(|(k, _)| k)
+    }
+
     /// Every node's name, sorted: for reports over the whole cluster (`explain`,
     /// `nodes`, metrics), never for one request.
     pub fn node_names(&self) -> Vec<&str> {

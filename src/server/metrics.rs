@@ -95,6 +95,8 @@ pub struct Metrics {
     certificate_reload_failures: Counter,
     connections_refused: Counter,
     requests_abandoned: Counter,
+    pods_scheduling: Gauge,
+    burst_waits: Family<OutcomeLabels, Counter>,
     body_bytes_in_flight: Gauge,
     remediation_at_risk: Gauge,
     remediation_evictions: Family<OutcomeLabels, Counter>,
@@ -200,6 +202,18 @@ impl Metrics {
             "Extender requests whose judging stopped because their deadline fired or their client went away",
             requests_abandoned.clone(),
         );
+        let pods_scheduling = Gauge::default();
+        registry.register(
+            "extender_pods_in_flight",
+            "Pods /filter passed that are not seen bound yet: counted on every node they may land on",
+            pods_scheduling.clone(),
+        );
+        let burst_waits = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "extender_burst_waits",
+            "/filter answers that waited for pods in flight to show bound, by outcome (settled, timed_out)",
+            burst_waits.clone(),
+        );
         let body_bytes_in_flight = Gauge::default();
         registry.register_with_unit(
             "request_body_in_flight",
@@ -242,6 +256,8 @@ impl Metrics {
             certificate_reload_failures,
             connections_refused,
             requests_abandoned,
+            pods_scheduling,
+            burst_waits,
             body_bytes_in_flight,
             remediation_at_risk,
             remediation_evictions,
@@ -347,6 +363,19 @@ impl Metrics {
     /// Records extender work stopped because nobody waits for its answer any more.
     pub fn request_abandoned(&self) {
         self.requests_abandoned.inc();
+    }
+
+    /// Sets how many pods are in flight between `/filter` and their binding.
+    pub fn pods_in_flight(&self, count: usize) {
+        self.pods_scheduling.set(count as i64);
+    }
+
+    /// Records a `/filter` that waited for pods in flight: `settled` when they showed
+    /// bound in time, `timed_out` when it answered without them.
+    pub fn burst_wait(&self, outcome: &'static str) {
+        self.burst_waits
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Moves the request body bytes held by `delta` (negative when released).
