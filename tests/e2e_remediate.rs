@@ -125,20 +125,18 @@ async fn a_budget_that_allows_no_disruption_stops_the_eviction_and_says_so() {
     )
     .await
     .expect("pod status");
-    // What the disruption controller (not running here) would write: 1 pod wanted
-    // healthy, 1 is, so no disruption is allowed.
+    // The real disruption controller: 1 pod wanted healthy, 1 is, so no disruption.
     let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
         Api::namespaced(cp.admin.clone(), "shop");
-    pdbs.patch_status(
-        "guarded",
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"status": {"observedGeneration": 1, "disruptionsAllowed": 0,
-            "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}}),
-        ),
-    )
-    .await
-    .expect("PDB status");
+    let counted = wait_for(Duration::from_secs(60), || async {
+        let status = pdbs.get("guarded").await.ok()?.status?;
+        (status.current_healthy == 1 && status.disruptions_allowed == 0).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the disruption controller counts db-0 healthy"
+    );
     move_volume(&cp).await;
     let refusal = wait_for(Duration::from_secs(60), || async {
         cp.events_from("shop", "db-0", "VolumeDetached")

@@ -45,6 +45,8 @@ pub struct PvRecord {
     pub volume: Option<VolumeId>,
     /// ReadWriteOnce or ReadWriteOncePod: one node at a time.
     pub exclusive: bool,
+    /// `spec.claimRef` as `namespace/name`: the claim it is bound or reserved to.
+    pub claim: Option<String>,
 }
 
 /// What volguard keeps of a PersistentVolumeClaim.
@@ -296,6 +298,9 @@ impl PvRecord {
                 spec.and_then(|s| s.access_modes.as_deref())
                     .unwrap_or_default(),
             ),
+            claim: spec
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|c| Some(key(c.namespace.as_deref()?, c.name.as_deref()?))),
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct ClusterState {
     device_holders: HashMap<VolumeId, BTreeSet<Arc<str>>>,
     claim_pods: HashMap<String, HashSet<String>>,
     pv_claim: HashMap<String, String>,
+    /// Claim -> the PV whose claimRef names it (a static PV reserved for a claim that
+    /// a StatefulSet will create, say), bound or not.
+    reserved: HashMap<String, String>,
     pv_attachments: HashMap<String, HashSet<String>>,
 
     deletions: RecentDeletions,
@@ -129,6 +132,7 @@ impl ClusterState {
             device_holders: HashMap::new(),
             claim_pods: HashMap::new(),
             pv_claim: HashMap::new(),
+            reserved: HashMap::new(),
             pv_attachments: HashMap::new(),
             deletions: RecentDeletions::default(),
             readiness: Readiness::default(),
@@ -161,7 +165,13 @@ impl ClusterState {
             }
             ClusterObject::PersistentVolume(pv) => {
                 let name = pv.metadata.name.clone().unwrap_or_default();
-                self.pvs.insert(name.clone(), PvRecord::from_pv(pv, &d));
+                let rec = PvRecord::from_pv(pv, &d);
+                if let Some(claim) = &rec.claim {
+                    self.reserved.insert(claim.clone(), name.clone());
+                }
+                if let Some(old) = self.pvs.insert(name.clone(), rec) {
+                    self.unreserve(&name, &old);
+                }
                 self.pv_changed(&name);
             }
             ClusterObject::PersistentVolumeClaim(pvc) => {
@@ -214,7 +224,8 @@ impl ClusterState {
                 self.csinodes.remove(key);
             }
             Kind::PersistentVolume => {
-                if self.pvs.remove(key).is_some() {
+                if let Some(old) = self.pvs.remove(key) {
+                    self.unreserve(key, &old);
                     self.pv_changed(key);
                 }
             }
@@ -365,6 +376,12 @@ impl ClusterState {
 
     // ---- reads used by the webhook and the extender ----
 
+    /// The PV whose claimRef names `namespace/claim`: the one the PV binder will bind an
+    /// unbound claim to.
+    pub fn reserved_pv(&self, namespace: &str, claim: &str) -> Option<&PvRecord> {
+        self.pvs.get(self.reserved.get(&key(namespace, claim))?)
+    }
+
     /// A node's record.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.get(name)
@@ -475,6 +492,15 @@ impl ClusterState {
                     .or_default()
                     .insert(node.clone());
             }
+        }
+    }
+
+    /// Drops the reservation `old` (the record `pv` had) made, unless `pv` still makes it.
+    fn unreserve(&mut self, pv: &str, old: &PvRecord) {
+        let Some(claim) = &old.claim else { return };
+        let still = self.pvs.get(pv).and_then(|r| r.claim.as_ref()) == Some(claim);
+        if !still && self.reserved.get(claim).is_some_and(|p| p == pv) {
+            self.reserved.remove(claim);
         }
     }
 

@@ -195,6 +195,17 @@ fn resolve_claim(
                 exclusive: pv.exclusive || pvc.exclusive,
             }))
         }
+        // A PV already names the claim (a static PV reserved for it): the PV binder
+        // binds the two, so the claim is that volume.
+        None if let Some(pv) = state.reserved_pv(namespace, claim) => {
+            Ok(pv.volume.as_ref().map(|id| ManagedVolume {
+                driver: id.driver,
+                handle: Some(id.handle.clone()),
+                pod_volume: None,
+                origin,
+                exclusive: pv.exclusive || pvc.exclusive,
+            }))
+        }
         None => {
             let driver = pvc
                 .storage_class

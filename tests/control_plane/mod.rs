@@ -1,6 +1,6 @@
-//! A real control plane for tests: etcd, kube-apiserver and kube-scheduler built from
-//! their Go modules (`scripts/control-plane.sh`), and the volguard binary, all on
-//! loopback on free ports with generated certificates.
+//! A real control plane for tests: etcd, kube-apiserver, kube-controller-manager and
+//! kube-scheduler built from their Go modules (`scripts/control-plane.sh`), and the
+//! volguard binary, all on loopback on free ports with generated certificates.
 //!
 //! - kube-apiserver: secure port only, `--authorization-mode=Node,RBAC`, the default
 //!   admission plugins. An admin identity (token, `system:masters`) sets the scene.
@@ -12,8 +12,16 @@
 //!   `urlPrefix` is the loopback address with that CA as `caData` and the client
 //!   certificate `volguard certs` wrote as `certData`/`keyData`. volguard runs with the
 //!   shipped Deployment's client-certificate flags, its file paths mapped to those files.
-//! - There is no kubelet and no controller-manager: Nodes, CSINodes, PVs and PVCs
-//!   (bound through `/status`), VolumeAttachments are written through the API.
+//! - kube-controller-manager runs the controllers volguard's scenarios meet, each under
+//!   its own ServiceAccount as in a real cluster: ServiceAccounts and their tokens,
+//!   namespaces, garbage collection, ReplicaSets, Deployments, StatefulSets, the PV
+//!   binder and the claim/volume protection, ephemeral volumes, disruption budgets,
+//!   attach/detach. Not the node lifecycle controller: there is no kubelet to
+//!   heartbeat, and it would taint every node unreachable.
+//! - There is no kubelet: Nodes and CSINodes, device counts in the node status,
+//!   VolumeAttachments' `status.attached`, and a pod's Running/Ready status are written
+//!   through the API, as a kubelet or a CSI attacher would; claims are bound by the real
+//!   PV binder.
 //!
 //! Every step names itself when it fails, with the last lines of the component's log.
 //! Dropping the [`ControlPlane`] kills every process and removes its files, whether the
@@ -45,6 +53,15 @@ use volguard::server::certs;
 const ADMIN_TOKEN: &str = "volguard-e2e-admin-token";
 /// The stock scheduler's bearer token (user `system:kube-scheduler`).
 const SCHEDULER_TOKEN: &str = "volguard-e2e-kube-scheduler-token";
+/// kube-controller-manager's bearer token (user `system:kube-controller-manager`).
+const CONTROLLER_MANAGER_TOKEN: &str = "volguard-e2e-kube-controller-manager-token";
+/// The controllers kube-controller-manager runs here (see the module docs).
+const CONTROLLERS: &str = "serviceaccount-token-controller,serviceaccount-controller,\
+namespace-controller,garbage-collector-controller,replicaset-controller,\
+deployment-controller,statefulset-controller,disruption-controller,\
+persistentvolume-binder-controller,persistentvolume-attach-detach-controller,\
+persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,\
+ephemeral-volume-controller,root-ca-certificate-publisher-controller";
 /// volguard's namespace in `manifests/`.
 pub const NAMESPACE: &str = "volguard-system";
 /// The scheduler name the shipped profile uses.
@@ -200,6 +217,8 @@ pub struct Options {
     /// Also start a stock kube-scheduler with the default profile (`default-scheduler`),
     /// as the identity `system:kube-scheduler`, without volguard.
     pub default_scheduler: bool,
+    /// Start kube-controller-manager.
+    pub controller_manager: bool,
 }
 
 impl Default for Options {
@@ -212,6 +231,7 @@ impl Default for Options {
             volguard_flags: Vec::new(),
             scheduler_config: None,
             default_scheduler: false,
+            controller_manager: true,
         }
     }
 }
@@ -221,6 +241,7 @@ pub struct ControlPlane {
     // Dropped first: processes die before their directory goes.
     pub etcd: Component,
     pub apiserver: Component,
+    pub controller_manager: Option<Component>,
     pub volguard: Option<Component>,
     pub scheduler: Option<Component>,
     pub default_scheduler: Option<Component>,
@@ -345,7 +366,8 @@ impl ControlPlane {
             &root.join("tokens.csv"),
             &format!(
                 "{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n\
-                 {SCHEDULER_TOKEN},system:kube-scheduler,kube-scheduler-uid\n"
+                 {SCHEDULER_TOKEN},system:kube-scheduler,kube-scheduler-uid\n\
+                 {CONTROLLER_MANAGER_TOKEN},system:kube-controller-manager,kube-controller-manager-uid\n"
             ),
         );
 
@@ -358,6 +380,7 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             etcd,
             apiserver,
+            controller_manager: None,
             volguard: None,
             scheduler: None,
             default_scheduler: None,
@@ -374,6 +397,9 @@ impl ControlPlane {
             dir,
             _turn: turn,
         };
+        if options.controller_manager {
+            cp.start_controller_manager().await;
+        }
         let manifests = cp.rendered_manifests();
         cp.apply_manifests(&manifests).await;
         if options.volguard {
@@ -387,6 +413,63 @@ impl ControlPlane {
             cp.start_default_scheduler().await;
         }
         cp
+    }
+
+    /// kube-controller-manager with [`CONTROLLERS`], each under its own ServiceAccount
+    /// (`--use-service-account-credentials`, tokens from the TokenRequest API); ready
+    /// once the ServiceAccount controller has made `default/default`.
+    async fn start_controller_manager(&mut self) {
+        let root = self.dir().to_owned();
+        let kubeconfig = root.join("controller-manager.kubeconfig");
+        write_kubeconfig(
+            &kubeconfig,
+            self.api_port,
+            &self.api_ca,
+            CONTROLLER_MANAGER_TOKEN,
+        );
+        let mut command = Command::new(binaries().join("kube-controller-manager"));
+        command
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg("--leader-elect=false")
+            .arg("--use-service-account-credentials=true")
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                root.join("sa.key").display()
+            ))
+            .arg(format!(
+                "--root-ca-file={}",
+                root.join("api-ca.crt").display()
+            ))
+            .arg(format!("--controllers={CONTROLLERS}"))
+            .arg("--v=1");
+        self.controller_manager = Some(Component::spawn(
+            "kube-controller-manager",
+            command,
+            root.join("controller-manager.log"),
+        ));
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.admin.clone(), "default");
+        let ready = wait_for(Duration::from_secs(60), || async {
+            accounts.get_opt("default").await.ok()?.map(|_| ())
+        })
+        .await;
+        if ready.is_none() {
+            fail(
+                "kube-controller-manager: ServiceAccount default/default within 60 s",
+                "not made",
+                self.controller_manager.as_ref(),
+            );
+        }
     }
 
     /// A stock kube-scheduler with the default profile and no extender.
@@ -777,8 +860,9 @@ impl ControlPlane {
         (apiserver, client(&kubeconfig).await)
     }
 
-    /// Creates a namespace with its `default` ServiceAccount (which the ServiceAccount
-    /// admission plugin requires and no controller-manager creates here).
+    /// Creates a namespace, and waits for the ServiceAccount controller to give it the
+    /// `default` ServiceAccount (the ServiceAccount admission plugin refuses pods
+    /// until then).
     pub async fn namespace(&self, name: &str) {
         let (ok, _, err) = self.kubectl(&["create", "namespace", name], None);
         if !ok && !err.contains("AlreadyExists") {
@@ -788,12 +872,17 @@ impl ControlPlane {
                 Some(&self.apiserver),
             );
         }
-        let (ok, _, err) = self.kubectl(&["create", "serviceaccount", "default", "-n", name], None);
-        if !ok && !err.contains("AlreadyExists") {
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.admin.clone(), name);
+        let made = wait_for(Duration::from_secs(30), || async {
+            accounts.get_opt("default").await.ok()?.map(|_| ())
+        })
+        .await;
+        if made.is_none() {
             fail(
-                &format!("create ServiceAccount {name}/default"),
-                err,
-                Some(&self.apiserver),
+                &format!("ServiceAccount {name}/default made within 30 s"),
+                "absent",
+                self.controller_manager.as_ref(),
             );
         }
     }
@@ -912,8 +1001,8 @@ impl ControlPlane {
             .unwrap_or_else(|e| fail(&format!("create CSINode {node}"), e, Some(&self.apiserver)));
     }
 
-    /// A PV of CSI `driver` with `handle` bound to a new claim `namespace/claim`, both
-    /// `Bound` through their status as the PV controller would leave them.
+    /// A PV of CSI `driver` with `handle` and a new claim `namespace/claim` naming each
+    /// other, as a static provisioner leaves them; the real PV binder binds them.
     pub async fn bound_claim(
         &self,
         namespace: &str,
@@ -923,84 +1012,75 @@ impl ControlPlane {
         handle: &str,
         access_mode: &str,
     ) {
-        // The claim first, with the annotation the PV controller sets when it binds
-        // (kube-scheduler's VolumeBinding counts a claim as bound only with it), then
-        // the PV pointing back at the claim's uid.
+        self.claim_and_volume(
+            namespace,
+            claim,
+            access_mode,
+            json!({"name": pv, "csi": {"driver": driver, "volumeHandle": handle}}),
+        )
+        .await;
+    }
+
+    /// Creates `namespace/claim` for the PV that `pv` describes (`name` plus its source
+    /// and node affinity), each naming the other, and waits until the PV binder has
+    /// bound them.
+    async fn claim_and_volume(&self, namespace: &str, claim: &str, access_mode: &str, pv: Value) {
+        let name = pv["name"].as_str().expect("a PV name").to_owned();
         let stored = self
             .create(json!({
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {
-                    "name": claim, "namespace": namespace,
-                    "annotations": {
-                        "pv.kubernetes.io/bind-completed": "yes",
-                        "pv.kubernetes.io/bound-by-controller": "yes",
-                    },
-                },
+                "metadata": {"name": claim, "namespace": namespace},
                 "spec": {
                     "accessModes": [access_mode],
                     "resources": {"requests": {"storage": "10Gi"}},
                     "storageClassName": "",
-                    "volumeName": pv,
+                    "volumeName": name,
                 },
             }))
             .await;
+        let mut spec = json!({
+            "capacity": {"storage": "10Gi"},
+            "accessModes": [access_mode],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "namespace": namespace, "name": claim,
+                "uid": stored["metadata"]["uid"],
+            },
+        });
+        let mut source = pv;
+        source.as_object_mut().expect("an object").remove("name");
+        merge(&mut spec, &source);
         self.create(json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "10Gi"},
-                "accessModes": [access_mode],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "csi": {"driver": driver, "volumeHandle": handle},
-                "claimRef": {
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "namespace": namespace, "name": claim,
-                    "uid": stored["metadata"]["uid"],
-                },
-            },
+            "metadata": {"name": name},
+            "spec": spec,
         }))
         .await;
-        let bound = |extra: Value| {
-            let mut status = json!({"phase": "Bound"});
-            merge(&mut status, &extra);
-            json!({"status": status})
-        };
-        let (ok, _, err) = self.kubectl(
-            &[
-                "patch",
-                "pv",
-                pv,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &bound(json!({})).to_string(),
-            ],
-            None,
-        );
-        if !ok {
-            fail(&format!("bind PV {pv}"), err, Some(&self.apiserver));
-        }
-        let (ok, _, err) = self.kubectl(
-            &[
-                "patch",
-                "pvc",
-                claim,
-                "-n",
-                namespace,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &bound(json!({"accessModes": [access_mode], "capacity": {"storage": "10Gi"}}))
-                    .to_string(),
-            ],
-            None,
-        );
-        if !ok {
+        self.claim_bound(namespace, claim).await;
+    }
+
+    /// Waits until the PV binder has bound `namespace/claim` (status `Bound`, with the
+    /// annotation kube-scheduler's VolumeBinding looks for).
+    pub async fn claim_bound(&self, namespace: &str, claim: &str) {
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(self.admin.clone(), namespace);
+        let bound = wait_for(Duration::from_secs(60), || async {
+            let c = claims.get(claim).await.ok()?;
+            let done = c
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("pv.kubernetes.io/bind-completed"));
+            (done && c.status?.phase.as_deref() == Some("Bound")).then_some(())
+        })
+        .await;
+        if bound.is_none() {
             fail(
-                &format!("bind PVC {namespace}/{claim}"),
-                err,
-                Some(&self.apiserver),
+                &format!("the PV binder binds {namespace}/{claim} within 60 s"),
+                "not bound",
+                self.controller_manager.as_ref(),
             );
         }
     }
@@ -1017,65 +1097,19 @@ impl ControlPlane {
         node: &str,
         path: &str,
     ) {
-        let stored = self
-            .create(json!({
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {
-                    "name": claim, "namespace": namespace,
-                    "annotations": {
-                        "pv.kubernetes.io/bind-completed": "yes",
-                        "pv.kubernetes.io/bound-by-controller": "yes",
-                    },
-                },
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": "10Gi"}},
-                    "storageClassName": "",
-                    "volumeName": pv,
-                },
-            }))
-            .await;
-        self.create(json!({
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "10Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
+        self.claim_and_volume(
+            namespace,
+            claim,
+            "ReadWriteOnce",
+            json!({
+                "name": pv,
                 "local": {"path": path},
                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]},
                 ]}]}},
-                "claimRef": {
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "namespace": namespace, "name": claim,
-                    "uid": stored["metadata"]["uid"],
-                },
-            },
-        }))
+            }),
+        )
         .await;
-        for (kind, args, status) in [
-            ("pv", vec!["patch", "pv", pv], json!({"phase": "Bound"})),
-            (
-                "pvc",
-                vec!["patch", "pvc", claim, "-n", namespace],
-                json!({"phase": "Bound", "accessModes": ["ReadWriteOnce"],
-                       "capacity": {"storage": "10Gi"}}),
-            ),
-        ] {
-            let patch = json!({"status": status}).to_string();
-            let mut args = args;
-            args.extend(["--subresource=status", "--type=merge", "-p", &patch]);
-            let (ok, _, err) = self.kubectl(&args, None);
-            if !ok {
-                fail(
-                    &format!("bind {kind} of {claim}"),
-                    err,
-                    Some(&self.apiserver),
-                );
-            }
-        }
     }
 
     /// A VolumeAttachment of `pv` to `node` by `attacher`, attached.
@@ -1246,6 +1280,7 @@ impl Drop for ControlPlane {
             let components = [Some(&self.etcd), Some(&self.apiserver)]
                 .into_iter()
                 .chain([
+                    self.controller_manager.as_ref(),
                     self.volguard.as_ref(),
                     self.scheduler.as_ref(),
                     self.default_scheduler.as_ref(),
