@@ -2,6 +2,7 @@
 //! return data. Nothing here does I/O or knows about HTTP.
 
 pub mod judge;
+pub mod lease;
 pub mod mutate;
 pub mod remediate;
 pub mod resolve;
