@@ -36,8 +36,22 @@ fn overlay_config() -> String {
     config.replace("gracePeriodSeconds: 60", "gracePeriodSeconds: 3")
 }
 
+/// A ReplicaSet that controls pod `name` (labelled `e2e-pod: <name>`): remediation
+/// leaves pods no controller owns alone. Returns the pod's ownerReferences.
+async fn controller_of(cp: &ControlPlane, name: &str) -> Value {
+    let rs = cp
+        .create(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"e2e-pod": name}},
+                "template": {"metadata": {"labels": {"e2e-pod": name}},
+                    "spec": {"containers": [{"name": "db", "image": "postgres"}]}}}}))
+        .await;
+    json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name,
+        "uid": rs["metadata"]["uid"], "controller": true}])
+}
+
 /// Two Ready nodes: e2e-a holds the volume, e2e-b does not; a pod on e2e-a uses it.
-async fn cluster_with_pod(labels: Value) -> ControlPlane {
+async fn cluster_with_pod(mut labels: Value) -> ControlPlane {
     let cp = ControlPlane::start_with(Options {
         manifests: "manifests/overlays/remediation",
         volguard_config: Some(overlay_config()),
@@ -48,10 +62,12 @@ async fn cluster_with_pod(labels: Value) -> ControlPlane {
     cp.namespace("shop").await;
     cp.node("e2e-a", json!({}), json!({RESOURCE: "1"})).await;
     cp.node("e2e-b", json!({}), json!({RESOURCE: "0"})).await;
+    labels["e2e-pod"] = json!("db-0");
+    let owners = controller_of(&cp, "db-0").await;
     cp.pod(
         "shop",
         json!({
-            "metadata": {"name": "db-0", "labels": labels,
+            "metadata": {"name": "db-0", "labels": labels, "ownerReferences": owners,
                 "annotations": {"volguard.io/devices": "brightbox=vol-e2e"}},
             "spec": {"nodeName": "e2e-a",
                 "containers": [{"name": "db", "image": "postgres"}]},
@@ -167,7 +183,7 @@ async fn a_budget_that_allows_no_disruption_stops_the_eviction_and_says_so() {
     );
 }
 
-/// The Lease's holder and its last renewal, as kube-lease-manager wrote them.
+/// The Lease's holder and its last renewal, as the holder wrote them.
 async fn lease(cp: &ControlPlane) -> Option<(String, String)> {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(cp.admin.clone(), "volguard-system");
@@ -238,10 +254,12 @@ async fn with_two_replicas_only_the_lease_holder_evicts_and_the_other_takes_over
     })
     .await;
     assert!(taken.is_some(), "pid {next} did not take the Lease over");
+    let owners = controller_of(&cp, "db-1").await;
     cp.pod(
         "shop",
         json!({
-            "metadata": {"name": "db-1",
+            "metadata": {"name": "db-1", "labels": {"e2e-pod": "db-1"},
+                "ownerReferences": owners,
                 "annotations": {"volguard.io/devices": "brightbox=vol-e2e"}},
             "spec": {"nodeName": "e2e-a",
                 "containers": [{"name": "db", "image": "postgres"}]},

@@ -91,6 +91,11 @@ pub struct PodRecord {
     pub remediation_opt_out: bool,
     /// Has a deletion timestamp: already on its way out.
     pub deleting: bool,
+    /// `metadata.uid`: remediation evicts the pod it judged, by this uid, and no other.
+    pub uid: Option<String>,
+    /// An owner with `controller: true` manages it and recreates it once evicted; a
+    /// bare pod is left alone unless `remediation.evictBarePods` (kubectl drain's rule).
+    pub controlled: bool,
 }
 
 /// What volguard keeps of a VolumeAttachment of a managed attacher.
@@ -102,6 +107,9 @@ pub struct VaRecord {
     pub driver: DriverId,
     /// Which volume.
     pub source: VaSource,
+    /// `status.attached`: the attacher reports the volume attached to `node`, evidence
+    /// for remediation that the volume is there.
+    pub attached: bool,
 }
 
 /// The volume a VolumeAttachment names.
@@ -389,6 +397,8 @@ impl PodRecord {
                 .metadata
                 .as_ref()
                 .is_some_and(|m| m.deletion_timestamp.is_some()),
+            uid: pod.uid().map(str::to_owned),
+            controlled: pod.has_controller(),
         }
     }
 }
@@ -410,6 +420,7 @@ impl VaRecord {
             node: va.spec.node_name.as_str().into(),
             driver,
             source,
+            attached: va.status.as_ref().is_some_and(|s| s.attached),
         })
     }
 }

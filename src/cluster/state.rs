@@ -2,7 +2,7 @@
 //! current object by object so that no request ever scans the cluster.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
@@ -90,6 +90,11 @@ pub struct ClusterState {
     contributions: HashMap<Source, (Arc<str>, Vec<VolumeId>)>,
     users: HashMap<VolumeId, Vec<VolumeUser>>,
     device_holders: HashMap<VolumeId, BTreeSet<Arc<str>>>,
+    /// Per volume, the nodes its VolumeAttachments report it attached to, by the
+    /// VolumeAttachment's name: remediation's evidence that a volume is elsewhere.
+    va_attached: HashMap<VolumeId, BTreeMap<String, Arc<str>>>,
+    /// The volume each VolumeAttachment in `va_attached` is indexed under.
+    va_attached_volume: HashMap<String, VolumeId>,
     claim_pods: HashMap<String, HashSet<String>>,
     pv_claim: HashMap<String, String>,
     /// Claim -> the PV whose claimRef names it (a static PV reserved for a claim that
@@ -130,6 +135,8 @@ impl ClusterState {
             contributions: HashMap::new(),
             users: HashMap::new(),
             device_holders: HashMap::new(),
+            va_attached: HashMap::new(),
+            va_attached_volume: HashMap::new(),
             claim_pods: HashMap::new(),
             pv_claim: HashMap::new(),
             reserved: HashMap::new(),
@@ -247,6 +254,7 @@ impl ClusterState {
                         remove_from(&mut self.pv_attachments, pv, key);
                     }
                     self.set_contribution(Source::Attachment(key.to_owned()), None);
+                    self.set_va_attached(key, None);
                 }
             }
             Kind::StorageClass => {
@@ -457,6 +465,16 @@ impl ClusterState {
             .map(|n| &**n)
     }
 
+    /// The VolumeAttachments that report the volume attached (`status.attached`), as
+    /// `(node, VolumeAttachment name)`, sorted by name.
+    pub fn attached_by_va(&self, volume: &VolumeId) -> impl Iterator<Item = (&str, &str)> {
+        self.va_attached
+            .get(volume)
+            .into_iter()
+            .flatten()
+            .map(|(name, node)| (&**node, name.as_str()))
+    }
+
     // ---- index maintenance ----
 
     /// The cached node's own copy of its name, so that the many pods and attachments
@@ -652,8 +670,31 @@ impl ClusterState {
             VaSource::Inline(v) => Some(v.clone()),
             VaSource::Pv(pv) => self.pvs.get(pv).and_then(|p| p.volume.clone()),
         };
+        let attached = volume
+            .clone()
+            .filter(|_| rec.attached)
+            .map(|v| (v, rec.node.clone()));
         let held = volume.map(|v| (rec.node.clone(), vec![v]));
         self.set_contribution(Source::Attachment(name.to_owned()), held);
+        self.set_va_attached(name, attached);
+    }
+
+    fn set_va_attached(&mut self, name: &str, new: Option<(VolumeId, Arc<str>)>) {
+        if let Some(old) = self.va_attached_volume.remove(name)
+            && let Some(by_name) = self.va_attached.get_mut(&old)
+        {
+            by_name.remove(name);
+            if by_name.is_empty() {
+                self.va_attached.remove(&old);
+            }
+        }
+        if let Some((volume, node)) = new {
+            self.va_attached
+                .entry(volume.clone())
+                .or_default()
+                .insert(name.to_owned(), node);
+            self.va_attached_volume.insert(name.to_owned(), volume);
+        }
     }
 
     fn set_contribution(&mut self, source: Source, new: Option<(Arc<str>, Vec<VolumeId>)>) {

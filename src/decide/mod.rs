@@ -3,6 +3,7 @@
 
 pub mod inflight;
 pub mod judge;
+pub mod lease;
 pub mod mutate;
 pub mod remediate;
 pub mod resolve;

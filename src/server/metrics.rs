@@ -101,6 +101,7 @@ pub struct Metrics {
     remediation_at_risk: Gauge,
     remediation_evictions: Family<OutcomeLabels, Counter>,
     remediation_skipped: Family<SkipLabels, Gauge>,
+    remediation_plugins_down: Family<DriverLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -239,6 +240,12 @@ impl Metrics {
             "Pods whose device-plugin volume left their node that remediation leaves alone now, by reason",
             remediation_skipped.clone(),
         );
+        let remediation_plugins_down = Family::<DriverLabels, Gauge>::default();
+        registry.register(
+            "remediation_nodes_plugin_down",
+            "Nodes on which every volume of the device-plugin driver is below 1 at once: its plugin looks down, and remediation leaves their pods alone",
+            remediation_plugins_down.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -262,15 +269,34 @@ impl Metrics {
             remediation_at_risk,
             remediation_evictions,
             remediation_skipped,
+            remediation_plugins_down,
         }
     }
 
-    /// Copies one remediation round into its gauges: pods at risk, and skipped by reason.
-    pub fn remediation_round(&self, plan: &crate::decide::remediate::Plan) {
+    /// Copies one remediation round into its gauges: pods at risk, skipped by reason,
+    /// and nodes whose plugin looks down for each of `device_drivers` (all of them, so
+    /// the gauge is 0, not absent, once an episode ends).
+    pub fn remediation_round(
+        &self,
+        plan: &crate::decide::remediate::Plan,
+        device_drivers: &[&str],
+    ) {
         use crate::decide::remediate::Skip;
         self.remediation_at_risk
             .set(i64::try_from(plan.at_risk()).unwrap_or(i64::MAX));
-        for skip in [Skip::OptedOut, Skip::NodeNotReady, Skip::RateLimited] {
+        for driver in device_drivers {
+            let count = plan
+                .plugins_down
+                .iter()
+                .filter(|p| p.driver == *driver)
+                .count();
+            self.remediation_plugins_down
+                .get_or_create(&DriverLabels {
+                    driver: (*driver).to_owned(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        for skip in Skip::ALL {
             let count = plan.skipped.iter().filter(|(_, s)| *s == skip).count();
             self.remediation_skipped
                 .get_or_create(&SkipLabels {
@@ -281,7 +307,8 @@ impl Metrics {
     }
 
     /// Counts one eviction remediation started: `evicted`, `dry_run`, `refused` (a
-    /// PodDisruptionBudget said no) or `failed`.
+    /// PodDisruptionBudget said no) or `failed`; or one it did not start, `cancelled`
+    /// (the fresh read of the pod, its node or the evidence no longer supported it).
     pub fn remediation_eviction(&self, outcome: &'static str) {
         self.remediation_evictions
             .get_or_create(&OutcomeLabels { outcome })
