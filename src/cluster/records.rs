@@ -79,8 +79,6 @@ pub enum PodVolumeRef {
 /// What volguard keeps of a Pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodRecord {
-    /// `metadata.uid`: a pod recreated under the same name is another pod.
-    pub uid: Option<String>,
     /// The node it is bound to.
     pub node: Option<Arc<str>>,
     /// Succeeded or Failed: it holds no volume any more.
@@ -91,7 +89,8 @@ pub struct PodRecord {
     pub remediation_opt_out: bool,
     /// Has a deletion timestamp: already on its way out.
     pub deleting: bool,
-    /// `metadata.uid`: remediation evicts the pod it judged, by this uid, and no other.
+    /// `metadata.uid`: remediation evicts the pod it judged, by this uid, and no other;
+    /// a placement in flight belongs to this pod, not to one recreated under its name.
     pub uid: Option<String>,
     /// An owner with `controller: true` manages it and recreates it once evicted; a
     /// bare pod is left alone unless `remediation.evictBarePods` (kubectl drain's rule).
@@ -388,7 +387,6 @@ impl PodRecord {
             uses.extend(parsed.into_iter().map(PodVolumeRef::Direct));
         }
         PodRecord {
-            uid: pod.uid().map(str::to_owned),
             node: pod.node_name().map(Arc::from),
             terminal: pod.is_terminal(),
             uses,

@@ -39,9 +39,6 @@ pub struct MetaView {
     /// The pod's namespace, when the object carries it.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Tells a pod from a later one of the same name (a StatefulSet's, say).
-    #[serde(default)]
-    pub uid: Option<String>,
     /// `None` when absent or null: the patch must then create the map.
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
@@ -242,14 +239,6 @@ impl PodView {
             .unwrap_or_default()
     }
 
-    /// `metadata.uid`, when set.
-    pub fn uid(&self) -> Option<&str> {
-        self.metadata
-            .as_ref()
-            .and_then(|m| m.uid.as_deref())
-            .filter(|u| !u.is_empty())
-    }
-
     /// `metadata.namespace`, when set.
     pub fn namespace(&self) -> Option<&str> {
         self.metadata
@@ -390,7 +379,6 @@ impl From<Pod> for PodView {
             metadata: Some(MetaView {
                 name: pod.metadata.name,
                 namespace: pod.metadata.namespace,
-                uid: pod.metadata.uid,
                 annotations: pod.metadata.annotations,
                 deletion_timestamp: pod
                     .metadata
