@@ -8,7 +8,7 @@ mod control_plane;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use control_plane::{ControlPlane, wait_for};
+use control_plane::{ControlPlane, Options, wait_for};
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -97,12 +97,28 @@ fn assert_within_limit(bound: &BTreeMap<String, Vec<String>>, limit: usize, tota
     );
 }
 
+/// `/filter` calls a volguard answered, from the metrics on its plain port.
+async fn filters_answered(cp: &ControlPlane, metrics_port: u16) -> f64 {
+    let text = cp.metrics_at(metrics_port).await;
+    common::openmetrics::parse(&text)
+        .expect("OpenMetrics")
+        .series("volguard_requests_total")
+        .filter(|s| s.labels.get("endpoint").map(String::as_str) == Some("/filter"))
+        .map(|s| s.value)
+        .sum()
+}
+
 /// Nine pods, each with its own bound linode claim, created at once on three nodes
-/// with an attach limit of 2: six are bound, two per node; the other three wait with
-/// the reason an operator reads.
+/// with an attach limit of 2, against the shipped two replicas: six are bound, two per
+/// node; the other three wait with the reason an operator reads. Every extender call
+/// reached one replica (the extender Service's ClientIP affinity).
 #[tokio::test(flavor = "multi_thread")]
 async fn nine_pods_created_at_once_never_overshoot_an_attach_limit() {
-    let cp = ControlPlane::start().await;
+    let cp = ControlPlane::start_with(Options {
+        two_replicas: true,
+        ..Options::default()
+    })
+    .await;
     cp.namespace("shop").await;
     nodes(&cp, 3, 2).await;
     let claims: Vec<String> = (0..9).map(|i| format!("data-{i}")).collect();
@@ -138,6 +154,15 @@ async fn nine_pods_created_at_once_never_overshoot_an_attach_limit() {
     assert!(
         message.starts_with(&format!("0/3 nodes are available: 3 {LIMIT}.")),
         "{message}"
+    );
+    let replica_metrics = cp.replica.as_ref().expect("two replicas").2;
+    let answered = [
+        filters_answered(&cp, cp.volguard_metrics_port).await,
+        filters_answered(&cp, replica_metrics).await,
+    ];
+    assert!(
+        answered.iter().filter(|n| **n > 0.0).count() == 1,
+        "one replica answered every /filter: {answered:?}"
     );
 }
 
@@ -237,4 +262,51 @@ async fn a_parallel_statefulset_with_claim_templates_fills_nodes_to_their_limit(
     let (bound, pending) = settle(&cp, "shop", 6).await;
     assert_within_limit(&bound, 2, 6);
     assert_eq!(pending.len(), 3, "{pending:?}");
+}
+
+/// A Deployment scaled from 0 to 20, each pod with its own generic ephemeral volume of
+/// a WaitForFirstConsumer class: the real ephemeral-volume controller creates the
+/// claims, kube-scheduler picks their node, a provisioner makes their volumes there and
+/// the real PV binder binds them. Four nodes with a limit of 3: twelve pods are bound,
+/// three per node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_scaled_from_0_to_20_never_overshoots() {
+    let cp = ControlPlane::start().await;
+    cp.namespace("shop").await;
+    nodes(&cp, 4, 3).await;
+    let _provisioner = cp.provisioner(LINODE);
+    cp.create(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "linode-wffc"},
+        "provisioner": LINODE,
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }))
+    .await;
+    cp.create(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [{"name": "web", "image": "busybox",
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+                    "volumes": [{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
+                        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "linode-wffc",
+                            "resources": {"requests": {"storage": "10Gi"}}}}}}],
+                },
+            },
+        },
+    }))
+    .await;
+    let (ok, _, err) = cp.kubectl(
+        &["scale", "deployment/web", "-n", "shop", "--replicas=20"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (bound, pending) = settle(&cp, "shop", 12).await;
+    assert_within_limit(&bound, 3, 12);
+    assert_eq!(pending.len(), 8, "{pending:?}");
 }

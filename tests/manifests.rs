@@ -592,6 +592,29 @@ fn check_volguard_deployment(r: &Rendered) {
         .expect("Service volguard has port 443");
     assert_eq!(https.target_port, Some(IntOrString::String("https".into())));
     assert!(service_spec.ports.iter().flatten().any(|p| p.port == 9090));
+    assert_eq!(
+        service_spec.session_affinity.as_deref(),
+        None,
+        "the webhook's Service balances"
+    );
+
+    // The extender's Service: the same pods, one replica per client (README: "Bursts").
+    let extender = by_name(&r.services, "volguard-extender", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    let extender_spec = extender
+        .spec
+        .as_ref()
+        .expect("Service volguard-extender has a spec");
+    assert_eq!(extender_spec.selector, service_spec.selector);
+    assert_eq!(extender_spec.session_affinity.as_deref(), Some("ClientIP"));
+    let https = extender_spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.port == 443)
+        .expect("Service volguard-extender has port 443");
+    assert_eq!(https.target_port, Some(IntOrString::String("https".into())));
 
     let pdb = by_name(&r.pdbs, "volguard", |o| {
         o.metadata.name.as_deref().unwrap_or_default()
@@ -608,8 +631,8 @@ fn check_volguard_deployment(r: &Rendered) {
 fn check_extender(extender: &Value, what: &str) {
     assert_eq!(
         extender["urlPrefix"],
-        format!("https://volguard.{NAMESPACE}.svc:443"),
-        "{what}: urlPrefix"
+        format!("https://volguard-extender.{NAMESPACE}.svc:443"),
+        "{what}: urlPrefix (the Service with ClientIP affinity)"
     );
     assert_eq!(extender["filterVerb"], "filter", "{what}: filterVerb");
     assert_eq!(

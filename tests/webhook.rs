@@ -841,3 +841,37 @@ fn a_review_waiting_for_the_cluster_state_leaves_its_async_worker_free() {
     assert_eq!(response["allowed"], true, "{response}");
     assert!(patch_of(&response).is_some(), "{response}");
 }
+
+/// A StatefulSet's claim for a static PV: the claim is created unbound, without a class,
+/// with its pod, and the PV binder binds it a moment later to the PV whose claimRef names
+/// it. The webhook resolves it to that PV's volume already.
+#[tokio::test]
+async fn an_unbound_claim_a_pv_reserves_is_that_volume() {
+    let server = TestServer::example().await;
+    apply_object(
+        &server,
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "pv-static-0"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"},
+                "storageClassName": "",
+                "csi": {"driver": "linodebs.csi.linode.com", "volumeHandle": "52000-static"},
+                "claimRef": {"namespace": "shop", "name": "data-static-0"}}}),
+    );
+    apply_object(
+        &server,
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-static-0", "namespace": "shop"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                "resources": {"requests": {"storage": "10Gi"}}}}),
+    );
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "static-0", "namespace": "shop"},
+        "spec": {"containers": [{"name": "db", "image": "busybox",
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-static-0"}}]}});
+    let (pod, _) = admit_twice(&server, &pod, "shop").await;
+    assert_eq!(
+        annotation(&pod, "volguard.io/volumes").as_deref(),
+        Some("linode=52000-static")
+    );
+}

@@ -219,6 +219,10 @@ pub struct Options {
     pub default_scheduler: bool,
     /// Start kube-controller-manager.
     pub controller_manager: bool,
+    /// Run the shipped Deployment's two replicas behind stand-ins for its Services
+    /// (see [`ServiceStandIn`]): kube-apiserver reaches them through `volguard`,
+    /// kube-scheduler through `volguard-extender` with its ClientIP affinity.
+    pub two_replicas: bool,
 }
 
 impl Default for Options {
@@ -232,6 +236,7 @@ impl Default for Options {
             scheduler_config: None,
             default_scheduler: false,
             controller_manager: true,
+            two_replicas: false,
         }
     }
 }
@@ -250,6 +255,10 @@ pub struct ControlPlane {
     /// volguard's TLS and plain ports.
     pub volguard_port: u16,
     pub volguard_metrics_port: u16,
+    /// The second replica (with `two_replicas`) and its TLS and plain ports.
+    pub replica: Option<(Component, u16, u16)>,
+    /// The stand-ins for the two Services (with `two_replicas`): webhook, extender.
+    pub services: Vec<ServiceStandIn>,
     /// The CA of volguard's serving certificate (from `volguard certs`).
     pub volguard_ca: String,
     /// The scheduler's client certificate and key (PEM, from `volguard certs`), which
@@ -387,6 +396,8 @@ impl ControlPlane {
             api_port,
             volguard_port: 0,
             volguard_metrics_port: 0,
+            replica: None,
+            services: Vec::new(),
             volguard_ca: String::new(),
             volguard_client: (String::new(), String::new()),
             volguard_auth_flags: Vec::new(),
@@ -404,6 +415,15 @@ impl ControlPlane {
         cp.apply_manifests(&manifests).await;
         if options.volguard {
             cp.start_volguard(&manifests).await;
+            if options.two_replicas {
+                let (replica, port, metrics) = cp.spawn_replica().await;
+                cp.replica = Some((replica, port, metrics));
+                let backends = vec![cp.volguard_port, port];
+                cp.services = vec![
+                    ServiceStandIn::start(backends.clone(), false).await,
+                    ServiceStandIn::start(backends, true).await,
+                ];
+            }
             cp.register_webhook(&manifests).await;
         }
         if options.scheduler {
@@ -637,8 +657,27 @@ impl ControlPlane {
     /// A second replica of volguard (same config and identity, its own ports), once
     /// its /readyz answers 200; with its metrics port.
     pub async fn volguard_replica(&self) -> (Component, u16) {
+        let (replica, _, metrics_port) = self.spawn_replica().await;
+        (replica, metrics_port)
+    }
+
+    /// Where kube-apiserver sends the webhook's calls: the `volguard` Service's
+    /// stand-in with two replicas, else volguard itself.
+    fn webhook_port(&self) -> u16 {
+        self.services.first().map_or(self.volguard_port, |s| s.port)
+    }
+
+    /// Where kube-scheduler sends the extender's calls: the `volguard-extender`
+    /// Service's stand-in with two replicas, else volguard itself.
+    fn extender_port(&self) -> u16 {
+        self.services.get(1).map_or(self.volguard_port, |s| s.port)
+    }
+
+    /// A second replica: the component, its TLS and its plain port.
+    async fn spawn_replica(&self) -> (Component, u16, u16) {
         let metrics_port = free_port();
-        let command = self.volguard_command(free_port(), metrics_port);
+        let port = free_port();
+        let command = self.volguard_command(port, metrics_port);
         let replica = Component::spawn(
             "volguard replica",
             command,
@@ -656,7 +695,7 @@ impl ControlPlane {
                 Some(&replica),
             );
         }
-        (replica, metrics_port)
+        (replica, port, metrics_port)
     }
 
     /// `/metrics` of the volguard whose plain listener is on `port`.
@@ -738,7 +777,7 @@ impl ControlPlane {
                 .unwrap_or("/mutate")
                 .to_owned();
             webhook["clientConfig"] = json!({
-                "url": format!("https://localhost:{}{path}", self.volguard_port),
+                "url": format!("https://localhost:{}{path}", self.webhook_port()),
                 "caBundle": ca,
             });
         }
@@ -797,7 +836,7 @@ impl ControlPlane {
         config["clientConnection"] = json!({"kubeconfig": kubeconfig});
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
         for extender in config["extenders"].as_array_mut().expect("extenders") {
-            extender["urlPrefix"] = json!(format!("https://127.0.0.1:{}", self.volguard_port));
+            extender["urlPrefix"] = json!(format!("https://127.0.0.1:{}", self.extender_port()));
             let tls = extender["tlsConfig"].as_object_mut().expect("tlsConfig");
             tls.remove("caFile");
             tls.insert("caData".into(), json!(ca));
@@ -1263,12 +1302,158 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
+    /// What the kubelets of the API-only nodes would do for the pods of `namespace`,
+    /// until the guard is dropped: a pod bound to a node becomes Running and Ready, and a
+    /// pod being deleted is removed (a kubelet confirms a graceful deletion once its
+    /// containers stopped). Controllers then see their pods come and go as in a cluster.
+    pub fn kubelets(&self, namespace: &str) -> StandIn {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
+        StandIn(tokio::spawn(async move {
+            loop {
+                for p in pods.list(&Default::default()).await.into_iter().flatten() {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    if p.metadata.deletion_timestamp.is_some() {
+                        let _ = pods
+                            .delete(&name, &DeleteParams::default().grace_period(0))
+                            .await;
+                        continue;
+                    }
+                    let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+                    let ready = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    if bound && !ready {
+                        let status = json!({"status": {"phase": "Running", "conditions": [
+                            {"type": "Ready", "status": "True", "lastTransitionTime": now()}]}});
+                        let _ = pods
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }))
+    }
+
+    /// What the external-provisioner of CSI `driver` would do, until the guard is
+    /// dropped: for each claim kube-scheduler picked a node for (the annotation
+    /// `volume.kubernetes.io/selected-node`) and that has no volume yet, a PV of the
+    /// driver reserved for it; the real PV binder then binds the two.
+    pub fn provisioner(&self, driver: &'static str) -> StandIn {
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::all(self.admin.clone());
+        let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(self.admin.clone());
+        StandIn(tokio::spawn(async move {
+            loop {
+                for c in claims.list(&Default::default()).await.into_iter().flatten() {
+                    let selected = c
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key("volume.kubernetes.io/selected-node"));
+                    let spec = c.spec.clone().unwrap_or_default();
+                    if !selected || spec.volume_name.is_some() {
+                        continue;
+                    }
+                    let uid = c.metadata.uid.clone().unwrap_or_default();
+                    let pv: k8s_openapi::api::core::v1::PersistentVolume =
+                        serde_json::from_value(json!({
+                            "metadata": {"name": format!("pvc-{uid}")},
+                            "spec": {
+                                "capacity": {"storage": "10Gi"},
+                                "accessModes": spec.access_modes,
+                                "persistentVolumeReclaimPolicy": "Delete",
+                                "storageClassName": spec.storage_class_name,
+                                "csi": {"driver": driver, "volumeHandle": format!("gen-{uid}")},
+                                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                    "namespace": c.metadata.namespace, "name": c.metadata.name,
+                                    "uid": uid},
+                            },
+                        }))
+                        .expect("a PV");
+                    let _ = pvs.create(&PostParams::default(), &pv).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }))
+    }
+
     /// Deletes a pod at once (no kubelet will confirm a graceful delete).
     pub async fn delete_pod_now(&self, namespace: &str, name: &str) {
         let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
         let _ = pods
             .delete(name, &DeleteParams::default().grace_period(0))
             .await;
+    }
+}
+
+/// A Service's stand-in (there is no kube-proxy): a TCP proxy on loopback over the
+/// replicas' ports. Each connection goes to the next replica in turn, or, with
+/// `affinity` (`sessionAffinity: ClientIP`), to the replica its client's address was
+/// first sent to; a replica that refuses connections is skipped, as kube-proxy drops an
+/// endpoint that is gone.
+pub struct ServiceStandIn {
+    /// Where it listens.
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServiceStandIn {
+    async fn start(backends: Vec<u16>, affinity: bool) -> ServiceStandIn {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let port = listener.local_addr().expect("its address").port();
+        let task = tokio::spawn(async move {
+            let mut sticky: std::collections::HashMap<std::net::IpAddr, usize> = Default::default();
+            let mut next = 0;
+            loop {
+                let Ok((mut inbound, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let first = match affinity {
+                    true => *sticky.entry(peer.ip()).or_insert(next),
+                    false => next,
+                };
+                next = (next + 1) % backends.len();
+                for k in 0..backends.len() {
+                    let i = (first + k) % backends.len();
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backends[i])).await
+                    else {
+                        continue;
+                    };
+                    if affinity {
+                        sticky.insert(peer.ip(), i);
+                    }
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    });
+                    break;
+                }
+            }
+        });
+        ServiceStandIn { port, task }
+    }
+}
+
+impl Drop for ServiceStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A task playing a component that does not run here (the kubelets, a CSI
+/// provisioner); it stops when dropped.
+pub struct StandIn(tokio::task::JoinHandle<()>);
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
