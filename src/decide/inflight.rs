@@ -8,7 +8,11 @@
 //! the state shows it bound, it is deleted or replaced, it asks again, or it expires.
 //! Pure data: the clock is passed in.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::{
     cluster::ClusterState,
@@ -47,6 +51,9 @@ pub struct DriverVolumes {
     pub pending: u32,
 }
 
+/// Node names from the cluster state: trusted, so a fast hasher.
+type NodeSet = HashSet<Arc<str>, foldhash::fast::RandomState>;
+
 /// Where the judge presumes the placements in flight are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presume {
@@ -69,7 +76,7 @@ pub struct Placement {
     /// The cluster state knew the pod then: its disappearance later is a deletion.
     pub known_to_state: bool,
     /// The nodes `/filter` passed: the scheduler binds it to one of these or none.
-    candidates: Vec<Arc<str>>,
+    candidates: NodeSet,
     /// The node `/prioritize` scored highest, once it was asked.
     pub guess: Option<Arc<str>>,
     /// What it puts on its node.
@@ -79,23 +86,21 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// A pod `/filter` passed on `candidates` (names sorted and unique after this).
+    /// A pod `/filter` passed on `candidates`.
     pub fn new(
         pod: String,
         uid: Option<String>,
         since: Duration,
         known_to_state: bool,
-        mut candidates: Vec<Arc<str>>,
+        candidates: impl IntoIterator<Item = Arc<str>>,
         needs: Needs,
     ) -> Self {
-        candidates.sort_unstable();
-        candidates.dedup();
         Placement {
             pod,
             uid,
             since,
             known_to_state,
-            candidates,
+            candidates: candidates.into_iter().collect(),
             guess: None,
             needs,
             waited_out: false,
@@ -105,10 +110,7 @@ impl Placement {
     /// The pod may be bound to `node`.
     pub fn may_be_on(&self, node: &str, presume: Presume) -> bool {
         match presume {
-            Presume::Anywhere => self
-                .candidates
-                .binary_search_by(|c| (**c).cmp(node))
-                .is_ok(),
+            Presume::Anywhere => self.candidates.contains(node),
             Presume::AtGuess => self.guess.as_deref() == Some(node),
         }
     }
@@ -116,7 +118,10 @@ impl Placement {
     /// The pod may be bound to a node other than `node`.
     pub fn may_be_elsewhere(&self, node: &str, presume: Presume) -> bool {
         match presume {
-            Presume::Anywhere => self.candidates.iter().any(|c| &**c != node),
+            Presume::Anywhere => {
+                self.candidates.len() > 1
+                    || (self.candidates.len() == 1 && !self.candidates.contains(node))
+            }
             Presume::AtGuess => self.guess.as_deref().is_some_and(|g| g != node),
         }
     }

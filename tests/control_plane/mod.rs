@@ -611,9 +611,18 @@ impl ControlPlane {
 
     /// `volguard serve` with the files `start_volguard` wrote, on these ports.
     fn volguard_command(&self, port: u16, metrics_port: u16) -> Command {
+        self.volguard_command_of(
+            Path::new(env!("CARGO_BIN_EXE_volguard")),
+            port,
+            metrics_port,
+        )
+    }
+
+    /// The same `volguard serve` with another build of volguard.
+    fn volguard_command_of(&self, binary: &Path, port: u16, metrics_port: u16) -> Command {
         let root = self.dir().to_owned();
         let certs_dir = root.join("volguard-certs");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_volguard"));
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .arg("--config")
@@ -675,9 +684,16 @@ impl ControlPlane {
 
     /// A second replica: the component, its TLS and its plain port.
     async fn spawn_replica(&self) -> (Component, u16, u16) {
+        self.spawn_volguard(Path::new(env!("CARGO_BIN_EXE_volguard")))
+            .await
+    }
+
+    /// Another volguard process of `binary` (same config and identity, its own ports),
+    /// once its /readyz answers 200: the component, its TLS and its plain port.
+    pub async fn spawn_volguard(&self, binary: &Path) -> (Component, u16, u16) {
         let metrics_port = free_port();
         let port = free_port();
-        let command = self.volguard_command(port, metrics_port);
+        let command = self.volguard_command_of(binary, port, metrics_port);
         let replica = Component::spawn(
             "volguard replica",
             command,
@@ -816,40 +832,12 @@ impl ControlPlane {
     /// kube-scheduler with the shipped KubeSchedulerConfiguration, under the shipped
     /// ServiceAccount; waits until it holds its leader Lease.
     async fn start_scheduler(&mut self, manifests: &[Value]) {
-        use base64::Engine;
         let root = self.dir().to_owned();
-        let shipped = manifests
-            .iter()
-            .find(|d| {
-                d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config"
-            })
-            .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
-            .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None))
-            .to_owned();
-        let mut config: Value = volguard::sources::snapshot::parse_documents(&shipped, false)
-            .ok()
-            .and_then(|mut d| d.pop())
-            .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None));
+        let mut config = self.scheduler_config_for(manifests, self.extender_port());
         let kubeconfig = root.join("scheduler.kubeconfig");
         let token = self.token("volguard-scheduler");
         write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, &token);
         config["clientConnection"] = json!({"kubeconfig": kubeconfig});
-        let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
-        for extender in config["extenders"].as_array_mut().expect("extenders") {
-            extender["urlPrefix"] = json!(format!("https://127.0.0.1:{}", self.extender_port()));
-            let tls = extender["tlsConfig"].as_object_mut().expect("tlsConfig");
-            tls.remove("caFile");
-            tls.insert("caData".into(), json!(ca));
-            for (file, data, pem) in [
-                ("certFile", "certData", &self.volguard_client.0),
-                ("keyFile", "keyData", &self.volguard_client.1),
-            ] {
-                if tls.remove(file).is_some() {
-                    let pem = base64::engine::general_purpose::STANDARD.encode(pem);
-                    tls.insert(data.into(), json!(pem));
-                }
-            }
-        }
         if let Some(changes) = &self.options.scheduler_config {
             merge(&mut config, changes);
         }
@@ -874,6 +862,45 @@ impl ControlPlane {
                 self.scheduler.as_ref(),
             );
         }
+    }
+
+    /// The shipped KubeSchedulerConfiguration as the harness runs it: its extender at
+    /// the loopback `port`, with volguard's CA and the client certificate as data.
+    pub fn harness_scheduler_config(&self, port: u16) -> Value {
+        self.scheduler_config_for(&self.rendered_manifests(), port)
+    }
+
+    fn scheduler_config_for(&self, manifests: &[Value], port: u16) -> Value {
+        use base64::Engine;
+        let shipped = manifests
+            .iter()
+            .find(|d| {
+                d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config"
+            })
+            .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
+            .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None))
+            .to_owned();
+        let mut config: Value = volguard::sources::snapshot::parse_documents(&shipped, false)
+            .ok()
+            .and_then(|mut d| d.pop())
+            .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None));
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
+        for extender in config["extenders"].as_array_mut().expect("extenders") {
+            extender["urlPrefix"] = json!(format!("https://127.0.0.1:{port}"));
+            let tls = extender["tlsConfig"].as_object_mut().expect("tlsConfig");
+            tls.remove("caFile");
+            tls.insert("caData".into(), json!(ca));
+            for (file, data, pem) in [
+                ("certFile", "certData", &self.volguard_client.0),
+                ("keyFile", "keyData", &self.volguard_client.1),
+            ] {
+                if tls.remove(file).is_some() {
+                    let pem = base64::engine::general_purpose::STANDARD.encode(pem);
+                    tls.insert(data.into(), json!(pem));
+                }
+            }
+        }
+        config
     }
 
     /// Stops the API server (SIGTERM); etcd keeps its data.

@@ -275,13 +275,13 @@ fn look(
         }
     }
     if !needs.is_empty() {
-        let passing: Vec<Arc<str>> = judged
+        let mut passing = judged
             .iter()
             .zip(names)
             .filter(|(j, _)| j.passes())
             .filter_map(|(_, n)| state.shared_name(n).cloned())
-            .collect();
-        if passing.is_empty() {
+            .peekable();
+        if passing.peek().is_none() {
             flight.forget(&me);
         } else {
             let known = state
