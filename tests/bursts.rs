@@ -426,3 +426,41 @@ fn the_slots_taken_by_pods_in_flight_are_shown() {
         format!("{LIMIT}: 2 of 2 used (2 by pods being scheduled), pod needs 1 more")
     );
 }
+
+/// When the watch lags so far behind that 512 pods are in flight, the next pod is not
+/// judged: the answer says why, and the scheduler retries it.
+#[test]
+fn a_full_in_flight_set_turns_new_pods_away_with_a_reason() {
+    let nodes: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
+    let node_refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let claims: Vec<String> = (0..=volguard::decide::inflight::MAX_PODS)
+        .map(|i| format!("c{i}"))
+        .collect();
+    let claim_modes: Vec<(&str, &str)> = claims
+        .iter()
+        .map(|c| (c.as_str(), "ReadWriteMany"))
+        .collect();
+    let app = cluster(&node_refs, 100_000, &claim_modes, &[]);
+    for (i, c) in claims
+        .iter()
+        .enumerate()
+        .take(volguard::decide::inflight::MAX_PODS)
+    {
+        let f = run_filter(&app, &pod(&format!("p{i}"), &[c], None), &node_refs);
+        assert_eq!(f.passing.len(), 3);
+    }
+    let last = pod("late", &[claims.last().unwrap()], None);
+    let body = filter(&args(&last, &node_refs), &app, &Abandoned::default()).expect("an answer");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["Error"],
+        "512 pods the scheduler placed are not bound in volguard's watch yet (it lags): retry later"
+    );
+    // A pod already in flight is still judged (a retry replaces its placement).
+    assert_eq!(
+        run_filter(&app, &pod("p0", &["c0"], None), &node_refs)
+            .passing
+            .len(),
+        3
+    );
+}

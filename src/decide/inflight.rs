@@ -24,6 +24,12 @@ use crate::{
 /// WaitForFirstConsumer claim) may take longer, and stops being counted after this.
 pub const EXPIRY: Duration = Duration::from_secs(30);
 
+/// At most this many pods in flight. Bindings normally show within milliseconds, so
+/// a few are in flight at a time; this many means the Pod watch lags far behind the
+/// scheduler, and new pods wait (their `/filter` answers `Error`) rather than the set
+/// growing (each placement holds the names of the nodes it passed).
+pub const MAX_PODS: usize = 512;
+
 /// What a pod puts on the node it lands on.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Needs {
@@ -200,6 +206,11 @@ impl InFlight {
                 Arc::make_mut(p).waited_out = true;
             }
         }
+    }
+
+    /// The set is full and `pod` is not in it: see [`MAX_PODS`].
+    pub fn is_full_for(&self, pod: &str) -> bool {
+        self.placements.len() >= MAX_PODS && !self.placements.contains_key(pod)
     }
 
     /// How many pods are in flight.

@@ -1087,23 +1087,13 @@ impl ControlPlane {
         .await;
     }
 
-    /// Creates `namespace/claim` for the PV that `pv` describes (`name` plus its source
-    /// and node affinity), each naming the other, and waits until the PV binder has
-    /// bound them.
+    /// Creates the PV that `pv` describes (`name` plus its source and node affinity),
+    /// reserved for `namespace/claim` by its claimRef, then the claim naming it, and
+    /// waits until the PV binder has bound them. The PV goes first: the binder binds a
+    /// new claim to the PV reserved for it at once, where a PV arriving after its claim
+    /// waits for the binder's next resync (15 s).
     async fn claim_and_volume(&self, namespace: &str, claim: &str, access_mode: &str, pv: Value) {
         let name = pv["name"].as_str().expect("a PV name").to_owned();
-        let stored = self
-            .create(json!({
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim, "namespace": namespace},
-                "spec": {
-                    "accessModes": [access_mode],
-                    "resources": {"requests": {"storage": "10Gi"}},
-                    "storageClassName": "",
-                    "volumeName": name,
-                },
-            }))
-            .await;
         let mut spec = json!({
             "capacity": {"storage": "10Gi"},
             "accessModes": [access_mode],
@@ -1112,7 +1102,6 @@ impl ControlPlane {
             "claimRef": {
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "namespace": namespace, "name": claim,
-                "uid": stored["metadata"]["uid"],
             },
         });
         let mut source = pv;
@@ -1122,6 +1111,17 @@ impl ControlPlane {
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": name},
             "spec": spec,
+        }))
+        .await;
+        self.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": [access_mode],
+                "resources": {"requests": {"storage": "10Gi"}},
+                "storageClassName": "",
+                "volumeName": name,
+            },
         }))
         .await;
         self.claim_bound(namespace, claim).await;

@@ -258,6 +258,13 @@ fn look(
     // once (two schedulers) cannot both take the last slot.
     let mut flight = app.in_flight.lock().unwrap_or_else(|e| e.into_inner());
     flight.settle(state, app.now());
+    app.metrics.pods_in_flight(flight.len());
+    if !needs.is_empty() && flight.is_full_for(&me) {
+        return Err(Unjudged::NotReady(format!(
+            "{} pods the scheduler placed are not bound in volguard's watch yet (it lags): retry later",
+            flight.len()
+        )));
+    }
     let others = flight.touching(&me, &needs);
     let judge = judge.with_in_flight(&others, Presume::Anywhere);
     let judged = judge_each(&judge, names, abandoned)?;
@@ -376,6 +383,7 @@ pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, 
         match looked {
             Ok(Look::Contended) => {
                 waited = true;
+                still_wanted(abandoned)?;
                 std::thread::sleep(BURST_POLL);
             }
             Ok(Look::Answer(judged)) => {
