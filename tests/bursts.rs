@@ -454,7 +454,7 @@ fn a_full_in_flight_set_turns_new_pods_away_with_a_reason() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         v["Error"],
-        "512 pods the scheduler placed are not bound in volguard's watch yet (it lags): retry later"
+        "512 pods passed by volguard are not seen bound yet (their bindings are slow, or volguard's watch lags): retry later"
     );
     // A pod already in flight is still judged (a retry replaces its placement).
     assert_eq!(
@@ -462,5 +462,82 @@ fn a_full_in_flight_set_turns_new_pods_away_with_a_reason() {
             .passing
             .len(),
         3
+    );
+}
+
+/// A pod recreated under the name of one the state still shows (the scheduler's
+/// informer ahead of volguard's watch): the new pod's placement counts, whatever the
+/// stale record says, until the state shows the new pod itself.
+#[test]
+fn a_recreated_pod_counts_while_the_state_still_shows_the_old_one() {
+    let app = cluster(
+        &["only"],
+        1,
+        &[("a", "ReadWriteOnce"), ("b", "ReadWriteOnce")],
+        &[("two", &["b"])],
+    );
+    // The old db-0 is still in the state, pending, under another uid.
+    let mut old = pod("db-0", &["a"], None);
+    old["metadata"]["uid"] = json!("uid-db-0-old");
+    app.cluster.write().unwrap().apply(&object(old));
+    assert_eq!(
+        run_filter(&app, &pod("db-0", &["a"], None), &["only"]).passing,
+        ["only"]
+    );
+    let turned_away = run_filter(&app, &pod("two", &["b"], None), &["only"]);
+    assert_eq!(turned_away.failed.values().collect::<Vec<_>>(), [LIMIT]);
+    // The watch then shows the old pod gone and the new one bound.
+    app.cluster.write().unwrap().delete(Kind::Pod, "shop/db-0");
+    assert!(
+        run_filter(&app, &pod("two", &["b"], None), &["only"])
+            .passing
+            .is_empty()
+    );
+    bind(&app, "db-0", &["a"], "only");
+    assert_eq!(
+        run_filter(&app, &pod("two", &["b"], None), &["only"])
+            .failed
+            .values()
+            .collect::<Vec<_>>(),
+        [LIMIT],
+        "now the state counts db-0's volume itself"
+    );
+}
+
+/// A pod shown bound before its claim's binding reaches the state (separate watches):
+/// its placement keeps counting, on its node only, until the state counts the volume.
+#[test]
+fn a_pod_bound_before_its_claim_keeps_counting_on_its_node() {
+    let app = cluster(
+        &["n0", "n1"],
+        1,
+        &[("b", "ReadWriteOnce")],
+        &[("q", &["b"])],
+    );
+    {
+        let mut state = app.cluster.write().unwrap();
+        state.apply(&object(
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "lin"}, "provisioner": "linodebs.csi.linode.com",
+            "volumeBindingMode": "WaitForFirstConsumer"}),
+        ));
+        state.apply(&object(
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "w", "namespace": "shop"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "lin"}}),
+        ));
+        state.apply(&object(pod("p", &["w"], None)));
+    }
+    assert_eq!(
+        run_filter(&app, &pod("p", &["w"], None), &["n0", "n1"]).passing,
+        ["n0", "n1"]
+    );
+    // p shows bound to n0; its claim "w" is still unbound in the state.
+    bind(&app, "p", &["w"], "n0");
+    let q = run_filter(&app, &pod("q", &["b"], None), &["n0", "n1"]);
+    assert_eq!(q.passing, ["n1"], "{q:?}");
+    assert_eq!(
+        q.failed,
+        BTreeMap::from([("n0".to_owned(), LIMIT.to_owned())])
     );
 }

@@ -97,21 +97,10 @@ fn assert_within_limit(bound: &BTreeMap<String, Vec<String>>, limit: usize, tota
     );
 }
 
-/// `/filter` calls a volguard answered, from the metrics on its plain port.
-async fn filters_answered(cp: &ControlPlane, metrics_port: u16) -> f64 {
-    let text = cp.metrics_at(metrics_port).await;
-    common::openmetrics::parse(&text)
-        .expect("OpenMetrics")
-        .series("volguard_requests_total")
-        .filter(|s| s.labels.get("endpoint").map(String::as_str) == Some("/filter"))
-        .map(|s| s.value)
-        .sum()
-}
-
 /// Nine pods, each with its own bound linode claim, created at once on three nodes
-/// with an attach limit of 2, against the shipped two replicas: six are bound, two per
-/// node; the other three wait with the reason an operator reads. Every extender call
-/// reached one replica (the extender Service's ClientIP affinity).
+/// with an attach limit of 2, against the shipped two replicas behind the Services'
+/// stand-ins: six are bound, two per node; the other three wait with the reason an
+/// operator reads.
 #[tokio::test(flavor = "multi_thread")]
 async fn nine_pods_created_at_once_never_overshoot_an_attach_limit() {
     let cp = ControlPlane::start_with(Options {
@@ -154,15 +143,6 @@ async fn nine_pods_created_at_once_never_overshoot_an_attach_limit() {
     assert!(
         message.starts_with(&format!("0/3 nodes are available: 3 {LIMIT}.")),
         "{message}"
-    );
-    let replica_metrics = cp.replica.as_ref().expect("two replicas").2;
-    let answered = [
-        filters_answered(&cp, cp.volguard_metrics_port).await,
-        filters_answered(&cp, replica_metrics).await,
-    ];
-    assert!(
-        answered.iter().filter(|n| **n > 0.0).count() == 1,
-        "one replica answered every /filter: {answered:?}"
     );
 }
 

@@ -16,26 +16,6 @@ use serde_json::{Value, json};
 
 const RESOURCE: &str = "volumes.brightbox.com/vol-e2e";
 
-/// The overlay's config with a grace period short enough for a test.
-fn overlay_config() -> String {
-    let out = std::process::Command::new("kubectl")
-        .arg("kustomize")
-        .arg(control_plane::repo("manifests/overlays/remediation"))
-        .output()
-        .expect("kubectl kustomize");
-    let docs =
-        volguard::sources::snapshot::parse_documents(&String::from_utf8_lossy(&out.stdout), false)
-            .expect("rendered overlay");
-    let config = docs
-        .iter()
-        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-config")
-        .and_then(|d| d["data"]["config.yaml"].as_str())
-        .expect("the overlay's volguard-config")
-        .to_owned();
-    assert!(config.contains("gracePeriodSeconds: 60"), "{config}");
-    config.replace("gracePeriodSeconds: 60", "gracePeriodSeconds: 3")
-}
-
 /// A ReplicaSet that controls pod `name` (labelled `e2e-pod: <name>`): remediation
 /// leaves pods no controller owns alone. Returns the pod's ownerReferences.
 async fn controller_of(cp: &ControlPlane, name: &str) -> Value {
@@ -54,7 +34,7 @@ async fn controller_of(cp: &ControlPlane, name: &str) -> Value {
 async fn cluster_with_pod(mut labels: Value) -> ControlPlane {
     let cp = ControlPlane::start_with(Options {
         manifests: "manifests/overlays/remediation",
-        volguard_config: Some(overlay_config()),
+        volguard_config: Some(control_plane::remediation_overlay_config()),
         scheduler: false,
         ..Options::default()
     })

@@ -14,30 +14,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde_json::{Value, json};
 
-/// The overlay's config with a grace period short enough for a test.
-fn overlay_config() -> String {
-    let out = std::process::Command::new("kubectl")
-        .arg("kustomize")
-        .arg(control_plane::repo("manifests/overlays/remediation"))
-        .output()
-        .expect("kubectl kustomize");
-    let docs =
-        volguard::sources::snapshot::parse_documents(&String::from_utf8_lossy(&out.stdout), false)
-            .expect("rendered overlay");
-    let config = docs
-        .iter()
-        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-config")
-        .and_then(|d| d["data"]["config.yaml"].as_str())
-        .expect("the overlay's volguard-config")
-        .to_owned();
-    assert!(config.contains("gracePeriodSeconds: 60"), "{config}");
-    config.replace("gracePeriodSeconds: 60", "gracePeriodSeconds: 3")
-}
-
 async fn start() -> ControlPlane {
     let cp = ControlPlane::start_with(Options {
         manifests: "manifests/overlays/remediation",
-        volguard_config: Some(overlay_config()),
+        volguard_config: Some(control_plane::remediation_overlay_config()),
         ..Options::default()
     })
     .await;
@@ -84,6 +64,21 @@ async fn evictions(cp: &ControlPlane, outcome: &str) -> f64 {
         "volguard_remediation_evictions_total",
         &[("outcome", outcome)],
     )
+}
+
+/// Waits up to 30 s for volguard's metric `name{labels}` to read `value`.
+async fn metric_reaches(cp: &ControlPlane, name: &str, labels: &[(&str, &str)], value: f64) {
+    let reached = wait_for(Duration::from_secs(30), || async {
+        let text = cp.volguard_metrics().await;
+        let parsed = common::openmetrics::parse(&text).ok()?;
+        (parsed.count(name, labels) == value).then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "{name} never {value}:\n{}",
+        cp.volguard_metrics().await
+    );
 }
 
 /// Seed 000 end to end: a StatefulSet pod runs where its device is; the volume moves to
@@ -228,17 +223,13 @@ async fn a_device_plugin_that_goes_away_evicts_nothing() {
     let down: serde_json::Map<String, Value> =
         volumes.iter().map(|v| (resource(v), json!("0"))).collect();
     cp.node_status("node-a", down.into()).await;
-    let reported = wait_for(Duration::from_secs(30), || async {
-        let text = cp.volguard_metrics().await;
-        let parsed = common::openmetrics::parse(&text).ok()?;
-        (parsed.count(
-            "volguard_remediation_nodes_plugin_down",
-            &[("driver", "brightbox")],
-        ) == 1.0)
-            .then_some(())
-    })
+    metric_reaches(
+        &cp,
+        "volguard_remediation_nodes_plugin_down",
+        &[("driver", "brightbox")],
+        1.0,
+    )
     .await;
-    assert!(reported.is_some(), "{}", cp.volguard_metrics().await);
     tokio::time::sleep(Duration::from_secs(8)).await;
     for i in 0..2 {
         assert_eq!(
@@ -275,17 +266,13 @@ async fn a_bare_pod_is_not_evicted() {
         .expect("bare bound");
     cp.node_status("node-a", json!({&res: "0"})).await;
     cp.node_status("node-b", json!({&res: "1"})).await;
-    let skipped = wait_for(Duration::from_secs(30), || async {
-        let text = cp.volguard_metrics().await;
-        let parsed = common::openmetrics::parse(&text).ok()?;
-        (parsed.count(
-            "volguard_remediation_pods_skipped",
-            &[("reason", "bare_pod")],
-        ) == 1.0)
-            .then_some(())
-    })
+    metric_reaches(
+        &cp,
+        "volguard_remediation_pods_skipped",
+        &[("reason", "bare_pod")],
+        1.0,
+    )
     .await;
-    assert!(skipped.is_some(), "{}", cp.volguard_metrics().await);
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
         placed(&cp, "bare").await.map(|(n, _)| n).as_deref(),

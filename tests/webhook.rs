@@ -875,3 +875,51 @@ async fn an_unbound_claim_a_pv_reserves_is_that_volume() {
         Some("linode=52000-static")
     );
 }
+
+/// A PV whose claimRef carries another claim's uid (a Released volume of a deleted
+/// claim of the same name), or two PVs naming one claim: the binder binds neither for
+/// sure, so the claim stays unresolved (no volume, no annotation) rather than guessed.
+#[tokio::test]
+async fn a_pv_reserved_for_another_claim_of_that_name_is_not_taken() {
+    let server = TestServer::example().await;
+    let pv = |name: &str, uid: Option<&str>, phase: &str| {
+        let mut claim_ref = serde_json::json!({"namespace": "shop", "name": "data-static-1"});
+        if let Some(uid) = uid {
+            claim_ref["uid"] = uid.into();
+        }
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"},
+                "storageClassName": "",
+                "csi": {"driver": "linodebs.csi.linode.com", "volumeHandle": format!("h-{name}")},
+                "claimRef": claim_ref},
+            "status": {"phase": phase}})
+    };
+    apply_object(
+        &server,
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-static-1", "namespace": "shop", "uid": "uid-new"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                "resources": {"requests": {"storage": "10Gi"}}}}),
+    );
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "static-1", "namespace": "shop"},
+        "spec": {"containers": [{"name": "db", "image": "busybox",
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-static-1"}}]}});
+    let volumes = |pod: &Pod| annotation(pod, "volguard.io/volumes");
+
+    apply_object(&server, pv("pv-old", Some("uid-old"), "Released"));
+    assert_eq!(volumes(&admit_twice(&server, &pod, "shop").await.0), None);
+    apply_object(&server, pv("pv-new", Some("uid-new"), "Available"));
+    assert_eq!(
+        volumes(&admit_twice(&server, &pod, "shop").await.0).as_deref(),
+        Some("linode=h-pv-new")
+    );
+    apply_object(&server, pv("pv-other", None, "Available"));
+    assert_eq!(
+        volumes(&admit_twice(&server, &pod, "shop").await.0),
+        None,
+        "two PVs name the claim: which one the binder takes is not known"
+    );
+}

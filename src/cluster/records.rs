@@ -47,11 +47,17 @@ pub struct PvRecord {
     pub exclusive: bool,
     /// `spec.claimRef` as `namespace/name`: the claim it is bound or reserved to.
     pub claim: Option<String>,
+    /// `spec.claimRef.uid`: when set, only that claim (not a later one of the same name).
+    pub claim_uid: Option<String>,
+    /// Phase Released or Failed: the PV binder binds it to no claim.
+    pub released: bool,
 }
 
 /// What volguard keeps of a PersistentVolumeClaim.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PvcRecord {
+    /// `metadata.uid`: a PV's claimRef with a uid names this claim only if it matches.
+    pub uid: Option<String>,
     /// The bound PV's name.
     pub volume_name: Option<String>,
     /// The StorageClass, for unbound claims.
@@ -308,6 +314,14 @@ impl PvRecord {
             claim: spec
                 .and_then(|s| s.claim_ref.as_ref())
                 .and_then(|c| Some(key(c.namespace.as_deref()?, c.name.as_deref()?))),
+            claim_uid: spec
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|c| c.uid.clone())
+                .filter(|u| !u.is_empty()),
+            released: matches!(
+                pv.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Released" | "Failed")
+            ),
         }
     }
 }
@@ -342,6 +356,7 @@ impl PvcRecord {
     pub fn from_pvc(pvc: &PersistentVolumeClaim) -> Self {
         let spec = pvc.spec.as_ref();
         PvcRecord {
+            uid: pvc.metadata.uid.clone().filter(|u| !u.is_empty()),
             volume_name: spec
                 .and_then(|s| s.volume_name.clone())
                 .filter(|n| !n.is_empty()),

@@ -97,9 +97,9 @@ pub struct ClusterState {
     va_attached_volume: HashMap<String, VolumeId>,
     claim_pods: HashMap<String, HashSet<String>>,
     pv_claim: HashMap<String, String>,
-    /// Claim -> the PV whose claimRef names it (a static PV reserved for a claim that
+    /// Claim -> the PVs whose claimRef names it (a static PV reserved for a claim that
     /// a StatefulSet will create, say), bound or not.
-    reserved: HashMap<String, String>,
+    reserved: HashMap<String, BTreeSet<String>>,
     pv_attachments: HashMap<String, HashSet<String>>,
 
     deletions: RecentDeletions,
@@ -174,7 +174,10 @@ impl ClusterState {
                 let name = pv.metadata.name.clone().unwrap_or_default();
                 let rec = PvRecord::from_pv(pv, &d);
                 if let Some(claim) = &rec.claim {
-                    self.reserved.insert(claim.clone(), name.clone());
+                    self.reserved
+                        .entry(claim.clone())
+                        .or_default()
+                        .insert(name.clone());
                 }
                 if let Some(old) = self.pvs.insert(name.clone(), rec) {
                     self.unreserve(&name, &old);
@@ -384,10 +387,32 @@ impl ClusterState {
 
     // ---- reads used by the webhook and the extender ----
 
-    /// The PV whose claimRef names `namespace/claim`: the one the PV binder will bind an
-    /// unbound claim to.
-    pub fn reserved_pv(&self, namespace: &str, claim: &str) -> Option<&PvRecord> {
-        self.pvs.get(self.reserved.get(&key(namespace, claim))?)
+    /// The PV the PV binder will bind the unbound claim `namespace/claim` (of uid
+    /// `uid`) to: the one PV whose claimRef names it, by name and, when the claimRef
+    /// has a uid, by uid, and that is not Released or Failed. `None` when there is no
+    /// such PV, or more than one.
+    pub fn reserved_pv(
+        &self,
+        namespace: &str,
+        claim: &str,
+        uid: Option<&str>,
+    ) -> Option<&PvRecord> {
+        let mut eligible = self
+            .reserved
+            .get(&key(namespace, claim))?
+            .iter()
+            .filter_map(|name| self.pvs.get(name))
+            .filter(|pv| !pv.released && pv.claim_uid.as_deref().is_none_or(|u| Some(u) == uid));
+        let pv = eligible.next()?;
+        eligible.next().is_none().then_some(pv)
+    }
+
+    /// How many volumes the state counts for a pod on its node: those of its claims
+    /// that are bound to a known PV, its inline volumes and devices.
+    pub fn pod_volume_count(&self, namespace: &str, name: &str) -> usize {
+        self.contributions
+            .get(&Source::Pod(key(namespace, name)))
+            .map_or(0, |(_, volumes)| volumes.len())
     }
 
     /// A node's record.
@@ -517,8 +542,11 @@ impl ClusterState {
     fn unreserve(&mut self, pv: &str, old: &PvRecord) {
         let Some(claim) = &old.claim else { return };
         let still = self.pvs.get(pv).and_then(|r| r.claim.as_ref()) == Some(claim);
-        if !still && self.reserved.get(claim).is_some_and(|p| p == pv) {
-            self.reserved.remove(claim);
+        if !still && let Some(pvs) = self.reserved.get_mut(claim) {
+            pvs.remove(pv);
+            if pvs.is_empty() {
+                self.reserved.remove(claim);
+            }
         }
     }
 

@@ -10,7 +10,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -19,15 +22,17 @@ use crate::{
     model::drivers::{DriverId, VolumeId},
 };
 
-/// How long a placement counts without being seen bound. A binding normally shows in
-/// the watch within milliseconds; one that waits for a provisioner (a
-/// WaitForFirstConsumer claim) may take longer, and stops being counted after this.
-pub const EXPIRY: Duration = Duration::from_secs(30);
+/// How long a placement counts at most without the state accounting for it: longer
+/// than kube-scheduler's own binding window (VolumeBinding's `bindTimeoutSeconds`,
+/// 600 s, while a WaitForFirstConsumer claim waits for its provisioner). A placement
+/// normally ends much sooner, on evidence: see [`InFlight::settle`].
+pub const EXPIRY: Duration = Duration::from_secs(660);
 
 /// At most this many pods in flight. Bindings normally show within milliseconds, so
-/// a few are in flight at a time; this many means the Pod watch lags far behind the
-/// scheduler, and new pods wait (their `/filter` answers `Error`) rather than the set
-/// growing (each placement holds the names of the nodes it passed).
+/// a few are in flight at a time; this many means bindings are slow (claims waiting
+/// for their provisioner) or the Pod watch lags, and new pods wait (their `/filter`
+/// answers `Error`) rather than the set growing (each placement holds the names of the
+/// nodes it passed).
 pub const MAX_PODS: usize = 512;
 
 /// What a pod puts on the node it lands on.
@@ -71,7 +76,7 @@ pub enum Presume {
 }
 
 /// One pod in flight.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Placement {
     /// `namespace/name`.
     pub pod: String,
@@ -79,37 +84,50 @@ pub struct Placement {
     pub uid: Option<String>,
     /// When `/filter` passed it.
     pub since: Duration,
-    /// The cluster state knew the pod then: its disappearance later is a deletion.
-    pub known_to_state: bool,
+    /// The uid the state held under this name when the placement was made, when it
+    /// was another pod's: an earlier pod of the same name (a StatefulSet's) that the
+    /// watch has not shown replaced yet. Seeing it still is no news.
+    earlier: Option<String>,
+    /// The state has shown this very pod: its disappearance later is a deletion.
+    seen: AtomicBool,
     /// The nodes `/filter` passed: the scheduler binds it to one of these or none.
     candidates: NodeSet,
     /// The node `/prioritize` scored highest, once it was asked.
-    pub guess: Option<Arc<str>>,
+    guess: OnceLock<Arc<str>>,
     /// What it puts on its node.
     pub needs: Needs,
     /// A `/filter` already waited for it in vain: later ones do not wait again.
-    pub waited_out: bool,
+    waited_out: AtomicBool,
 }
 
 impl Placement {
-    /// A pod `/filter` passed on `candidates`.
+    /// A pod `/filter` passed on `candidates`, as the state shows it (or not) now.
     pub fn new(
         pod: String,
         uid: Option<String>,
         since: Duration,
-        known_to_state: bool,
+        state: &ClusterState,
         candidates: impl IntoIterator<Item = Arc<str>>,
         needs: Needs,
     ) -> Self {
-        Placement {
+        let placement = Placement {
             pod,
             uid,
             since,
-            known_to_state,
+            earlier: None,
+            seen: AtomicBool::new(false),
             candidates: candidates.into_iter().collect(),
-            guess: None,
+            guess: OnceLock::new(),
             needs,
-            waited_out: false,
+            waited_out: AtomicBool::new(false),
+        };
+        let earlier = match placement.in_state(state) {
+            Some(rec) if !placement.is_this(rec.uid.as_deref()) => rec.uid.clone(),
+            _ => None,
+        };
+        Placement {
+            earlier,
+            ..placement
         }
     }
 
@@ -117,7 +135,7 @@ impl Placement {
     pub fn may_be_on(&self, node: &str, presume: Presume) -> bool {
         match presume {
             Presume::Anywhere => self.candidates.contains(node),
-            Presume::AtGuess => self.guess.as_deref() == Some(node),
+            Presume::AtGuess => self.guess.get().is_some_and(|g| &**g == node),
         }
     }
 
@@ -128,30 +146,92 @@ impl Placement {
                 self.candidates.len() > 1
                     || (self.candidates.len() == 1 && !self.candidates.contains(node))
             }
-            Presume::AtGuess => self.guess.as_deref().is_some_and(|g| g != node),
+            Presume::AtGuess => self.guess.get().is_some_and(|g| &**g != node),
         }
     }
 
-    /// What became of it, as the cluster state shows it now.
-    fn settled(&self, state: &ClusterState, now: Duration) -> bool {
-        if now.saturating_sub(self.since) >= EXPIRY {
-            return true;
-        }
+    /// A `/filter` waited for it in vain already.
+    pub fn waited_out(&self) -> bool {
+        self.waited_out.load(Ordering::Relaxed)
+    }
+
+    fn in_state<'s>(
+        &self,
+        state: &'s ClusterState,
+    ) -> Option<&'s crate::cluster::records::PodRecord> {
         let (namespace, name) = self.pod.split_once('/').unwrap_or(("", &self.pod));
-        match state.pod(namespace, name) {
-            // Deleted since.
-            None => self.known_to_state,
-            Some(rec) => {
-                let same = match (&self.uid, &rec.uid) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => true,
-                };
-                // Replaced by a pod of the same name, or bound (now counted by the
-                // state itself), or done.
-                !same || rec.node.is_some() || rec.terminal || rec.deleting
-            }
+        state.pod(namespace, name)
+    }
+
+    /// A record of this uid is this pod (either uid unknown: the name decides).
+    fn is_this(&self, uid: Option<&str>) -> bool {
+        match (self.uid.as_deref(), uid) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
         }
     }
+
+    /// The state accounts for the pod now, or shows it gone or replaced, or the
+    /// placement expired.
+    fn settled(&self, state: &ClusterState, now: Duration) -> bool {
+        matches!(self.status(state, now), Status::Settled)
+    }
+
+    /// What the state says of the pod now.
+    fn status(&self, state: &ClusterState, now: Duration) -> Status {
+        if now.saturating_sub(self.since) >= EXPIRY {
+            return Status::Settled;
+        }
+        let Some(rec) = self.in_state(state) else {
+            // Deleted once seen; not seen yet otherwise (the watch lags).
+            return match self.seen.load(Ordering::Relaxed) {
+                true => Status::Settled,
+                false => Status::InFlight,
+            };
+        };
+        if !self.is_this(rec.uid.as_deref()) {
+            // Still the earlier pod of this name, or already a later one.
+            return match rec.uid == self.earlier {
+                true => Status::InFlight,
+                false => Status::Settled,
+            };
+        }
+        self.seen.store(true, Ordering::Relaxed);
+        if rec.terminal || rec.deleting {
+            return Status::Settled;
+        }
+        // Bound, with every volume it needs counted by the state on its node; or bound
+        // while a claim's binding has not reached the state yet: counted there only.
+        match &rec.node {
+            Some(_) if self.counted(state) => Status::Settled,
+            Some(node) if self.candidates.len() > 1 || !self.candidates.contains(node) => {
+                Status::BoundTo(node.clone())
+            }
+            _ => Status::InFlight,
+        }
+    }
+
+    /// The state counts on the pod's node at least as many volumes of it as it needs.
+    fn counted(&self, state: &ClusterState) -> bool {
+        let (namespace, name) = self.pod.split_once('/').unwrap_or(("", &self.pod));
+        let needed: usize = self
+            .needs
+            .attach
+            .iter()
+            .map(|d| d.known.len() + d.pending as usize)
+            .sum();
+        state.pod_volume_count(namespace, name) >= needed
+    }
+}
+
+/// What became of a placement.
+enum Status {
+    /// The state accounts for the pod, or it is gone, or the placement expired.
+    Settled,
+    /// Bound to this node, its volumes not all counted by the state yet.
+    BoundTo(Arc<str>),
+    /// Not bound yet, as far as the state shows.
+    InFlight,
 }
 
 /// Every pod in flight, by `namespace/name`.
@@ -161,9 +241,27 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// Forgets the placements the state now accounts for, or that expired.
+    /// Forgets the placements the state now accounts for, or that expired; narrows
+    /// those the state shows bound, whose volumes it does not count yet, to their node.
     pub fn settle(&mut self, state: &ClusterState, now: Duration) {
-        self.placements.retain(|_, p| !p.settled(state, now));
+        self.placements.retain(|_, p| match p.status(state, now) {
+            Status::Settled => false,
+            Status::InFlight => true,
+            Status::BoundTo(node) => {
+                *p = Arc::new(Placement {
+                    pod: p.pod.clone(),
+                    uid: p.uid.clone(),
+                    since: p.since,
+                    earlier: p.earlier.clone(),
+                    seen: AtomicBool::new(true),
+                    candidates: std::iter::once(node).collect(),
+                    guess: p.guess.clone(),
+                    needs: p.needs.clone(),
+                    waited_out: AtomicBool::new(p.waited_out()),
+                });
+                true
+            }
+        });
     }
 
     /// The placements of every pod but `pod` whose needs touch `needs`: a driver or an
@@ -176,12 +274,19 @@ impl InFlight {
             .collect()
     }
 
-    /// Remembers a pod `/filter` passed, replacing its earlier placement; not when the
-    /// state accounts for it already (a pod asked about after it was bound).
+    /// Remembers a pod `/filter` passed, replacing its earlier placement (and keeping
+    /// that one's wait spent); not when the state accounts for it already (a pod asked
+    /// about after it was bound).
     pub fn record(&mut self, placement: Placement, state: &ClusterState) {
         if placement.settled(state, placement.since) {
             self.placements.remove(&placement.pod);
             return;
+        }
+        if let Some(old) = self.placements.get(&placement.pod)
+            && old.uid == placement.uid
+            && old.waited_out()
+        {
+            placement.waited_out.store(true, Ordering::Relaxed);
         }
         self.placements
             .insert(placement.pod.clone(), Arc::new(placement));
@@ -192,19 +297,18 @@ impl InFlight {
         self.placements.remove(pod);
     }
 
-    /// Notes the node `/prioritize` scored highest for `pod`.
-    pub fn guess(&mut self, pod: &str, node: Arc<str>) {
-        if let Some(p) = self.placements.get_mut(pod) {
-            Arc::make_mut(p).guess = Some(node);
+    /// Notes the node `/prioritize` scored highest for `pod` (the first answer stands:
+    /// a retry asks `/filter` first, which makes a new placement).
+    pub fn guess(&self, pod: &str, node: Arc<str>) {
+        if let Some(p) = self.placements.get(pod) {
+            let _ = p.guess.set(node);
         }
     }
 
     /// Marks placements a `/filter` waited for in vain.
-    pub fn waited_out<'a>(&mut self, pods: impl IntoIterator<Item = &'a str>) {
-        for pod in pods {
-            if let Some(p) = self.placements.get_mut(pod) {
-                Arc::make_mut(p).waited_out = true;
-            }
+    pub fn waited_out<'a>(&self, placements: impl IntoIterator<Item = &'a Arc<Placement>>) {
+        for p in placements {
+            p.waited_out.store(true, Ordering::Relaxed);
         }
     }
 

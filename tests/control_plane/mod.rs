@@ -872,18 +872,7 @@ impl ControlPlane {
 
     fn scheduler_config_for(&self, manifests: &[Value], port: u16) -> Value {
         use base64::Engine;
-        let shipped = manifests
-            .iter()
-            .find(|d| {
-                d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config"
-            })
-            .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
-            .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None))
-            .to_owned();
-        let mut config: Value = volguard::sources::snapshot::parse_documents(&shipped, false)
-            .ok()
-            .and_then(|mut d| d.pop())
-            .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None));
+        let mut config = shipped_scheduler_config_in(manifests);
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
         for extender in config["extenders"].as_array_mut().expect("extenders") {
             extender["urlPrefix"] = json!(format!("https://127.0.0.1:{port}"));
@@ -1509,6 +1498,40 @@ impl Drop for ControlPlane {
     }
 }
 
+/// The KubeSchedulerConfiguration in the rendered `manifests`' scheduler ConfigMap.
+fn shipped_scheduler_config_in(manifests: &[Value]) -> Value {
+    let shipped = manifests
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config")
+        .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
+        .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None));
+    volguard::sources::snapshot::parse_documents(shipped, false)
+        .ok()
+        .and_then(|mut d| d.pop())
+        .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None))
+}
+
+/// The remediation overlay's volguard config, with a grace period short enough for a
+/// test (3 s instead of 60 s).
+pub fn remediation_overlay_config() -> String {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo("manifests/overlays/remediation"))
+        .output()
+        .expect("kubectl kustomize");
+    let docs =
+        volguard::sources::snapshot::parse_documents(&String::from_utf8_lossy(&out.stdout), false)
+            .expect("rendered overlay");
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-config")
+        .and_then(|d| d["data"]["config.yaml"].as_str())
+        .expect("the overlay's volguard-config")
+        .to_owned();
+    assert!(config.contains("gracePeriodSeconds: 60"), "{config}");
+    config.replace("gracePeriodSeconds: 60", "gracePeriodSeconds: 3")
+}
+
 /// kube-scheduler with `config`, on a free loopback port, as `kubeconfig`'s identity.
 fn scheduler_command(config: &Path, kubeconfig: &Path) -> Command {
     let mut command = Command::new(binaries().join("kube-scheduler"));
@@ -1830,19 +1853,7 @@ impl ControlPlane {
     /// The KubeSchedulerConfiguration `manifests/` ships, as written there (before the
     /// harness points it at this control plane).
     pub fn shipped_scheduler_config(&self) -> Value {
-        let manifests = self.rendered_manifests();
-        let shipped = manifests
-            .iter()
-            .find(|d| {
-                d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config"
-            })
-            .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
-            .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None))
-            .to_owned();
-        volguard::sources::snapshot::parse_documents(&shipped, false)
-            .ok()
-            .and_then(|mut d| d.pop())
-            .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None))
+        shipped_scheduler_config_in(&self.rendered_manifests())
     }
 
     /// Starts kube-scheduler with the shipped profile now, for a control plane started

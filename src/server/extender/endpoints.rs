@@ -261,23 +261,24 @@ fn look(
     app.metrics.pods_in_flight(flight.len());
     if !needs.is_empty() && flight.is_full_for(&me) {
         return Err(Unjudged::NotReady(format!(
-            "{} pods the scheduler placed are not bound in volguard's watch yet (it lags): retry later",
+            "{} pods passed by volguard are not seen bound yet (their bindings are slow, or volguard's watch lags): retry later",
             flight.len()
         )));
     }
     let others = flight.touching(&me, &needs);
     let judge = judge.with_in_flight(&others, Presume::Anywhere);
     let judged = judge_each(&judge, names, abandoned)?;
-    if !others.is_empty() {
-        let hindered = judged
-            .iter()
-            .zip(names)
-            .any(|(j, n)| !j.passes() && judge.judge_unhindered(n).passes());
-        if hindered && others.iter().any(|p| !p.waited_out) {
+    // Wait only when pods in flight turn away every node that would pass without them
+    // (nodes passing anyway are a safe answer now), and only for pods not waited for
+    // in vain already.
+    let fresh: Vec<&Arc<Placement>> = others.iter().filter(|p| !p.waited_out()).collect();
+    if !fresh.is_empty() && !judged.iter().any(Judgement::passes) {
+        let hindered = names.iter().any(|n| judge.judge_unhindered(n).passes());
+        if hindered {
             if may_wait {
                 return Ok(Look::Contended);
             }
-            flight.waited_out(others.iter().map(|p| p.pod.as_str()));
+            flight.waited_out(fresh);
             app.metrics.burst_wait("timed_out");
         }
     }
@@ -291,20 +292,9 @@ fn look(
         if passing.peek().is_none() {
             flight.forget(&me);
         } else {
-            let known = state
-                .pod(pod.namespace().unwrap_or("default"), pod.name())
-                .is_some();
-            flight.record(
-                Placement::new(
-                    me,
-                    pod.uid().map(str::to_owned),
-                    app.now(),
-                    known,
-                    passing,
-                    needs,
-                ),
-                state,
-            );
+            let uid = pod.uid().map(str::to_owned);
+            let placement = Placement::new(me, uid, app.now(), state, passing, needs);
+            flight.record(placement, state);
         }
     }
     app.metrics.pods_in_flight(flight.len());
