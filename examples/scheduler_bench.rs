@@ -103,6 +103,11 @@ struct Args {
     /// default of 50 would make the client's rate limiter the bottleneck of all three.
     #[arg(long, default_value_t = 1000.0)]
     scheduler_qps: f64,
+    /// Another build of volguard (say, of an earlier commit) to run a fourth scheduler
+    /// against, in the same run: the shipped configuration with its extender at that
+    /// build, profile `volguard-baseline`.
+    #[arg(long)]
+    baseline_volguard: Option<std::path::PathBuf>,
 }
 
 /// One scheduler run: its pods' name prefix and scheduler name, and what it is.
@@ -111,6 +116,13 @@ struct Phase {
     scheduler_name: &'static str,
     what: &'static str,
 }
+
+/// The phase run with `--baseline-volguard`, before the last one.
+const BASELINE: Phase = Phase {
+    prefix: "vb",
+    scheduler_name: "volguard-baseline",
+    what: "shipped configuration, extender at the --baseline-volguard build",
+};
 
 const PHASES: [Phase; 3] = [
     Phase {
@@ -168,7 +180,11 @@ async fn run(args: Args) {
     let t = Instant::now();
     cp.namespace(NAMESPACE).await;
     populate_nodes(&cp.admin, args.nodes, args.concurrency).await;
-    let pods: Vec<(String, &'static str)> = PHASES
+    let phases: Vec<&'static Phase> = match &args.baseline_volguard {
+        Some(_) => vec![&PHASES[0], &PHASES[1], &BASELINE, &PHASES[2]],
+        None => PHASES.iter().collect(),
+    };
+    let pods: Vec<(String, &'static str)> = phases
         .iter()
         .flat_map(|p| (0..args.pods).map(|i| (format!("{}-{i:05}", p.prefix), p.scheduler_name)))
         .collect();
@@ -225,16 +241,31 @@ async fn run(args: Args) {
     );
 
     // The schedulers, one after the other.
+    let baseline = match &args.baseline_volguard {
+        Some(binary) => Some(cp.spawn_volguard(binary).await),
+        None => None,
+    };
     let binds = BindWatch::start(cp.admin.clone());
     let mut runs = Vec::new();
-    for phase in &PHASES {
-        let volguard_before = cp.volguard_metrics().await;
+    for phase in phases.iter().copied() {
+        let volguard_metrics_port = match (&baseline, phase.scheduler_name) {
+            (Some((_, _, port)), "volguard-baseline") => *port,
+            _ => cp.volguard_metrics_port,
+        };
+        let volguard_before = cp.metrics_at(volguard_metrics_port).await;
         let mut extra = None;
         let scheduler: &Component = if phase.scheduler_name == control_plane::SCHEDULER {
             cp.start_shipped_scheduler().await;
             cp.scheduler.as_ref().expect("the shipped scheduler")
         } else {
-            let config = if phase.scheduler_name == "default-scheduler" {
+            let config = if let (Some((_, port, _)), "volguard-baseline") =
+                (&baseline, phase.scheduler_name)
+            {
+                let mut config = cp.harness_scheduler_config(*port);
+                config["profiles"] = json!([{"schedulerName": phase.scheduler_name}]);
+                config["leaderElection"] = json!({"leaderElect": false});
+                config
+            } else if phase.scheduler_name == "default-scheduler" {
                 json!({
                     "apiVersion": "kubescheduler.config.k8s.io/v1",
                     "kind": "KubeSchedulerConfiguration",
@@ -258,17 +289,20 @@ async fn run(args: Args) {
             scheduler: scheduler.pid(),
             apiserver: cp.apiserver.pid(),
             etcd: cp.etcd.pid(),
-            volguard: cp.volguard.as_ref().and_then(Component::pid),
+            volguard: match (&baseline, phase.scheduler_name) {
+                (Some((process, _, _)), "volguard-baseline") => process.pid(),
+                _ => cp.volguard.as_ref().and_then(Component::pid),
+            },
         };
         let mut run = measure(&binds, phase, args.pods, &processes, || scheduler.tail(20)).await;
         run.scheduler_metrics = component_metrics(scheduler, cp.admin_token()).await;
-        run.volguard_metrics = (volguard_before, cp.volguard_metrics().await);
+        run.volguard_metrics = (volguard_before, cp.metrics_at(volguard_metrics_port).await);
         runs.push(run);
         if let Some(mut extra) = extra {
             extra.stop(Duration::from_secs(10));
         }
         // The next scheduler starts from the same cluster: no pod bound yet.
-        if phase.scheduler_name != PHASES[PHASES.len() - 1].scheduler_name {
+        if phase.scheduler_name != phases[phases.len() - 1].scheduler_name {
             let t = Instant::now();
             delete_pods(&cp, phase, args.pods, args.concurrency).await;
             step(t, &format!("{} pods deleted", phase.scheduler_name));
@@ -355,6 +389,16 @@ fn report(
         control_plane::SCHEDULER,
         rate(control_plane::SCHEDULER) / rate("no-extender"),
     );
+    if runs
+        .iter()
+        .any(|r| r.phase.scheduler_name == BASELINE.scheduler_name)
+    {
+        println!(
+            "ratio {} / volguard-baseline: {:.2}",
+            control_plane::SCHEDULER,
+            rate(control_plane::SCHEDULER) / rate(BASELINE.scheduler_name)
+        );
+    }
     println!();
     for (what, before, after) in [
         ("one at a time", at_start, after_sequential),

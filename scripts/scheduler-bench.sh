@@ -5,6 +5,9 @@
 # loopback).
 #
 #   scripts/scheduler-bench.sh [NODES=1000] [PODS=2000] [extra scheduler_bench flags]
+#   scripts/scheduler-bench.sh 1000 1000 --baseline-volguard /path/to/another/volguard
+#                     adds a fourth scheduler, the shipped one with its extender at
+#                     that build (of an earlier commit, say): both side by side, one run
 #
 # Builds release (and, once, the control plane: see scripts/control-plane.sh), then runs
 # examples/scheduler_bench.rs: NODES fake nodes, PODS pods per scheduler, three

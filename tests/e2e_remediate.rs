@@ -16,31 +16,25 @@ use serde_json::{Value, json};
 
 const RESOURCE: &str = "volumes.brightbox.com/vol-e2e";
 
-/// The overlay's config with a grace period short enough for a test.
-fn overlay_config() -> String {
-    let out = std::process::Command::new("kubectl")
-        .arg("kustomize")
-        .arg(control_plane::repo("manifests/overlays/remediation"))
-        .output()
-        .expect("kubectl kustomize");
-    let docs =
-        volguard::sources::snapshot::parse_documents(&String::from_utf8_lossy(&out.stdout), false)
-            .expect("rendered overlay");
-    let config = docs
-        .iter()
-        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-config")
-        .and_then(|d| d["data"]["config.yaml"].as_str())
-        .expect("the overlay's volguard-config")
-        .to_owned();
-    assert!(config.contains("gracePeriodSeconds: 60"), "{config}");
-    config.replace("gracePeriodSeconds: 60", "gracePeriodSeconds: 3")
+/// A ReplicaSet that controls pod `name` (labelled `e2e-pod: <name>`): remediation
+/// leaves pods no controller owns alone. Returns the pod's ownerReferences.
+async fn controller_of(cp: &ControlPlane, name: &str) -> Value {
+    let rs = cp
+        .create(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"e2e-pod": name}},
+                "template": {"metadata": {"labels": {"e2e-pod": name}},
+                    "spec": {"containers": [{"name": "db", "image": "postgres"}]}}}}))
+        .await;
+    json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name,
+        "uid": rs["metadata"]["uid"], "controller": true}])
 }
 
 /// Two Ready nodes: e2e-a holds the volume, e2e-b does not; a pod on e2e-a uses it.
-async fn cluster_with_pod(labels: Value) -> ControlPlane {
+async fn cluster_with_pod(mut labels: Value) -> ControlPlane {
     let cp = ControlPlane::start_with(Options {
         manifests: "manifests/overlays/remediation",
-        volguard_config: Some(overlay_config()),
+        volguard_config: Some(control_plane::remediation_overlay_config()),
         scheduler: false,
         ..Options::default()
     })
@@ -48,10 +42,12 @@ async fn cluster_with_pod(labels: Value) -> ControlPlane {
     cp.namespace("shop").await;
     cp.node("e2e-a", json!({}), json!({RESOURCE: "1"})).await;
     cp.node("e2e-b", json!({}), json!({RESOURCE: "0"})).await;
+    labels["e2e-pod"] = json!("db-0");
+    let owners = controller_of(&cp, "db-0").await;
     cp.pod(
         "shop",
         json!({
-            "metadata": {"name": "db-0", "labels": labels,
+            "metadata": {"name": "db-0", "labels": labels, "ownerReferences": owners,
                 "annotations": {"volguard.io/devices": "brightbox=vol-e2e"}},
             "spec": {"nodeName": "e2e-a",
                 "containers": [{"name": "db", "image": "postgres"}]},
@@ -125,20 +121,18 @@ async fn a_budget_that_allows_no_disruption_stops_the_eviction_and_says_so() {
     )
     .await
     .expect("pod status");
-    // What the disruption controller (not running here) would write: 1 pod wanted
-    // healthy, 1 is, so no disruption is allowed.
+    // The real disruption controller: 1 pod wanted healthy, 1 is, so no disruption.
     let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
         Api::namespaced(cp.admin.clone(), "shop");
-    pdbs.patch_status(
-        "guarded",
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"status": {"observedGeneration": 1, "disruptionsAllowed": 0,
-            "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}}),
-        ),
-    )
-    .await
-    .expect("PDB status");
+    let counted = wait_for(Duration::from_secs(60), || async {
+        let status = pdbs.get("guarded").await.ok()?.status?;
+        (status.current_healthy == 1 && status.disruptions_allowed == 0).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the disruption controller counts db-0 healthy"
+    );
     move_volume(&cp).await;
     let refusal = wait_for(Duration::from_secs(60), || async {
         cp.events_from("shop", "db-0", "VolumeDetached")
@@ -169,7 +163,7 @@ async fn a_budget_that_allows_no_disruption_stops_the_eviction_and_says_so() {
     );
 }
 
-/// The Lease's holder and its last renewal, as kube-lease-manager wrote them.
+/// The Lease's holder and its last renewal, as the holder wrote them.
 async fn lease(cp: &ControlPlane) -> Option<(String, String)> {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(cp.admin.clone(), "volguard-system");
@@ -240,10 +234,12 @@ async fn with_two_replicas_only_the_lease_holder_evicts_and_the_other_takes_over
     })
     .await;
     assert!(taken.is_some(), "pid {next} did not take the Lease over");
+    let owners = controller_of(&cp, "db-1").await;
     cp.pod(
         "shop",
         json!({
-            "metadata": {"name": "db-1",
+            "metadata": {"name": "db-1", "labels": {"e2e-pod": "db-1"},
+                "ownerReferences": owners,
                 "annotations": {"volguard.io/devices": "brightbox=vol-e2e"}},
             "spec": {"nodeName": "e2e-a",
                 "containers": [{"name": "db", "image": "postgres"}]},

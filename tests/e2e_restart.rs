@@ -140,10 +140,11 @@ async fn stale_while_the_api_server_is_down_then_caught_up_after_its_restart() {
             "Nodes": null,
             "NodeNames": ["worker-2"],
             "FailedNodes": {
-                "worker-1": "node(s) at the linode attach limit (limit from node annotation volguard.io/attach-limit)",
                 "worker-3": "node(s) not in volguard's cluster state (yet)",
             },
-            "FailedAndUnresolvableNodes": {},
+            "FailedAndUnresolvableNodes": {
+                "worker-1": "node(s) at the linode attach limit (limit from node annotation volguard.io/attach-limit)",
+            },
             "Error": "",
         }),
     )

@@ -98,7 +98,7 @@ async fn a_device_plugin_pod_is_bound_where_its_volume_is_attached() {
     );
     assert!(
         filter_requests(&cp).await > before,
-        "the scheduler asked volguard (the marker resource routes the pod to the extender)"
+        "the scheduler asked volguard (the second scheduler asks it about every pod)"
     );
     // It was answered because it presented its client certificate: the shipped flags
     // turn away a caller without one, which the webhook path still takes.

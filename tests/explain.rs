@@ -299,15 +299,41 @@ fn nodes_shows_every_node_s_slots_and_devices() {
 }
 
 #[test]
-fn nodes_and_explain_show_a_pod_waiting_for_remediation() {
+fn nodes_and_explain_show_a_pod_waiting_for_remediation_and_the_pods_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(repo("examples/cluster")).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
     }
-    // worker-1 advertises vol-qsk4v with a count of 0, worker-2 with 1.
-    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cache-0\n  namespace: shop\n  annotations:\n    volguard.io/devices: brightbox=vol-qsk4v\nspec:\n  nodeName: worker-1\n  containers: [{name: app, image: app}]\nstatus:\n  phase: Running\n";
-    std::fs::write(dir.path().join("detached.yaml"), pod).unwrap();
+    // worker-1 advertises vol-qsk4v with a count of 0, worker-2 with 1. A StatefulSet
+    // owns cache-0; nothing owns loner.
+    let pod = |name: &str, node: &str, volume: &str, owned: bool| {
+        let owner = if owned {
+            "  ownerReferences: [{apiVersion: apps/v1, kind: StatefulSet, name: cache, uid: u1, controller: true}]\n"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: shop\n  uid: uid-{name}\n{owner}  annotations:\n    volguard.io/devices: brightbox={volume}\nspec:\n  nodeName: {node}\n  containers: [{{name: app, image: app}}]\nstatus:\n  phase: Running\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("detached.yaml"),
+        pod("cache-0", "worker-1", "vol-qsk4v", true),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("loner.yaml"),
+        pod("loner", "worker-1", "vol-qsk4v", false),
+    )
+    .unwrap();
+    // worker-5 lists two brightbox volumes, both below 1: its plugin looks down.
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: worker-5\nstatus:\n  allocatable:\n    volumes.brightbox.com/vol-p1: \"0\"\n    volumes.brightbox.com/vol-p2: \"0\"\n  conditions:\n  - {type: Ready, status: \"True\"}\n";
+    std::fs::write(
+        dir.path().join("worker-5.yaml"),
+        format!("{node}---\n{}", pod("stuck", "worker-5", "vol-p1", true)),
+    )
+    .unwrap();
     let config_dir = tempfile::tempdir().unwrap();
     let config = config_dir.path().join("config.yaml");
     let mut text = std::fs::read_to_string(repo("examples/config.yaml")).unwrap();
@@ -326,19 +352,25 @@ fn nodes_and_explain_show_a_pod_waiting_for_remediation() {
         String::from_utf8(out.stdout).unwrap()
     };
     let line = "shop/cache-0: volume vol-qsk4v is detached from node worker-1 (volumes.brightbox.com/vol-qsk4v is below 1 there); it is attached to worker-2; waiting for remediation: evicted once this has lasted 90s (remediation.gracePeriodSeconds)";
+    let bare = "shop/loner: volume vol-qsk4v is detached from node worker-1 (volumes.brightbox.com/vol-qsk4v is below 1 there); it is attached to worker-2; left alone: no controller owns it, so nothing would recreate it once evicted (remediation.evictBarePods: false)";
+    let stuck = "shop/stuck: volume vol-p1 is detached from node worker-5 (volumes.brightbox.com/vol-p1 is below 1 there); no other Ready node advertises it and no VolumeAttachment puts it on another node; left alone: every brightbox volume on node worker-5 is below 1 at once, so its device plugin looks down, not the volume";
+    let down = "the brightbox device plugin on node worker-5 looks down: all 2 of its volumes there are below 1 at once, so its pods are left alone";
     let nodes = run(&["nodes"]);
     assert!(
         nodes.ends_with(&format!(
-            "\npods whose device-plugin volume left their node:\n  {line}\n"
+            "\ndevice plugins that look down:\n  {down}\n\npods whose device-plugin volume left their node:\n  {line}\n  {bare}\n  {stuck}\n"
         )),
         "{nodes}"
     );
     let json: Value = serde_json::from_str(&run(&["nodes", "--output", "json"])).unwrap();
-    assert_eq!(json["detachedPods"], serde_json::json!([line]));
-    let pod_file = dir.path().join("detached.yaml");
-    let explain = run(&["explain", "--pod", pod_file.to_str().unwrap()]);
-    assert!(
-        explain.ends_with(&format!("\nremediation: {line}\n")),
-        "{explain}"
-    );
+    assert_eq!(json["detachedPods"], serde_json::json!([line, bare, stuck]));
+    assert_eq!(json["pluginsDown"], serde_json::json!([down]));
+    for (file, want) in [("detached.yaml", line), ("loner.yaml", bare)] {
+        let pod_file = dir.path().join(file);
+        let explain = run(&["explain", "--pod", pod_file.to_str().unwrap()]);
+        assert!(
+            explain.ends_with(&format!("\nremediation: {want}\n")),
+            "{explain}"
+        );
+    }
 }

@@ -49,6 +49,12 @@ fn reasons(v: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Forgets the pods earlier `/filter` calls passed: each what-if that follows is judged
+/// as a pod on its own, not as the next pod of a burst (tests/bursts.rs has those).
+fn forget_in_flight(server: &TestServer) {
+    *server.app.in_flight.lock().unwrap() = Default::default();
+}
+
 async fn filter(server: &TestServer, body: String) -> Filtered {
     let (status, bytes) = server.post("/filter", body).await;
     assert_eq!(
@@ -281,8 +287,10 @@ async fn example_pods_get_the_outcome_their_comments_state_in_both_modes() {
     let nodes = example_nodes();
     for (name, want) in cases {
         let p = pod(&format!("examples/pods/{name}.yaml"));
+        forget_in_flight(&server);
         let f = filter_names(&server, &p).await;
         assert_eq!(f.passing, want, "{name} by NodeNames: {:?}", f.raw);
+        forget_in_flight(&server);
         let f = filter(&server, by_nodes(&p, &nodes)).await;
         assert_eq!(f.passing, want, "{name} by Nodes: {:?}", f.raw);
     }
@@ -826,6 +834,7 @@ async fn a_local_attach_limit_applies_only_when_configured_counting_bound_pods()
     assert_eq!(f.passing, ["virt-1"], "{:?}", f.raw);
     // An unbound WaitForFirstConsumer claim of the class is one new attachment.
     let scratch = claims_pod("scratch-0", &["scratch-local"]);
+    forget_in_flight(&server);
     let f = filter(&server, by_names(&scratch, &VIRT)).await;
     assert_eq!(f.passing, ["virt-2"]);
     assert_eq!(

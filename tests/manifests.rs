@@ -591,6 +591,29 @@ fn check_volguard_deployment(r: &Rendered) {
         .expect("Service volguard has port 443");
     assert_eq!(https.target_port, Some(IntOrString::String("https".into())));
     assert!(service_spec.ports.iter().flatten().any(|p| p.port == 9090));
+    assert_eq!(
+        service_spec.session_affinity.as_deref(),
+        None,
+        "the webhook's Service balances"
+    );
+
+    // The extender's Service: the same pods, one replica per client (README: "Bursts").
+    let extender = by_name(&r.services, "volguard-extender", |o| {
+        o.metadata.name.as_deref().unwrap_or_default()
+    });
+    let extender_spec = extender
+        .spec
+        .as_ref()
+        .expect("Service volguard-extender has a spec");
+    assert_eq!(extender_spec.selector, service_spec.selector);
+    assert_eq!(extender_spec.session_affinity.as_deref(), Some("ClientIP"));
+    let https = extender_spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.port == 443)
+        .expect("Service volguard-extender has port 443");
+    assert_eq!(https.target_port, Some(IntOrString::String("https".into())));
 
     let pdb = by_name(&r.pdbs, "volguard", |o| {
         o.metadata.name.as_deref().unwrap_or_default()
@@ -613,8 +636,8 @@ fn check_volguard_deployment(r: &Rendered) {
 fn check_extender(extender: &Value, what: &str) {
     assert_eq!(
         extender["urlPrefix"],
-        format!("https://volguard.{NAMESPACE}.svc:443"),
-        "{what}: urlPrefix"
+        format!("https://volguard-extender.{NAMESPACE}.svc:443"),
+        "{what}: urlPrefix (the Service with ClientIP affinity)"
     );
     assert_eq!(extender["filterVerb"], "filter", "{what}: filterVerb");
     assert_eq!(
@@ -901,14 +924,16 @@ fn extender_snippet_matches_the_scheduler_config() {
 }
 
 /// `(group, resource, verb)` of every rule, to compare grants as sets.
-fn grants(rules: &Option<Vec<PolicyRule>>) -> BTreeSet<(String, String, String)> {
+/// Each rule's (group, resource, verb, resourceNames joined by ","; "" for any name).
+fn grants(rules: &Option<Vec<PolicyRule>>) -> BTreeSet<(String, String, String, String)> {
     let mut out = BTreeSet::new();
     for rule in rules.iter().flatten() {
-        assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none());
+        assert!(rule.non_resource_urls.is_none());
+        let names = rule.resource_names.clone().unwrap_or_default().join(",");
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
                 for verb in &rule.verbs {
-                    out.insert((group.clone(), resource.clone(), verb.clone()));
+                    out.insert((group.clone(), resource.clone(), verb.clone(), names.clone()));
                 }
             }
         }
@@ -916,8 +941,12 @@ fn grants(rules: &Option<Vec<PolicyRule>>) -> BTreeSet<(String, String, String)>
     out
 }
 
-fn grant(group: &str, resource: &str, verb: &str) -> (String, String, String) {
-    (group.into(), resource.into(), verb.into())
+fn grant(group: &str, resource: &str, verb: &str) -> (String, String, String, String) {
+    named(group, resource, verb, "")
+}
+
+fn named(group: &str, resource: &str, verb: &str, names: &str) -> (String, String, String, String) {
+    (group.into(), resource.into(), verb.into(), names.into())
 }
 
 #[test]
@@ -945,7 +974,8 @@ fn remediation_overlay_turns_it_on_with_exactly_the_permissions_it_needs() {
         grants(&role.rules),
         [
             grant("", "pods/eviction", "create"),
-            grant("", "events", "create")
+            grant("events.k8s.io", "events", "create"),
+            grant("events.k8s.io", "events", "patch"),
         ]
         .into_iter()
         .collect(),
@@ -960,12 +990,26 @@ fn remediation_overlay_turns_it_on_with_exactly_the_permissions_it_needs() {
         o.metadata.name.as_deref().unwrap_or_default()
     });
     assert_eq!(lease_role.metadata.namespace.as_deref(), Some(NAMESPACE));
+    // Reads and writes of the one Lease by name; create cannot be limited by name.
     assert_eq!(
         grants(&lease_role.rules),
-        ["get", "create", "update", "patch"]
-            .into_iter()
-            .map(|v| grant("coordination.k8s.io", "leases", v))
-            .collect()
+        [
+            grant("coordination.k8s.io", "leases", "create"),
+            named(
+                "coordination.k8s.io",
+                "leases",
+                "get",
+                "volguard-remediation"
+            ),
+            named(
+                "coordination.k8s.io",
+                "leases",
+                "update",
+                "volguard-remediation"
+            ),
+        ]
+        .into_iter()
+        .collect()
     );
     let lease_binding = by_name(&r.role_bindings, "volguard-remediation-lease", |o| {
         o.metadata.name.as_deref().unwrap_or_default()
@@ -1000,6 +1044,8 @@ fn remediation_overlay_turns_it_on_with_exactly_the_permissions_it_needs() {
     let text = config_map(&r, "volguard-config").data.as_ref().unwrap()["config.yaml"].clone();
     let parsed = volguard::model::config::Config::parse(&text).expect("a valid volguard config");
     assert!(parsed.remediation.enabled && !parsed.remediation.dry_run);
+    assert!(!parsed.remediation.evict_bare_pods);
+    assert_eq!(parsed.remediation.lease.name, "volguard-remediation");
 }
 
 #[test]

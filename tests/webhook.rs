@@ -993,3 +993,85 @@ fn a_review_waiting_for_the_cluster_state_leaves_its_async_worker_free() {
     assert_eq!(response["allowed"], true, "{response}");
     assert!(patch_of(&response).is_some(), "{response}");
 }
+
+/// A StatefulSet's claim for a static PV: the claim is created unbound, without a class,
+/// with its pod, and the PV binder binds it a moment later to the PV whose claimRef names
+/// it. The webhook resolves it to that PV's volume already.
+#[tokio::test]
+async fn an_unbound_claim_a_pv_reserves_is_that_volume() {
+    let server = TestServer::example().await;
+    apply_object(
+        &server,
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "pv-static-0"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"},
+                "storageClassName": "",
+                "csi": {"driver": "linodebs.csi.linode.com", "volumeHandle": "52000-static"},
+                "claimRef": {"namespace": "shop", "name": "data-static-0"}}}),
+    );
+    apply_object(
+        &server,
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-static-0", "namespace": "shop"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                "resources": {"requests": {"storage": "10Gi"}}}}),
+    );
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "static-0", "namespace": "shop"},
+        "spec": {"containers": [{"name": "db", "image": "busybox",
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-static-0"}}]}});
+    let (pod, _) = admit_twice(&server, &pod, "shop").await;
+    assert_eq!(
+        annotation(&pod, "volguard.io/volumes").as_deref(),
+        Some("linode=52000-static")
+    );
+}
+
+/// A PV whose claimRef carries another claim's uid (a Released volume of a deleted
+/// claim of the same name), or two PVs naming one claim: the binder binds neither for
+/// sure, so the claim stays unresolved (no volume, no annotation) rather than guessed.
+#[tokio::test]
+async fn a_pv_reserved_for_another_claim_of_that_name_is_not_taken() {
+    let server = TestServer::example().await;
+    let pv = |name: &str, uid: Option<&str>, phase: &str| {
+        let mut claim_ref = serde_json::json!({"namespace": "shop", "name": "data-static-1"});
+        if let Some(uid) = uid {
+            claim_ref["uid"] = uid.into();
+        }
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"},
+                "storageClassName": "",
+                "csi": {"driver": "linodebs.csi.linode.com", "volumeHandle": format!("h-{name}")},
+                "claimRef": claim_ref},
+            "status": {"phase": phase}})
+    };
+    apply_object(
+        &server,
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-static-1", "namespace": "shop", "uid": "uid-new"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                "resources": {"requests": {"storage": "10Gi"}}}}),
+    );
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "static-1", "namespace": "shop"},
+        "spec": {"containers": [{"name": "db", "image": "busybox",
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-static-1"}}]}});
+    let volumes = |pod: &Pod| annotation(pod, "volguard.io/volumes");
+
+    apply_object(&server, pv("pv-old", Some("uid-old"), "Released"));
+    assert_eq!(volumes(&admit_twice(&server, &pod, "shop").await.0), None);
+    apply_object(&server, pv("pv-new", Some("uid-new"), "Available"));
+    assert_eq!(
+        volumes(&admit_twice(&server, &pod, "shop").await.0).as_deref(),
+        Some("linode=h-pv-new")
+    );
+    apply_object(&server, pv("pv-other", None, "Available"));
+    assert_eq!(
+        volumes(&admit_twice(&server, &pod, "shop").await.0),
+        None,
+        "two PVs name the claim: which one the binder takes is not known"
+    );
+}

@@ -158,6 +158,22 @@ impl Readiness {
         })
     }
 
+    /// The watches failing right now, grace period or not, as one line; `None` when
+    /// none is. Remediation, which evicts pods, acts on nothing less than a state every
+    /// watch keeps current: it stops at the first failure, not once the state is stale.
+    pub fn failing_now(&self) -> Option<String> {
+        let parts: Vec<String> = self
+            .watches
+            .iter()
+            .filter(|(_, h)| h.failing_since.is_some())
+            .map(|(k, h)| {
+                let error = h.last_error.as_deref().unwrap_or("unknown error");
+                format!("{} watch failing ({error})", k.as_str())
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("; ").replace('\n', " "))
+    }
+
     /// Why verdicts cannot be trusted now; `None` when they can.
     pub fn problem(&self) -> Option<String> {
         self.problem_at(Instant::now())

@@ -45,11 +45,19 @@ pub struct PvRecord {
     pub volume: Option<VolumeId>,
     /// ReadWriteOnce or ReadWriteOncePod: one node at a time.
     pub exclusive: bool,
+    /// `spec.claimRef` as `namespace/name`: the claim it is bound or reserved to.
+    pub claim: Option<String>,
+    /// `spec.claimRef.uid`: when set, only that claim (not a later one of the same name).
+    pub claim_uid: Option<String>,
+    /// Phase Released or Failed: the PV binder binds it to no claim.
+    pub released: bool,
 }
 
 /// What volguard keeps of a PersistentVolumeClaim.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PvcRecord {
+    /// `metadata.uid`: a PV's claimRef with a uid names this claim only if it matches.
+    pub uid: Option<String>,
     /// The bound PV's name.
     pub volume_name: Option<String>,
     /// The StorageClass, for unbound claims.
@@ -87,6 +95,12 @@ pub struct PodRecord {
     pub remediation_opt_out: bool,
     /// Has a deletion timestamp: already on its way out.
     pub deleting: bool,
+    /// `metadata.uid`: remediation evicts the pod it judged, by this uid, and no other;
+    /// a placement in flight belongs to this pod, not to one recreated under its name.
+    pub uid: Option<String>,
+    /// An owner with `controller: true` manages it and recreates it once evicted; a
+    /// bare pod is left alone unless `remediation.evictBarePods` (kubectl drain's rule).
+    pub controlled: bool,
 }
 
 /// What volguard keeps of a VolumeAttachment of a managed attacher.
@@ -98,6 +112,9 @@ pub struct VaRecord {
     pub driver: DriverId,
     /// Which volume.
     pub source: VaSource,
+    /// `status.attached`: the attacher reports the volume attached to `node`, evidence
+    /// for remediation that the volume is there.
+    pub attached: bool,
 }
 
 /// The volume a VolumeAttachment names.
@@ -294,6 +311,17 @@ impl PvRecord {
                 spec.and_then(|s| s.access_modes.as_deref())
                     .unwrap_or_default(),
             ),
+            claim: spec
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|c| Some(key(c.namespace.as_deref()?, c.name.as_deref()?))),
+            claim_uid: spec
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|c| c.uid.clone())
+                .filter(|u| !u.is_empty()),
+            released: matches!(
+                pv.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Released" | "Failed")
+            ),
         }
     }
 }
@@ -328,6 +356,7 @@ impl PvcRecord {
     pub fn from_pvc(pvc: &PersistentVolumeClaim) -> Self {
         let spec = pvc.spec.as_ref();
         PvcRecord {
+            uid: pvc.metadata.uid.clone().filter(|u| !u.is_empty()),
             volume_name: spec
                 .and_then(|s| s.volume_name.clone())
                 .filter(|n| !n.is_empty()),
@@ -381,6 +410,8 @@ impl PodRecord {
                 .metadata
                 .as_ref()
                 .is_some_and(|m| m.deletion_timestamp.is_some()),
+            uid: pod.uid().map(str::to_owned),
+            controlled: pod.has_controller(),
         }
     }
 }
@@ -402,6 +433,7 @@ impl VaRecord {
             node: va.spec.node_name.as_str().into(),
             driver,
             source,
+            attached: va.status.as_ref().is_some_and(|s| s.attached),
         })
     }
 }

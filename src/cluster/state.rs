@@ -2,7 +2,7 @@
 //! current object by object so that no request ever scans the cluster.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
@@ -89,8 +89,16 @@ pub struct ClusterState {
     contributions: HashMap<Source, (Arc<str>, Vec<VolumeId>)>,
     users: HashMap<VolumeId, Vec<VolumeUser>>,
     device_holders: HashMap<VolumeId, BTreeSet<Arc<str>>>,
+    /// Per volume, the nodes its VolumeAttachments report it attached to, by the
+    /// VolumeAttachment's name: remediation's evidence that a volume is elsewhere.
+    va_attached: HashMap<VolumeId, BTreeMap<String, Arc<str>>>,
+    /// The volume each VolumeAttachment in `va_attached` is indexed under.
+    va_attached_volume: HashMap<String, VolumeId>,
     claim_pods: HashMap<String, HashSet<String>>,
     pv_claim: HashMap<String, String>,
+    /// Claim -> the PVs whose claimRef names it (a static PV reserved for a claim that
+    /// a StatefulSet will create, say), bound or not.
+    reserved: HashMap<String, BTreeSet<String>>,
     pv_attachments: HashMap<String, HashSet<String>>,
 
     deletions: RecentDeletions,
@@ -125,8 +133,11 @@ impl ClusterState {
             contributions: HashMap::new(),
             users: HashMap::new(),
             device_holders: HashMap::new(),
+            va_attached: HashMap::new(),
+            va_attached_volume: HashMap::new(),
             claim_pods: HashMap::new(),
             pv_claim: HashMap::new(),
+            reserved: HashMap::new(),
             pv_attachments: HashMap::new(),
             deletions: RecentDeletions::default(),
             readiness: Readiness::default(),
@@ -159,7 +170,16 @@ impl ClusterState {
             }
             ClusterObject::PersistentVolume(pv) => {
                 let name = pv.metadata.name.clone().unwrap_or_default();
-                self.pvs.insert(name.clone(), PvRecord::from_pv(pv, &d));
+                let rec = PvRecord::from_pv(pv, &d);
+                if let Some(claim) = &rec.claim {
+                    self.reserved
+                        .entry(claim.clone())
+                        .or_default()
+                        .insert(name.clone());
+                }
+                if let Some(old) = self.pvs.insert(name.clone(), rec) {
+                    self.unreserve(&name, &old);
+                }
                 self.pv_changed(&name);
             }
             ClusterObject::PersistentVolumeClaim(pvc) => {
@@ -208,7 +228,8 @@ impl ClusterState {
                 self.csinodes.remove(key);
             }
             Kind::PersistentVolume => {
-                if self.pvs.remove(key).is_some() {
+                if let Some(old) = self.pvs.remove(key) {
+                    self.unreserve(key, &old);
                     self.pv_changed(key);
                 }
             }
@@ -230,6 +251,7 @@ impl ClusterState {
                         remove_from(&mut self.pv_attachments, pv, key);
                     }
                     self.set_contribution(Source::Attachment(key.to_owned()), None);
+                    self.set_va_attached(key, None);
                 }
             }
             Kind::StorageClass => {
@@ -353,9 +375,42 @@ impl ClusterState {
 
     // ---- reads used by the webhook and the extender ----
 
+    /// The PV the PV binder will bind the unbound claim `namespace/claim` (of uid
+    /// `uid`) to: the one PV whose claimRef names it, by name and, when the claimRef
+    /// has a uid, by uid, and that is not Released or Failed. `None` when there is no
+    /// such PV, or more than one.
+    pub fn reserved_pv(
+        &self,
+        namespace: &str,
+        claim: &str,
+        uid: Option<&str>,
+    ) -> Option<&PvRecord> {
+        let mut eligible = self
+            .reserved
+            .get(&key(namespace, claim))?
+            .iter()
+            .filter_map(|name| self.pvs.get(name))
+            .filter(|pv| !pv.released && pv.claim_uid.as_deref().is_none_or(|u| Some(u) == uid));
+        let pv = eligible.next()?;
+        eligible.next().is_none().then_some(pv)
+    }
+
+    /// How many volumes the state counts for a pod on its node: those of its claims
+    /// that are bound to a known PV, its inline volumes and devices.
+    pub fn pod_volume_count(&self, namespace: &str, name: &str) -> usize {
+        self.contributions
+            .get(&Source::Pod(key(namespace, name)))
+            .map_or(0, |(_, volumes)| volumes.len())
+    }
+
     /// A node's record.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.get(name)
+    }
+
+    /// The state's own copy of a known node's name: kept without a new allocation.
+    pub fn shared_name(&self, name: &str) -> Option<&Arc<str>> {
+        self.nodes.get_key_value(name).map(|(k, _)| k)
     }
 
     /// Every node's name, sorted: for reports over the whole cluster (`explain`,
@@ -423,6 +478,16 @@ impl ClusterState {
             .map(|n| &**n)
     }
 
+    /// The VolumeAttachments that report the volume attached (`status.attached`), as
+    /// `(node, VolumeAttachment name)`, sorted by name.
+    pub fn attached_by_va(&self, volume: &VolumeId) -> impl Iterator<Item = (&str, &str)> {
+        self.va_attached
+            .get(volume)
+            .into_iter()
+            .flatten()
+            .map(|(name, node)| (&**node, name.as_str()))
+    }
+
     // ---- index maintenance ----
 
     /// The cached node's own copy of its name, so that the many pods and attachments
@@ -457,6 +522,18 @@ impl ClusterState {
                     .entry(v.clone())
                     .or_default()
                     .insert(node.clone());
+            }
+        }
+    }
+
+    /// Drops the reservation `old` (the record `pv` had) made, unless `pv` still makes it.
+    fn unreserve(&mut self, pv: &str, old: &PvRecord) {
+        let Some(claim) = &old.claim else { return };
+        let still = self.pvs.get(pv).and_then(|r| r.claim.as_ref()) == Some(claim);
+        if !still && let Some(pvs) = self.reserved.get_mut(claim) {
+            pvs.remove(pv);
+            if pvs.is_empty() {
+                self.reserved.remove(claim);
             }
         }
     }
@@ -609,8 +686,31 @@ impl ClusterState {
             VaSource::Inline(v) => Some(v.clone()),
             VaSource::Pv(pv) => self.pvs.get(pv).and_then(|p| p.volume.clone()),
         };
+        let attached = volume
+            .clone()
+            .filter(|_| rec.attached)
+            .map(|v| (v, rec.node.clone()));
         let held = volume.map(|v| (rec.node.clone(), vec![v]));
         self.set_contribution(Source::Attachment(name.to_owned()), held);
+        self.set_va_attached(name, attached);
+    }
+
+    fn set_va_attached(&mut self, name: &str, new: Option<(VolumeId, Arc<str>)>) {
+        if let Some(old) = self.va_attached_volume.remove(name)
+            && let Some(by_name) = self.va_attached.get_mut(&old)
+        {
+            by_name.remove(name);
+            if by_name.is_empty() {
+                self.va_attached.remove(&old);
+            }
+        }
+        if let Some((volume, node)) = new {
+            self.va_attached
+                .entry(volume.clone())
+                .or_default()
+                .insert(name.to_owned(), node);
+            self.va_attached_volume.insert(name.to_owned(), volume);
+        }
     }
 
     fn set_contribution(&mut self, source: Source, new: Option<(Arc<str>, Vec<VolumeId>)>) {

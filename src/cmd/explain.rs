@@ -157,7 +157,8 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, Failure> {
 /// `remediation: ...` when the pod's node advertises its device-plugin volume below 1:
 /// where the volume is and what remediation does about it.
 fn remediation_text(pod: &str, state: &ClusterState, config: &Config) -> String {
-    remediate::detached(state)
+    remediate::survey(state, &config.remediation)
+        .detached
         .iter()
         .filter(|(d, _)| d.pod == pod)
         .map(|(d, skip)| {

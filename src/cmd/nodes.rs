@@ -48,19 +48,26 @@ struct NodeRow<'s> {
 pub fn run(args: &NodesArgs) -> Result<ExitCode, Failure> {
     let loaded = state::load(&args.state)?;
     let rows = rows(&loaded.state);
-    let detached = detached_lines(&loaded.state, &loaded.config);
+    let survey = remediate::survey(&loaded.state, &loaded.config.remediation);
+    let detached = detached_lines(&survey, &loaded.config);
+    let plugins_down: Vec<String> = survey.plugins_down.iter().map(|p| p.describe()).collect();
     let text = match args.output {
         ExplainOutput::Table => {
             let mut out = table(&rows, loaded.state.drivers());
-            if !detached.is_empty() {
-                out.push_str("\npods whose device-plugin volume left their node:\n");
-                for line in &detached {
-                    out.push_str(&format!("  {line}\n"));
+            for (title, lines) in [
+                ("device plugins that look down", &plugins_down),
+                ("pods whose device-plugin volume left their node", &detached),
+            ] {
+                if !lines.is_empty() {
+                    out.push_str(&format!("\n{title}:\n"));
+                    for line in lines {
+                        out.push_str(&format!("  {line}\n"));
+                    }
                 }
             }
             out
         }
-        ExplainOutput::Json => json_report(&rows, &detached),
+        ExplainOutput::Json => json_report(&rows, &detached, &plugins_down),
     };
     report::print(&text)?;
     Ok(ExitCode::SUCCESS)
@@ -94,8 +101,9 @@ fn rows(state: &ClusterState) -> Vec<NodeRow<'_>> {
 
 /// One line per pod whose node advertises its device-plugin volume below 1, saying what
 /// remediation does about it.
-fn detached_lines(state: &ClusterState, config: &Config) -> Vec<String> {
-    remediate::detached(state)
+fn detached_lines(survey: &remediate::Survey, config: &Config) -> Vec<String> {
+    survey
+        .detached
         .iter()
         .map(|(d, skip)| remediate::status_line(d, *skip, config))
         .collect()
@@ -153,7 +161,7 @@ fn table(rows: &[NodeRow<'_>], drivers: &Drivers) -> String {
     out
 }
 
-fn json_report(rows: &[NodeRow<'_>], detached: &[String]) -> String {
+fn json_report(rows: &[NodeRow<'_>], detached: &[String], plugins_down: &[String]) -> String {
     let nodes: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -169,9 +177,10 @@ fn json_report(rows: &[NodeRow<'_>], detached: &[String]) -> String {
             })
         })
         .collect();
-    let mut text =
-        serde_json::to_string_pretty(&json!({ "nodes": nodes, "detachedPods": detached }))
-            .unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(&json!({
+        "nodes": nodes, "detachedPods": detached, "pluginsDown": plugins_down,
+    }))
+    .unwrap_or_default();
     text.push('\n');
     text
 }

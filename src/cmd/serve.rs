@@ -250,9 +250,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
                         app.metrics.clone(),
                         remediation::identity(),
                     );
-                    let lease = app.config.remediation.lease.clone();
+                    let lease = &app.config.remediation.lease;
                     tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), dry_run = app.config.remediation.dry_run, "remediation enabled");
-                    tokio::spawn(remediation::run(remediator, lease));
+                    tokio::spawn(remediator.run());
                 }
                 Some(watch::spawn(
                     client,

@@ -10,8 +10,12 @@ use crate::{
     cluster::{
         ClusterState, Missing,
         records::{CsiNodeRecord, NodeRecord},
+        state::Holdings,
     },
-    decide::resolve::{ManagedVolume, Origin, Resolution},
+    decide::{
+        inflight::{DriverVolumes, Needs, Placement, Presume},
+        resolve::{ManagedVolume, Origin, Resolution},
+    },
     model::{
         config::{Config, DriverConfig},
         drivers::{DriverId, Mode, VolumeId},
@@ -48,8 +52,10 @@ pub enum Detail {
     NoCsiNodeEntry,
     /// Attach slots: `used` of `max`, and the pod needs `new` more.
     Slots {
-        /// Distinct volumes of the driver on the node.
+        /// Distinct volumes of the driver on the node, `scheduling` included.
         used: u32,
+        /// Of those, the volumes of pods the scheduler is placing (not bound yet).
+        scheduling: u32,
         /// The node's limit.
         max: i64,
         /// The pod's volumes of the driver the node does not hold yet.
@@ -66,11 +72,16 @@ impl fmt::Display for Detail {
             Detail::NoCsiNodeEntry => f.write_str("its CSINode has no entry for the driver"),
             Detail::Slots {
                 used,
+                scheduling,
                 max,
                 new,
                 ignored_annotation,
             } => {
-                write!(f, "{used} of {max} used, pod needs {new} more")?;
+                write!(f, "{used} of {max} used")?;
+                if *scheduling > 0 {
+                    write!(f, " ({scheduling} by pods being scheduled)")?;
+                }
+                write!(f, ", pod needs {new} more")?;
                 match ignored_annotation {
                     Some((key, value)) => write!(
                         f,
@@ -365,6 +376,27 @@ struct Plan {
     unprovisioned: Option<Arc<str>>,
     drivers: Vec<DriverNeed>,
     exclusive: Vec<Exclusive>,
+    /// Every exclusive volume of the pod (with `scheduling.exclusiveReadWriteOnce`),
+    /// in use or not, with its claim: what pods in flight are checked against.
+    exclusive_volumes: Vec<(VolumeId, Option<String>)>,
+}
+
+/// A pod in flight whose exclusive volume this pod uses too.
+#[derive(Debug)]
+struct SharedExclusive {
+    placement: Arc<Placement>,
+    /// `node(s) that cannot use ReadWriteOnce volume X (claim C): pod P is being
+    /// scheduled with it`.
+    reason: Arc<str>,
+}
+
+/// Pods in flight that put volumes of one of this pod's attach-mode drivers on nodes.
+#[derive(Debug, Default)]
+struct InFlightNeeds {
+    /// Per entry of `Plan::drivers`: the placements and their volumes of that driver.
+    per_driver: Vec<Vec<(Arc<Placement>, DriverVolumes)>>,
+    exclusive: Vec<SharedExclusive>,
+    presume: Option<Presume>,
 }
 
 /// Judges nodes for one pod. Build it once per request, then ask about each node.
@@ -375,6 +407,7 @@ pub struct Judge<'s> {
     plan: Result<Plan, Arc<str>>,
     /// The reason for a node the state does not know.
     unknown_node: Arc<str>,
+    in_flight: InFlightNeeds,
 }
 
 impl<'s> Judge<'s> {
@@ -396,7 +429,79 @@ impl<'s> Judge<'s> {
             config,
             plan,
             unknown_node: "node(s) not in volguard's cluster state (yet)".into(),
+            in_flight: InFlightNeeds::default(),
         }
+    }
+
+    /// What this pod puts on the node it lands on, for other pods judged while it is in
+    /// flight. Empty when it could not be planned.
+    pub fn needs(&self) -> Needs {
+        let Ok(plan) = &self.plan else {
+            return Needs::default();
+        };
+        Needs {
+            attach: plan
+                .drivers
+                .iter()
+                .map(|d| DriverVolumes {
+                    driver: d.id,
+                    known: d.known.clone(),
+                    pending: d.pending,
+                })
+                .collect(),
+            exclusive: plan
+                .exclusive_volumes
+                .iter()
+                .map(|(v, _)| v.clone())
+                .collect(),
+        }
+    }
+
+    /// Counts the volumes of these pods in flight (none of them this pod) on the nodes
+    /// where `presume` puts them, as if they were bound there.
+    pub fn with_in_flight(mut self, placements: &[Arc<Placement>], presume: Presume) -> Self {
+        let Ok(plan) = &self.plan else {
+            return self;
+        };
+        let per_driver = plan
+            .drivers
+            .iter()
+            .map(|d| {
+                placements
+                    .iter()
+                    .filter_map(|p| {
+                        let theirs = p.needs.attach.iter().find(|a| a.driver == d.id)?;
+                        Some((p.clone(), theirs.clone()))
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut exclusive = Vec::new();
+        for (volume, claim) in &plan.exclusive_volumes {
+            for p in placements
+                .iter()
+                .filter(|p| p.needs.exclusive.contains(volume))
+            {
+                let claim = claim
+                    .as_ref()
+                    .map(|c| format!(" (claim {c})"))
+                    .unwrap_or_default();
+                let reason = format!(
+                    "node(s) that cannot use ReadWriteOnce volume {}{claim}: pod {} is being scheduled with it",
+                    volume.handle, p.pod
+                );
+                exclusive.push(SharedExclusive {
+                    placement: p.clone(),
+                    reason: reason.into(),
+                });
+            }
+        }
+        self.in_flight = InFlightNeeds {
+            per_driver,
+            exclusive,
+            presume: Some(presume),
+        };
+        self
     }
 
     /// The pod has no managed volume: every node passes with the same score.
@@ -408,6 +513,16 @@ impl<'s> Judge<'s> {
 
     /// The verdict and score for the node named `name`.
     pub fn judge(&self, name: &str) -> Judgement {
+        self.judge_presuming(name, self.in_flight.presume)
+    }
+
+    /// The verdict as if no pod were in flight: tells the nodes that pods in flight
+    /// alone turn away.
+    pub fn judge_unhindered(&self, name: &str) -> Judgement {
+        self.judge_presuming(name, None)
+    }
+
+    fn judge_presuming(&self, name: &str, presume: Option<Presume>) -> Judgement {
         let plan = match &self.plan {
             Ok(p) => p,
             Err(reason) => return Judgement::fail(FailKind::VolumeUnresolved, reason, None),
@@ -441,18 +556,34 @@ impl<'s> Judge<'s> {
             };
             return Judgement::fail(FailKind::DriverNotRegistered, reason, Some(detail));
         }
-        // Rule 3: an exclusive volume in use on another node.
+        // Rule 3: an exclusive volume in use on another node, or that a pod in flight
+        // may be bound with to another node.
         for e in &plan.exclusive {
             if let Some((_, reason)) = e.users.iter().find(|(n, _)| n != name) {
                 return Judgement::fail(FailKind::VolumeInUse, reason, None);
+            }
+        }
+        if let Some(presume) = presume {
+            for e in &self.in_flight.exclusive {
+                if e.placement.may_be_elsewhere(name, presume) {
+                    return Judgement::fail(FailKind::VolumeInUse, &e.reason, None);
+                }
             }
         }
         // Rule 4: attach limits, and the score from the tightest driver.
         let holdings = state.holdings(name);
         let mut new_total = 0;
         let mut score = MAX_SCORE - 1;
-        for d in &plan.drivers {
-            let held = d.known.iter().filter(|v| holdings.holds(v)).count() as u32;
+        for (i, d) in plan.drivers.iter().enumerate() {
+            let (scheduling, landing) = match presume {
+                Some(presume) => self.landing(i, presume, name, &holdings),
+                None => (0, Vec::new()),
+            };
+            let held = d
+                .known
+                .iter()
+                .filter(|v| holdings.holds(v) || landing.contains(v))
+                .count() as u32;
             let new = d.pending + d.known.len() as u32 - held;
             if new == 0 {
                 continue;
@@ -460,11 +591,12 @@ impl<'s> Judge<'s> {
             new_total += new;
             let limit = attach_limit(node, csinode, d.id, self.config_of(d.id));
             let Some(max) = limit.max else { continue };
-            let used = holdings.used(d.id);
+            let used = holdings.used(d.id) + scheduling;
             let after = i64::from(used) + i64::from(new);
             if after > max {
                 let detail = Detail::Slots {
                     used,
+                    scheduling,
                     max,
                     new,
                     ignored_annotation: limit.ignored_annotation,
@@ -481,6 +613,35 @@ impl<'s> Judge<'s> {
             verdict: Verdict::Pass,
             score: if new_total == 0 { MAX_SCORE } else { score },
         }
+    }
+
+    /// The volumes of `plan.drivers[i]`'s driver that pods in flight put on `node`
+    /// beyond what it holds: how many slots they take, and the volumes with a handle.
+    fn landing(
+        &self,
+        i: usize,
+        presume: Presume,
+        node: &str,
+        holdings: &Holdings<'_>,
+    ) -> (u32, Vec<&VolumeId>) {
+        let mut landing: Vec<&VolumeId> = Vec::new();
+        let mut slots = 0;
+        let Some(placements) = self.in_flight.per_driver.get(i) else {
+            return (0, landing);
+        };
+        for (p, volumes) in placements {
+            if !p.may_be_on(node, presume) {
+                continue;
+            }
+            slots += volumes.pending;
+            for v in &volumes.known {
+                if !holdings.holds(v) && !landing.contains(&v) {
+                    landing.push(v);
+                    slots += 1;
+                }
+            }
+        }
+        (slots, landing)
     }
 
     fn config_of(&self, id: DriverId) -> &'s DriverConfig {
@@ -507,6 +668,7 @@ fn plan(volumes: &[ManagedVolume], state: &ClusterState, config: &Config) -> Pla
         unprovisioned: None,
         drivers: Vec::new(),
         exclusive: Vec::new(),
+        exclusive_volumes: Vec::new(),
     };
     for m in volumes {
         let claim = match &m.origin {
@@ -575,6 +737,7 @@ fn plan(volumes: &[ManagedVolume], state: &ClusterState, config: &Config) -> Pla
                     None => need.pending += 1,
                     Some(id) => {
                         if m.exclusive && config.scheduling.exclusive_read_write_once {
+                            plan.exclusive_volumes.push((id.clone(), claim.clone()));
                             let mut users: Vec<(String, String)> = state
                                 .users(&id)
                                 .iter()

@@ -6,7 +6,10 @@
 use std::{collections::HashSet, sync::Arc};
 
 use crate::{
-    cluster::{ClusterState, Missing},
+    cluster::{
+        ClusterState, Missing,
+        records::{PvRecord, PvcRecord},
+    },
     model::{
         config::Config,
         drivers::{DriverId, Drivers, VolumeId},
@@ -170,6 +173,17 @@ fn class_driver(state: &ClusterState, class: &str) -> Option<DriverId> {
         .or_else(|| state.drivers().by_class(class))
 }
 
+/// The managed volume a claim gets from its PV (`None` for a PV of another driver).
+fn volume_of(pv: &PvRecord, pvc: &PvcRecord, origin: Origin) -> Option<ManagedVolume> {
+    pv.volume.as_ref().map(|id| ManagedVolume {
+        driver: id.driver,
+        handle: Some(id.handle.clone()),
+        pod_volume: None,
+        origin,
+        exclusive: pv.exclusive || pvc.exclusive,
+    })
+}
+
 fn resolve_claim(
     claim: &str,
     namespace: &str,
@@ -187,13 +201,12 @@ fn resolve_claim(
                 claim: claim.to_owned(),
                 pv: pv_name.clone(),
             })?;
-            Ok(pv.volume.as_ref().map(|id| ManagedVolume {
-                driver: id.driver,
-                handle: Some(id.handle.clone()),
-                pod_volume: None,
-                origin,
-                exclusive: pv.exclusive || pvc.exclusive,
-            }))
+            Ok(volume_of(pv, pvc, origin))
+        }
+        // A PV already names the claim (a static PV reserved for it): the PV binder
+        // binds the two, so the claim is that volume.
+        None if let Some(pv) = state.reserved_pv(namespace, claim, pvc.uid.as_deref()) => {
+            Ok(volume_of(pv, pvc, origin))
         }
         None => {
             let driver = pvc

@@ -143,6 +143,10 @@ pub struct RemediationConfig {
     pub max_evictions_per_minute: i64,
     /// Record the Event and the metric, evict nothing: to see what it would do first.
     pub dry_run: bool,
+    /// Also evict pods no controller owns (no owner with `controller: true`). Off by
+    /// default, as `kubectl drain` without `--force`: nothing recreates an evicted bare
+    /// pod, so moving it means losing it.
+    pub evict_bare_pods: bool,
     /// The Lease that elects the one replica that acts.
     pub lease: LeaseConfig,
 }
@@ -164,6 +168,7 @@ impl Default for RemediationConfig {
             grace_period_seconds: 60,
             max_evictions_per_minute: 10,
             dry_run: false,
+            evict_bare_pods: false,
             lease: LeaseConfig::default(),
         }
     }
@@ -770,12 +775,13 @@ mod tests {
         );
         assert_eq!(r.lease.name, "volguard-remediation");
         assert_eq!(r.lease.namespace, "volguard-system");
+        assert!(!r.evict_bare_pods, "bare pods are left alone by default");
         let on = Config::parse(
-            "remediation: {enabled: true, gracePeriodSeconds: 5, dryRun: true, lease: {namespace: ops}}\n",
+            "remediation: {enabled: true, gracePeriodSeconds: 5, dryRun: true, evictBarePods: true, lease: {namespace: ops}}\n",
         )
         .unwrap()
         .remediation;
-        assert!(on.enabled && on.dry_run);
+        assert!(on.enabled && on.dry_run && on.evict_bare_pods);
         assert_eq!(
             (on.grace_period_seconds, on.lease.namespace.as_str()),
             (5, "ops")

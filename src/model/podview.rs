@@ -45,6 +45,22 @@ pub struct MetaView {
     /// Set once the pod is being deleted (an eviction went through): nothing to remediate.
     #[serde(default)]
     pub deletion_timestamp: Option<serde::de::IgnoredAny>,
+    /// The pod's uid: remediation evicts the very pod it judged, never a successor
+    /// created under the same name.
+    #[serde(default)]
+    pub uid: Option<String>,
+    /// Its owners; only whether one is its controller is read.
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub owner_references: Vec<OwnerView>,
+}
+
+/// `metadata.ownerReferences[]`: only the controller flag matters.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct OwnerView {
+    /// `true` for the owner that manages the pod (a ReplicaSet, StatefulSet, Job, ...),
+    /// which recreates it once evicted.
+    #[serde(default)]
+    pub controller: Option<bool>,
 }
 
 /// The parts of `spec` volguard reads.
@@ -231,6 +247,24 @@ impl PodView {
             .filter(|n| !n.is_empty())
     }
 
+    /// A controller (an owner with `controller: true`) manages the pod and recreates it
+    /// elsewhere once it is evicted; a bare pod evicted is simply gone.
+    pub fn has_controller(&self) -> bool {
+        self.metadata.as_ref().is_some_and(|m| {
+            m.owner_references
+                .iter()
+                .any(|o| o.controller == Some(true))
+        })
+    }
+
+    /// `metadata.uid`, when set.
+    pub fn uid(&self) -> Option<&str> {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.uid.as_deref())
+            .filter(|u| !u.is_empty())
+    }
+
     /// One annotation's value.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.metadata
@@ -373,6 +407,16 @@ impl From<Pod> for PodView {
                     .metadata
                     .deletion_timestamp
                     .map(|_| serde::de::IgnoredAny),
+                uid: pod.metadata.uid,
+                owner_references: pod
+                    .metadata
+                    .owner_references
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|o| OwnerView {
+                        controller: o.controller,
+                    })
+                    .collect(),
             }),
             spec: pod.spec.map(|s| SpecView {
                 node_name: s.node_name,

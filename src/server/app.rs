@@ -1,10 +1,14 @@
 //! The state every handler reaches: config, cluster state, metrics, limits, and the
 //! live API client when there is one.
 
-use std::sync::{Arc, atomic::AtomicBool};
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
 
 use crate::{
     cluster::SharedState,
+    decide::inflight::InFlight,
     model::config::Config,
     server::{limits::Limits, metrics::Metrics},
     sources::watch,
@@ -30,6 +34,11 @@ pub struct App {
     pub api: Option<kube::Client>,
     /// The watchers that ended, for liveness (none with a snapshot).
     pub stopped_watches: watch::Stopped,
+    /// Pods `/filter` passed that the state does not show bound yet (README: "Bursts").
+    /// Taken after the cluster state's lock, never before it.
+    pub in_flight: Arc<Mutex<InFlight>>,
+    /// What placements in flight are timed from.
+    pub epoch: Instant,
 }
 
 impl App {
@@ -46,6 +55,13 @@ impl App {
             draining: Arc::new(AtomicBool::new(false)),
             api: None,
             stopped_watches: watch::Stopped::default(),
+            in_flight: Arc::default(),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Monotonic time since the app was made: the clock of placements in flight.
+    pub fn now(&self) -> Duration {
+        self.epoch.elapsed()
     }
 }

@@ -95,10 +95,13 @@ pub struct Metrics {
     certificate_reload_failures: Counter,
     connections_refused: Counter,
     requests_abandoned: Counter,
+    pods_scheduling: Gauge,
+    burst_waits: Family<OutcomeLabels, Counter>,
     body_bytes_in_flight: Gauge,
     remediation_at_risk: Gauge,
     remediation_evictions: Family<OutcomeLabels, Counter>,
     remediation_skipped: Family<SkipLabels, Gauge>,
+    remediation_plugins_down: Family<DriverLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -200,6 +203,18 @@ impl Metrics {
             "Extender requests whose judging stopped because their deadline fired or their client went away",
             requests_abandoned.clone(),
         );
+        let pods_scheduling = Gauge::default();
+        registry.register(
+            "extender_pods_in_flight",
+            "Pods /filter passed that are not seen bound yet: counted on every node they may land on",
+            pods_scheduling.clone(),
+        );
+        let burst_waits = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "extender_burst_waits",
+            "/filter answers that waited for pods in flight to show bound, by outcome (settled, timed_out)",
+            burst_waits.clone(),
+        );
         let body_bytes_in_flight = Gauge::default();
         registry.register_with_unit(
             "request_body_in_flight",
@@ -225,6 +240,12 @@ impl Metrics {
             "Pods whose device-plugin volume left their node that remediation leaves alone now, by reason",
             remediation_skipped.clone(),
         );
+        let remediation_plugins_down = Family::<DriverLabels, Gauge>::default();
+        registry.register(
+            "remediation_nodes_plugin_down",
+            "Nodes on which every volume of the device-plugin driver is below 1 at once: its plugin looks down, and remediation leaves their pods alone",
+            remediation_plugins_down.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -242,19 +263,40 @@ impl Metrics {
             certificate_reload_failures,
             connections_refused,
             requests_abandoned,
+            pods_scheduling,
+            burst_waits,
             body_bytes_in_flight,
             remediation_at_risk,
             remediation_evictions,
             remediation_skipped,
+            remediation_plugins_down,
         }
     }
 
-    /// Copies one remediation round into its gauges: pods at risk, and skipped by reason.
-    pub fn remediation_round(&self, plan: &crate::decide::remediate::Plan) {
+    /// Copies one remediation round into its gauges: pods at risk, skipped by reason,
+    /// and nodes whose plugin looks down for each of `device_drivers` (all of them, so
+    /// the gauge is 0, not absent, once an episode ends).
+    pub fn remediation_round(
+        &self,
+        plan: &crate::decide::remediate::Plan,
+        device_drivers: &[&str],
+    ) {
         use crate::decide::remediate::Skip;
         self.remediation_at_risk
             .set(i64::try_from(plan.at_risk()).unwrap_or(i64::MAX));
-        for skip in [Skip::OptedOut, Skip::NodeNotReady, Skip::RateLimited] {
+        for driver in device_drivers {
+            let count = plan
+                .plugins_down
+                .iter()
+                .filter(|p| p.driver == *driver)
+                .count();
+            self.remediation_plugins_down
+                .get_or_create(&DriverLabels {
+                    driver: (*driver).to_owned(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        for skip in Skip::ALL {
             let count = plan.skipped.iter().filter(|(_, s)| *s == skip).count();
             self.remediation_skipped
                 .get_or_create(&SkipLabels {
@@ -265,7 +307,8 @@ impl Metrics {
     }
 
     /// Counts one eviction remediation started: `evicted`, `dry_run`, `refused` (a
-    /// PodDisruptionBudget said no) or `failed`.
+    /// PodDisruptionBudget said no) or `failed`; or one it did not start, `cancelled`
+    /// (the fresh read of the pod, its node or the evidence no longer supported it).
     pub fn remediation_eviction(&self, outcome: &'static str) {
         self.remediation_evictions
             .get_or_create(&OutcomeLabels { outcome })
@@ -347,6 +390,19 @@ impl Metrics {
     /// Records extender work stopped because nobody waits for its answer any more.
     pub fn request_abandoned(&self) {
         self.requests_abandoned.inc();
+    }
+
+    /// Sets how many pods are in flight between `/filter` and their binding.
+    pub fn pods_in_flight(&self, count: usize) {
+        self.pods_scheduling.set(count as i64);
+    }
+
+    /// Records a `/filter` that waited for pods in flight: `settled` when they showed
+    /// bound in time, `timed_out` when it answered without them.
+    pub fn burst_wait(&self, outcome: &'static str) {
+        self.burst_waits
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Moves the request body bytes held by `delta` (negative when released).

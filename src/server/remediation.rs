@@ -1,53 +1,87 @@
 //! The remediation controller (README: "Remediation"), run inside `volguard serve` when
 //! `remediation.enabled`: each round it asks the pure core which pods lost their
-//! device-plugin volume, and for those due it calls the Eviction API (so
-//! PodDisruptionBudgets are respected; a refusal is retried later, never forced) and
-//! records a `VolumeDetached` Event on the pod. Only the replica holding the Lease acts.
+//! device-plugin volume, reads each due pod, its node and the evidence again, and calls
+//! the Eviction API (so PodDisruptionBudgets are respected; a refusal is retried later,
+//! never forced), with one `VolumeDetached` Event series per pod and cause. Only the
+//! replica holding the Lease acts, and only while it knows it still holds it.
 
 use std::{
+    collections::BTreeSet,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use k8s_openapi::{
-    api::core::v1::{Event, EventSource, ObjectReference, Pod},
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Node, ObjectReference, Pod},
+        storage::v1::VolumeAttachment,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
     jiff::Timestamp,
 };
-use kube::{Api, Client, api::PostParams, core::Status};
-use kube_lease_manager::LeaseManagerBuilder;
-use tokio::sync::watch;
+use kube::{
+    Api, Client,
+    api::PostParams,
+    core::Status,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
 
 use crate::{
-    cluster::SharedState,
-    decide::remediate::{self, Detached, Memory, Outcome, Plan, RETRY_AFTER},
-    model::config::{Config, LeaseConfig},
+    cluster::{
+        SharedState,
+        records::{NodeRecord, PodRecord},
+    },
+    decide::{
+        lease::Elector,
+        remediate::{self, Detached, Memory, Outcome, Plan, RETRY_AFTER},
+    },
+    model::{
+        config::Config,
+        drivers::{Drivers, Mode},
+        podview::PodView,
+    },
     server::metrics::Metrics,
 };
 
 /// The Event reason on the pod, for each eviction, dry-run eviction and refusal.
 pub const REASON: &str = "VolumeDetached";
 
-/// The Event source and reporting controller.
+/// The Event reason on a Node whose device plugin looks down.
+pub const PLUGIN_DOWN_REASON: &str = "DevicePluginDown";
+
+/// The Events' reporting controller.
 pub const COMPONENT: &str = "volguard";
 
-/// Seconds a Lease is valid after its last renewal (Kubernetes' usual 15 s).
-pub const LEASE_DURATION: u64 = 15;
-
-/// The holder renews this long before the Lease expires: every 10 s.
-pub const LEASE_RENEW_BEFORE: u64 = 5;
+/// The Lease annotation (under the annotation prefix) that carries the start times of
+/// the evictions of the last minute, so that the next holder keeps to the same limit.
+pub const STARTS_ANNOTATION: &str = "recent-evictions";
 
 /// How often a round runs.
 pub const PERIOD: Duration = Duration::from_secs(1);
+
+/// The longest one API call may take: a hung call must not stop the controller (the
+/// client's own read timeout is meant for watches, minutes long).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A monotonic clock: the time since some fixed start. Tests pass one they move.
+pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
 
 /// The controller: its API client, what it reads and what it remembers between rounds.
 pub struct Remediator {
     client: Client,
     cluster: SharedState,
     config: Arc<Config>,
+    drivers: Arc<Drivers>,
     metrics: Arc<Metrics>,
-    identity: String,
+    recorder: Recorder,
+    elector: Elector,
+    clock: Clock,
     memory: Memory,
+    /// `(node, driver)` whose device plugin looks down, as of the last round.
+    plugins_down: BTreeSet<(String, String)>,
+    /// Those of them whose Node Event this replica published in this episode.
+    announced: BTreeSet<(String, String)>,
 }
 
 /// The controller's own client: without kube's default retry of 429 answers, which
@@ -68,35 +102,6 @@ pub fn identity() -> String {
     format!("{host}_{}", std::process::id())
 }
 
-/// Starts competing for the Lease; the receiver says whether this replica holds it.
-/// kube-lease-manager renews it [`LEASE_RENEW_BEFORE`] seconds before it expires, takes
-/// it over once expired, and releases it when the receiver is dropped.
-pub async fn elect(
-    client: Client,
-    lease: &LeaseConfig,
-    identity: &str,
-) -> Result<watch::Receiver<bool>, String> {
-    let manager = LeaseManagerBuilder::new(client, &lease.name)
-        .with_namespace(&lease.namespace)
-        .with_identity(identity)
-        .with_duration(LEASE_DURATION)
-        .with_grace(LEASE_RENEW_BEFORE)
-        .build()
-        .await
-        .map_err(|e| {
-            format!(
-                "remediation: cannot use Lease {}/{}: {e} (does volguard's role in that namespace grant get, create and patch on leases?)",
-                lease.namespace, lease.name
-            )
-        })?;
-    let (leader, _task) = manager.watch().await;
-    Ok(leader)
-}
-
-/// The longest one API call of a round may take: a hung call must not stop the
-/// controller (the client's own read timeout is meant for watches, minutes long).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
 async fn in_time<T>(
     call: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, kube::Error> {
@@ -109,23 +114,9 @@ async fn in_time<T>(
         })
 }
 
-/// Competes for the Lease until it can (the API may be away at start, which the
-/// watchers wait out as well), then runs the controller: the task `serve` spawns.
-pub async fn run(remediator: Remediator, lease: LeaseConfig) {
-    let leader = loop {
-        match elect(remediator.client.clone(), &lease, &remediator.identity).await {
-            Ok(leader) => break leader,
-            Err(e) => {
-                tracing::warn!("{e}; trying again in 5s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    };
-    remediator.run(leader).await;
-}
-
 impl Remediator {
-    /// A controller with an empty memory.
+    /// A controller with an empty memory, not holding the Lease, timed by this
+    /// process's monotonic clock.
     pub fn new(
         client: Client,
         cluster: SharedState,
@@ -133,42 +124,86 @@ impl Remediator {
         metrics: Arc<Metrics>,
         identity: String,
     ) -> Self {
+        let drivers = cluster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .shared_drivers();
+        let start = Instant::now();
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: COMPONENT.into(),
+                instance: Some(identity.clone()),
+            },
+        );
         Remediator {
             client,
             cluster,
             config,
+            drivers,
             metrics,
-            identity,
+            recorder,
+            elector: Elector::new(identity),
+            clock: Arc::new(move || start.elapsed()),
             memory: Memory::default(),
+            plugins_down: BTreeSet::new(),
+            announced: BTreeSet::new(),
         }
     }
 
-    /// Runs a round every [`PERIOD`] while `leader` is true; a replica that is not the
-    /// leader only keeps the at-risk gauge and forgets what it saw.
-    pub async fn run(mut self, mut leader: watch::Receiver<bool>) {
-        let start = Instant::now();
+    /// The same controller timed by `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> Duration {
+        (self.clock)()
+    }
+
+    /// Runs [`Remediator::tick`] every [`PERIOD`] until the task is dropped.
+    pub async fn run(mut self) {
         let mut ticks = tokio::time::interval(PERIOD);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut was_leader = false;
         loop {
             ticks.tick().await;
-            let is_leader = *leader.borrow_and_update();
-            if is_leader != was_leader {
-                tracing::info!(identity = %self.identity, leader = is_leader, "remediation: {}", if is_leader { "this replica holds the Lease and acts" } else { "this replica does not hold the Lease and only watches" });
-                was_leader = is_leader;
-            }
-            if is_leader {
-                self.round(start.elapsed()).await;
-            } else {
-                self.memory = Memory::default();
-                let plan = self.decide(start.elapsed());
-                self.metrics.remediation_round(&plan);
-            }
-            if leader.has_changed().is_err() {
-                tracing::warn!("remediation: the Lease task ended; no longer acting");
-                return;
-            }
+            self.tick().await;
         }
+    }
+
+    /// One round: reads (and takes or renews) the Lease when due; the holder evicts the
+    /// pods that are due, the others only keep the gauges and forget what they saw.
+    /// Returns the plan.
+    pub async fn tick(&mut self) -> Plan {
+        let was_leader = self.elector.is_leader(self.now());
+        if self.elector.due(self.now()) {
+            self.lead().await;
+        }
+        let now = self.now();
+        let leader = self.elector.is_leader(now);
+        if leader != was_leader {
+            tracing::info!(identity = %self.elector.identity(), leader, "remediation: {}", if leader { "this replica holds the Lease and acts" } else { "this replica does not hold the Lease (or could not renew it) and only watches" });
+        }
+        let plan = if leader {
+            self.round(now).await
+        } else {
+            self.memory = Memory::default();
+            self.decide(now)
+        };
+        self.metrics
+            .remediation_round(&plan, self.device_drivers().as_slice());
+        if plan.halted.is_none() {
+            self.plugin_episodes(&plan, leader).await;
+        }
+        plan
+    }
+
+    fn device_drivers(&self) -> Vec<&str> {
+        self.drivers
+            .iter()
+            .filter(|(id, _)| self.drivers.mode(*id) == Mode::DevicePlugin)
+            .map(|(_, d)| d.name.as_str())
+            .collect()
     }
 
     fn decide(&self, now: Duration) -> Plan {
@@ -176,47 +211,142 @@ impl Remediator {
         remediate::plan(&state, &self.config.remediation, now, &self.memory)
     }
 
-    /// One round at `now` (a monotonic clock): decide, then evict the pods that are due
-    /// and record the outcomes. Returns the plan.
-    pub async fn round(&mut self, now: Duration) -> Plan {
+    /// Decides, evicts the pods that are due, records the outcomes, and writes the
+    /// evictions started into the Lease at once.
+    async fn round(&mut self, now: Duration) -> Plan {
         let plan = self.decide(now);
         self.memory = plan.memory.clone();
-        self.metrics.remediation_round(&plan);
         for d in &plan.evict {
             let outcome = self.act(d).await;
             self.memory.record(d, outcome, now);
         }
+        if !plan.evict.is_empty() && self.elector.is_leader(self.now()) {
+            self.lead().await;
+        }
         plan
     }
 
-    /// Evicts one pod (or, in a dry run, says it would) and records the Event.
-    async fn act(&self, d: &Detached) -> Outcome {
-        let (namespace, name) = d.pod_parts();
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        // Read afresh: the cache may lag, and the Event must name this pod's uid.
-        let pod = match in_time(pods.get_opt(name)).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return Outcome::Done,
+    /// Reads the Lease and, when this replica may, takes or renews it, writing the
+    /// evictions of the last minute into it. Any failure stops acting at once; a new
+    /// holder starts from the evictions the Lease records.
+    async fn lead(&mut self) {
+        let sent = self.now();
+        let lease = self.config.remediation.lease.clone();
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &lease.namespace);
+        let current = match in_time(leases.get_opt(&lease.name)).await {
+            Ok(current) => current,
             Err(e) => {
-                tracing::warn!(pod = %d.pod, "remediation: cannot read the pod: {e}");
-                self.metrics.remediation_eviction("failed");
-                return Outcome::Failed;
+                self.lose(sent, &format!("cannot read it: {e}"));
+                return;
             }
         };
-        let opted_out = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(&self.config.annotation("remediate")))
-            .is_some_and(|v| v == "false");
-        if pod.metadata.deletion_timestamp.is_some() || opted_out {
-            return Outcome::Done;
+        self.elector
+            .observe(current.as_ref().and_then(|l| l.spec.as_ref()), sent);
+        if !self.elector.may_take(sent) {
+            self.lose(sent, "is held by another replica");
+            return;
+        }
+        let key = self.config.annotation(STARTS_ANNOTATION);
+        let wall = Timestamp::now();
+        let newly = !self.elector.is_leader(sent);
+        let memory = if newly {
+            let recorded = current
+                .as_ref()
+                .and_then(|l| l.metadata.annotations.as_ref()?.get(&key))
+                .map(|text| remediate::parse_starts(text, wall))
+                .unwrap_or_default();
+            Memory::with_recent_starts(sent, &recorded)
+        } else {
+            self.memory.clone()
+        };
+        let mut next = current.clone().unwrap_or_else(|| Lease {
+            metadata: ObjectMeta {
+                name: Some(lease.name.clone()),
+                namespace: Some(lease.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+        });
+        next.metadata.annotations.get_or_insert_default().insert(
+            key,
+            remediate::format_starts(&memory.recent_starts(sent), wall),
+        );
+        next.spec = Some(self.elector.next_spec(next.spec.as_ref(), wall));
+        let written = match &current {
+            Some(_) => in_time(leases.replace(&lease.name, &PostParams::default(), &next)).await,
+            None => in_time(leases.create(&PostParams::default(), &next)).await,
+        };
+        match written {
+            Ok(written) => {
+                self.elector.observe(written.spec.as_ref(), sent);
+                if self.elector.renewed(sent) {
+                    self.memory = memory;
+                }
+            }
+            Err(e) => self.lose(sent, &format!("cannot write it: {e}")),
+        }
+    }
+
+    fn lose(&mut self, now: Duration, why: &str) {
+        if self.elector.is_leader(now) {
+            let lease = &self.config.remediation.lease;
+            tracing::warn!(lease = %format!("{}/{}", lease.namespace, lease.name), "remediation: stops acting: the Lease {why}");
+        }
+        self.elector.lost(now);
+    }
+
+    /// Whether this replica may act right now; the reason when not.
+    fn may_act(&self) -> Result<(), String> {
+        if !self.elector.is_leader(self.now()) {
+            return Err("this replica no longer knows it holds the Lease".into());
+        }
+        let state = self.cluster.read().unwrap_or_else(|e| e.into_inner());
+        let readiness = state.readiness();
+        match readiness.problem().or_else(|| readiness.failing_now()) {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Evicts one pod (or, in a dry run, says it would) after reading it, its node and
+    /// the evidence afresh, and records the Event.
+    async fn act(&self, d: &Detached) -> Outcome {
+        if let Err(why) = self.may_act() {
+            return self.cancel(d, &why);
+        }
+        let (namespace, name) = d.pod_parts();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let pod = match in_time(pods.get_opt(name)).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return self.cancel(d, "the pod is gone"),
+            Err(e) => return self.cancel(d, &format!("cannot read the pod: {e}")),
+        };
+        let node = match in_time(nodes.get_opt(&d.node)).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return self.cancel(d, &format!("node {} is gone", d.node)),
+            Err(e) => return self.cancel(d, &format!("cannot read node {}: {e}", d.node)),
+        };
+        let evidence = self.evidence_holds(d).await;
+        let pod_record =
+            PodRecord::from_pod(&PodView::from(pod.clone()), &self.drivers, &self.config);
+        let node_record = NodeRecord::from_node(&node, &self.drivers);
+        if let Err(why) = remediate::recheck(
+            d,
+            &pod_record,
+            &node_record,
+            evidence,
+            &self.drivers,
+            &self.config.remediation,
+        ) {
+            return self.cancel(d, &why);
         }
         if self.config.remediation.dry_run {
             let message = format!("Dry run, not evicted: {}", d.whereabouts());
             tracing::info!(pod = %d.pod, "remediation: {message}");
             self.metrics.remediation_eviction("dry_run");
-            self.record(&pod, "Normal", "DryRun", message).await;
+            self.record(&pod, EventType::Normal, "DryRun", message)
+                .await;
             return Outcome::Done;
         }
         match in_time(self.evict(&pod)).await {
@@ -224,7 +354,8 @@ impl Remediator {
                 let message = format!("Evicted: {}", d.whereabouts());
                 tracing::info!(pod = %d.pod, "remediation: {message}");
                 self.metrics.remediation_eviction("evicted");
-                self.record(&pod, "Warning", "Evict", message).await;
+                self.record(&pod, EventType::Warning, "Evict", message)
+                    .await;
                 Outcome::Done
             }
             Err(kube::Error::Api(status)) if status.code == 429 => {
@@ -236,15 +367,53 @@ impl Remediator {
                 );
                 tracing::warn!(pod = %d.pod, "remediation: {message}");
                 self.metrics.remediation_eviction("refused");
-                self.record(&pod, "Warning", "Evict", message).await;
+                self.record(&pod, EventType::Warning, "EvictRefused", message)
+                    .await;
                 Outcome::Refused
             }
             Err(e) => {
                 tracing::warn!(pod = %d.pod, "remediation: eviction failed, tried again in {}s: {e}", RETRY_AFTER.as_secs());
                 self.metrics.remediation_eviction("failed");
-                Outcome::Failed
+                match e {
+                    kube::Error::Api(_) => Outcome::Failed,
+                    _ => Outcome::Unknown,
+                }
             }
         }
+    }
+
+    fn cancel(&self, d: &Detached, why: &str) -> Outcome {
+        tracing::info!(pod = %d.pod, "remediation: not evicted, looked at again in {}s: {why}", RETRY_AFTER.as_secs());
+        self.metrics.remediation_eviction("cancelled");
+        Outcome::Cancelled
+    }
+
+    /// Whether the volume is still seen elsewhere, read afresh: another node Ready and
+    /// advertising it with a count of 1 or more, or a VolumeAttachment attaching it to
+    /// another node.
+    async fn evidence_holds(&self, d: &Detached) -> bool {
+        let Some(volume) = self.drivers.volume_of_resource(&d.resource) else {
+            return false;
+        };
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        for other in d.attached_to.iter().filter(|n| **n != d.node) {
+            if let Ok(Some(node)) = in_time(nodes.get_opt(other)).await {
+                let record = NodeRecord::from_node(&node, &self.drivers);
+                if record.ready && record.devices.get(&volume).is_some_and(|c| *c >= 1) {
+                    return true;
+                }
+            }
+        }
+        let attachments: Api<VolumeAttachment> = Api::all(self.client.clone());
+        for (other, name) in d.attachments.iter().filter(|(n, _)| *n != d.node) {
+            if let Ok(Some(va)) = in_time(attachments.get_opt(name)).await
+                && va.spec.node_name == *other
+                && va.status.as_ref().is_some_and(|s| s.attached)
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// POSTs a policy/v1 Eviction for exactly this pod (its uid as a precondition, so a
@@ -269,44 +438,86 @@ impl Remediator {
         self.client.request::<Status>(request).await
     }
 
-    /// Creates a core/v1 Event on the pod; a failure is logged, the eviction stands.
-    async fn record(&self, pod: &Pod, type_: &str, action: &str, message: String) {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let now = Time(Timestamp::now());
-        let event = Event {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{name}.")),
-                namespace: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(name),
-                namespace: Some(namespace.clone()),
-                uid: pod.metadata.uid.clone(),
-                resource_version: pod.metadata.resource_version.clone(),
-                ..ObjectReference::default()
-            },
-            reason: Some(REASON.into()),
-            message: Some(message),
-            type_: Some(type_.into()),
-            action: Some(action.into()),
-            source: Some(EventSource {
-                component: Some(COMPONENT.into()),
-                host: None,
-            }),
-            reporting_component: Some(COMPONENT.into()),
-            reporting_instance: Some(self.identity.clone()),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            count: Some(1),
-            ..Event::default()
+    /// Publishes an events.k8s.io Event on the pod through kube's Recorder: the same
+    /// pod, type and action again (a refusal retried every 30 s) adds to one series
+    /// instead of a new Event each time. A failure is logged, the eviction stands.
+    async fn record(&self, pod: &Pod, type_: EventType, action: &str, note: String) {
+        // No resourceVersion: the Recorder matches a series on the whole reference, and
+        // the pod's version moves with every status update.
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: pod.metadata.name.clone(),
+            namespace: pod.metadata.namespace.clone(),
+            uid: pod.metadata.uid.clone(),
+            ..ObjectReference::default()
         };
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        if let Err(e) = in_time(events.create(&PostParams::default(), &event)).await {
-            tracing::warn!(pod = %pod.metadata.name.as_deref().unwrap_or_default(), "remediation: cannot record the Event: {e}");
+        self.publish(type_, REASON, action, note, &reference).await;
+    }
+
+    async fn publish(
+        &self,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+        reference: &ObjectReference,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = in_time(self.recorder.publish(&event, reference)).await {
+            tracing::warn!(object = %reference.name.as_deref().unwrap_or_default(), "remediation: cannot record the Event: {e}");
         }
+    }
+
+    /// Logs each node whose device plugin starts or stops looking down, once per
+    /// episode, and (the Lease holder) records a `DevicePluginDown` Event on the Node.
+    async fn plugin_episodes(&mut self, plan: &Plan, leader: bool) {
+        let now: BTreeSet<(String, String)> = plan
+            .plugins_down
+            .iter()
+            .map(|p| (p.node.clone(), p.driver.clone()))
+            .collect();
+        for p in &plan.plugins_down {
+            if !self
+                .plugins_down
+                .contains(&(p.node.clone(), p.driver.clone()))
+            {
+                tracing::warn!(node = %p.node, driver = %p.driver, "remediation: {}", p.describe());
+            }
+        }
+        for (node, driver) in self.plugins_down.difference(&now) {
+            tracing::info!(node = %node, driver = %driver, "remediation: the {driver} device plugin on node {node} no longer looks down");
+        }
+        self.announced.retain(|k| now.contains(k));
+        if leader {
+            for p in &plan.plugins_down {
+                let key = (p.node.clone(), p.driver.clone());
+                if self.announced.contains(&key) {
+                    continue;
+                }
+                let reference = ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Node".into()),
+                    name: Some(p.node.clone()),
+                    ..ObjectReference::default()
+                };
+                self.publish(
+                    EventType::Warning,
+                    PLUGIN_DOWN_REASON,
+                    "LeavePodsAlone",
+                    p.describe(),
+                    &reference,
+                )
+                .await;
+                self.announced.insert(key);
+            }
+        }
+        self.plugins_down = now;
     }
 }

@@ -1,6 +1,6 @@
-//! A real control plane for tests: etcd, kube-apiserver and kube-scheduler built from
-//! their Go modules (`scripts/control-plane.sh`), and the volguard binary, all on
-//! loopback on free ports with generated certificates.
+//! A real control plane for tests: etcd, kube-apiserver, kube-controller-manager and
+//! kube-scheduler built from their Go modules (`scripts/control-plane.sh`), and the
+//! volguard binary, all on loopback on free ports with generated certificates.
 //!
 //! - kube-apiserver: secure port only, `--authorization-mode=Node,RBAC`, the default
 //!   admission plugins. An admin identity (token, `system:masters`) sets the scene.
@@ -12,8 +12,16 @@
 //!   `urlPrefix` is the loopback address with that CA as `caData` and the client
 //!   certificate `volguard certs` wrote as `certData`/`keyData`. volguard runs with the
 //!   shipped Deployment's client-certificate flags, its file paths mapped to those files.
-//! - There is no kubelet and no controller-manager: Nodes, CSINodes, PVs and PVCs
-//!   (bound through `/status`), VolumeAttachments are written through the API.
+//! - kube-controller-manager runs the controllers volguard's scenarios meet, each under
+//!   its own ServiceAccount as in a real cluster: ServiceAccounts and their tokens,
+//!   namespaces, garbage collection, ReplicaSets, Deployments, StatefulSets, the PV
+//!   binder and the claim/volume protection, ephemeral volumes, disruption budgets,
+//!   attach/detach. Not the node lifecycle controller: there is no kubelet to
+//!   heartbeat, and it would taint every node unreachable.
+//! - There is no kubelet: Nodes and CSINodes, device counts in the node status,
+//!   VolumeAttachments' `status.attached`, and a pod's Running/Ready status are written
+//!   through the API, as a kubelet or a CSI attacher would; claims are bound by the real
+//!   PV binder.
 //!
 //! Every step names itself when it fails, with the last lines of the component's log.
 //! Dropping the [`ControlPlane`] kills every process and removes its files, whether the
@@ -45,6 +53,15 @@ use volguard::server::certs;
 const ADMIN_TOKEN: &str = "volguard-e2e-admin-token";
 /// The stock scheduler's bearer token (user `system:kube-scheduler`).
 const SCHEDULER_TOKEN: &str = "volguard-e2e-kube-scheduler-token";
+/// kube-controller-manager's bearer token (user `system:kube-controller-manager`).
+const CONTROLLER_MANAGER_TOKEN: &str = "volguard-e2e-kube-controller-manager-token";
+/// The controllers kube-controller-manager runs here (see the module docs).
+const CONTROLLERS: &str = "serviceaccount-token-controller,serviceaccount-controller,\
+namespace-controller,garbage-collector-controller,replicaset-controller,\
+deployment-controller,statefulset-controller,disruption-controller,\
+persistentvolume-binder-controller,persistentvolume-attach-detach-controller,\
+persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,\
+ephemeral-volume-controller,root-ca-certificate-publisher-controller";
 /// volguard's namespace in `manifests/`.
 pub const NAMESPACE: &str = "volguard-system";
 /// The scheduler name the shipped profile uses.
@@ -200,6 +217,12 @@ pub struct Options {
     /// Also start a stock kube-scheduler with the default profile (`default-scheduler`),
     /// as the identity `system:kube-scheduler`, without volguard.
     pub default_scheduler: bool,
+    /// Start kube-controller-manager.
+    pub controller_manager: bool,
+    /// Run the shipped Deployment's two replicas behind stand-ins for its Services
+    /// (see [`ServiceStandIn`]): kube-apiserver reaches them through `volguard`,
+    /// kube-scheduler through `volguard-extender` with its ClientIP affinity.
+    pub two_replicas: bool,
 }
 
 impl Default for Options {
@@ -212,6 +235,8 @@ impl Default for Options {
             volguard_flags: Vec::new(),
             scheduler_config: None,
             default_scheduler: false,
+            controller_manager: true,
+            two_replicas: false,
         }
     }
 }
@@ -221,6 +246,7 @@ pub struct ControlPlane {
     // Dropped first: processes die before their directory goes.
     pub etcd: Component,
     pub apiserver: Component,
+    pub controller_manager: Option<Component>,
     pub volguard: Option<Component>,
     pub scheduler: Option<Component>,
     pub default_scheduler: Option<Component>,
@@ -229,6 +255,10 @@ pub struct ControlPlane {
     /// volguard's TLS and plain ports.
     pub volguard_port: u16,
     pub volguard_metrics_port: u16,
+    /// The second replica (with `two_replicas`) and its TLS and plain ports.
+    pub replica: Option<(Component, u16, u16)>,
+    /// The stand-ins for the two Services (with `two_replicas`): webhook, extender.
+    pub services: Vec<ServiceStandIn>,
     /// The CA of volguard's serving certificate (from `volguard certs`).
     pub volguard_ca: String,
     /// The scheduler's client certificate and key (PEM, from `volguard certs`), which
@@ -345,7 +375,8 @@ impl ControlPlane {
             &root.join("tokens.csv"),
             &format!(
                 "{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n\
-                 {SCHEDULER_TOKEN},system:kube-scheduler,kube-scheduler-uid\n"
+                 {SCHEDULER_TOKEN},system:kube-scheduler,kube-scheduler-uid\n\
+                 {CONTROLLER_MANAGER_TOKEN},system:kube-controller-manager,kube-controller-manager-uid\n"
             ),
         );
 
@@ -358,12 +389,15 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             etcd,
             apiserver,
+            controller_manager: None,
             volguard: None,
             scheduler: None,
             default_scheduler: None,
             api_port,
             volguard_port: 0,
             volguard_metrics_port: 0,
+            replica: None,
+            services: Vec::new(),
             volguard_ca: String::new(),
             volguard_client: (String::new(), String::new()),
             volguard_auth_flags: Vec::new(),
@@ -374,10 +408,22 @@ impl ControlPlane {
             dir,
             _turn: turn,
         };
+        if options.controller_manager {
+            cp.start_controller_manager().await;
+        }
         let manifests = cp.rendered_manifests();
         cp.apply_manifests(&manifests).await;
         if options.volguard {
             cp.start_volguard(&manifests).await;
+            if options.two_replicas {
+                let (replica, port, metrics) = cp.spawn_replica().await;
+                cp.replica = Some((replica, port, metrics));
+                let backends = vec![cp.volguard_port, port];
+                cp.services = vec![
+                    ServiceStandIn::start(backends.clone(), false).await,
+                    ServiceStandIn::start(backends, true).await,
+                ];
+            }
             cp.register_webhook(&manifests).await;
         }
         if options.scheduler {
@@ -387,6 +433,63 @@ impl ControlPlane {
             cp.start_default_scheduler().await;
         }
         cp
+    }
+
+    /// kube-controller-manager with [`CONTROLLERS`], each under its own ServiceAccount
+    /// (`--use-service-account-credentials`, tokens from the TokenRequest API); ready
+    /// once the ServiceAccount controller has made `default/default`.
+    async fn start_controller_manager(&mut self) {
+        let root = self.dir().to_owned();
+        let kubeconfig = root.join("controller-manager.kubeconfig");
+        write_kubeconfig(
+            &kubeconfig,
+            self.api_port,
+            &self.api_ca,
+            CONTROLLER_MANAGER_TOKEN,
+        );
+        let mut command = Command::new(binaries().join("kube-controller-manager"));
+        command
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .arg("--leader-elect=false")
+            .arg("--use-service-account-credentials=true")
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                root.join("sa.key").display()
+            ))
+            .arg(format!(
+                "--root-ca-file={}",
+                root.join("api-ca.crt").display()
+            ))
+            .arg(format!("--controllers={CONTROLLERS}"))
+            .arg("--v=1");
+        self.controller_manager = Some(Component::spawn(
+            "kube-controller-manager",
+            command,
+            root.join("controller-manager.log"),
+        ));
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.admin.clone(), "default");
+        let ready = wait_for(Duration::from_secs(60), || async {
+            accounts.get_opt("default").await.ok()?.map(|_| ())
+        })
+        .await;
+        if ready.is_none() {
+            fail(
+                "kube-controller-manager: ServiceAccount default/default within 60 s",
+                "not made",
+                self.controller_manager.as_ref(),
+            );
+        }
     }
 
     /// A stock kube-scheduler with the default profile and no extender.
@@ -508,9 +611,18 @@ impl ControlPlane {
 
     /// `volguard serve` with the files `start_volguard` wrote, on these ports.
     fn volguard_command(&self, port: u16, metrics_port: u16) -> Command {
+        self.volguard_command_of(
+            Path::new(env!("CARGO_BIN_EXE_volguard")),
+            port,
+            metrics_port,
+        )
+    }
+
+    /// The same `volguard serve` with another build of volguard.
+    fn volguard_command_of(&self, binary: &Path, port: u16, metrics_port: u16) -> Command {
         let root = self.dir().to_owned();
         let certs_dir = root.join("volguard-certs");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_volguard"));
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .arg("--config")
@@ -554,8 +666,34 @@ impl ControlPlane {
     /// A second replica of volguard (same config and identity, its own ports), once
     /// its /readyz answers 200; with its metrics port.
     pub async fn volguard_replica(&self) -> (Component, u16) {
+        let (replica, _, metrics_port) = self.spawn_replica().await;
+        (replica, metrics_port)
+    }
+
+    /// Where kube-apiserver sends the webhook's calls: the `volguard` Service's
+    /// stand-in with two replicas, else volguard itself.
+    fn webhook_port(&self) -> u16 {
+        self.services.first().map_or(self.volguard_port, |s| s.port)
+    }
+
+    /// Where kube-scheduler sends the extender's calls: the `volguard-extender`
+    /// Service's stand-in with two replicas, else volguard itself.
+    fn extender_port(&self) -> u16 {
+        self.services.get(1).map_or(self.volguard_port, |s| s.port)
+    }
+
+    /// A second replica: the component, its TLS and its plain port.
+    async fn spawn_replica(&self) -> (Component, u16, u16) {
+        self.spawn_volguard(Path::new(env!("CARGO_BIN_EXE_volguard")))
+            .await
+    }
+
+    /// Another volguard process of `binary` (same config and identity, its own ports),
+    /// once its /readyz answers 200: the component, its TLS and its plain port.
+    pub async fn spawn_volguard(&self, binary: &Path) -> (Component, u16, u16) {
         let metrics_port = free_port();
-        let command = self.volguard_command(free_port(), metrics_port);
+        let port = free_port();
+        let command = self.volguard_command_of(binary, port, metrics_port);
         let replica = Component::spawn(
             "volguard replica",
             command,
@@ -573,7 +711,7 @@ impl ControlPlane {
                 Some(&replica),
             );
         }
-        (replica, metrics_port)
+        (replica, port, metrics_port)
     }
 
     /// `/metrics` of the volguard whose plain listener is on `port`.
@@ -655,7 +793,7 @@ impl ControlPlane {
                 .unwrap_or("/mutate")
                 .to_owned();
             webhook["clientConfig"] = json!({
-                "url": format!("https://localhost:{}{path}", self.volguard_port),
+                "url": format!("https://localhost:{}{path}", self.webhook_port()),
                 "caBundle": ca,
             });
         }
@@ -694,40 +832,12 @@ impl ControlPlane {
     /// kube-scheduler with the shipped KubeSchedulerConfiguration, under the shipped
     /// ServiceAccount; waits until it holds its leader Lease.
     async fn start_scheduler(&mut self, manifests: &[Value]) {
-        use base64::Engine;
         let root = self.dir().to_owned();
-        let shipped = manifests
-            .iter()
-            .find(|d| {
-                d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config"
-            })
-            .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
-            .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None))
-            .to_owned();
-        let mut config: Value = volguard::sources::snapshot::parse_documents(&shipped, false)
-            .ok()
-            .and_then(|mut d| d.pop())
-            .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None));
+        let mut config = self.scheduler_config_for(manifests, self.extender_port());
         let kubeconfig = root.join("scheduler.kubeconfig");
         let token = self.token("volguard-scheduler");
         write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, &token);
         config["clientConnection"] = json!({"kubeconfig": kubeconfig});
-        let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
-        for extender in config["extenders"].as_array_mut().expect("extenders") {
-            extender["urlPrefix"] = json!(format!("https://127.0.0.1:{}", self.volguard_port));
-            let tls = extender["tlsConfig"].as_object_mut().expect("tlsConfig");
-            tls.remove("caFile");
-            tls.insert("caData".into(), json!(ca));
-            for (file, data, pem) in [
-                ("certFile", "certData", &self.volguard_client.0),
-                ("keyFile", "keyData", &self.volguard_client.1),
-            ] {
-                if tls.remove(file).is_some() {
-                    let pem = base64::engine::general_purpose::STANDARD.encode(pem);
-                    tls.insert(data.into(), json!(pem));
-                }
-            }
-        }
         if let Some(changes) = &self.options.scheduler_config {
             merge(&mut config, changes);
         }
@@ -754,6 +864,34 @@ impl ControlPlane {
         }
     }
 
+    /// The shipped KubeSchedulerConfiguration as the harness runs it: its extender at
+    /// the loopback `port`, with volguard's CA and the client certificate as data.
+    pub fn harness_scheduler_config(&self, port: u16) -> Value {
+        self.scheduler_config_for(&self.rendered_manifests(), port)
+    }
+
+    fn scheduler_config_for(&self, manifests: &[Value], port: u16) -> Value {
+        use base64::Engine;
+        let mut config = shipped_scheduler_config_in(manifests);
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
+        for extender in config["extenders"].as_array_mut().expect("extenders") {
+            extender["urlPrefix"] = json!(format!("https://127.0.0.1:{port}"));
+            let tls = extender["tlsConfig"].as_object_mut().expect("tlsConfig");
+            tls.remove("caFile");
+            tls.insert("caData".into(), json!(ca));
+            for (file, data, pem) in [
+                ("certFile", "certData", &self.volguard_client.0),
+                ("keyFile", "keyData", &self.volguard_client.1),
+            ] {
+                if tls.remove(file).is_some() {
+                    let pem = base64::engine::general_purpose::STANDARD.encode(pem);
+                    tls.insert(data.into(), json!(pem));
+                }
+            }
+        }
+        config
+    }
+
     /// Stops the API server (SIGTERM); etcd keeps its data.
     pub fn stop_apiserver(&mut self) {
         self.apiserver.stop(Duration::from_secs(20));
@@ -777,8 +915,9 @@ impl ControlPlane {
         (apiserver, client(&kubeconfig).await)
     }
 
-    /// Creates a namespace with its `default` ServiceAccount (which the ServiceAccount
-    /// admission plugin requires and no controller-manager creates here).
+    /// Creates a namespace, and waits for the ServiceAccount controller to give it the
+    /// `default` ServiceAccount (the ServiceAccount admission plugin refuses pods
+    /// until then).
     pub async fn namespace(&self, name: &str) {
         let (ok, _, err) = self.kubectl(&["create", "namespace", name], None);
         if !ok && !err.contains("AlreadyExists") {
@@ -788,12 +927,17 @@ impl ControlPlane {
                 Some(&self.apiserver),
             );
         }
-        let (ok, _, err) = self.kubectl(&["create", "serviceaccount", "default", "-n", name], None);
-        if !ok && !err.contains("AlreadyExists") {
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.admin.clone(), name);
+        let made = wait_for(Duration::from_secs(30), || async {
+            accounts.get_opt("default").await.ok()?.map(|_| ())
+        })
+        .await;
+        if made.is_none() {
             fail(
-                &format!("create ServiceAccount {name}/default"),
-                err,
-                Some(&self.apiserver),
+                &format!("ServiceAccount {name}/default made within 30 s"),
+                "absent",
+                self.controller_manager.as_ref(),
             );
         }
     }
@@ -912,8 +1056,8 @@ impl ControlPlane {
             .unwrap_or_else(|e| fail(&format!("create CSINode {node}"), e, Some(&self.apiserver)));
     }
 
-    /// A PV of CSI `driver` with `handle` bound to a new claim `namespace/claim`, both
-    /// `Bound` through their status as the PV controller would leave them.
+    /// A PV of CSI `driver` with `handle` and a new claim `namespace/claim` naming each
+    /// other, as a static provisioner leaves them; the real PV binder binds them.
     pub async fn bound_claim(
         &self,
         namespace: &str,
@@ -923,84 +1067,75 @@ impl ControlPlane {
         handle: &str,
         access_mode: &str,
     ) {
-        // The claim first, with the annotation the PV controller sets when it binds
-        // (kube-scheduler's VolumeBinding counts a claim as bound only with it), then
-        // the PV pointing back at the claim's uid.
-        let stored = self
-            .create(json!({
+        self.claim_and_volume(
+            namespace,
+            claim,
+            access_mode,
+            json!({"name": pv, "csi": {"driver": driver, "volumeHandle": handle}}),
+        )
+        .await;
+    }
+
+    /// Creates the PV that `pv` describes (`name` plus its source and node affinity),
+    /// reserved for `namespace/claim` by its claimRef, then the claim naming it, and
+    /// waits until the PV binder has bound them. The PV goes first: the binder binds a
+    /// new claim to the PV reserved for it at once, where a PV arriving after its claim
+    /// waits for the binder's next resync (15 s).
+    async fn claim_and_volume(&self, namespace: &str, claim: &str, access_mode: &str, pv: Value) {
+        let name = pv["name"].as_str().expect("a PV name").to_owned();
+        let mut spec = json!({
+            "capacity": {"storage": "10Gi"},
+            "accessModes": [access_mode],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "claimRef": {
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {
-                    "name": claim, "namespace": namespace,
-                    "annotations": {
-                        "pv.kubernetes.io/bind-completed": "yes",
-                        "pv.kubernetes.io/bound-by-controller": "yes",
-                    },
-                },
-                "spec": {
-                    "accessModes": [access_mode],
-                    "resources": {"requests": {"storage": "10Gi"}},
-                    "storageClassName": "",
-                    "volumeName": pv,
-                },
-            }))
-            .await;
+                "namespace": namespace, "name": claim,
+            },
+        });
+        let mut source = pv;
+        source.as_object_mut().expect("an object").remove("name");
+        merge(&mut spec, &source);
         self.create(json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv},
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .await;
+        self.create(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
             "spec": {
-                "capacity": {"storage": "10Gi"},
                 "accessModes": [access_mode],
-                "persistentVolumeReclaimPolicy": "Retain",
+                "resources": {"requests": {"storage": "10Gi"}},
                 "storageClassName": "",
-                "csi": {"driver": driver, "volumeHandle": handle},
-                "claimRef": {
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "namespace": namespace, "name": claim,
-                    "uid": stored["metadata"]["uid"],
-                },
+                "volumeName": name,
             },
         }))
         .await;
-        let bound = |extra: Value| {
-            let mut status = json!({"phase": "Bound"});
-            merge(&mut status, &extra);
-            json!({"status": status})
-        };
-        let (ok, _, err) = self.kubectl(
-            &[
-                "patch",
-                "pv",
-                pv,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &bound(json!({})).to_string(),
-            ],
-            None,
-        );
-        if !ok {
-            fail(&format!("bind PV {pv}"), err, Some(&self.apiserver));
-        }
-        let (ok, _, err) = self.kubectl(
-            &[
-                "patch",
-                "pvc",
-                claim,
-                "-n",
-                namespace,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &bound(json!({"accessModes": [access_mode], "capacity": {"storage": "10Gi"}}))
-                    .to_string(),
-            ],
-            None,
-        );
-        if !ok {
+        self.claim_bound(namespace, claim).await;
+    }
+
+    /// Waits until the PV binder has bound `namespace/claim` (status `Bound`, with the
+    /// annotation kube-scheduler's VolumeBinding looks for).
+    pub async fn claim_bound(&self, namespace: &str, claim: &str) {
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(self.admin.clone(), namespace);
+        let bound = wait_for(Duration::from_secs(60), || async {
+            let c = claims.get(claim).await.ok()?;
+            let done = c
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("pv.kubernetes.io/bind-completed"));
+            (done && c.status?.phase.as_deref() == Some("Bound")).then_some(())
+        })
+        .await;
+        if bound.is_none() {
             fail(
-                &format!("bind PVC {namespace}/{claim}"),
-                err,
-                Some(&self.apiserver),
+                &format!("the PV binder binds {namespace}/{claim} within 60 s"),
+                "not bound",
+                self.controller_manager.as_ref(),
             );
         }
     }
@@ -1017,65 +1152,19 @@ impl ControlPlane {
         node: &str,
         path: &str,
     ) {
-        let stored = self
-            .create(json!({
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {
-                    "name": claim, "namespace": namespace,
-                    "annotations": {
-                        "pv.kubernetes.io/bind-completed": "yes",
-                        "pv.kubernetes.io/bound-by-controller": "yes",
-                    },
-                },
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": "10Gi"}},
-                    "storageClassName": "",
-                    "volumeName": pv,
-                },
-            }))
-            .await;
-        self.create(json!({
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "10Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
+        self.claim_and_volume(
+            namespace,
+            claim,
+            "ReadWriteOnce",
+            json!({
+                "name": pv,
                 "local": {"path": path},
                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]},
                 ]}]}},
-                "claimRef": {
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "namespace": namespace, "name": claim,
-                    "uid": stored["metadata"]["uid"],
-                },
-            },
-        }))
+            }),
+        )
         .await;
-        for (kind, args, status) in [
-            ("pv", vec!["patch", "pv", pv], json!({"phase": "Bound"})),
-            (
-                "pvc",
-                vec!["patch", "pvc", claim, "-n", namespace],
-                json!({"phase": "Bound", "accessModes": ["ReadWriteOnce"],
-                       "capacity": {"storage": "10Gi"}}),
-            ),
-        ] {
-            let patch = json!({"status": status}).to_string();
-            let mut args = args;
-            args.extend(["--subresource=status", "--type=merge", "-p", &patch]);
-            let (ok, _, err) = self.kubectl(&args, None);
-            if !ok {
-                fail(
-                    &format!("bind {kind} of {claim}"),
-                    err,
-                    Some(&self.apiserver),
-                );
-            }
-        }
     }
 
     /// A VolumeAttachment of `pv` to `node` by `attacher`, attached.
@@ -1229,12 +1318,158 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
+    /// What the kubelets of the API-only nodes would do for the pods of `namespace`,
+    /// until the guard is dropped: a pod bound to a node becomes Running and Ready, and a
+    /// pod being deleted is removed (a kubelet confirms a graceful deletion once its
+    /// containers stopped). Controllers then see their pods come and go as in a cluster.
+    pub fn kubelets(&self, namespace: &str) -> StandIn {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
+        StandIn(tokio::spawn(async move {
+            loop {
+                for p in pods.list(&Default::default()).await.into_iter().flatten() {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    if p.metadata.deletion_timestamp.is_some() {
+                        let _ = pods
+                            .delete(&name, &DeleteParams::default().grace_period(0))
+                            .await;
+                        continue;
+                    }
+                    let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+                    let ready = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    if bound && !ready {
+                        let status = json!({"status": {"phase": "Running", "conditions": [
+                            {"type": "Ready", "status": "True", "lastTransitionTime": now()}]}});
+                        let _ = pods
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }))
+    }
+
+    /// What the external-provisioner of CSI `driver` would do, until the guard is
+    /// dropped: for each claim kube-scheduler picked a node for (the annotation
+    /// `volume.kubernetes.io/selected-node`) and that has no volume yet, a PV of the
+    /// driver reserved for it; the real PV binder then binds the two.
+    pub fn provisioner(&self, driver: &'static str) -> StandIn {
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::all(self.admin.clone());
+        let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(self.admin.clone());
+        StandIn(tokio::spawn(async move {
+            loop {
+                for c in claims.list(&Default::default()).await.into_iter().flatten() {
+                    let selected = c
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key("volume.kubernetes.io/selected-node"));
+                    let spec = c.spec.clone().unwrap_or_default();
+                    if !selected || spec.volume_name.is_some() {
+                        continue;
+                    }
+                    let uid = c.metadata.uid.clone().unwrap_or_default();
+                    let pv: k8s_openapi::api::core::v1::PersistentVolume =
+                        serde_json::from_value(json!({
+                            "metadata": {"name": format!("pvc-{uid}")},
+                            "spec": {
+                                "capacity": {"storage": "10Gi"},
+                                "accessModes": spec.access_modes,
+                                "persistentVolumeReclaimPolicy": "Delete",
+                                "storageClassName": spec.storage_class_name,
+                                "csi": {"driver": driver, "volumeHandle": format!("gen-{uid}")},
+                                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                    "namespace": c.metadata.namespace, "name": c.metadata.name,
+                                    "uid": uid},
+                            },
+                        }))
+                        .expect("a PV");
+                    let _ = pvs.create(&PostParams::default(), &pv).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }))
+    }
+
     /// Deletes a pod at once (no kubelet will confirm a graceful delete).
     pub async fn delete_pod_now(&self, namespace: &str, name: &str) {
         let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
         let _ = pods
             .delete(name, &DeleteParams::default().grace_period(0))
             .await;
+    }
+}
+
+/// A Service's stand-in (there is no kube-proxy): a TCP proxy on loopback over the
+/// replicas' ports. Each connection goes to the next replica in turn, or, with
+/// `affinity` (`sessionAffinity: ClientIP`), to the replica its client's address was
+/// first sent to; a replica that refuses connections is skipped, as kube-proxy drops an
+/// endpoint that is gone.
+pub struct ServiceStandIn {
+    /// Where it listens.
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServiceStandIn {
+    async fn start(backends: Vec<u16>, affinity: bool) -> ServiceStandIn {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let port = listener.local_addr().expect("its address").port();
+        let task = tokio::spawn(async move {
+            let mut sticky: std::collections::HashMap<std::net::IpAddr, usize> = Default::default();
+            let mut next = 0;
+            loop {
+                let Ok((mut inbound, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let first = match affinity {
+                    true => *sticky.entry(peer.ip()).or_insert(next),
+                    false => next,
+                };
+                next = (next + 1) % backends.len();
+                for k in 0..backends.len() {
+                    let i = (first + k) % backends.len();
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backends[i])).await
+                    else {
+                        continue;
+                    };
+                    if affinity {
+                        sticky.insert(peer.ip(), i);
+                    }
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    });
+                    break;
+                }
+            }
+        });
+        ServiceStandIn { port, task }
+    }
+}
+
+impl Drop for ServiceStandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A task playing a component that does not run here (the kubelets, a CSI
+/// provisioner); it stops when dropped.
+pub struct StandIn(tokio::task::JoinHandle<()>);
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -1246,6 +1481,7 @@ impl Drop for ControlPlane {
             let components = [Some(&self.etcd), Some(&self.apiserver)]
                 .into_iter()
                 .chain([
+                    self.controller_manager.as_ref(),
                     self.volguard.as_ref(),
                     self.scheduler.as_ref(),
                     self.default_scheduler.as_ref(),
@@ -1260,6 +1496,40 @@ impl Drop for ControlPlane {
             eprintln!("control plane files kept in {}", dir.keep().display());
         }
     }
+}
+
+/// The KubeSchedulerConfiguration in the rendered `manifests`' scheduler ConfigMap.
+fn shipped_scheduler_config_in(manifests: &[Value]) -> Value {
+    let shipped = manifests
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config")
+        .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
+        .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None));
+    volguard::sources::snapshot::parse_documents(shipped, false)
+        .ok()
+        .and_then(|mut d| d.pop())
+        .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None))
+}
+
+/// The remediation overlay's volguard config, with a grace period short enough for a
+/// test (3 s instead of 60 s).
+pub fn remediation_overlay_config() -> String {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo("manifests/overlays/remediation"))
+        .output()
+        .expect("kubectl kustomize");
+    let docs =
+        volguard::sources::snapshot::parse_documents(&String::from_utf8_lossy(&out.stdout), false)
+            .expect("rendered overlay");
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-config")
+        .and_then(|d| d["data"]["config.yaml"].as_str())
+        .expect("the overlay's volguard-config")
+        .to_owned();
+    assert!(config.contains("gracePeriodSeconds: 60"), "{config}");
+    config.replace("gracePeriodSeconds: 60", "gracePeriodSeconds: 3")
 }
 
 /// kube-scheduler with `config`, on a free loopback port, as `kubeconfig`'s identity.
@@ -1583,19 +1853,7 @@ impl ControlPlane {
     /// The KubeSchedulerConfiguration `manifests/` ships, as written there (before the
     /// harness points it at this control plane).
     pub fn shipped_scheduler_config(&self) -> Value {
-        let manifests = self.rendered_manifests();
-        let shipped = manifests
-            .iter()
-            .find(|d| {
-                d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-scheduler-config"
-            })
-            .and_then(|d| d["data"]["scheduler-config.yaml"].as_str())
-            .unwrap_or_else(|| fail("find the scheduler ConfigMap", "absent", None))
-            .to_owned();
-        volguard::sources::snapshot::parse_documents(&shipped, false)
-            .ok()
-            .and_then(|mut d| d.pop())
-            .unwrap_or_else(|| fail("parse the shipped scheduler config", "not YAML", None))
+        shipped_scheduler_config_in(&self.rendered_manifests())
     }
 
     /// Starts kube-scheduler with the shipped profile now, for a control plane started

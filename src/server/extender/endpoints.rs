@@ -9,6 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -21,8 +22,12 @@ use axum::{
 
 use super::wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList, node_name};
 use crate::{
-    cluster::{ClusterState, records::PodRecord},
+    cluster::{
+        ClusterState,
+        records::{PodRecord, key},
+    },
     decide::{
+        inflight::{Placement, Presume},
         judge::{FailKind, Judge, Judgement, Verdict},
         resolve::resolve,
     },
@@ -168,19 +173,16 @@ fn not_ready(state: &ClusterState) -> Option<String> {
         .map(|why| format!("volguard's {why}: retry later"))
 }
 
-/// Judges every candidate, in order, until `abandoned` is set. A pod with no managed
-/// volume passes everywhere with score 0, decided before the state's readiness is even
-/// looked at.
-fn judge_all(
+/// The judge for a pod, or `None` when volguard has no opinion on it: a pod with no
+/// managed volume passes everywhere with score 0, decided before the state's readiness
+/// is even looked at.
+fn judge_for<'s>(
     pod: &PodView,
-    names: &[Cow<'_, str>],
-    state: &ClusterState,
-    config: &Config,
-    abandoned: &Abandoned,
-) -> Result<Vec<Judgement>, Unjudged> {
-    let indifferent = || vec![Judgement::indifferent(); names.len()];
+    state: &'s ClusterState,
+    config: &'s Config,
+) -> Result<Option<Judge<'s>>, Unjudged> {
     if has_no_managed_volumes(pod, state, config) {
-        return Ok(indifferent());
+        return Ok(None);
     }
     if let Some(why) = not_ready(state) {
         return Err(Unjudged::NotReady(why));
@@ -195,9 +197,15 @@ fn judge_all(
         ))
     })?;
     let judge = Judge::new(Ok(&resolution), state, config);
-    if judge.is_indifferent() {
-        return Ok(indifferent());
-    }
+    Ok((!judge.is_indifferent()).then_some(judge))
+}
+
+/// Judges every candidate, in order, until `abandoned` is set.
+fn judge_each(
+    judge: &Judge<'_>,
+    names: &[Cow<'_, str>],
+    abandoned: &Abandoned,
+) -> Result<Vec<Judgement>, Unjudged> {
     let mut judged = Vec::with_capacity(names.len());
     for chunk in names.chunks(NODES_PER_LOOK) {
         if abandoned.is_set() {
@@ -206,6 +214,91 @@ fn judge_all(
         judged.extend(chunk.iter().map(|n| judge.judge(n)));
     }
     Ok(judged)
+}
+
+/// `namespace/name` of the pod, as placements in flight are keyed.
+fn pod_key(pod: &PodView) -> String {
+    key(pod.namespace().unwrap_or("default"), pod.name())
+}
+
+/// How long a `/filter` waits for pods in flight to show bound when they alone turn
+/// nodes away, before it answers as if each may be on any node it was passed for.
+/// kube-scheduler waits with it: its scheduling cycle is serial.
+pub const BURST_WAIT: Duration = Duration::from_millis(500);
+
+/// How often a waiting `/filter` looks at the state again.
+const BURST_POLL: Duration = Duration::from_millis(2);
+
+/// What one look at the state gave a `/filter`.
+enum Look {
+    /// The verdicts to answer with.
+    Answer(Vec<Judgement>),
+    /// Nodes fail only because pods in flight may be on them, and those pods may show
+    /// bound any moment: look again shortly.
+    Contended,
+}
+
+/// Judges the candidates counting every pod in flight on every node it may land on,
+/// and remembers this pod as in flight on the nodes it passes. When pods in flight
+/// alone turn nodes away and `may_wait`, asks to look again instead.
+fn look(
+    pod: &PodView,
+    names: &[Cow<'_, str>],
+    state: &ClusterState,
+    app: &App,
+    abandoned: &Abandoned,
+    may_wait: bool,
+) -> Result<Look, Unjudged> {
+    let Some(judge) = judge_for(pod, state, &app.config)? else {
+        return Ok(Look::Answer(vec![Judgement::indifferent(); names.len()]));
+    };
+    let needs = judge.needs();
+    let me = pod_key(pod);
+    // Held from reading the placements to recording this one: two /filter calls at
+    // once (two schedulers) cannot both take the last slot.
+    let mut flight = app.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    flight.settle(state, app.now());
+    app.metrics.pods_in_flight(flight.len());
+    if !needs.is_empty() && flight.is_full_for(&me) {
+        return Err(Unjudged::NotReady(format!(
+            "{} pods passed by volguard are not seen bound yet (their bindings are slow, or volguard's watch lags): retry later",
+            flight.len()
+        )));
+    }
+    let others = flight.touching(&me, &needs);
+    let judge = judge.with_in_flight(&others, Presume::Anywhere);
+    let judged = judge_each(&judge, names, abandoned)?;
+    // Wait only when pods in flight turn away every node that would pass without them
+    // (nodes passing anyway are a safe answer now), and only for pods not waited for
+    // in vain already.
+    let fresh: Vec<&Arc<Placement>> = others.iter().filter(|p| !p.waited_out()).collect();
+    if !fresh.is_empty() && !judged.iter().any(Judgement::passes) {
+        let hindered = names.iter().any(|n| judge.judge_unhindered(n).passes());
+        if hindered {
+            if may_wait {
+                return Ok(Look::Contended);
+            }
+            flight.waited_out(fresh);
+            app.metrics.burst_wait("timed_out");
+        }
+    }
+    if !needs.is_empty() {
+        let mut passing = judged
+            .iter()
+            .zip(names)
+            .filter(|(j, _)| j.passes())
+            .filter_map(|(_, n)| state.shared_name(n).cloned())
+            .peekable();
+        if passing.peek().is_none() {
+            flight.forget(&me);
+        } else {
+            let uid = pod.uid().map(str::to_owned);
+            let placement = Placement::new(me, uid, app.now(), state, passing, needs);
+            flight.record(placement, state);
+        }
+    }
+    app.metrics.pods_in_flight(flight.len());
+    Ok(Look::Answer(judged))
 }
 
 /// Sorts judged candidates into the filter answer, in the mode they were sent in, and
@@ -267,11 +360,30 @@ fn sort_out<'a>(
 pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, ExtenderError> {
     still_wanted(abandoned)?;
     let (pod, candidates) = parse(body)?;
-    let judged = match app.cluster.read() {
-        Err(_) => Err(Unjudged::NotReady(
-            "volguard's cluster state is unavailable".to_owned(),
-        )),
-        Ok(state) => judge_all(&pod, &candidates.names, &state, &app.config, abandoned),
+    let deadline = Instant::now() + BURST_WAIT;
+    let mut waited = false;
+    let judged = loop {
+        let may_wait = Instant::now() < deadline;
+        let looked = match app.cluster.read() {
+            Err(_) => Err(Unjudged::NotReady(
+                "volguard's cluster state is unavailable".to_owned(),
+            )),
+            Ok(state) => look(&pod, &candidates.names, &state, app, abandoned, may_wait),
+        };
+        match looked {
+            Ok(Look::Contended) => {
+                waited = true;
+                still_wanted(abandoned)?;
+                std::thread::sleep(BURST_POLL);
+            }
+            Ok(Look::Answer(judged)) => {
+                if waited && may_wait {
+                    app.metrics.burst_wait("settled");
+                }
+                break Ok(judged);
+            }
+            Err(e) => break Err(e),
+        }
     };
     match judged {
         Err(Unjudged::Abandoned) => return Err(ExtenderError::Abandoned),
@@ -285,6 +397,8 @@ pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, 
 }
 
 /// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
+/// Pods in flight count on the node they were scored highest for, so that a burst is
+/// spread; the node this pod scores highest on is noted for the pods after it.
 /// Stops early, answering nothing, once `abandoned` is set.
 pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, ExtenderError> {
     still_wanted(abandoned)?;
@@ -293,21 +407,47 @@ pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u
         .cluster
         .read()
         .map_err(|_| ExtenderError::NotReady("volguard's cluster state is unavailable".into()))?;
-    let judged = judge_all(&pod, &candidates.names, &state, &app.config, abandoned).map_err(
-        |e| match e {
-            Unjudged::NotReady(why) => ExtenderError::NotReady(why),
-            Unjudged::Abandoned => ExtenderError::Abandoned,
-        },
-    )?;
+    let unjudged = |e| match e {
+        Unjudged::NotReady(why) => ExtenderError::NotReady(why),
+        Unjudged::Abandoned => ExtenderError::Abandoned,
+    };
+    let scores: Vec<u8> = match judge_for(&pod, &state, &app.config).map_err(unjudged)? {
+        None => vec![0; candidates.names.len()],
+        Some(judge) => {
+            let me = pod_key(&pod);
+            let needs = judge.needs();
+            let others = {
+                let mut flight = app.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                flight.settle(&state, app.now());
+                flight.touching(&me, &needs)
+            };
+            let judge = judge.with_in_flight(&others, Presume::AtGuess);
+            let scores: Vec<u8> = judge_each(&judge, &candidates.names, abandoned)
+                .map_err(unjudged)?
+                .into_iter()
+                .map(|j| j.score)
+                .collect();
+            let best = scores
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s > 0)
+                .max_by_key(|(i, s)| (**s, std::cmp::Reverse(*i)))
+                .and_then(|(i, _)| state.shared_name(&candidates.names[i]).cloned());
+            if let Some(best) = best {
+                app.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .guess(&me, best);
+            }
+            scores
+        }
+    };
     drop(state);
     let list: Vec<HostPriority> = candidates
         .names
         .iter()
-        .zip(judged)
-        .map(|(name, j)| HostPriority {
-            host: name,
-            score: j.score,
-        })
+        .zip(scores)
+        .map(|(name, score)| HostPriority { host: name, score })
         .collect();
     serde_json::to_vec(&list).map_err(encode_failed)
 }
