@@ -242,7 +242,27 @@ async fn run(args: Args) {
 
     // The schedulers, one after the other.
     let baseline = match &args.baseline_volguard {
-        Some(binary) => Some(cp.spawn_volguard(binary).await),
+        Some(binary) => {
+            // What earlier builds watched beyond today's ClusterRole: granted for this
+            // run, so that the baseline becomes ready too.
+            cp.create(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "volguard-baseline"},
+                "rules": [{"apiGroups": ["storage.k8s.io"], "resources": ["csidrivers"],
+                    "verbs": ["get", "list", "watch"]}]}),
+            )
+            .await;
+            cp.create(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "volguard-baseline"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "volguard-baseline"},
+                "subjects": [{"kind": "ServiceAccount", "name": "volguard",
+                    "namespace": control_plane::NAMESPACE}]}),
+            )
+            .await;
+            Some(cp.spawn_volguard(binary).await)
+        }
         None => None,
     };
     let binds = BindWatch::start(cp.admin.clone());
