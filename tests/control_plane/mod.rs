@@ -917,7 +917,7 @@ impl ControlPlane {
 
     /// Creates a namespace, and waits for the ServiceAccount controller to give it the
     /// `default` ServiceAccount (the ServiceAccount admission plugin refuses pods
-    /// until then).
+    /// until then); without kube-controller-manager, makes it.
     pub async fn namespace(&self, name: &str) {
         let (ok, _, err) = self.kubectl(&["create", "namespace", name], None);
         if !ok && !err.contains("AlreadyExists") {
@@ -926,6 +926,18 @@ impl ControlPlane {
                 err,
                 Some(&self.apiserver),
             );
+        }
+        if self.controller_manager.is_none() {
+            // Nobody else makes it without kube-controller-manager.
+            let (ok, _, err) =
+                self.kubectl(&["create", "serviceaccount", "default", "-n", name], None);
+            if !ok && !err.contains("AlreadyExists") {
+                fail(
+                    &format!("create ServiceAccount {name}/default"),
+                    err,
+                    Some(&self.apiserver),
+                );
+            }
         }
         let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
             Api::namespaced(self.admin.clone(), name);
