@@ -171,6 +171,7 @@ async fn run(args: Args) {
         // The bench writes its PV/PVC pairs bound, as the binder leaves them, thousands
         // at once; no controller competes with the schedulers for the machine.
         controller_manager: false,
+        ..Options::default()
     })
     .await;
     step(
