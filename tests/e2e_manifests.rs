@@ -122,6 +122,7 @@ async fn the_base_is_accepted_by_the_api_server() {
             "rolebinding.rbac.authorization.k8s.io/volguard-scheduler:extension-apiserver-authentication-reader",
             "rolebinding.rbac.authorization.k8s.io/volguard-scheduler:leader-election",
             "service/volguard",
+            "service/volguard-extender",
             "serviceaccount/volguard",
             "serviceaccount/volguard-scheduler",
         ]
