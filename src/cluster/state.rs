@@ -390,17 +390,20 @@ impl ClusterState {
             .get(&key(namespace, claim))?
             .iter()
             .filter_map(|name| self.pvs.get(name))
-            .filter(|pv| !pv.released && pv.claim_uid.as_deref().is_none_or(|u| Some(u) == uid));
+            // A claim of unknown uid (a hand-written snapshot): the name decides.
+            .filter(|pv| {
+                !pv.released && uid.is_none_or(|c| pv.claim_uid.as_deref().is_none_or(|u| u == c))
+            });
         let pv = eligible.next()?;
         eligible.next().is_none().then_some(pv)
     }
 
-    /// How many volumes the state counts for a pod on its node: those of its claims
+    /// The volumes the state counts for a bound pod on its node: those of its claims
     /// that are bound to a known PV, its inline volumes and devices.
-    pub fn pod_volume_count(&self, namespace: &str, name: &str) -> usize {
+    pub fn pod_volumes(&self, namespace: &str, name: &str) -> &[VolumeId] {
         self.contributions
             .get(&Source::Pod(key(namespace, name)))
-            .map_or(0, |(_, volumes)| volumes.len())
+            .map_or(&[], |(_, volumes)| volumes.as_slice())
     }
 
     /// A node's record.

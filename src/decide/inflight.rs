@@ -35,6 +35,11 @@ pub const EXPIRY: Duration = Duration::from_secs(660);
 /// nodes it passed).
 pub const MAX_PODS: usize = 512;
 
+/// How long a placement counts while the state has never shown its pod: the watch
+/// normally shows a pod before or just after the scheduler places it, so a placement
+/// older than this belongs to a pod added and removed between two looks.
+pub const UNSEEN_EXPIRY: Duration = Duration::from_secs(30);
+
 /// What a pod puts on the node it lands on.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Needs {
@@ -182,11 +187,15 @@ impl Placement {
         if now.saturating_sub(self.since) >= EXPIRY {
             return Status::Settled;
         }
+        let unseen_for = now.saturating_sub(self.since);
         let Some(rec) = self.in_state(state) else {
-            // Deleted once seen; not seen yet otherwise (the watch lags).
-            return match self.seen.load(Ordering::Relaxed) {
-                true => Status::Settled,
-                false => Status::InFlight,
+            // Deleted once seen; not seen yet otherwise (the watch lags), unless for
+            // long (added and deleted between two looks).
+            let gone = self.seen.load(Ordering::Relaxed) || unseen_for >= UNSEEN_EXPIRY;
+            return if gone {
+                Status::Settled
+            } else {
+                Status::InFlight
             };
         };
         if !self.is_this(rec.uid.as_deref()) {
@@ -211,16 +220,17 @@ impl Placement {
         }
     }
 
-    /// The state counts on the pod's node at least as many volumes of it as it needs.
+    /// The state counts on the pod's node every volume it needs, driver by driver:
+    /// each one it knew, and as many of the driver's as it needed in all (its unbound
+    /// claims bound since).
     fn counted(&self, state: &ClusterState) -> bool {
         let (namespace, name) = self.pod.split_once('/').unwrap_or(("", &self.pod));
-        let needed: usize = self
-            .needs
-            .attach
-            .iter()
-            .map(|d| d.known.len() + d.pending as usize)
-            .sum();
-        state.pod_volume_count(namespace, name) >= needed
+        let counted = state.pod_volumes(namespace, name);
+        self.needs.attach.iter().all(|d| {
+            let of_driver = counted.iter().filter(|v| v.driver == d.driver).count();
+            d.known.iter().all(|v| counted.contains(v))
+                && of_driver >= d.known.len() + d.pending as usize
+        })
     }
 }
 
@@ -254,8 +264,8 @@ impl InFlight {
                     since: p.since,
                     earlier: p.earlier.clone(),
                     seen: AtomicBool::new(true),
-                    candidates: std::iter::once(node).collect(),
-                    guess: p.guess.clone(),
+                    candidates: std::iter::once(node.clone()).collect(),
+                    guess: OnceLock::from(node.clone()),
                     needs: p.needs.clone(),
                     waited_out: AtomicBool::new(p.waited_out()),
                 });
@@ -333,4 +343,58 @@ fn shares(a: &Needs, b: &Needs) -> bool {
         .iter()
         .any(|x| b.attach.iter().any(|y| x.driver == y.driver))
         || a.exclusive.iter().any(|v| b.exclusive.contains(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        cluster::ClusterObject,
+        model::{config::Config, drivers::Drivers},
+    };
+
+    fn state() -> ClusterState {
+        let config = Arc::new(Config::default());
+        let drivers = Arc::new(Drivers::new(&config));
+        ClusterState::new(config, drivers)
+    }
+
+    fn placement(state: &ClusterState, since: Duration) -> Placement {
+        let needs = Needs {
+            attach: vec![DriverVolumes {
+                driver: crate::model::drivers::DriverId(1),
+                known: Vec::new(),
+                pending: 1,
+            }],
+            exclusive: Vec::new(),
+        };
+        let nodes: Vec<Arc<str>> = vec!["n0".into(), "n1".into()];
+        Placement::new("shop/p".into(), Some("uid-p".into()), since, state, nodes, needs)
+    }
+
+    /// A pod the state never showed (added and deleted between two looks) stops
+    /// counting after [`UNSEEN_EXPIRY`]; one it showed, once it is gone.
+    #[test]
+    fn a_pod_never_seen_stops_counting_after_a_while() {
+        let mut state = state();
+        let mut flight = InFlight::default();
+        flight.record(placement(&state, Duration::ZERO), &state);
+        flight.settle(&state, UNSEEN_EXPIRY - Duration::from_secs(1));
+        assert_eq!(flight.len(), 1, "the watch may lag: still counted");
+        flight.settle(&state, UNSEEN_EXPIRY);
+        assert!(flight.is_empty());
+
+        flight.record(placement(&state, Duration::ZERO), &state);
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "shop", "uid": "uid-p"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        state.apply(&ClusterObject::from_value(pod).unwrap());
+        flight.settle(&state, Duration::from_secs(1));
+        assert_eq!(flight.len(), 1, "seen, not bound");
+        state.delete(crate::cluster::Kind::Pod, "shop/p");
+        flight.settle(&state, Duration::from_secs(2));
+        assert!(flight.is_empty(), "seen, then deleted");
+    }
 }

@@ -27,7 +27,7 @@ use crate::{
         records::{PodRecord, key},
     },
     decide::{
-        inflight::{Placement, Presume},
+        inflight::{Needs, Placement, Presume},
         judge::{FailKind, Judge, Judgement, Verdict},
         resolve::resolve,
     },
@@ -270,10 +270,14 @@ fn look(
     let judged = judge_each(&judge, names, abandoned)?;
     // Wait only when pods in flight turn away every node that would pass without them
     // (nodes passing anyway are a safe answer now), and only for pods not waited for
-    // in vain already.
-    let fresh: Vec<&Arc<Placement>> = others.iter().filter(|p| !p.waited_out()).collect();
-    if !fresh.is_empty() && !judged.iter().any(Judgement::passes) {
-        let hindered = names.iter().any(|n| judge.judge_unhindered(n).passes());
+    // in vain already that may be what turns them away.
+    if !others.is_empty() && !judged.iter().any(Judgement::passes) {
+        let fresh: Vec<&Arc<Placement>> = others
+            .iter()
+            .filter(|p| !p.waited_out() && could_hinder(p, &needs, names))
+            .collect();
+        let hindered =
+            !fresh.is_empty() && names.iter().any(|n| judge.judge_unhindered(n).passes());
         if hindered {
             if may_wait {
                 return Ok(Look::Contended);
@@ -299,6 +303,16 @@ fn look(
     }
     app.metrics.pods_in_flight(flight.len());
     Ok(Look::Answer(judged))
+}
+
+/// A placement in flight that may turn one of `names` away for a pod of `needs`: it
+/// shares an exclusive volume with the pod, or may land on one of the nodes.
+fn could_hinder(p: &Placement, needs: &Needs, names: &[Cow<'_, str>]) -> bool {
+    p.needs
+        .exclusive
+        .iter()
+        .any(|v| needs.exclusive.contains(v))
+        || names.iter().any(|n| p.may_be_on(n, Presume::Anywhere))
 }
 
 /// Sorts judged candidates into the filter answer, in the mode they were sent in, and
