@@ -546,17 +546,26 @@ fn a_pod_bound_before_its_claim_keeps_counting_on_its_node() {
 /// before its claim: the device the state counts does not stand for the claim's volume.
 #[test]
 fn a_counted_device_does_not_stand_for_an_uncounted_claim() {
-    let app = cluster(&["n0", "n1"], 1, &[("b", "ReadWriteOnce")], &[("q", &["b"])]);
+    let app = cluster(
+        &["n0", "n1"],
+        1,
+        &[("b", "ReadWriteOnce")],
+        &[("q", &["b"])],
+    );
     let mut p = pod("p", &["w"], None);
     p["metadata"]["annotations"] = json!({"volguard.io/devices": "brightbox=vol-dev"});
     {
         let mut state = app.cluster.write().unwrap();
-        state.apply(&object(json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        state.apply(&object(
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
             "metadata": {"name": "lin"}, "provisioner": "linodebs.csi.linode.com",
-            "volumeBindingMode": "WaitForFirstConsumer"})));
-        state.apply(&object(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "volumeBindingMode": "WaitForFirstConsumer"}),
+        ));
+        state.apply(&object(
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": "w", "namespace": "shop"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "lin"}})));
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "lin"}}),
+        ));
         for n in ["n0", "n1"] {
             state.apply(&object(json!({"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": n, "annotations": {"volguard.io/attach-limit": "1"}},

@@ -371,7 +371,14 @@ mod tests {
             exclusive: Vec::new(),
         };
         let nodes: Vec<Arc<str>> = vec!["n0".into(), "n1".into()];
-        Placement::new("shop/p".into(), Some("uid-p".into()), since, state, nodes, needs)
+        Placement::new(
+            "shop/p".into(),
+            Some("uid-p".into()),
+            since,
+            state,
+            nodes,
+            needs,
+        )
     }
 
     /// A pod the state never showed (added and deleted between two looks) stops

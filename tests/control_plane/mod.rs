@@ -450,16 +450,7 @@ impl ControlPlane {
         let mut command = Command::new(binaries().join("kube-controller-manager"));
         command
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!(
-                "--authentication-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg(format!(
-                "--authorization-kubeconfig={}",
-                kubeconfig.display()
-            ))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", free_port()))
+            .args(serving_flags(&kubeconfig))
             .arg("--leader-elect=false")
             .arg("--use-service-account-credentials=true")
             .arg(format!(
@@ -1544,21 +1535,23 @@ pub fn remediation_overlay_config() -> String {
     config.replace("gracePeriodSeconds: 60", "gracePeriodSeconds: 3")
 }
 
+/// A control-plane component's own HTTPS server: on a free loopback port, checking
+/// its callers as `kubeconfig`'s identity.
+fn serving_flags(kubeconfig: &Path) -> [String; 4] {
+    [
+        "--bind-address=127.0.0.1".to_owned(),
+        format!("--secure-port={}", free_port()),
+        format!("--authentication-kubeconfig={}", kubeconfig.display()),
+        format!("--authorization-kubeconfig={}", kubeconfig.display()),
+    ]
+}
+
 /// kube-scheduler with `config`, on a free loopback port, as `kubeconfig`'s identity.
 fn scheduler_command(config: &Path, kubeconfig: &Path) -> Command {
     let mut command = Command::new(binaries().join("kube-scheduler"));
     command
         .arg(format!("--config={}", config.display()))
-        .arg("--bind-address=127.0.0.1")
-        .arg(format!("--secure-port={}", free_port()))
-        .arg(format!(
-            "--authentication-kubeconfig={}",
-            kubeconfig.display()
-        ))
-        .arg(format!(
-            "--authorization-kubeconfig={}",
-            kubeconfig.display()
-        ))
+        .args(serving_flags(kubeconfig))
         .arg("--v=2");
     command
 }
