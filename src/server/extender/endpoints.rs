@@ -433,6 +433,7 @@ pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u
             let others = {
                 let mut flight = app.in_flight.lock().unwrap_or_else(|e| e.into_inner());
                 flight.settle(&state, app.now());
+                app.metrics.pods_in_flight(flight.len());
                 flight.touching(&me, &needs)
             };
             let judge = judge.with_in_flight(&others, Presume::AtGuess);
