@@ -96,6 +96,20 @@ fn cluster(nodes: &[&str], limit: u32, claims: &[(&str, &str)], pods: &[(&str, &
     App::new(Arc::new(config), Arc::new(RwLock::new(state)))
 }
 
+/// An unbound claim `shop/<name>` of a WaitForFirstConsumer linode class.
+fn unbound_claim(state: &mut volguard::cluster::ClusterState, name: &str) {
+    state.apply(&object(
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "lin"}, "provisioner": "linodebs.csi.linode.com",
+        "volumeBindingMode": "WaitForFirstConsumer"}),
+    ));
+    state.apply(&object(
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "lin"}}),
+    ));
+}
+
 fn args(pod: &Value, nodes: &[&str]) -> Vec<u8> {
     json!({"Pod": pod, "Nodes": null, "NodeNames": nodes})
         .to_string()
@@ -516,16 +530,7 @@ fn a_pod_bound_before_its_claim_keeps_counting_on_its_node() {
     );
     {
         let mut state = app.cluster.write().unwrap();
-        state.apply(&object(
-            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": "lin"}, "provisioner": "linodebs.csi.linode.com",
-            "volumeBindingMode": "WaitForFirstConsumer"}),
-        ));
-        state.apply(&object(
-            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "w", "namespace": "shop"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "lin"}}),
-        ));
+        unbound_claim(&mut state, "w");
         state.apply(&object(pod("p", &["w"], None)));
     }
     assert_eq!(
@@ -556,16 +561,7 @@ fn a_counted_device_does_not_stand_for_an_uncounted_claim() {
     p["metadata"]["annotations"] = json!({"volguard.io/devices": "brightbox=vol-dev"});
     {
         let mut state = app.cluster.write().unwrap();
-        state.apply(&object(
-            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-            "metadata": {"name": "lin"}, "provisioner": "linodebs.csi.linode.com",
-            "volumeBindingMode": "WaitForFirstConsumer"}),
-        ));
-        state.apply(&object(
-            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "w", "namespace": "shop"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "lin"}}),
-        ));
+        unbound_claim(&mut state, "w");
         for n in ["n0", "n1"] {
             state.apply(&object(json!({"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": n, "annotations": {"volguard.io/attach-limit": "1"}},

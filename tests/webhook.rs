@@ -994,6 +994,15 @@ fn a_review_waiting_for_the_cluster_state_leaves_its_async_worker_free() {
     assert!(patch_of(&response).is_some(), "{response}");
 }
 
+/// A pod in `shop` mounting claim `claim` at /data.
+fn claim_pod(name: &str, claim: &str) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"containers": [{"name": "db", "image": "busybox",
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}})
+}
+
 /// A StatefulSet's claim for a static PV: the claim is created unbound, without a class,
 /// with its pod, and the PV binder binds it a moment later to the PV whose claimRef names
 /// it. The webhook resolves it to that PV's volume already.
@@ -1016,11 +1025,7 @@ async fn an_unbound_claim_a_pv_reserves_is_that_volume() {
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
                 "resources": {"requests": {"storage": "10Gi"}}}}),
     );
-    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "static-0", "namespace": "shop"},
-        "spec": {"containers": [{"name": "db", "image": "busybox",
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-static-0"}}]}});
+    let pod = claim_pod("static-0", "data-static-0");
     let (pod, _) = admit_twice(&server, &pod, "shop").await;
     assert_eq!(
         annotation(&pod, "volguard.io/volumes").as_deref(),
@@ -1054,11 +1059,7 @@ async fn a_pv_reserved_for_another_claim_of_that_name_is_not_taken() {
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
                 "resources": {"requests": {"storage": "10Gi"}}}}),
     );
-    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "static-1", "namespace": "shop"},
-        "spec": {"containers": [{"name": "db", "image": "busybox",
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-static-1"}}]}});
+    let pod = claim_pod("static-1", "data-static-1");
     let volumes = |pod: &Pod| annotation(pod, "volguard.io/volumes");
 
     apply_object(&server, pv("pv-old", Some("uid-old"), "Released"));
