@@ -25,26 +25,56 @@ fn review_of_size(size: usize) -> Vec<u8> {
     body
 }
 
-async fn scrape(server: &TestServer, name: &str) -> Option<f64> {
+async fn scrape(server: &TestServer, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let (_, _, text) = server.get_plain("/metrics").await;
-    openmetrics::parse(&text).unwrap().value(name, &[])
+    openmetrics::parse(&text).unwrap().value(name, labels)
+}
+
+/// Writes one chunk of a chunked body.
+fn send_chunk(conn: &mut raw::Tls, chunk: &[u8]) {
+    write!(conn, "{:x}\r\n", chunk.len()).unwrap();
+    conn.write_all(chunk).unwrap();
+    conn.write_all(b"\r\n").unwrap();
+    conn.flush().unwrap();
+}
+
+/// `volguard_request_body_in_flight_bytes` of `caller`, read until it shows `want`.
+fn until_held(metrics: std::net::SocketAddr, caller: &str, want: f64) {
+    let mut seen = None;
+    for _ in 0..3000 {
+        let mut conn = std::net::TcpStream::connect(metrics).unwrap();
+        let (_, text) = raw::get(&mut conn, "/metrics").unwrap();
+        seen = openmetrics::parse(&String::from_utf8(text).unwrap())
+            .unwrap()
+            .value(
+                "volguard_request_body_in_flight_bytes",
+                &[("caller", caller)],
+            );
+        if seen == Some(want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{caller} bodies in flight never showed {want}: {seen:?}");
 }
 
 #[tokio::test]
-async fn bodies_in_flight_share_one_budget() {
+async fn bodies_are_charged_to_their_class_budget_as_they_arrive() {
     let server = start(Limits {
         max_bytes_in_flight: 64 << 10,
         ..Limits::default()
     })
     .await;
-    let (addr, ca) = (server.addr, server.ca_pem.clone());
+    let (addr, ca, metrics) = (server.addr, server.ca_pem.clone(), server.metrics_addr);
     let body = review_of_size(40 << 10);
-    let (refused, chunked) = tokio::task::spawn_blocking({
+    let filter = std::fs::read(common::repo("tests/fixtures/extenderargs-nodenames.json")).unwrap();
+    let (refused, cut_off, filtered) = tokio::task::spawn_blocking({
         let body = body.clone();
         move || {
-            // 40 KiB in flight (the handler is reading it) ...
+            // 40 KiB in flight (its length announced: charged before it is read) ...
             let mut first = raw::connect(addr, &ca);
             raw::start_request(&mut first, "/mutate", &body);
+            until_held(metrics, "webhook", 40960.0);
             // ... so another 40 KiB does not fit into 64 KiB: refused before it is sent.
             let mut second = raw::connect(addr, &ca);
             let head = format!(
@@ -55,7 +85,7 @@ async fn bodies_in_flight_share_one_budget() {
             second.write_all(head.as_bytes()).unwrap();
             second.flush().unwrap();
             let refused = raw::read_response(&mut second).unwrap();
-            // A body of unknown length is charged the route's whole limit (8 MiB).
+            // A body of unknown length holds what it has sent, not the route's 8 MiB ...
             let mut third = raw::connect(addr, &ca);
             third
                 .write_all(
@@ -63,11 +93,27 @@ async fn bodies_in_flight_share_one_budget() {
                       Transfer-Encoding: chunked\r\n\r\n",
                 )
                 .unwrap();
-            third.flush().unwrap();
-            let chunked = raw::read_response(&mut third).unwrap();
+            send_chunk(&mut third, &[b' '; 10 << 10]);
+            until_held(metrics, "webhook", 51200.0);
+            // ... and is cut off once the next bytes do not fit: the byte past 24 KiB.
+            send_chunk(&mut third, &[b' '; (14 << 10) + 1]);
+            let cut_off = raw::read_response(&mut third).unwrap();
+            // The extender's budget is its own: a body as large fits beside them.
+            let mut padded = filter.clone();
+            padded.resize(40 << 10, b' ');
+            let mut scheduler = raw::connect(addr, &ca);
+            let head = format!(
+                "POST /filter HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                padded.len()
+            );
+            scheduler.write_all(head.as_bytes()).unwrap();
+            scheduler.write_all(&padded).unwrap();
+            scheduler.flush().unwrap();
+            let filtered = raw::read_response(&mut scheduler).unwrap().0;
             raw::finish_request(&mut first, &body);
             assert_eq!(raw::read_response(&mut first).unwrap().0, 200);
-            (refused, chunked)
+            (refused, cut_off, filtered)
         }
     })
     .await
@@ -76,27 +122,35 @@ async fn bodies_in_flight_share_one_budget() {
         (refused.0, String::from_utf8(refused.1).unwrap()),
         (
             503,
-            "request bodies in flight hold 40 KiB of the 64 KiB volguard reads at once \
+            "other webhook request bodies hold 40 KiB of the 64 KiB volguard reads at once \
              (--max-bytes-in-flight); this body of 40960 bytes does not fit: retry later\n"
                 .to_owned()
         )
     );
     assert_eq!(
-        (chunked.0, String::from_utf8(chunked.1).unwrap()),
+        (cut_off.0, String::from_utf8(cut_off.1).unwrap()),
         (
             503,
-            "request bodies in flight hold 40 KiB of the 64 KiB volguard reads at once \
-             (--max-bytes-in-flight); this body of 8388608 bytes does not fit: retry later\n"
+            "other webhook request bodies hold 40 KiB of the 64 KiB volguard reads at once \
+             (--max-bytes-in-flight); this body does not fit after 24577 bytes: retry later\n"
                 .to_owned()
         )
     );
-    // The first body's share came back with its answer.
+    assert_eq!(filtered, 200);
+    // Every share came back with its answer.
     let (status, _) = server.post("/mutate", body).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        scrape(&server, "volguard_request_body_in_flight_bytes").await,
-        Some(0.0)
-    );
+    for caller in ["webhook", "extender"] {
+        assert_eq!(
+            scrape(
+                &server,
+                "volguard_request_body_in_flight_bytes",
+                &[("caller", caller)]
+            )
+            .await,
+            Some(0.0)
+        );
+    }
 }
 
 #[tokio::test]
@@ -158,7 +212,7 @@ async fn extender_work_stops_when_its_request_is_abandoned() {
     // its body given back.
     let mut abandoned = None;
     for _ in 0..600 {
-        abandoned = scrape(&server, "volguard_requests_abandoned_total").await;
+        abandoned = scrape(&server, "volguard_requests_abandoned_total", &[]).await;
         if abandoned == Some(1.0) {
             break;
         }
@@ -168,7 +222,10 @@ async fn extender_work_stops_when_its_request_is_abandoned() {
     let (_, _, text) = server.get_plain("/metrics").await;
     let scraped = openmetrics::parse(&text).unwrap();
     assert_eq!(
-        scraped.value("volguard_request_body_in_flight_bytes", &[]),
+        scraped.value(
+            "volguard_request_body_in_flight_bytes",
+            &[("caller", "extender")]
+        ),
         Some(0.0)
     );
     assert!(

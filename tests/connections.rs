@@ -171,15 +171,32 @@ async fn the_metrics_listener_caps_connections_and_closes_idle_ones() {
     assert_eq!(status, 200);
 }
 
+/// One HTTP/2 frame: its type, flags, stream and payload.
+fn read_frame(tls: &mut impl Read) -> (u8, u8, u32, Vec<u8>) {
+    try_read_frame(tls).expect("an HTTP/2 frame")
+}
+
+/// The next HTTP/2 frame, or `None` when none comes before the socket's read timeout.
+fn try_read_frame(tls: &mut impl Read) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut header = [0u8; 9];
+    tls.read_exact(&mut header).ok()?;
+    let length =
+        usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; length];
+    tls.read_exact(&mut payload).ok()?;
+    Some((header[3], header[4], stream, payload))
+}
+
 #[tokio::test]
-async fn http2_settings_limit_streams_and_request_heads() {
+async fn http2_settings_limit_streams_windows_and_request_heads() {
     let server = start(Limits {
         h2_max_streams: 7,
         ..Limits::default()
     })
     .await;
     let (addr, ca) = (server.addr, server.ca_pem.clone());
-    let settings = tokio::task::spawn_blocking(move || {
+    let (settings, connection_window) = tokio::task::spawn_blocking(move || {
         let mut config = client_config(&ca, None);
         config.alpn_protocols = vec![b"h2".to_vec()];
         let mut tls = raw::connect_with(addr, std::sync::Arc::new(config)).unwrap();
@@ -188,15 +205,10 @@ async fn http2_settings_limit_streams_and_request_heads() {
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
             .unwrap();
         tls.flush().unwrap();
-        // The server's first frame is its SETTINGS: 9-byte header, then 6-byte entries.
-        let mut header = [0u8; 9];
-        tls.read_exact(&mut header).unwrap();
-        assert_eq!(header[3], 0x4, "a SETTINGS frame first");
-        let length =
-            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
-        let mut payload = vec![0u8; length];
-        tls.read_exact(&mut payload).unwrap();
-        payload
+        // The server's first frame is its SETTINGS (6-byte entries) ...
+        let (kind, _, _, payload) = read_frame(&mut tls);
+        assert_eq!(kind, 0x4, "a SETTINGS frame first");
+        let settings = payload
             .chunks(6)
             .map(|e| {
                 (
@@ -204,11 +216,32 @@ async fn http2_settings_limit_streams_and_request_heads() {
                     u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
                 )
             })
-            .collect::<std::collections::BTreeMap<u16, u32>>()
+            .collect::<std::collections::BTreeMap<u16, u32>>();
+        // ... then any WINDOW_UPDATE of the connection (stream 0) raising the
+        // protocol's initial 65,535 bytes, sent with or soon after its acknowledgement
+        // of ours (the reads give up half a second after the last frame).
+        let mut connection_window = 65_535u32;
+        tls.sock
+            .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .unwrap();
+        while let Some(frame) = try_read_frame(&mut tls) {
+            if let (0x8, _, 0, increment) = frame {
+                connection_window += u32::from_be_bytes(increment[..4].try_into().unwrap());
+            }
+        }
+        (settings, connection_window)
     })
     .await
     .unwrap();
-    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) and SETTINGS_MAX_HEADER_LIST_SIZE (0x6).
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3), SETTINGS_INITIAL_WINDOW_SIZE (0x4) and
+    // SETTINGS_MAX_HEADER_LIST_SIZE (0x6). The windows bound what a peer can send before
+    // volguard reads (and charges) it: 64 KiB, not hyper's 1 MiB.
     assert_eq!(settings.get(&0x3), Some(&7), "{settings:?}");
+    assert_eq!(settings.get(&0x4), Some(&(64 << 10)), "{settings:?}");
     assert_eq!(settings.get(&0x6), Some(&(64 << 10)), "{settings:?}");
+    // (h2 grants the one byte between 65,535 and 64 KiB only once data flows.)
+    assert!(
+        connection_window <= 64 << 10,
+        "the connection window is {connection_window} bytes"
+    );
 }

@@ -63,23 +63,28 @@ async fn a_request_not_answered_in_time_gets_a_one_line_503_and_serving_goes_on(
 }
 
 #[tokio::test]
-async fn requests_beyond_the_concurrency_cap_wait_for_a_slot() {
+async fn requests_beyond_the_concurrency_cap_wait_for_a_slot_of_their_class() {
     let server = start(Limits {
         max_requests: 1,
         ..Limits::default()
     })
     .await;
     let (addr, ca, metrics) = (server.addr, server.ca_pem.clone(), server.metrics_addr);
+    let filter = std::fs::read(common::repo("tests/fixtures/extenderargs-nodenames.json")).unwrap();
     blocking(move || {
         let body = review_body();
         let mut first = raw::connect(addr, &ca);
         raw::start_request(&mut first, "/mutate", &body);
         assert_eq!(in_flight(metrics), 1.0);
-        // The only slot is taken: a second request is received, and waits.
+        // The webhook's only slot is taken: a second review is received, and waits.
         let mut second = raw::connect(addr, &ca);
-        second
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        let head = format!(
+            "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        second.write_all(head.as_bytes()).unwrap();
+        second.write_all(&body).unwrap();
         second.flush().unwrap();
         until_in_flight(metrics, 2.0);
         second.sock.set_nonblocking(true).unwrap();
@@ -90,12 +95,67 @@ async fn requests_beyond_the_concurrency_cap_wait_for_a_slot() {
         assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e:?}");
         second.sock.set_nonblocking(false).unwrap();
 
+        // The extender has slots of its own, and health checks take none.
+        let mut scheduler = raw::connect(addr, &ca);
+        let head = format!(
+            "POST /filter HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            filter.len()
+        );
+        scheduler.write_all(head.as_bytes()).unwrap();
+        scheduler.write_all(&filter).unwrap();
+        scheduler.flush().unwrap();
+        assert_eq!(raw::read_response(&mut scheduler).unwrap().0, 200);
+        assert_eq!(
+            raw::get(&mut raw::connect(addr, &ca), "/healthz")
+                .unwrap()
+                .0,
+            200
+        );
+
         raw::finish_request(&mut first, &body);
         assert_eq!(raw::read_response(&mut first).unwrap().0, 200);
         assert_eq!(raw::read_response(&mut second).unwrap().0, 200);
         until_in_flight(metrics, 0.0);
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_anonymous_peer_beyond_its_requests_in_flight_gets_a_429() {
+    let server = start(Limits {
+        max_requests_per_peer: 1,
+        ..Limits::default()
+    })
+    .await;
+    let (addr, ca) = (server.addr, server.ca_pem.clone());
+    let here = raw::socket_from("127.0.0.1", addr).await.unwrap();
+    let also_here = raw::socket_from("127.0.0.1", addr).await.unwrap();
+    let elsewhere = raw::socket_from("127.0.0.2", addr).await.unwrap();
+    let (refused, other_peer) = blocking(move || {
+        let body = review_body();
+        let mut first = raw::connect_over(here, &ca).unwrap();
+        raw::start_request(&mut first, "/mutate", &body);
+        let refused = raw::get(&mut raw::connect_over(also_here, &ca).unwrap(), "/healthz");
+        let other_peer = raw::get(&mut raw::connect_over(elsewhere, &ca).unwrap(), "/healthz");
+        raw::finish_request(&mut first, &body);
+        assert_eq!(raw::read_response(&mut first).unwrap().0, 200);
+        (refused.unwrap(), other_peer.unwrap())
+    })
+    .await;
+    assert_eq!(
+        (refused.0, String::from_utf8(refused.1).unwrap()),
+        (
+            429,
+            "127.0.0.1 has 1 requests in flight without a client certificate, the per-peer \
+             limit (--max-requests-per-peer): retry later\n"
+                .to_owned()
+        )
+    );
+    assert_eq!(other_peer.0, 200);
+    // The slot came back with the answer.
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// `volguard_requests_in_flight` as the plain listener's /metrics shows it.

@@ -243,3 +243,48 @@ async fn with_extender_scope_only_the_extender_needs_a_client_certificate() {
     let stranger = ca.client("someone-else", 1).unwrap();
     assert!(healthz(&server, Some(&stranger)).await.is_err());
 }
+
+#[tokio::test]
+async fn the_per_peer_request_limit_counts_only_callers_without_a_certificate() {
+    let (ca, ca_pem, _) = Ca::generate(1).unwrap();
+    let scheduler = ca.client("volguard-scheduler", 1).unwrap();
+    let auth = auth(&ca_pem, &["volguard-scheduler"], ClientAuthScope::Extender);
+    let mut app = example_app();
+    app.limits.max_requests_per_peer = 1;
+    let server = TestServer::launch(app, &bundle("volguard"), Some(&auth)).await;
+    let filter = std::fs::read(common::repo("tests/fixtures/extenderargs-nodenames.json")).unwrap();
+    let review = common::create_review(&read_doc("examples/pods/seed-000-device.yaml"), "default")
+        .to_string()
+        .into_bytes();
+
+    // An anonymous review from this address is held in flight: its one slot is taken.
+    let (addr, server_ca) = (server.addr, server.ca_pem.clone());
+    let (mut held, review) = tokio::task::spawn_blocking(move || {
+        let mut conn = raw::connect(addr, &server_ca);
+        raw::start_request(&mut conn, "/mutate", &review);
+        (conn, review)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        healthz(&server, None).await,
+        Ok(StatusCode::TOO_MANY_REQUESTS)
+    );
+    // The scheduler, from the same address, is not counted.
+    let (status, body) = request(
+        &server,
+        Some(&scheduler),
+        Request::post("/filter"),
+        filter.into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let status = tokio::task::spawn_blocking(move || {
+        raw::finish_request(&mut held, &review);
+        raw::read_response(&mut held).unwrap().0
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+}

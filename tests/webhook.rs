@@ -973,7 +973,7 @@ fn a_review_waiting_for_the_cluster_state_leaves_its_async_worker_free() {
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let mut handler = std::pin::pin!(mutate(State(app), review));
+            let mut handler = std::pin::pin!(mutate(State(app), None, review));
             let first = futures::poll!(handler.as_mut());
             polled_tx.send(first.is_pending()).unwrap();
             let body = axum::body::to_bytes(handler.await.into_body(), usize::MAX).await;

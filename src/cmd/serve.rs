@@ -95,17 +95,23 @@ pub struct ServeArgs {
     /// stale: /readyz turns 503, /filter answers Error, the webhook warns.
     #[arg(long, env = "VOLGUARD_STALE_AFTER", default_value = "30s", value_parser = parse_duration)]
     pub stale_after: Duration,
-    /// HTTPS requests handled at the same time; more wait within their timeout.
+    /// HTTPS requests handled at the same time by the webhook, and as many again by the
+    /// extender; more wait within their timeout.
     #[arg(long, env = "VOLGUARD_MAX_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_requests: u32,
+    /// Requests in flight at once from one IP address without a client certificate;
+    /// more get a 429 (kube-apiserver retries nothing: keep it above its burst of
+    /// concurrent reviews).
+    #[arg(long, env = "VOLGUARD_MAX_REQUESTS_PER_PEER", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_per_peer: u32,
     /// Open HTTPS connections; more are closed at once.
     #[arg(long, env = "VOLGUARD_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Open connections from one IP address (on each listener); more are closed at once.
     #[arg(long, env = "VOLGUARD_MAX_CONNECTIONS_PER_PEER", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_peer: u32,
-    /// Request body bytes held across all requests at once (e.g. 64MiB); a request
-    /// that does not fit gets a 503 before its body is read.
+    /// Request body bytes held at once across the webhook's requests, and as many again
+    /// across the extender's (e.g. 64MiB); a body that does not fit gets a 503.
     #[arg(long, env = "VOLGUARD_MAX_BYTES_IN_FLIGHT", default_value = "64MiB", value_parser = parse_size)]
     pub max_bytes_in_flight: usize,
     /// Largest /filter and /prioritize body (e.g. 4MiB). Enough for nodeCacheCapable:
@@ -305,6 +311,7 @@ fn limits(args: &ServeArgs) -> Result<Limits, Failure> {
     Ok(Limits {
         request_timeout: args.request_timeout,
         max_requests: args.max_requests as usize,
+        max_requests_per_peer: args.max_requests_per_peer as usize,
         max_connections: args.max_connections as usize,
         max_connections_per_peer: args.max_connections_per_peer as usize,
         max_bytes_in_flight: args.max_bytes_in_flight,

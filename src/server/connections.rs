@@ -2,12 +2,11 @@
 //! a slot under the listener's connection cap and one under the per-peer cap (closed
 //! at once beyond either, with a log line naming the peer), and an idle deadline that
 //! closes a connection with no request in flight, for HTTP/1 and HTTP/2 alike (hyper's
-//! own keep-alive limits only cover HTTP/1 request heads). On the TLS listener, the
-//! fact that the connection presented a verified client certificate is handed to every
-//! request on it.
+//! own keep-alive limits only cover HTTP/1 request heads). Every request on a
+//! connection is handed its peer's address and, on the TLS listener, the fact that the
+//! connection presented a verified client certificate.
 
 use std::{
-    collections::HashMap,
     future::{Future, Ready, ready},
     io,
     net::IpAddr,
@@ -28,10 +27,10 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::server::metrics::Metrics;
-
-/// Open connections per peer address, shared by a listener's connections.
-type PeerCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+use crate::server::{
+    metrics::Metrics,
+    peers::{PeerSlot, PerPeer},
+};
 
 /// The connection caps and idle deadline of one listener.
 #[derive(Clone)]
@@ -42,7 +41,7 @@ pub struct ConnectionSlots {
     max: usize,
     /// What `max` is, for the refusal's log line ("the limit (--max-connections)").
     max_set_by: &'static str,
-    peers: PeerCounts,
+    peers: PerPeer,
     max_per_peer: usize,
     idle: Duration,
     metrics: Arc<Metrics>,
@@ -70,7 +69,7 @@ impl ConnectionSlots {
             slots: Arc::new(Semaphore::new(max)),
             max,
             max_set_by,
-            peers: Arc::new(Mutex::new(HashMap::new())),
+            peers: PerPeer::default(),
             max_per_peer,
             idle,
             metrics,
@@ -112,23 +111,18 @@ impl ConnectionSlots {
         let Some(ip) = peer else {
             return Ok(Slot {
                 _permit: permit,
-                peer: None,
+                _peer: None,
             });
         };
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        let open = peers.entry(ip).or_default();
-        if *open >= self.max_per_peer {
-            let open = *open;
-            drop(peers);
-            return Err(self.refuse(format!(
+        match self.peers.take(ip, self.max_per_peer) {
+            Ok(peer) => Ok(Slot {
+                _permit: permit,
+                _peer: Some(peer),
+            }),
+            Err(open) => Err(self.refuse(format!(
                 "connection from {ip} refused: it has {open} connections open, the per-peer limit (--max-connections-per-peer)"
-            )));
+            ))),
         }
-        *open += 1;
-        Ok(Slot {
-            _permit: permit,
-            peer: Some((ip, self.peers.clone())),
-        })
     }
 }
 
@@ -136,21 +130,7 @@ impl ConnectionSlots {
 /// request on it are done.
 struct Slot {
     _permit: OwnedSemaphorePermit,
-    peer: Option<(IpAddr, PeerCounts)>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some((ip, peers)) = &self.peer {
-            let mut peers = peers.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(open) = peers.get_mut(ip) {
-                *open -= 1;
-                if *open == 0 {
-                    peers.remove(ip);
-                }
-            }
-        }
-    }
+    _peer: Option<PeerSlot>,
 }
 
 impl<S> axum_server::accept::Accept<TcpStream, S> for ConnectionSlots {
@@ -178,6 +158,7 @@ impl<S> axum_server::accept::Accept<TcpStream, S> for ConnectionSlots {
                 Held {
                     inner: service,
                     _slot: Arc::new(slot),
+                    peer,
                     activity,
                 },
             )
@@ -303,15 +284,20 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleClose<I> {
 pub struct Held<S> {
     inner: S,
     _slot: Arc<Slot>,
+    peer: Option<IpAddr>,
     activity: Arc<Activity>,
 }
+
+/// The address of the peer a request came from, for per-peer limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub IpAddr);
 
 /// A response future boxed with what it holds.
 type Boxed<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-impl<S, R> tower::Service<R> for Held<S>
+impl<S, B> tower::Service<Request<B>> for Held<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<Request<B>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -322,7 +308,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(ip) = self.peer {
+            req.extensions_mut().insert(Peer(ip));
+        }
         let in_flight = self.activity.start();
         let response = self.inner.call(req);
         Box::pin(async move {

@@ -49,6 +49,11 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallerLabels {
+    caller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DriverLabels {
     driver: String,
 }
@@ -97,7 +102,7 @@ pub struct Metrics {
     requests_abandoned: Counter,
     pods_scheduling: Gauge,
     burst_waits: Family<OutcomeLabels, Counter>,
-    body_bytes_in_flight: Gauge,
+    body_bytes_in_flight: Family<CallerLabels, Gauge>,
     remediation_at_risk: Gauge,
     remediation_evictions: Family<OutcomeLabels, Counter>,
     remediation_skipped: Family<SkipLabels, Gauge>,
@@ -215,10 +220,16 @@ impl Metrics {
             "/filter answers that waited for pods in flight to show bound, by outcome (settled, timed_out)",
             burst_waits.clone(),
         );
-        let body_bytes_in_flight = Gauge::default();
+        let body_bytes_in_flight = Family::<CallerLabels, Gauge>::default();
+        for caller in ["webhook", "extender"] {
+            body_bytes_in_flight
+                .get_or_create(&CallerLabels { caller })
+                .set(0);
+        }
         registry.register_with_unit(
             "request_body_in_flight",
-            "Request body bytes held across all requests (bounded by --max-bytes-in-flight)",
+            "Request body bytes held by the webhook's or the extender's requests in flight \
+             (each bounded by --max-bytes-in-flight)",
             Unit::Bytes,
             body_bytes_in_flight.clone(),
         );
@@ -405,9 +416,12 @@ impl Metrics {
             .inc();
     }
 
-    /// Moves the request body bytes held by `delta` (negative when released).
-    pub fn body_bytes_held(&self, delta: i64) {
-        self.body_bytes_in_flight.inc_by(delta);
+    /// Moves the request body bytes held by `caller`'s requests (`webhook` or
+    /// `extender`) by `delta` (negative when released).
+    pub fn body_bytes_held(&self, caller: &'static str, delta: i64) {
+        self.body_bytes_in_flight
+            .get_or_create(&CallerLabels { caller })
+            .inc_by(delta);
     }
 
     /// Copies the cache's object counts and readiness into their gauges.

@@ -10,6 +10,8 @@ pub mod connections;
 pub mod extender;
 pub mod limits;
 pub mod metrics;
+pub mod peers;
+pub mod pool;
 pub mod reload;
 pub mod remediation;
 pub mod reply;

@@ -21,16 +21,31 @@ use crate::server::{
     app::App,
     connections::{ClientCertificate, ConnectionSlots, Identified},
     extender,
-    limits::{self, BodyBudget, Limits},
+    limits::{self, Limits},
     metrics::{self, Metrics},
+    peers::{self, PerPeer},
+    pool::{self, Class, Pool},
 };
 
-/// The router served over TLS, with its limits and request metrics.
+/// The router served over TLS, with its limits and request metrics. The webhook and
+/// the extender each have their own pool of request slots and body bytes; the extender
+/// checks its caller's certificate before its pool is touched, so callers that may not
+/// use it never hold any of it.
 pub fn router(app: App) -> Router {
     let limits = app.limits;
-    let budget = BodyBudget::new(limits.max_bytes_in_flight, app.metrics.clone());
-    let extender = |handler| {
-        let route = limited(handler, limits.extender_body_limit, &budget);
+    let pool = |class, body_limit| {
+        Pool::new(
+            class,
+            limits.max_requests,
+            limits.max_bytes_in_flight,
+            body_limit,
+            app.metrics.clone(),
+        )
+    };
+    let webhook = pool(Class::Webhook, MUTATE_BODY_LIMIT);
+    let extender = pool(Class::Extender, limits.extender_body_limit);
+    let extender_route = |handler| {
+        let route = pooled(handler, &extender);
         if app.extender_needs_client_certificate {
             route.layer(middleware::from_fn(client_certificate_required))
         } else {
@@ -38,18 +53,19 @@ pub fn router(app: App) -> Router {
         }
     };
     Router::new()
-        .route("/mutate", limited(post(mutate), MUTATE_BODY_LIMIT, &budget))
+        .route("/mutate", pooled(post(mutate), &webhook))
         .route(
             "/filter",
-            extender(post(extender::endpoints::filter_handler)),
+            extender_route(post(extender::endpoints::filter_handler)),
         )
         .route(
             "/prioritize",
-            extender(post(extender::endpoints::prioritize_handler)),
+            extender_route(post(extender::endpoints::prioritize_handler)),
         )
         .merge(health_routes())
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            limits.max_requests,
+        .layer(middleware::from_fn_with_state(
+            (PerPeer::default(), limits.max_requests_per_peer),
+            peers::limit_anonymous,
         ))
         .layer(middleware::from_fn_with_state(
             limits.request_timeout,
@@ -62,20 +78,12 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// A route taking bodies of at most `limit` bytes: refused up front when the
-/// Content-Length says more, cut off at `limit` while reading otherwise (both 413), and
-/// charged to the budget of bodies in flight before it is read (503 over it).
-fn limited(route: MethodRouter<App>, limit: usize, budget: &BodyBudget) -> MethodRouter<App> {
+/// A route admitted through `pool`: its slots, its body budget and its body limit (the
+/// pool reads the body, so axum's own limit is lifted to the pool's).
+fn pooled(route: MethodRouter<App>, pool: &Pool) -> MethodRouter<App> {
     route
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(
-            (budget.clone(), limit),
-            limits::charge_body,
-        ))
-        .layer(middleware::from_fn_with_state(
-            limit,
-            limits::content_length,
-        ))
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(pool.clone(), pool::admit))
 }
 
 /// Route middleware: a one-line 403 for a request whose connection presented no client
@@ -176,6 +184,8 @@ pub async fn serve_tls(
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
+        .initial_stream_window_size(limits.h2_window)
+        .initial_connection_window_size(limits.h2_window)
         .keep_alive_interval(limits.h2_keep_alive_interval)
         .keep_alive_timeout(limits.h2_keep_alive_timeout)
         .max_header_list_size(H2_MAX_HEADER_LIST);

@@ -2,7 +2,7 @@
 //! (with one direct GET for what the cache has not seen yet), the answer out.
 
 use axum::{
-    Json,
+    Extension, Json,
     body::Bytes,
     extract::State,
     http::StatusCode,
@@ -20,7 +20,7 @@ use crate::{
         webhook::{Decision, finish},
     },
     model::podview::PodView,
-    server::{app::App, reply::bad_request},
+    server::{app::App, pool::Ticket, reply::bad_request},
     sources::watch,
 };
 
@@ -37,7 +37,12 @@ const INLINE_REVIEW_LIMIT: usize = 64 << 10;
 /// for the cluster state while a watch writes to it, or for a direct GET: a large
 /// review, or one that would wait, runs on a blocking thread, so the async workers keep
 /// serving every other request meanwhile.
-pub async fn mutate(State(app): State<App>, body: Bytes) -> Response {
+/// The blocking thread holds the request's ticket (its slot and body bytes) until done.
+pub async fn mutate(
+    State(app): State<App>,
+    ticket: Option<Extension<Ticket>>,
+    body: Bytes,
+) -> Response {
     if body.len() <= INLINE_REVIEW_LIMIT
         && let Some(response) = answer(&app, &body, |pod, namespace| {
             decide_now(&app, pod, namespace)
@@ -47,6 +52,7 @@ pub async fn mutate(State(app): State<App>, body: Bytes) -> Response {
     }
     let runtime = Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _ticket = ticket;
         answer(&app, &body, |pod, namespace| {
             Some(decide_with_lookups(&app, pod, namespace, &runtime))
         })

@@ -32,7 +32,7 @@ use crate::{
         resolve::resolve,
     },
     model::{config::Config, json_shape, podview::PodView},
-    server::{app::App, limits::BodyCharge, metrics::Metrics, reply::bad_request},
+    server::{app::App, metrics::Metrics, pool::Ticket, reply::bad_request},
 };
 
 /// Set once nobody waits for a request's answer any more (its deadline fired, or its
@@ -503,19 +503,19 @@ impl Drop for AbandonOnDrop {
 }
 
 /// Runs a body handler off the async workers: a large `Nodes` body takes a while to parse.
-/// The blocking task owns the body and its share of the body budget, so both are freed
-/// when it stops, which it does early once the request is abandoned.
+/// The blocking task owns the body and its ticket (its request slot and share of the
+/// body budget), so both are freed when it stops, which it does early once the request is abandoned.
 async fn off_runtime(
     app: App,
     body: Bytes,
-    charge: Option<Extension<BodyCharge>>,
+    ticket: Option<Extension<Ticket>>,
     handle: BodyHandler,
 ) -> Response {
     let abandoned = Abandoned::default();
     let _guard = AbandonOnDrop(abandoned.clone());
     let outcome = tokio::task::spawn_blocking(move || {
         let outcome = handle(&body, &app, &abandoned);
-        drop((body, charge));
+        drop((body, ticket));
         if matches!(outcome, Err(ExtenderError::Abandoned)) {
             app.metrics.request_abandoned();
             tracing::info!("extender request abandoned (deadline or client gone): judging stopped");
@@ -534,17 +534,17 @@ async fn off_runtime(
 /// `POST /filter`.
 pub async fn filter_handler(
     State(app): State<App>,
-    charge: Option<Extension<BodyCharge>>,
+    ticket: Option<Extension<Ticket>>,
     body: Bytes,
 ) -> Response {
-    off_runtime(app, body, charge, filter).await
+    off_runtime(app, body, ticket, filter).await
 }
 
 /// `POST /prioritize`.
 pub async fn prioritize_handler(
     State(app): State<App>,
-    charge: Option<Extension<BodyCharge>>,
+    ticket: Option<Extension<Ticket>>,
     body: Bytes,
 ) -> Response {
-    off_runtime(app, body, charge, prioritize).await
+    off_runtime(app, body, ticket, prioritize).await
 }
