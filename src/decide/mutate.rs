@@ -8,7 +8,10 @@ use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    decide::resolve::{Origin, Resolution},
+    decide::{
+        resolve::{Origin, Resolution},
+        routing::{Route, route},
+    },
     model::{
         config::Config,
         drivers::{Drivers, Mode},
@@ -133,20 +136,15 @@ pub fn mutate(
 
     // Routing to the configured scheduler.
     let mut routed = None;
-    if let Some(target) = &config.scheduling.scheduler_name
-        && pod.node_name().is_none()
-        && !opts_out("route")
-    {
-        match pod.scheduler_name() {
-            Some(name) if name == target => {}
-            None | Some("default-scheduler") => {
-                ops.push(add(&["spec", "schedulerName"], json!(target)));
-                routed = Some(target.clone());
-            }
-            Some(other) => warnings.push(format!(
-                "the pod names scheduler {other:?}, so {target:?} will not schedule it and volguard's extender will not check its nodes"
-            )),
+    match route(pod, config) {
+        Route::Routed(target) => {
+            ops.push(add(&["spec", "schedulerName"], json!(target)));
+            routed = Some(target);
         }
+        Route::Elsewhere { named, target } => warnings.push(format!(
+            "the pod names scheduler {named:?}, so {target:?} will not schedule it and volguard's extender will not check its nodes"
+        )),
+        Route::Bound(_) | Route::Kept(_) | Route::Already(_) => {}
     }
 
     if ops.is_empty() {
