@@ -7,6 +7,10 @@ use std::process::{Command, Output};
 
 use common::repo;
 use serde_json::Value;
+use volguard::{
+    decide::webhook::{Decision, decide},
+    model::podview::PodView,
+};
 
 fn explain(pod: &str, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_volguard"))
@@ -207,6 +211,60 @@ fn a_pod_naming_another_scheduler_is_not_judged() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A pod that names its node in `spec.nodeName` is placed by no scheduler: the webhook
+/// leaves its scheduler alone, and `explain` says the extender is not asked about it,
+/// rather than judging nodes for a routing that never happens.
+#[test]
+fn a_pod_bound_to_its_node_is_not_routed_nor_judged() {
+    let config = common::example_config();
+    let state = common::example_state(&config);
+    let dir = tempfile::tempdir().unwrap();
+    for (node, routed) in [(None, true), (Some("worker-2"), false)] {
+        let mut pod = common::read_doc("examples/pods/seed-000-device.yaml");
+        if let Some(node) = node {
+            pod["spec"]["nodeName"] = node.into();
+        }
+        let view: PodView = serde_json::from_value(pod.clone()).unwrap();
+        let Decision::Mutated { mutation, .. } = decide(&view, "shop", &state, &config).unwrap()
+        else {
+            panic!("the webhook mutates the pod");
+        };
+        let webhook_patch = serde_json::to_value(&mutation.patch).unwrap();
+        let sets_scheduler = |patch: &Value| {
+            patch
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|op| op["path"] == "/spec/schedulerName")
+        };
+        assert_eq!(sets_scheduler(&webhook_patch), routed, "{webhook_patch}");
+
+        let file = dir.path().join("pod.json");
+        std::fs::write(&file, pod.to_string()).unwrap();
+        let out = explain(file.to_str().unwrap(), &["--output", "json"]);
+        assert_eq!(out.status.code(), Some(0));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["webhook"]["patch"], webhook_patch);
+        let table = String::from_utf8(explain(file.to_str().unwrap(), &[]).stdout).unwrap();
+        if routed {
+            assert_eq!(report["extender"], serde_json::json!({"asked": true}));
+            assert_eq!(rows(&table).len(), 4, "{table}");
+        } else {
+            let why = "it is bound to node worker-2 (spec.nodeName), so no scheduler places it";
+            assert_eq!(
+                report["extender"],
+                serde_json::json!({"asked": false, "why": why})
+            );
+            assert!(
+                table.ends_with(&format!(
+                    "]\n\nextender: not asked about shop/seed-000-device: {why}\n"
+                )),
+                "{table}"
+            );
+        }
+    }
 }
 
 /// A snapshot of `nodes` synthetic nodes (16 slots each, the pod's claim unbound).

@@ -9,7 +9,11 @@ use std::collections::BTreeMap;
 use common::{TestServer, per_node, read_doc};
 use hyper::StatusCode;
 use serde_json::{Value, json};
-use volguard::cluster::{ClusterObject, Kind};
+use volguard::{
+    cluster::{ClusterObject, Kind},
+    decide::resolve::resolve,
+    model::podview::PodView,
+};
 
 const NODES: [&str; 4] = ["worker-1", "worker-2", "worker-3", "worker-4"];
 const STALE_VA: &str = "csi-d47301085ab3df176c574ca5b674a40183b43f9701486e6cb12dcaaf63bcb2c4";
@@ -514,6 +518,84 @@ async fn a_volume_shared_by_two_pods_on_a_node_counts_once() {
         per_node(&server, &web, "worker-2"),
         format!("{}: 2 of 2 used, pod needs 1 more", at_limit(ANNOTATION))
     );
+}
+
+/// A pod bound to worker-1 whose claim is still unbound, a static PV's claimRef naming
+/// it (a StatefulSet's pod placed before the PV binder bound its claim): the claim is
+/// that PV's volume for the count of what bound pods use as for the pod under review,
+/// so another pod of the claim is held to worker-1, which holds the volume already.
+#[tokio::test]
+async fn a_bound_pod_s_reserved_claim_is_counted_as_the_pod_under_review_sees_it() {
+    let server = TestServer::example().await;
+    apply(
+        &server,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "data-static-0", "namespace": "shop"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                        "resources": {"requests": {"storage": "10Gi"}}}}),
+    );
+    let holder = bound_pod("static-0", "worker-1", "Running", &["data-static-0"]);
+    apply(&server, holder.clone());
+    // The PV arrives last: the pod already cached is counted anew.
+    apply(
+        &server,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume",
+               "metadata": {"name": "pv-static-0"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"},
+                        "storageClassName": "",
+                        "csi": {"driver": "linodebs.csi.linode.com", "volumeHandle": "52000-static"},
+                        "claimRef": {"namespace": "shop", "name": "data-static-0"}},
+               "status": {"phase": "Available"}}),
+    );
+    let counted = |server: &TestServer| -> Vec<String> {
+        let state = server.app.cluster.read().unwrap();
+        state
+            .pod_volumes("shop", "static-0")
+            .iter()
+            .map(|v| format!("{}={}", state.drivers().get(v.driver).name, v.handle))
+            .collect()
+    };
+    {
+        let state = server.app.cluster.read().unwrap();
+        let view: PodView = serde_json::from_value(holder).unwrap();
+        let resolved = resolve(&view, "shop", &state, &server.app.config).unwrap();
+        let labels: Vec<String> = resolved
+            .volumes
+            .iter()
+            .map(|m| m.label(state.drivers()))
+            .collect();
+        assert_eq!(labels, ["linode=52000-static"]);
+    }
+    assert_eq!(
+        counted(&server),
+        ["linode=52000-static"],
+        "the cache counts what resolve sees"
+    );
+    let reader = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "reader", "namespace": "shop"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-static-0"}}]}});
+    let f = filter_names(&server, &reader).await;
+    assert_eq!(f.passing, ["worker-1"], "{:?}", f.raw);
+    let in_use = "node(s) that cannot use ReadWriteOnce volume 52000-static (claim data-static-0): in use on worker-1 by pod shop/static-0";
+    assert_eq!(f.unresolvable["worker-2"], in_use);
+    assert_eq!(f.unresolvable["worker-3"], in_use);
+    assert_eq!(f.unresolvable["worker-4"], NOT_REGISTERED);
+    forget_in_flight(&server);
+    let scores = prioritize(&server, by_names(&reader, &NODES)).await;
+    assert_eq!(
+        scores[0],
+        ("worker-1".into(), 10),
+        "worker-1 holds it already"
+    );
+
+    server
+        .app
+        .cluster
+        .write()
+        .unwrap()
+        .delete(Kind::PersistentVolume, "pv-static-0");
+    assert!(counted(&server).is_empty(), "no PV, no volume");
 }
 
 #[tokio::test]

@@ -11,4 +11,4 @@ pub mod state;
 pub use missing::Missing;
 pub use objects::{ClusterObject, Kind};
 pub use readiness::{Readiness, WatchHealth};
-pub use state::{ClusterState, Fetched, SharedState, VolumeUser};
+pub use state::{ClaimBinding, ClusterState, Fetched, SharedState, VolumeUser};

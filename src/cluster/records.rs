@@ -12,7 +12,7 @@ use crate::model::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
     podview::PodView,
-    volume::{self, exclusive},
+    volume::{PodVolume, exclusive, pod_volumes},
 };
 
 /// What volguard keeps of a Node.
@@ -381,26 +381,19 @@ impl StorageClassRecord {
 }
 
 impl PodRecord {
-    /// Slims a Pod to its node, phase and possibly-managed volumes.
+    /// Slims a Pod to its node, phase and possibly-managed volumes (read by
+    /// [`pod_volumes`], as the webhook and the extender read them).
     pub fn from_pod(pod: &PodView, drivers: &Drivers, config: &Config) -> Self {
-        let pod_name = pod.name();
-        let mut uses: Vec<PodVolumeRef> = pod
-            .volumes()
-            .iter()
-            .filter_map(|v| {
-                if let Some(pvc) = &v.persistent_volume_claim {
-                    return Some(PodVolumeRef::Claim(pvc.claim_name.clone()));
+        let uses = pod_volumes(pod, drivers, config)
+            .volumes
+            .into_iter()
+            .filter_map(|v| match v {
+                PodVolume::Inline { id, .. } | PodVolume::Device(id) => {
+                    Some(PodVolumeRef::Direct(id))
                 }
-                if v.ephemeral.is_some() {
-                    return Some(PodVolumeRef::Claim(format!("{pod_name}-{}", v.name)));
-                }
-                volume::inline_volume(v, drivers).map(PodVolumeRef::Direct)
+                claimed => claimed.claim().map(|c| PodVolumeRef::Claim(c.to_owned())),
             })
             .collect();
-        if let Some(devices) = pod.annotation(&config.annotation("devices")) {
-            let (parsed, _problems) = volume::parse_devices(devices, drivers);
-            uses.extend(parsed.into_iter().map(PodVolumeRef::Direct));
-        }
         PodRecord {
             node: pod.node_name().map(Arc::from),
             terminal: pod.is_terminal(),

@@ -72,6 +72,31 @@ pub struct VolumeUser {
     pub pod: String,
 }
 
+/// What a claim stands for, as the state shows it: the one reading of a claim for the
+/// webhook's and the extender's answer about a pod and for the count of what bound pods
+/// use, so that the two never disagree on which volume a claim is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClaimBinding<'s> {
+    /// The claim is not in the state.
+    Unknown,
+    /// Bound to a PV the state does not hold.
+    LostVolume {
+        /// The PV's name.
+        pv: &'s str,
+    },
+    /// The PV it is bound to, or, while it is unbound, the PV reserved for it (see
+    /// [`ClusterState::reserved_pv`]), which the PV binder binds it to: either way, the
+    /// volume the pod gets.
+    Volume {
+        /// The claim.
+        pvc: &'s PvcRecord,
+        /// Its PV.
+        pv: &'s PvRecord,
+    },
+    /// Unbound with no PV reserved: its volume is still to be provisioned.
+    Unbound(&'s PvcRecord),
+}
+
 /// The indexed cluster state. Build it with [`ClusterState::apply`] as objects arrive.
 #[derive(Debug)]
 pub struct ClusterState {
@@ -177,10 +202,11 @@ impl ClusterState {
                         .or_default()
                         .insert(name.clone());
                 }
-                if let Some(old) = self.pvs.insert(name.clone(), rec) {
-                    self.unreserve(&name, &old);
+                let old = self.pvs.insert(name.clone(), rec);
+                if let Some(old) = &old {
+                    self.unreserve(&name, old);
                 }
-                self.pv_changed(&name);
+                self.pv_changed(&name, old.as_ref());
             }
             ClusterObject::PersistentVolumeClaim(pvc) => {
                 let k = key(
@@ -230,7 +256,7 @@ impl ClusterState {
             Kind::PersistentVolume => {
                 if let Some(old) = self.pvs.remove(key) {
                     self.unreserve(key, &old);
-                    self.pv_changed(key);
+                    self.pv_changed(key, Some(&old));
                 }
             }
             Kind::PersistentVolumeClaim => {
@@ -398,8 +424,27 @@ impl ClusterState {
         eligible.next().is_none().then_some(pv)
     }
 
+    /// What the claim `namespace/claim` stands for.
+    pub fn claim_binding(&self, namespace: &str, claim: &str) -> ClaimBinding<'_> {
+        let Some(pvc) = self.pvc(namespace, claim) else {
+            return ClaimBinding::Unknown;
+        };
+        let pv = match &pvc.volume_name {
+            Some(name) => match self.pv(name) {
+                Some(pv) => pv,
+                None => return ClaimBinding::LostVolume { pv: name },
+            },
+            None => match self.reserved_pv(namespace, claim, pvc.uid.as_deref()) {
+                Some(pv) => pv,
+                None => return ClaimBinding::Unbound(pvc),
+            },
+        };
+        ClaimBinding::Volume { pvc, pv }
+    }
+
     /// The volumes the state counts for a bound pod on its node: those of its claims
-    /// that are bound to a known PV, its inline volumes and devices.
+    /// that have a known PV (see [`ClusterState::claim_binding`]), its inline volumes
+    /// and devices.
     pub fn pod_volumes(&self, namespace: &str, name: &str) -> &[VolumeId] {
         self.contributions
             .get(&Source::Pod(key(namespace, name)))
@@ -609,8 +654,20 @@ impl ClusterState {
         self.recompute_va(&name);
     }
 
-    fn pv_changed(&mut self, pv: &str) {
-        if let Some(claim) = self.pv_claim.get(pv).cloned() {
+    /// A PV was added, changed or removed (`old`: the record it had): the claim bound
+    /// to it, and the claims it reserves or reserved, may stand for another volume now.
+    fn pv_changed(&mut self, pv: &str, old: Option<&PvRecord>) {
+        let mut claims: Vec<String> = self.pv_claim.get(pv).cloned().into_iter().collect();
+        let reserving = [
+            old.and_then(|r| r.claim.clone()),
+            self.pvs.get(pv).and_then(|r| r.claim.clone()),
+        ];
+        for claim in reserving.into_iter().flatten() {
+            if !claims.contains(&claim) {
+                claims.push(claim);
+            }
+        }
+        for claim in claims {
             self.claim_changed(&claim);
         }
         for va in self.pv_attachments.get(pv).cloned().unwrap_or_default() {
@@ -624,16 +681,6 @@ impl ClusterState {
         }
     }
 
-    /// The managed volume behind a claim, when it is bound and its PV is known.
-    fn claim_volume(&self, namespace: &str, claim: &str) -> Option<&PvRecord> {
-        let pv = self
-            .pvcs
-            .get(&key(namespace, claim))?
-            .volume_name
-            .as_ref()?;
-        self.pvs.get(pv)
-    }
-
     fn recompute_pod(&mut self, k: &str) {
         let Some(rec) = self.pods.get(k) else {
             return;
@@ -645,7 +692,10 @@ impl ClusterState {
                     .uses
                     .iter()
                     .filter_map(|u| match u {
-                        PodVolumeRef::Claim(c) => self.claim_volume(namespace, c)?.volume.clone(),
+                        PodVolumeRef::Claim(c) => match self.claim_binding(namespace, c) {
+                            ClaimBinding::Volume { pv, .. } => pv.volume.clone(),
+                            _ => None,
+                        },
                         PodVolumeRef::Direct(v) => Some(v.clone()),
                     })
                     .collect();

@@ -21,6 +21,7 @@ use crate::{
         judge::{self, Judge, Judgement, Slots, Verdict},
         remediate,
         resolve::{Resolution, resolve},
+        routing::{DEFAULT_SCHEDULER, Route, route},
         webhook::{Decision, decide},
     },
     model::{
@@ -177,8 +178,7 @@ fn not_for_extender(
     config: &Config,
     admitted: bool,
 ) -> Option<String> {
-    let opts_out = |name: &str| pod.opts_out(&config.annotation(name));
-    if opts_out("inject") {
+    if pod.opts_out(&config.annotation("inject")) {
         return Some(format!(
             "it opts out ({}: \"false\")",
             config.annotation("inject")
@@ -187,14 +187,25 @@ fn not_for_extender(
     if resolution.volumes.is_empty() {
         return Some("it has no volume of a configured driver".into());
     }
-    if let Some(target) = &config.scheduling.scheduler_name {
-        let named = pod.scheduler_name().unwrap_or("default-scheduler");
-        let routed = !admitted && named == "default-scheduler" && !opts_out("route");
-        if named != target && !routed {
+    let scheduler = match route(pod, config) {
+        Route::Bound(node) => {
             return Some(format!(
-                "it is scheduled by {named}, not {target} (scheduling.schedulerName), which consults volguard"
+                "it is bound to node {node} (spec.nodeName), so no scheduler places it"
             ));
         }
+        // A pod in the cluster went through the webhook already: its scheduler is final.
+        _ if admitted => pod.scheduler_name().unwrap_or(DEFAULT_SCHEDULER),
+        Route::Kept(s)
+        | Route::Already(s)
+        | Route::Routed(s)
+        | Route::Elsewhere { named: s, .. } => s,
+    };
+    if let Some(target) = &config.scheduling.scheduler_name
+        && scheduler != target
+    {
+        return Some(format!(
+            "it is scheduled by {scheduler}, not {target} (scheduling.schedulerName), which consults volguard"
+        ));
     }
     let marker = &config.marker_resource;
     if admitted && !marker.is_empty() && !pod.containers().iter().any(|c| c.claims(marker)) {

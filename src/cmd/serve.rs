@@ -178,48 +178,16 @@ enum Source {
 /// drained it.
 pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let limits = limits(&args)?;
-    let config = Arc::new(Config::load(args.config.as_deref()).map_err(Failure::usage)?);
-    if config.remediation.enabled && args.snapshot.is_some() {
-        let file = args
-            .config
-            .as_deref()
-            .unwrap_or(std::path::Path::new(""))
-            .display();
-        return Err(Failure::usage(format!(
-            "{file}: remediation.enabled: remediation evicts pods through the API and cannot run on a --snapshot: watch the cluster (no --snapshot) or set remediation.enabled: false"
-        )));
-    }
+    let config = load_config(&args)?;
     let drivers = Arc::new(Drivers::new(&config));
     let mut state = ClusterState::new(config.clone(), drivers);
     state.readiness_mut().set_stale_after(args.stale_after);
     let (serving, source) = serving_tls(&args)?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
-    let live = match &args.snapshot {
-        Some(path) => {
-            let (objects, skipped) =
-                snapshot::load_into(path, &mut state).map_err(Failure::usage)?;
-            if !skipped.is_empty() {
-                tracing::info!(
-                    count = skipped.len(),
-                    "snapshot documents of kinds volguard does not read were skipped"
-                );
-            }
-            tracing::info!(path = %path.display(), objects, "cluster state loaded from snapshot");
-            None
-        }
-        None => Some(
-            runtime
-                .block_on(watch::kube_config(args.kubeconfig.as_deref()))
-                .map_err(Failure::usage)?,
-        ),
-    };
+    let live = fill_or_find_api(&args, &runtime, &mut state)?;
     if let Source::Generated(ca) = &source {
-        print!("{ca}");
-        tracing::info!(
-            "self-signed: the CA certificate is on stdout; with it saved as ca.pem: curl --cacert ca.pem https://localhost:{}/readyz",
-            args.listen.port()
-        );
+        hand_out_ca(ca, args.listen);
     }
     let mut app = App::new(config, Arc::new(RwLock::new(state)));
     app.limits = limits;
@@ -235,58 +203,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         // Dropped when serving ends, which stops the watchers.
         let _watchers = match live {
             None => None,
-            Some((kube_config, origin)) => {
-                tracing::info!(api = %kube_config.cluster_url, config = %origin, "watching the Kubernetes API; /readyz is 503 until every kind is listed");
-                let server = kube_config.cluster_url.clone();
-                let remediation_client = app
-                    .config
-                    .remediation
-                    .enabled
-                    .then(|| remediation::client(kube_config.clone()))
-                    .transpose()
-                    .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
-                let client = watch::client(kube_config, &app.cluster)
-                    .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
-                app.api = Some(client.clone());
-                if let Some(remediation_client) = remediation_client {
-                    let remediator = Remediator::new(
-                        remediation_client,
-                        app.cluster.clone(),
-                        app.config.clone(),
-                        app.metrics.clone(),
-                        remediation::identity(),
-                    );
-                    let lease = &app.config.remediation.lease;
-                    tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), dry_run = app.config.remediation.dry_run, "remediation enabled");
-                    tokio::spawn(remediator.run());
-                }
-                Some(watch::spawn(
-                    client,
-                    server,
-                    app.cluster.clone(),
-                    &app.stopped_watches,
-                ))
-            }
+            Some((kube_config, origin)) => Some(watch_api(&mut app, kube_config, &origin)?),
         };
         let tls = RustlsConfig::from_config(Arc::new(serving.config));
-        if let Source::Files(files, pair) = source
-            && !args.tls_reload_interval.is_zero()
-        {
-            let reloader = Reloader::new(files, pair, tls.clone(), app.metrics.clone());
-            tokio::spawn(reloader.run(args.tls_reload_interval));
-        }
-        let bind = |addr| {
-            std::net::TcpListener::bind(addr).map_err(|e| Failure::runtime(format!("{addr}: {e}")))
-        };
-        let listener = bind(args.listen)?;
-        let plain = bind(args.metrics_listen)?;
-        // The bound addresses: with port 0 the system picks one, and this line says which.
-        let bound = |l: &std::net::TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
-        tracing::info!(
-            listen = %bound(&listener, args.listen),
-            metrics = %bound(&plain, args.metrics_listen),
-            "serving"
-        );
+        reload_certificates(source, &tls, &app, args.tls_reload_interval);
+        let (listener, plain) = bind_listeners(&args)?;
         shutdown::serve_until_stopped(app, listener, plain, tls, drain, signals)
             .await
             .map_err(Failure::runtime)
@@ -378,6 +299,135 @@ fn serving_tls(args: &ServeArgs) -> Result<(Loaded, Source), Failure> {
     })?;
     let loaded = files.build(&pair).map_err(Failure::usage)?;
     Ok((loaded, Source::Files(files, pair)))
+}
+
+/// The config file, or the defaults; refused when it enables remediation over a
+/// snapshot, as evicting pods needs the API.
+fn load_config(args: &ServeArgs) -> Result<Arc<Config>, Failure> {
+    let config = Config::load(args.config.as_deref()).map_err(Failure::usage)?;
+    if config.remediation.enabled && args.snapshot.is_some() {
+        let file = args
+            .config
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+            .display();
+        return Err(Failure::usage(format!(
+            "{file}: remediation.enabled: remediation evicts pods through the API and cannot run on a --snapshot: watch the cluster (no --snapshot) or set remediation.enabled: false"
+        )));
+    }
+    Ok(Arc::new(config))
+}
+
+/// Fills the state from `--snapshot`, or finds the API server to watch, before anything
+/// is served, so that a bad snapshot or kubeconfig fails at startup: `None` for a
+/// snapshot, else the client config and where it came from.
+fn fill_or_find_api(
+    args: &ServeArgs,
+    runtime: &tokio::runtime::Runtime,
+    state: &mut ClusterState,
+) -> Result<Option<(kube::Config, String)>, Failure> {
+    let Some(path) = &args.snapshot else {
+        return runtime
+            .block_on(watch::kube_config(args.kubeconfig.as_deref()))
+            .map(Some)
+            .map_err(Failure::usage);
+    };
+    let (objects, skipped) = snapshot::load_into(path, state).map_err(Failure::usage)?;
+    if !skipped.is_empty() {
+        tracing::info!(
+            count = skipped.len(),
+            "snapshot documents of kinds volguard does not read were skipped"
+        );
+    }
+    tracing::info!(path = %path.display(), objects, "cluster state loaded from snapshot");
+    Ok(None)
+}
+
+/// Prints a generated certificate's CA on stdout: clients need it to trust the server,
+/// and it exists nowhere else.
+fn hand_out_ca(ca: &str, listen: SocketAddr) {
+    print!("{ca}");
+    tracing::info!(
+        "self-signed: the CA certificate is on stdout; with it saved as ca.pem: curl --cacert ca.pem https://localhost:{}/readyz",
+        listen.port()
+    );
+}
+
+/// Starts the watchers that keep the state current, and remediation when enabled; the
+/// app gets the client, for the direct reads of objects the cache has not seen yet.
+/// The watchers stop when the returned set is dropped.
+fn watch_api(
+    app: &mut App,
+    kube_config: kube::Config,
+    origin: &str,
+) -> Result<tokio::task::JoinSet<()>, Failure> {
+    tracing::info!(api = %kube_config.cluster_url, config = %origin, "watching the Kubernetes API; /readyz is 503 until every kind is listed");
+    let server = kube_config.cluster_url.clone();
+    let remediation_client = app
+        .config
+        .remediation
+        .enabled
+        .then(|| remediation::client(kube_config.clone()))
+        .transpose()
+        .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
+    let client = watch::client(kube_config, &app.cluster)
+        .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
+    app.api = Some(client.clone());
+    if let Some(remediation_client) = remediation_client {
+        start_remediation(app, remediation_client);
+    }
+    Ok(watch::spawn(
+        client,
+        server,
+        app.cluster.clone(),
+        &app.stopped_watches,
+    ))
+}
+
+/// Runs the remediation controller beside the server, with a client of its own (see
+/// [`remediation::client`]): a refused eviction comes back to be recorded rather than
+/// being retried inside the call.
+fn start_remediation(app: &App, client: kube::Client) {
+    let remediator = Remediator::new(
+        client,
+        app.cluster.clone(),
+        app.config.clone(),
+        app.metrics.clone(),
+        remediation::identity(),
+    );
+    let lease = &app.config.remediation.lease;
+    tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), dry_run = app.config.remediation.dry_run, "remediation enabled");
+    tokio::spawn(remediator.run());
+}
+
+/// Re-reads the certificate files every `interval` (never at 0s), so that a rotated
+/// certificate is served without a restart; a generated one has no files to watch.
+fn reload_certificates(source: Source, tls: &RustlsConfig, app: &App, interval: Duration) {
+    if let Source::Files(files, pair) = source
+        && !interval.is_zero()
+    {
+        let reloader = Reloader::new(files, pair, tls.clone(), app.metrics.clone());
+        tokio::spawn(reloader.run(interval));
+    }
+}
+
+/// Binds the TLS and the plain listener, and logs the addresses bound: with port 0 the
+/// system picks one, and the log line says which.
+fn bind_listeners(
+    args: &ServeArgs,
+) -> Result<(std::net::TcpListener, std::net::TcpListener), Failure> {
+    let bind = |addr| {
+        std::net::TcpListener::bind(addr).map_err(|e| Failure::runtime(format!("{addr}: {e}")))
+    };
+    let listener = bind(args.listen)?;
+    let plain = bind(args.metrics_listen)?;
+    let bound = |l: &std::net::TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+    tracing::info!(
+        listen = %bound(&listener, args.listen),
+        metrics = %bound(&plain, args.metrics_listen),
+        "serving"
+    );
+    Ok((listener, plain))
 }
 
 #[cfg(test)]

@@ -661,6 +661,8 @@ fn free_score(free: i64, max: i64) -> u8 {
     scaled as u8
 }
 
+/// Works out, once per request, what the pod needs of a node, volume by volume, with
+/// the reasons failing nodes will be given: judging a node then only looks things up.
 fn plan(volumes: &[ManagedVolume], state: &ClusterState, config: &Config) -> Plan {
     let drivers = state.drivers();
     let mut plan = Plan {
@@ -672,101 +674,133 @@ fn plan(volumes: &[ManagedVolume], state: &ClusterState, config: &Config) -> Pla
     };
     for m in volumes {
         let claim = match &m.origin {
-            Origin::Claim(c) | Origin::EphemeralTemplate(c) => Some(c.clone()),
+            Origin::Claim(c) | Origin::EphemeralTemplate(c) => Some(c.as_str()),
             Origin::Inline | Origin::Device => None,
         };
         match (drivers.mode(m.driver), m.id()) {
-            (Mode::DevicePlugin, Some(id)) => {
-                let mut holders: Vec<&str> = state.device_holders(&id).collect();
-                holders.sort_unstable();
-                let elsewhere = if holders.is_empty() {
-                    "no node".to_owned()
-                } else {
-                    holders.join(", ")
-                };
-                let reason = format!(
-                    "node(s) without volume {} attached (it is attached to {elsewhere})",
-                    id.handle
-                );
-                plan.devices.push(DeviceNeed {
-                    id,
-                    reason: reason.into(),
-                });
-            }
+            (Mode::DevicePlugin, Some(id)) => plan.devices.push(DeviceNeed::new(id, state)),
             (Mode::DevicePlugin, None) => {
                 plan.unprovisioned.get_or_insert_with(|| {
                     format!(
                         "node(s) without a volume for claim {} of device-plugin driver {} (it has no volume yet)",
-                        claim.as_deref().unwrap_or("?"),
+                        claim.unwrap_or("?"),
                         drivers.get(m.driver).name
                     )
                     .into()
                 });
             }
-            (Mode::Attach, id) => {
-                let need = match plan.drivers.iter_mut().find(|d| d.id == m.driver) {
-                    Some(n) => n,
-                    None => {
-                        let driver = drivers.get(m.driver);
-                        let unregistered = config
-                            .scheduling
-                            .require_registered_driver
-                            .then_some(driver.csi_driver.as_ref())
-                            .flatten()
-                            .map(|csi| {
-                                format!(
-                                    "node(s) without CSI driver {csi} registered (is its node plugin running, with the kubelet's --root-dir?)"
-                                )
-                                .into()
-                            });
-                        let annotation = driver
-                            .attach_limit
-                            .as_ref()
-                            .and_then(|l| l.node_annotation.as_deref());
-                        plan.drivers.push(DriverNeed {
-                            id: m.driver,
-                            unregistered,
-                            at_limit: LimitReasons::new(&driver.name, annotation),
-                            known: Vec::new(),
-                            pending: 0,
-                        });
-                        plan.drivers.last_mut().expect("just pushed")
-                    }
-                };
-                match id {
-                    None => need.pending += 1,
-                    Some(id) => {
-                        if m.exclusive && config.scheduling.exclusive_read_write_once {
-                            plan.exclusive_volumes.push((id.clone(), claim.clone()));
-                            let mut users: Vec<(String, String)> = state
-                                .users(&id)
-                                .iter()
-                                .map(|u| (u.node.to_string(), u.pod.clone()))
-                                .collect();
-                            if !users.is_empty() {
-                                users.sort();
-                                let claim =
-                                    claim.map(|c| format!(" (claim {c})")).unwrap_or_default();
-                                let users = users
-                                    .into_iter()
-                                    .map(|(node, pod)| {
-                                        let reason = format!(
-                                            "node(s) that cannot use ReadWriteOnce volume {}{claim}: in use on {node} by pod {pod}",
-                                            id.handle
-                                        );
-                                        (node, reason.into())
-                                    })
-                                    .collect();
-                                plan.exclusive.push(Exclusive { users });
-                            }
-                        }
-                        need.known.push(id);
-                    }
+            (Mode::Attach, None) => plan.driver_need(m.driver, state, config).pending += 1,
+            (Mode::Attach, Some(id)) => {
+                if m.exclusive && config.scheduling.exclusive_read_write_once {
+                    plan.exclusive.extend(Exclusive::in_use(&id, claim, state));
+                    plan.exclusive_volumes
+                        .push((id.clone(), claim.map(str::to_owned)));
                 }
+                plan.driver_need(m.driver, state, config).known.push(id);
             }
         }
     }
     plan
+}
+
+impl Plan {
+    /// The needs of the attach-mode `driver`, added at its first volume: one entry per
+    /// driver, as its attach limit counts all its volumes together.
+    fn driver_need(
+        &mut self,
+        driver: DriverId,
+        state: &ClusterState,
+        config: &Config,
+    ) -> &mut DriverNeed {
+        let at = match self.drivers.iter().position(|d| d.id == driver) {
+            Some(at) => at,
+            None => {
+                self.drivers
+                    .push(DriverNeed::new(driver, state.drivers().get(driver), config));
+                self.drivers.len() - 1
+            }
+        };
+        &mut self.drivers[at]
+    }
+}
+
+impl DeviceNeed {
+    /// The device-plugin volume `id`, with the reason for the nodes that do not have it,
+    /// which names where it is, so that a user sees where the pod could go.
+    fn new(id: VolumeId, state: &ClusterState) -> Self {
+        let mut holders: Vec<&str> = state.device_holders(&id).collect();
+        holders.sort_unstable();
+        let elsewhere = if holders.is_empty() {
+            "no node".to_owned()
+        } else {
+            holders.join(", ")
+        };
+        let reason = format!(
+            "node(s) without volume {} attached (it is attached to {elsewhere})",
+            id.handle
+        );
+        DeviceNeed {
+            id,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl DriverNeed {
+    /// No volume yet, with the texts for the nodes that fail the driver's rules, made
+    /// once per request rather than once per node.
+    fn new(id: DriverId, driver: &DriverConfig, config: &Config) -> Self {
+        let unregistered = config
+            .scheduling
+            .require_registered_driver
+            .then_some(driver.csi_driver.as_ref())
+            .flatten()
+            .map(|csi| {
+                format!(
+                    "node(s) without CSI driver {csi} registered (is its node plugin running, with the kubelet's --root-dir?)"
+                )
+                .into()
+            });
+        let annotation = driver
+            .attach_limit
+            .as_ref()
+            .and_then(|l| l.node_annotation.as_deref());
+        DriverNeed {
+            id,
+            unregistered,
+            at_limit: LimitReasons::new(&driver.name, annotation),
+            known: Vec::new(),
+            pending: 0,
+        }
+    }
+}
+
+impl Exclusive {
+    /// The exclusive volume `id` (of claim `claim`) when bound pods use it already, with
+    /// the reason for every node but theirs; `None` while no pod uses it.
+    fn in_use(id: &VolumeId, claim: Option<&str>, state: &ClusterState) -> Option<Self> {
+        let mut users: Vec<(String, String)> = state
+            .users(id)
+            .iter()
+            .map(|u| (u.node.to_string(), u.pod.clone()))
+            .collect();
+        if users.is_empty() {
+            return None;
+        }
+        users.sort();
+        let claim = claim.map(|c| format!(" (claim {c})")).unwrap_or_default();
+        let users = users
+            .into_iter()
+            .map(|(node, pod)| {
+                let reason = format!(
+                    "node(s) that cannot use ReadWriteOnce volume {}{claim}: in use on {node} by pod {pod}",
+                    id.handle
+                );
+                (node, reason.into())
+            })
+            .collect();
+        Some(Exclusive { users })
+    }
 }
 
 #[cfg(test)]

@@ -7,4 +7,5 @@ pub mod lease;
 pub mod mutate;
 pub mod remediate;
 pub mod resolve;
+pub mod routing;
 pub mod webhook;

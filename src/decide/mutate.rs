@@ -8,7 +8,10 @@ use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    decide::resolve::{Origin, Resolution},
+    decide::{
+        resolve::{Origin, Resolution},
+        routing::{Route, route},
+    },
     model::{
         config::Config,
         drivers::{Drivers, Mode},
@@ -39,28 +42,85 @@ pub fn mutate(
     config: &Config,
     drivers: &Drivers,
 ) -> Mutation {
-    let empty = Mutation {
+    let containers = pod.containers();
+    if pod.opts_out(&config.annotation("inject"))
+        || resolution.volumes.is_empty()
+        || containers.is_empty()
+    {
+        return unchanged(Vec::new());
+    }
+    let mut warnings = Vec::new();
+    let devices = device_containers(pod, resolution, config, drivers, &mut warnings);
+    let mut limits = device_limits(pod, resolution, &devices, drivers, &mut warnings);
+    marker_limit(&mut limits, pod, resolution, config);
+    let mut ops = Vec::new();
+    for (index, entries) in limits.by_container {
+        add_limits(&mut ops, index, &containers[index], entries);
+    }
+    let probed = add_probes(&mut ops, pod, resolution, &devices, config, drivers);
+    let routed = add_route(&mut ops, pod, config, &mut warnings);
+    if ops.is_empty() {
+        return unchanged(warnings);
+    }
+    let summary = summary(&limits.injected, &probed, routed);
+    annotate(&mut ops, pod, resolution, config, drivers, &summary);
+    Mutation {
+        patch: Patch(ops),
+        summary,
+        drivers: driver_names(resolution, drivers),
+        warnings,
+    }
+}
+
+/// No patch: the pod is admitted as written, with what the user should know about it.
+fn unchanged(warnings: Vec<String>) -> Mutation {
+    Mutation {
         patch: Patch(Vec::new()),
         summary: String::new(),
         drivers: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let opts_out = |name: &str| pod.opts_out(&config.annotation(name));
-    let containers = pod.containers();
-    if opts_out("inject") || resolution.volumes.is_empty() || containers.is_empty() {
-        return empty;
+        warnings,
     }
-    // container index -> limits to add, in order
-    let mut limits: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
-    let mut injected: Vec<String> = Vec::new();
-    let mut warnings = Vec::new();
+}
+
+/// Limits to inject, kept apart from the operations until every one is known: a
+/// container gets one operation for all its limits when it has no `limits` map yet.
+#[derive(Debug, Default)]
+struct Limits {
+    /// App container index -> the limits it gets, in order.
+    by_container: BTreeMap<usize, Vec<(String, String)>>,
+    /// `resource=value (container)` per limit, for the summary.
+    injected: Vec<String>,
+}
+
+impl Limits {
+    /// One more limit for app container `index`, named `container` in the summary.
+    fn add(&mut self, index: usize, container: &str, resource: String, value: String) {
+        self.injected
+            .push(format!("{resource}={value} ({container})"));
+        self.by_container
+            .entry(index)
+            .or_default()
+            .push((resource, value));
+    }
+}
+
+/// Device-plugin resources, so that the pod is placed only where its volume is: one
+/// claim per pod, in the first app container that uses the volume; an annotated device
+/// in the container [`device_containers`] chose for it. A resource some container
+/// already claims is left alone; one whose name the API server would refuse is skipped
+/// with a warning, since it would make the whole pod rejected.
+fn device_limits(
+    pod: &PodView,
+    resolution: &Resolution,
+    devices: &[Option<usize>],
+    drivers: &Drivers,
+    warnings: &mut Vec<String>,
+) -> Limits {
+    let containers = pod.containers();
+    let mut limits = Limits::default();
     // Resources already given a container: a set, as a pod may name thousands.
     let mut planned: HashSet<String> = HashSet::new();
-    let devices = device_containers(pod, resolution, config, drivers, &mut warnings);
-
-    // Device-plugin resources: one claim per pod, in the first app container that uses
-    // it; an annotated device in the container `devices` chose for it.
-    for (m, device_at) in resolution.volumes.iter().zip(&devices) {
+    for (m, device_at) in resolution.volumes.iter().zip(devices) {
         let Some(id) = m
             .id()
             .filter(|_| drivers.mode(m.driver) == Mode::DevicePlugin)
@@ -90,68 +150,81 @@ pub fn mutate(
                 .and_then(|name| containers.iter().position(|c| c.uses_volume(name)))
                 .unwrap_or(0),
         };
-        injected.push(format!("{resource}=1 ({})", containers[target].name));
-        limits
-            .entry(target)
-            .or_default()
-            .push((resource, "1".into()));
+        limits.add(target, &containers[target].name, resource, "1".into());
     }
+    limits
+}
 
-    // The marker resource routes the pod to the extender, when one is configured.
-    if !config.marker_resource.is_empty() && !containers[0].claims(&config.marker_resource) {
-        let count = resolution.volumes.len().to_string();
-        injected.push(format!(
-            "{}={count} ({})",
-            config.marker_resource, containers[0].name
-        ));
-        limits
-            .entry(0)
-            .or_default()
-            .push((config.marker_resource.clone(), count));
+/// The marker resource, when one is configured, in the first container, valued with the
+/// number of managed volumes: an existing scheduler sends the pods that claim it to the
+/// extender.
+fn marker_limit(limits: &mut Limits, pod: &PodView, resolution: &Resolution, config: &Config) {
+    let marker = &config.marker_resource;
+    let Some(first) = pod.containers().first() else {
+        return;
+    };
+    if marker.is_empty() || first.claims(marker) {
+        return;
     }
+    let count = resolution.volumes.len().to_string();
+    limits.add(0, &first.name, marker.clone(), count);
+}
 
-    let mut ops = Vec::new();
-    for (index, entries) in limits {
-        add_limits(&mut ops, index, &containers[index], entries);
-    }
-
-    // Liveness probes on app containers that use managed volumes and have none.
+/// Liveness probes on the app containers that use managed volumes and have none, so that
+/// a volume gone from under a container restarts it; none when probes are off or the
+/// pod opts out. Returns the names of the containers probed.
+fn add_probes(
+    ops: &mut Vec<PatchOperation>,
+    pod: &PodView,
+    resolution: &Resolution,
+    devices: &[Option<usize>],
+    config: &Config,
+    drivers: &Drivers,
+) -> Vec<String> {
     let mut probed = Vec::new();
-    if config.liveness_probe.enabled && !opts_out("liveness-probe") {
-        for (i, c) in containers.iter().enumerate() {
-            let paths = probe_paths(c, i, resolution, &devices, drivers);
-            if c.liveness_probe || paths.is_empty() {
-                continue;
-            }
-            ops.push(add(
-                &["spec", "containers", &i.to_string(), "livenessProbe"],
-                probe(&paths, config),
+    if !config.liveness_probe.enabled || pod.opts_out(&config.annotation("liveness-probe")) {
+        return probed;
+    }
+    for (i, c) in pod.containers().iter().enumerate() {
+        let paths = probe_paths(c, i, resolution, devices, drivers);
+        if c.liveness_probe || paths.is_empty() {
+            continue;
+        }
+        ops.push(add(
+            &["spec", "containers", &i.to_string(), "livenessProbe"],
+            probe(&paths, config),
+        ));
+        probed.push(c.name.clone());
+    }
+    probed
+}
+
+/// Sends the pod to the configured scheduler, whose extender is volguard, as [`route`]
+/// decides; a pod that names another scheduler gets a warning instead. Returns the
+/// scheduler set, if any.
+fn add_route<'a>(
+    ops: &mut Vec<PatchOperation>,
+    pod: &'a PodView,
+    config: &'a Config,
+    warnings: &mut Vec<String>,
+) -> Option<&'a str> {
+    match route(pod, config) {
+        Route::Routed(target) => {
+            ops.push(add(&["spec", "schedulerName"], json!(target)));
+            Some(target)
+        }
+        Route::Elsewhere { named, target } => {
+            warnings.push(format!(
+                "the pod names scheduler {named:?}, so {target:?} will not schedule it and volguard's extender will not check its nodes"
             ));
-            probed.push(c.name.clone());
+            None
         }
+        Route::Bound(_) | Route::Kept(_) | Route::Already(_) => None,
     }
+}
 
-    // Routing to the configured scheduler.
-    let mut routed = None;
-    if let Some(target) = &config.scheduling.scheduler_name
-        && pod.node_name().is_none()
-        && !opts_out("route")
-    {
-        match pod.scheduler_name() {
-            Some(name) if name == target => {}
-            None | Some("default-scheduler") => {
-                ops.push(add(&["spec", "schedulerName"], json!(target)));
-                routed = Some(target.clone());
-            }
-            Some(other) => warnings.push(format!(
-                "the pod names scheduler {other:?}, so {target:?} will not schedule it and volguard's extender will not check its nodes"
-            )),
-        }
-    }
-
-    if ops.is_empty() {
-        return Mutation { warnings, ..empty };
-    }
+/// One line saying what was injected, for the `mutated` annotation and the logs.
+fn summary(injected: &[String], probed: &[String], routed: Option<&str>) -> String {
     let mut parts = Vec::new();
     if !injected.is_empty() {
         parts.push(format!("limits {}", injected.join(", ")));
@@ -162,7 +235,19 @@ pub fn mutate(
     if let Some(scheduler) = routed {
         parts.push(format!("scheduler {scheduler}"));
     }
-    let summary = parts.join("; ");
+    parts.join("; ")
+}
+
+/// Writes the managed volumes and the summary into the pod's annotations, so that an
+/// operator reading the pod sees what volguard took it to use and did.
+fn annotate(
+    ops: &mut Vec<PatchOperation>,
+    pod: &PodView,
+    resolution: &Resolution,
+    config: &Config,
+    drivers: &Drivers,
+    summary: &str,
+) {
     let labels: Vec<String> = resolution
         .volumes
         .iter()
@@ -170,22 +255,22 @@ pub fn mutate(
         .collect();
     let annotations = [
         (config.annotation("volumes"), labels.join(",")),
-        (config.annotation("mutated"), summary.clone()),
+        (config.annotation("mutated"), summary.to_owned()),
     ];
-    add_annotations(&mut ops, pod, annotations);
-    let mut driver_names: Vec<String> = resolution
+    add_annotations(ops, pod, annotations);
+}
+
+/// The drivers of the pod's managed volumes, each once, sorted: the labels of the
+/// mutation metric.
+fn driver_names(resolution: &Resolution, drivers: &Drivers) -> Vec<String> {
+    let mut names: Vec<String> = resolution
         .volumes
         .iter()
         .map(|m| drivers.get(m.driver).name.clone())
         .collect();
-    driver_names.sort();
-    driver_names.dedup();
-    Mutation {
-        patch: Patch(ops),
-        summary,
-        drivers: driver_names,
-        warnings,
-    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn add(path: &[&str], value: Value) -> PatchOperation {

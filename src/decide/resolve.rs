@@ -6,15 +6,12 @@
 use std::{collections::HashSet, sync::Arc};
 
 use crate::{
-    cluster::{
-        ClusterState, Missing,
-        records::{PvRecord, PvcRecord},
-    },
+    cluster::{ClaimBinding, ClusterState, Missing},
     model::{
         config::Config,
         drivers::{DriverId, Drivers, VolumeId},
         podview::PodView,
-        volume::{self, inline_volume_checked, parse_devices},
+        volume::{self, PodVolume, pod_volumes},
     },
 };
 
@@ -78,71 +75,57 @@ pub struct Resolution {
     pub warnings: Vec<String>,
 }
 
-/// Resolves the managed volumes of `pod` in `namespace` against the cluster state.
+/// Resolves the managed volumes of `pod` in `namespace` against the cluster state. The
+/// pod's volumes are read by [`pod_volumes`] and each claim by
+/// [`ClusterState::claim_binding`], the readings by which the state counts what bound
+/// pods use: the pod under review and the pods already placed are seen alike.
 pub fn resolve(
     pod: &PodView,
     namespace: &str,
     state: &ClusterState,
     config: &Config,
 ) -> Result<Resolution, Missing> {
-    let drivers = state.drivers();
-    let mut out = Resolution::default();
-    let pod_name = pod.name();
-    for v in pod.volumes() {
-        let found = if let Some(pvc) = &v.persistent_volume_claim {
-            resolve_claim(&pvc.claim_name, namespace, state)?
-        } else if let Some(eph) = &v.ephemeral {
-            let claim = format!("{pod_name}-{}", v.name);
-            match state.pvc(namespace, &claim) {
-                Some(_) if !pod_name.is_empty() => resolve_claim(&claim, namespace, state)?,
-                _ => {
-                    let spec = eph.volume_claim_template.as_ref().map(|t| &t.spec);
-                    spec.and_then(|s| {
-                        let driver = class_driver(state, s.storage_class_name.as_deref()?)?;
-                        Some(ManagedVolume {
-                            driver,
-                            handle: None,
-                            pod_volume: None,
-                            origin: Origin::EphemeralTemplate(claim.clone()),
-                            exclusive: volume::exclusive(&s.access_modes),
-                        })
+    let named = pod_volumes(pod, state.drivers(), config);
+    let mut out = Resolution {
+        volumes: Vec::with_capacity(named.volumes.len()),
+        warnings: named.warnings,
+    };
+    for v in &named.volumes {
+        let found = match v {
+            PodVolume::Claim { claim, .. } => resolve_claim(claim, namespace, state)?,
+            PodVolume::Ephemeral {
+                claim, template, ..
+            } => match v.claim().filter(|c| state.pvc(namespace, c).is_some()) {
+                Some(created) => resolve_claim(created, namespace, state)?,
+                None => template.and_then(|t| {
+                    Some(ManagedVolume {
+                        driver: class_driver(state, t.storage_class_name.as_deref()?)?,
+                        handle: None,
+                        pod_volume: None,
+                        origin: Origin::EphemeralTemplate(claim.clone()),
+                        exclusive: volume::exclusive(&t.access_modes),
                     })
-                }
-            }
-        } else {
-            match inline_volume_checked(v, drivers) {
-                Ok(found) => found.map(|id| ManagedVolume {
-                    driver: id.driver,
-                    handle: Some(id.handle),
-                    pod_volume: None,
-                    origin: Origin::Inline,
-                    exclusive: false,
                 }),
-                Err(warning) => {
-                    out.warnings.push(warning);
-                    None
-                }
-            }
+            },
+            PodVolume::Inline { id, .. } => Some(ManagedVolume {
+                driver: id.driver,
+                handle: Some(id.handle.clone()),
+                pod_volume: None,
+                origin: Origin::Inline,
+                exclusive: false,
+            }),
+            PodVolume::Device(id) => Some(ManagedVolume {
+                driver: id.driver,
+                handle: Some(id.handle.clone()),
+                pod_volume: None,
+                origin: Origin::Device,
+                exclusive: true,
+            }),
         };
         if let Some(mut m) = found {
-            m.pod_volume = Some(v.name.clone());
+            m.pod_volume = v.pod_volume().map(str::to_owned);
             out.volumes.push(m);
         }
-    }
-    if let Some(devices) = pod.annotation(&config.annotation("devices")) {
-        let (ids, problems) = parse_devices(devices, drivers);
-        out.warnings.extend(
-            problems
-                .into_iter()
-                .map(|p| format!("{}: {p}", config.annotation("devices"))),
-        );
-        out.volumes.extend(ids.into_iter().map(|id| ManagedVolume {
-            driver: id.driver,
-            handle: Some(id.handle),
-            pod_volume: None,
-            origin: Origin::Device,
-            exclusive: true,
-        }));
     }
     dedup(&mut out.volumes);
     Ok(out)
@@ -173,42 +156,32 @@ fn class_driver(state: &ClusterState, class: &str) -> Option<DriverId> {
         .or_else(|| state.drivers().by_class(class))
 }
 
-/// The managed volume a claim gets from its PV (`None` for a PV of another driver).
-fn volume_of(pv: &PvRecord, pvc: &PvcRecord, origin: Origin) -> Option<ManagedVolume> {
-    pv.volume.as_ref().map(|id| ManagedVolume {
-        driver: id.driver,
-        handle: Some(id.handle.clone()),
-        pod_volume: None,
-        origin,
-        exclusive: pv.exclusive || pvc.exclusive,
-    })
-}
-
+/// The managed volume a claim stands for (`None` for another driver's); what the state
+/// lacks to tell.
 fn resolve_claim(
     claim: &str,
     namespace: &str,
     state: &ClusterState,
 ) -> Result<Option<ManagedVolume>, Missing> {
-    let pvc = state.pvc(namespace, claim).ok_or_else(|| Missing::Claim {
-        namespace: namespace.to_owned(),
-        name: claim.to_owned(),
-    })?;
     let origin = Origin::Claim(claim.to_owned());
-    match &pvc.volume_name {
-        Some(pv_name) => {
-            let pv = state.pv(pv_name).ok_or_else(|| Missing::Volume {
-                namespace: namespace.to_owned(),
-                claim: claim.to_owned(),
-                pv: pv_name.clone(),
-            })?;
-            Ok(volume_of(pv, pvc, origin))
-        }
-        // A PV already names the claim (a static PV reserved for it): the PV binder
-        // binds the two, so the claim is that volume.
-        None if let Some(pv) = state.reserved_pv(namespace, claim, pvc.uid.as_deref()) => {
-            Ok(volume_of(pv, pvc, origin))
-        }
-        None => {
+    match state.claim_binding(namespace, claim) {
+        ClaimBinding::Unknown => Err(Missing::Claim {
+            namespace: namespace.to_owned(),
+            name: claim.to_owned(),
+        }),
+        ClaimBinding::LostVolume { pv } => Err(Missing::Volume {
+            namespace: namespace.to_owned(),
+            claim: claim.to_owned(),
+            pv: pv.to_owned(),
+        }),
+        ClaimBinding::Volume { pvc, pv } => Ok(pv.volume.as_ref().map(|id| ManagedVolume {
+            driver: id.driver,
+            handle: Some(id.handle.clone()),
+            pod_volume: None,
+            origin,
+            exclusive: pv.exclusive || pvc.exclusive,
+        })),
+        ClaimBinding::Unbound(pvc) => {
             let driver = pvc
                 .storage_class
                 .as_deref()

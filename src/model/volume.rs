@@ -1,11 +1,123 @@
-//! Volume identity: which managed volume a pod's inline volume or devices annotation
-//! names, and whether access modes make a volume single-node. Read by the cluster
-//! records (to index who uses what) and by resolution (to answer one pod).
+//! Volume identity: which volumes a pod names that volguard may manage, which managed
+//! volume an inline volume or the devices annotation stands for, and whether access
+//! modes make a volume single-node. Read by the cluster records (to index who uses
+//! what) and by resolution (to answer one pod), so that both read a pod alike.
 
 use crate::model::{
+    config::Config,
     drivers::{Drivers, Mode, VolumeId},
-    podview::VolumeView,
+    podview::{ClaimTemplateSpec, PodView, VolumeView},
 };
+
+/// One volume of a pod that volguard may manage, as far as the pod alone tells: a
+/// claim still needs the cluster state to say which volume it is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodVolume<'p> {
+    /// `persistentVolumeClaim`: a claim in the pod's namespace.
+    Claim {
+        /// The pod volume.
+        volume: &'p str,
+        /// The claim's name.
+        claim: &'p str,
+    },
+    /// A generic ephemeral volume: the ephemeral-volume controller creates its claim
+    /// from the template, once the pod exists.
+    Ephemeral {
+        /// The pod volume.
+        volume: &'p str,
+        /// `<pod>-<volume>`, the name the controller gives the claim.
+        claim: String,
+        /// The pod has its name, so the claim may exist: on a CREATE with generateName
+        /// the name comes after admission.
+        named: bool,
+        /// The claim's spec, which names the driver before the claim exists.
+        template: Option<&'p ClaimTemplateSpec>,
+    },
+    /// An inline csi or flexVolume of a managed driver.
+    Inline {
+        /// The pod volume.
+        volume: &'p str,
+        /// The managed volume it stands for.
+        id: VolumeId,
+    },
+    /// An entry of the devices annotation.
+    Device(VolumeId),
+}
+
+impl PodVolume<'_> {
+    /// The pod volume it is mounted as; `None` for an annotated device.
+    pub fn pod_volume(&self) -> Option<&str> {
+        match self {
+            PodVolume::Claim { volume, .. }
+            | PodVolume::Ephemeral { volume, .. }
+            | PodVolume::Inline { volume, .. } => Some(volume),
+            PodVolume::Device(_) => None,
+        }
+    }
+
+    /// The claim whose PV says which volume this is; `None` for volumes the pod names
+    /// itself and for the ephemeral volume of a pod with no name yet, whose claim cannot
+    /// exist.
+    pub fn claim(&self) -> Option<&str> {
+        match self {
+            PodVolume::Claim { claim, .. } => Some(claim),
+            PodVolume::Ephemeral {
+                claim, named: true, ..
+            } => Some(claim),
+            _ => None,
+        }
+    }
+}
+
+/// A pod's volumes that volguard may manage, and what is wrong in how the pod names them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodVolumes<'p> {
+    /// In the order of `spec.volumes`, then the devices annotation's entries.
+    pub volumes: Vec<PodVolume<'p>>,
+    /// A managed inline volume without its id, a malformed devices entry: one line each.
+    pub warnings: Vec<String>,
+}
+
+/// The volumes of `pod` that volguard may manage. The one reading of a pod's volumes,
+/// for the cache's record of who uses what and for the webhook's and extender's answer
+/// about one pod, so that the two never disagree on which volumes a pod uses.
+pub fn pod_volumes<'p>(pod: &'p PodView, drivers: &Drivers, config: &Config) -> PodVolumes<'p> {
+    let mut out = PodVolumes::default();
+    let pod_name = pod.name();
+    for v in pod.volumes() {
+        let volume = v.name.as_str();
+        let found = if let Some(pvc) = &v.persistent_volume_claim {
+            Some(PodVolume::Claim {
+                volume,
+                claim: &pvc.claim_name,
+            })
+        } else if let Some(eph) = &v.ephemeral {
+            Some(PodVolume::Ephemeral {
+                volume,
+                claim: format!("{pod_name}-{volume}"),
+                named: !pod_name.is_empty(),
+                template: eph.volume_claim_template.as_ref().map(|t| &t.spec),
+            })
+        } else {
+            match inline_volume(v, drivers) {
+                Ok(id) => id.map(|id| PodVolume::Inline { volume, id }),
+                Err(warning) => {
+                    out.warnings.push(warning);
+                    None
+                }
+            }
+        };
+        out.volumes.extend(found);
+    }
+    let key = config.annotation("devices");
+    if let Some(devices) = pod.annotation(&key) {
+        let (ids, problems) = parse_devices(devices, drivers);
+        out.warnings
+            .extend(problems.into_iter().map(|p| format!("{key}: {p}")));
+        out.volumes.extend(ids.into_iter().map(PodVolume::Device));
+    }
+    out
+}
 
 /// ReadWriteOnce or ReadWriteOncePod among the access modes: one node at a time.
 pub fn exclusive(modes: &[String]) -> bool {
@@ -14,15 +126,9 @@ pub fn exclusive(modes: &[String]) -> bool {
         .any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
 }
 
-/// The managed volume an inline csi/flexVolume stands for, ignoring malformed ones.
-pub fn inline_volume(v: &VolumeView, drivers: &Drivers) -> Option<VolumeId> {
-    inline_volume_checked(v, drivers).ok().flatten()
-}
-
-pub fn inline_volume_checked(
-    v: &VolumeView,
-    drivers: &Drivers,
-) -> Result<Option<VolumeId>, String> {
+/// The managed volume an inline csi/flexVolume stands for (`None` for another driver's);
+/// `Err` says why a managed driver's volume without its id cannot be told.
+fn inline_volume(v: &VolumeView, drivers: &Drivers) -> Result<Option<VolumeId>, String> {
     if let Some(csi) = &v.csi {
         let Some(driver) = drivers.by_csi(&csi.driver) else {
             return Ok(None);
@@ -64,7 +170,7 @@ pub fn inline_volume_checked(
 
 /// Parses the devices annotation `driver=volumeId,...`; returns the volumes and a
 /// message for each entry that could not be used.
-pub fn parse_devices(value: &str, drivers: &Drivers) -> (Vec<VolumeId>, Vec<String>) {
+fn parse_devices(value: &str, drivers: &Drivers) -> (Vec<VolumeId>, Vec<String>) {
     let mut ids = Vec::new();
     let mut problems = Vec::new();
     for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {

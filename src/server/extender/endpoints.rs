@@ -22,16 +22,13 @@ use axum::{
 
 use super::wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList, node_name};
 use crate::{
-    cluster::{
-        ClusterState,
-        records::{PodRecord, key},
-    },
+    cluster::{ClusterState, records::key},
     decide::{
         inflight::{Needs, Placement, Presume},
         judge::{FailKind, Judge, Judgement, Verdict},
         resolve::resolve,
     },
-    model::{config::Config, json_shape, podview::PodView},
+    model::{config::Config, json_shape, podview::PodView, volume::pod_volumes},
     server::{app::App, metrics::Metrics, pool::Ticket, reply::bad_request},
 };
 
@@ -159,9 +156,7 @@ impl Candidates<'_> {
 /// A pod none of whose volumes can belong to a managed driver, judged from its spec
 /// alone: no lookups, and an answer even before the cluster state is synced.
 fn has_no_managed_volumes(pod: &PodView, state: &ClusterState, config: &Config) -> bool {
-    PodRecord::from_pod(pod, state.drivers(), config)
-        .uses
-        .is_empty()
+    pod_volumes(pod, state.drivers(), config).volumes.is_empty()
 }
 
 /// The state's readiness problem (not synced yet, or a watch failing beyond its grace
