@@ -875,3 +875,68 @@ async fn liveness_fails_once_the_state_lock_is_poisoned_and_its_watchers_stop() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_name_just_found_missing_is_not_asked_again() {
+    let (live, _watchers) = Live::synced().await;
+    for _ in 0..3 {
+        let response = live.admit(&web_pod("ghost"), "shop").await;
+        assert_eq!(response["allowed"], true);
+        assert!(patch_of(&response).is_none());
+    }
+    let response = live.admit(&web_pod("ghost"), "shop").await;
+    assert_eq!(
+        common::first_warning(&response),
+        "volguard: pod admitted unchanged: PersistentVolumeClaim shop/ghost not found (direct GET: not found either by a \
+         direct GET less than 2 s ago)"
+    );
+    assert_eq!(live.seen("get", Kind::PersistentVolumeClaim), 1);
+}
+
+#[tokio::test]
+async fn direct_gets_are_bounded_in_rate_and_at_once() {
+    let (live, _watchers) = Live::synced().await;
+    // 80 reviews at once, each naming a claim nobody has: a burst of 50 GETs, at 20 per
+    // second after it, the rest not asked.
+    let pods: Vec<Value> = (0..80).map(|i| web_pod(&format!("probe-{i}"))).collect();
+    let responses = futures::future::join_all(pods.iter().map(|p| live.admit(p, "shop"))).await;
+    let limited = responses
+        .iter()
+        .filter(|r| {
+            common::first_warning(r).ends_with(
+                "(direct GET: not fetched: direct GETs are over their rate of 10 per second)",
+            )
+        })
+        .count();
+    let gets = live.seen("get", Kind::PersistentVolumeClaim);
+    assert_eq!(
+        gets + limited,
+        40,
+        "every review either asked or was limited"
+    );
+    assert!((20..=25).contains(&gets), "{gets} GETs");
+
+    // Four GETs at once: with every GET unanswered, a fifth review waits half a second for a
+    // slot, and asks nothing.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    live.fake.stall_gets();
+    let pods: Vec<Value> = (0..5).map(|i| web_pod(&format!("held-{i}"))).collect();
+    let responses = futures::future::join_all(pods.iter().map(|p| live.admit(p, "shop"))).await;
+    let waited = responses
+        .iter()
+        .filter(|r| {
+            common::first_warning(r)
+                .ends_with("(direct GET: not fetched: 4 direct GETs were in flight for 500 ms)")
+        })
+        .count();
+    assert_eq!(
+        waited,
+        1,
+        "{:?}",
+        responses
+            .iter()
+            .map(|r| common::first_warning(r).to_owned())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(live.seen("get", Kind::PersistentVolumeClaim), gets + 4);
+}

@@ -3,7 +3,7 @@
 
 /// An object a pod refers to that the state does not hold: volguard's own trouble,
 /// never the pod's.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Missing {
     /// The claim is not in the cache.
     #[error("PersistentVolumeClaim {namespace}/{name} not found")]

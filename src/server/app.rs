@@ -32,6 +32,8 @@ pub struct App {
     /// The live API client when watching (not with a snapshot): the webhook GETs a
     /// claim the watch has not delivered yet.
     pub api: Option<kube::Client>,
+    /// The bounds of the webhook's direct GETs, shared by every review.
+    pub direct_gets: Arc<watch::DirectGets>,
     /// The watchers that ended, for liveness (none with a snapshot).
     pub stopped_watches: watch::Stopped,
     /// Pods `/filter` passed that the state does not show bound yet (README: "Bursts").
@@ -54,6 +56,7 @@ impl App {
             extender_needs_client_certificate: false,
             draining: Arc::new(AtomicBool::new(false)),
             api: None,
+            direct_gets: Arc::default(),
             stopped_watches: watch::Stopped::default(),
             in_flight: Arc::default(),
             epoch: Instant::now(),

@@ -102,6 +102,7 @@ pub struct Metrics {
     requests_abandoned: Counter,
     pods_scheduling: Gauge,
     burst_waits: Family<OutcomeLabels, Counter>,
+    direct_gets: Family<OutcomeLabels, Counter>,
     body_bytes_in_flight: Family<CallerLabels, Gauge>,
     remediation_at_risk: Gauge,
     remediation_evictions: Family<OutcomeLabels, Counter>,
@@ -220,6 +221,13 @@ impl Metrics {
             "/filter answers that waited for pods in flight to show bound, by outcome (settled, timed_out)",
             burst_waits.clone(),
         );
+        let direct_gets = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_direct_gets",
+            "Claims and PVs the webhook looked up past its cache, by outcome (fetched, not_found, \
+             recently_not_found and limited: not asked, failed)",
+            direct_gets.clone(),
+        );
         let body_bytes_in_flight = Family::<CallerLabels, Gauge>::default();
         for caller in ["webhook", "extender"] {
             body_bytes_in_flight
@@ -276,6 +284,7 @@ impl Metrics {
             requests_abandoned,
             pods_scheduling,
             burst_waits,
+            direct_gets,
             body_bytes_in_flight,
             remediation_at_risk,
             remediation_evictions,
@@ -412,6 +421,13 @@ impl Metrics {
     /// bound in time, `timed_out` when it answered without them.
     pub fn burst_wait(&self, outcome: &'static str) {
         self.burst_waits
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Records one of the webhook's direct GETs, by outcome.
+    pub fn direct_get(&self, outcome: &'static str) {
+        self.direct_gets
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }

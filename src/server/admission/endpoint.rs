@@ -167,8 +167,10 @@ fn decide_with_lookups(app: &App, pod: &PodView, namespace: &str, runtime: &Hand
         if fetched.contains(&miss) {
             return Decision::Trouble(format!("{miss} (gone again after a direct GET)"));
         }
-        let fetch = watch::fetch_missing(client, &miss, &app.cluster, deadline);
-        if let Err(why) = runtime.block_on(fetch) {
+        let fetch = app.direct_gets.fetch(client, &miss, &app.cluster, deadline);
+        let (outcome, fetched_or_not) = runtime.block_on(fetch);
+        app.metrics.direct_get(outcome.as_str());
+        if let Err(why) = fetched_or_not {
             return Decision::Trouble(format!("{miss} (direct GET: {why})"));
         }
         fetched.push(miss);

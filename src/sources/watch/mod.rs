@@ -31,7 +31,7 @@ use kube::{
 use tokio::task::JoinSet;
 
 pub use client::{client, kube_config};
-pub use direct_get::{DIRECT_GET_TIMEOUT, fetch_missing};
+pub use direct_get::{DIRECT_GET_TIMEOUT, DirectGets, Outcome};
 pub use feed::Feed;
 pub use kinds::{Watched, collection_path};
 
