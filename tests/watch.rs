@@ -904,17 +904,17 @@ async fn direct_gets_are_bounded_in_rate_and_at_once() {
         .iter()
         .filter(|r| {
             common::first_warning(r).ends_with(
-                "(direct GET: not fetched: direct GETs are over their rate of 10 per second)",
+                "(direct GET: not fetched: direct GETs are over their rate of 20 per second)",
             )
         })
         .count();
     let gets = live.seen("get", Kind::PersistentVolumeClaim);
     assert_eq!(
         gets + limited,
-        40,
+        80,
         "every review either asked or was limited"
     );
-    assert!((20..=25).contains(&gets), "{gets} GETs");
+    assert!((50..=60).contains(&gets), "{gets} GETs");
 
     // Four GETs at once: with every GET unanswered, a fifth review waits half a second for a
     // slot, and asks nothing.
