@@ -30,10 +30,16 @@ run() {
     --client-ca "$work/certs/ca.crt" --client-auth extender --client-allowed-names volguard-scheduler \
     --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19090 2>"$work/serve.log" &
   pid=$!
+  local ready=
   for _ in $(seq 1 500); do
-    curl -sf http://127.0.0.1:19090/readyz >/dev/null 2>&1 && break
+    curl -sf http://127.0.0.1:19090/readyz >/dev/null 2>&1 && { ready=1; break; }
     sleep 0.02
   done
+  if [ -z "$ready" ]; then
+    echo "volguard ($1) did not become ready; its log:" >&2
+    cat "$work/serve.log" >&2
+    exit 1
+  fi
   echo
   echo "$2"
   echo

@@ -66,16 +66,17 @@ async fn bodies_are_charged_to_their_class_budget_as_they_arrive() {
     })
     .await;
     let (addr, ca, metrics) = (server.addr, server.ca_pem.clone(), server.metrics_addr);
-    let body = review_of_size(40 << 10);
+    let body = review_of_size(48 << 10);
     let filter = std::fs::read(common::repo("tests/fixtures/extenderargs-nodenames.json")).unwrap();
     let (refused, cut_off, filtered) = tokio::task::spawn_blocking({
         let body = body.clone();
         move || {
-            // 40 KiB in flight (its length announced: charged before it is read) ...
+            // Half of a 48 KiB body in flight holds 24 KiB ...
             let mut first = raw::connect(addr, &ca);
             raw::start_request(&mut first, "/mutate", &body);
-            until_held(metrics, "webhook", 40960.0);
-            // ... so another 40 KiB does not fit into 64 KiB: refused before it is sent.
+            until_held(metrics, "webhook", 24576.0);
+            // ... so another 48 KiB does not fit into the 40 KiB left: refused before it
+            // is sent.
             let mut second = raw::connect(addr, &ca);
             let head = format!(
                 "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
@@ -94,9 +95,9 @@ async fn bodies_are_charged_to_their_class_budget_as_they_arrive() {
                 )
                 .unwrap();
             send_chunk(&mut third, &[b' '; 10 << 10]);
-            until_held(metrics, "webhook", 51200.0);
-            // ... and is cut off once the next bytes do not fit: the byte past 24 KiB.
-            send_chunk(&mut third, &[b' '; (14 << 10) + 1]);
+            until_held(metrics, "webhook", 34816.0);
+            // ... and is cut off once the next bytes do not fit: the byte past 40 KiB.
+            send_chunk(&mut third, &[b' '; (30 << 10) + 1]);
             let cut_off = raw::read_response(&mut third).unwrap();
             // The extender's budget is its own: a body as large fits beside them.
             let mut padded = filter.clone();
@@ -122,8 +123,8 @@ async fn bodies_are_charged_to_their_class_budget_as_they_arrive() {
         (refused.0, String::from_utf8(refused.1).unwrap()),
         (
             503,
-            "other webhook request bodies hold 40 KiB of the 64 KiB volguard reads at once \
-             (--max-bytes-in-flight); this body of 40960 bytes does not fit: retry later\n"
+            "other webhook request bodies hold 24 KiB of the 64 KiB volguard reads at once \
+             (--max-bytes-in-flight); this body of 49152 bytes does not fit: retry later\n"
                 .to_owned()
         )
     );
@@ -131,8 +132,8 @@ async fn bodies_are_charged_to_their_class_budget_as_they_arrive() {
         (cut_off.0, String::from_utf8(cut_off.1).unwrap()),
         (
             503,
-            "other webhook request bodies hold 40 KiB of the 64 KiB volguard reads at once \
-             (--max-bytes-in-flight); this body does not fit after 24577 bytes: retry later\n"
+            "other webhook request bodies hold 24 KiB of the 64 KiB volguard reads at once \
+             (--max-bytes-in-flight); this body does not fit after 40961 bytes: retry later\n"
                 .to_owned()
         )
     );

@@ -295,6 +295,20 @@ fn serve_refuses_inconsistent_limits_and_client_flags() {
         "--self-signed",
         "--snapshot",
         snapshot,
+        "--max-requests",
+        "64",
+        "--max-requests-per-peer",
+        "64",
+    ]);
+    assert_usage_failure(
+        &out,
+        "volguard: --max-requests-per-peer 64 is not below --max-requests 64: one peer without a client certificate could take every slot; lower it",
+    );
+    let out = volguard(&[
+        "serve",
+        "--self-signed",
+        "--snapshot",
+        snapshot,
         "--extender-body-limit",
         "4 MB",
     ]);

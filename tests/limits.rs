@@ -62,31 +62,48 @@ async fn a_request_not_answered_in_time_gets_a_one_line_503_and_serving_goes_on(
     );
 }
 
+/// A complete POST of `body` to `path` on a new connection.
+fn post(addr: std::net::SocketAddr, ca: &str, path: &str, body: &[u8]) -> raw::Tls {
+    let mut conn = raw::connect(addr, ca);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(body).unwrap();
+    conn.flush().unwrap();
+    conn
+}
+
 #[tokio::test]
-async fn requests_beyond_the_concurrency_cap_wait_for_a_slot_of_their_class() {
+async fn requests_beyond_the_concurrency_cap_wait_for_a_slot_which_uploads_do_not_take() {
     let server = start(Limits {
         max_requests: 1,
         ..Limits::default()
     })
     .await;
     let (addr, ca, metrics) = (server.addr, server.ca_pem.clone(), server.metrics_addr);
-    let filter = std::fs::read(common::repo("tests/fixtures/extenderargs-nodenames.json")).unwrap();
+    let cluster = server.app.cluster.clone();
     blocking(move || {
         let body = review_body();
-        let mut first = raw::connect(addr, &ca);
-        raw::start_request(&mut first, "/mutate", &body);
-        assert_eq!(in_flight(metrics), 1.0);
-        // The webhook's only slot is taken: a second review is received, and waits.
-        let mut second = raw::connect(addr, &ca);
-        let head = format!(
-            "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        second.write_all(head.as_bytes()).unwrap();
-        second.write_all(&body).unwrap();
-        second.flush().unwrap();
+        // A slow upload: half a body, the rest later.
+        let mut slow = raw::connect(addr, &ca);
+        raw::start_request(&mut slow, "/mutate", &body);
+        // A writer holds the cluster state, so a review that has its slot waits in it.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let _state = cluster.write().unwrap();
+            locked.send(()).unwrap();
+            let _ = released.recv();
+        });
+        is_locked.recv().unwrap();
+        let mut first = post(addr, &ca, "/mutate", &body);
         until_in_flight(metrics, 2.0);
+        // The only slot is taken: a third review is received, and waits.
+        let mut second = post(addr, &ca, "/mutate", &body);
+        until_in_flight(metrics, 3.0);
         second.sock.set_nonblocking(true).unwrap();
         let waiting = raw::read_response(&mut second);
         let Err(e) = waiting else {
@@ -94,28 +111,20 @@ async fn requests_beyond_the_concurrency_cap_wait_for_a_slot_of_their_class() {
         };
         assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e:?}");
         second.sock.set_nonblocking(false).unwrap();
-
-        // The extender has slots of its own, and health checks take none.
-        let mut scheduler = raw::connect(addr, &ca);
-        let head = format!(
-            "POST /filter HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            filter.len()
-        );
-        scheduler.write_all(head.as_bytes()).unwrap();
-        scheduler.write_all(&filter).unwrap();
-        scheduler.flush().unwrap();
-        assert_eq!(raw::read_response(&mut scheduler).unwrap().0, 200);
+        // Health checks take no slot.
         assert_eq!(
             raw::get(&mut raw::connect(addr, &ca), "/healthz")
                 .unwrap()
                 .0,
             200
         );
-
-        raw::finish_request(&mut first, &body);
+        // Both are answered while the slow upload is still unfinished: it held no slot.
+        drop(release);
+        writer.join().unwrap();
         assert_eq!(raw::read_response(&mut first).unwrap().0, 200);
         assert_eq!(raw::read_response(&mut second).unwrap().0, 200);
+        raw::finish_request(&mut slow, &body);
+        assert_eq!(raw::read_response(&mut slow).unwrap().0, 200);
         until_in_flight(metrics, 0.0);
     })
     .await;

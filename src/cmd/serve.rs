@@ -100,10 +100,10 @@ pub struct ServeArgs {
     #[arg(long, env = "VOLGUARD_MAX_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_requests: u32,
     /// Requests in flight at once from one IP address without a client certificate;
-    /// more get a 429 (kube-apiserver retries nothing: keep it above its burst of
-    /// concurrent reviews).
-    #[arg(long, env = "VOLGUARD_MAX_REQUESTS_PER_PEER", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_requests_per_peer: u32,
+    /// more get a 429, which kube-apiserver takes as the webhook's failure. Below
+    /// --max-requests; default: half of it.
+    #[arg(long, env = "VOLGUARD_MAX_REQUESTS_PER_PEER", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_per_peer: Option<u32>,
     /// Open HTTPS connections; more are closed at once.
     #[arg(long, env = "VOLGUARD_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -183,7 +183,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     let mut state = ClusterState::new(config.clone(), drivers);
     state.readiness_mut().set_stale_after(args.stale_after);
     let (serving, source) = serving_tls(&args)?;
-    let runtime = tokio::runtime::Runtime::new()
+    // Each request slot of the webhook and of the extender may hold a blocking thread;
+    // with room for the rest (watch writes, DNS), one class's work never queues behind
+    // the other's for a thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(2 * limits.max_requests + 64)
+        .build()
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
     let live = fill_or_find_api(&args, &runtime, &mut state)?;
     if let Source::Generated(ca) = &source {
@@ -229,10 +235,19 @@ fn limits(args: &ServeArgs) -> Result<Limits, Failure> {
             )));
         }
     }
+    let per_peer = args
+        .max_requests_per_peer
+        .unwrap_or(args.max_requests.div_ceil(2));
+    if args.max_requests > 1 && per_peer >= args.max_requests {
+        return Err(Failure::usage(format!(
+            "--max-requests-per-peer {per_peer} is not below --max-requests {}: one peer without a client certificate could take every slot; lower it",
+            args.max_requests
+        )));
+    }
     Ok(Limits {
         request_timeout: args.request_timeout,
         max_requests: args.max_requests as usize,
-        max_requests_per_peer: args.max_requests_per_peer as usize,
+        max_requests_per_peer: per_peer as usize,
         max_connections: args.max_connections as usize,
         max_connections_per_peer: args.max_connections_per_peer as usize,
         max_bytes_in_flight: args.max_bytes_in_flight,

@@ -28,7 +28,7 @@ pub struct Limits {
     /// extender; more wait (within their deadline).
     pub max_requests: usize,
     /// Requests in flight at once from one IP address whose connection presented no
-    /// client certificate; more get a 429. Under `max_requests`, so that one anonymous
+    /// client certificate; more get a 429. Below `max_requests`, so that one anonymous
     /// peer cannot hold every webhook slot.
     pub max_requests_per_peer: usize,
     /// Open TLS connections; more are closed right after accept.
@@ -48,7 +48,7 @@ pub struct Limits {
     /// HTTP/2 flow-control window of a stream and of a whole connection: the body bytes
     /// a peer may send before volguard reads (and charges) them. hyper's default of
     /// 1 MiB would let each connection park 1 MiB outside the body budget; 64 KiB
-    /// (the protocol's own default) costs a large review a few more round trips.
+    /// (about the protocol's own 65,535 bytes) costs a large review a few round trips.
     pub h2_window: u32,
     /// HTTP/2 ping interval on a connection; a peer that does not answer within
     /// `h2_keep_alive_timeout` is dropped.

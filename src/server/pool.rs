@@ -64,7 +64,8 @@ pub struct Ticket {
 }
 
 struct Held {
-    _slot: OwnedSemaphorePermit,
+    /// Taken once the body is in.
+    _slot: Option<OwnedSemaphorePermit>,
     body: Option<OwnedSemaphorePermit>,
     class: Class,
     metrics: Arc<Metrics>,
@@ -173,37 +174,32 @@ impl Pool {
 }
 
 /// Route middleware: admits a request into `pool`. A body announced over the limit gets
-/// a one-line 413 at once (without it, the server would wait for bytes it will refuse);
-/// then the request waits for a slot (within its deadline), and its body is read here,
-/// charged to the budget before it is read when announced, as it arrives otherwise:
-/// 503 with `Retry-After` once it does not fit, 413 once it passes the limit. The
-/// handler gets the whole body and the request's [`Ticket`] as an extension.
+/// a one-line 413 at once (without it, the server would wait for bytes it will refuse),
+/// and one announced over what the budget has free a 503. The body is then read here
+/// and charged as its bytes arrive: 503 with `Retry-After`
+/// once it does not fit, 413 once it passes the limit. Only then does the request wait
+/// for a slot (within its deadline): a slow upload holds the bytes it has sent, never a
+/// slot that work needs. The handler gets the whole body and the request's [`Ticket`]
+/// as an extension.
 pub async fn admit(State(pool): State<Pool>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let announced = announced_length(&req);
-    if let Some(length) = announced
-        && length > pool.0.body_limit as u64
-    {
-        return pool.too_large(&path, Some(length));
-    }
-    let Ok(slot) = pool.0.slots.clone().acquire_owned().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    };
     let mut held = Held {
-        _slot: slot,
+        _slot: None,
         body: None,
         class: pool.0.class,
         metrics: pool.0.metrics.clone(),
     };
     if let Some(length) = announced {
-        let Some(permit) = pool.charge(length) else {
+        if length > pool.0.body_limit as u64 {
+            return pool.too_large(&path, Some(length));
+        }
+        if length > pool.0.kib.available_permits() as u64 * 1024 {
             return pool.over_budget(&path, length, true, &held);
-        };
-        held.add(permit);
+        }
     }
     let (parts, body) = req.into_parts();
-    let capacity = announced.map_or(0, |n| n as usize);
-    let mut bytes = Vec::with_capacity(capacity);
+    let mut bytes = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(frame) = stream.next().await {
         let chunk = match frame {
@@ -221,10 +217,17 @@ pub async fn admit(State(pool): State<Pool>, req: Request, next: Next) -> Respon
         if total > pool.0.body_limit {
             return pool.too_large(&path, announced);
         }
+        if bytes.capacity() < total {
+            // Exactly the announced length; otherwise the Vec's own growth.
+            match announced {
+                Some(length) => bytes.reserve_exact((length as usize).max(total) - bytes.len()),
+                None => bytes.reserve(chunk.len()),
+            }
+        }
         let owed = (total as u64)
             .div_ceil(1024)
             .saturating_sub(u64::from(held.body_kib()));
-        if announced.is_none() && owed > 0 {
+        if owed > 0 {
             let Some(permit) = pool.charge(owed * 1024) else {
                 return pool.over_budget(&path, total as u64, false, &held);
             };
@@ -232,6 +235,10 @@ pub async fn admit(State(pool): State<Pool>, req: Request, next: Next) -> Respon
         }
         bytes.extend_from_slice(&chunk);
     }
+    let Ok(slot) = pool.0.slots.clone().acquire_owned().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    held._slot = Some(slot);
     let mut req = Request::from_parts(parts, Body::from(Bytes::from(bytes)));
     req.extensions_mut().insert(Ticket {
         _held: Arc::new(held),
@@ -254,5 +261,65 @@ fn size(bytes: usize) -> String {
         format!("{} KiB", bytes >> 10)
     } else {
         format!("{bytes} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::{Router, middleware, routing::post};
+    use tokio::sync::Notify;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A router whose `/webhook` and `/extender` routes sit in pools of one slot each;
+    /// `/webhook` answers once `go` is notified.
+    fn router(go: Arc<Notify>) -> Router {
+        let metrics = Arc::new(Metrics::new());
+        let pool = |class| Pool::new(class, 1, 64 << 10, 16 << 10, metrics.clone());
+        let (webhook, extender) = (pool(Class::Webhook), pool(Class::Extender));
+        Router::new()
+            .route(
+                "/webhook",
+                post(move || async move { go.notified().await })
+                    .layer(middleware::from_fn_with_state(webhook, admit)),
+            )
+            .route(
+                "/extender",
+                post(|| async {}).layer(middleware::from_fn_with_state(extender, admit)),
+            )
+    }
+
+    fn request(path: &str) -> Request {
+        Request::post(path).body(Body::from("{}")).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_class_waits_for_its_own_slots_only() {
+        let go = Arc::new(Notify::new());
+        let app = router(go.clone());
+        let first = tokio::spawn(app.clone().oneshot(request("/webhook")));
+        tokio::task::yield_now().await;
+        // The webhook's one slot is held: another review waits (paused time only moves
+        // on when every task waits) ...
+        let second = tokio::time::timeout(
+            Duration::from_secs(60),
+            app.clone().oneshot(request("/webhook")),
+        )
+        .await;
+        assert!(second.is_err(), "a second review got the only slot");
+        // ... while the extender's slot is free.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(60),
+            app.clone().oneshot(request("/extender")),
+        )
+        .await
+        .expect("the extender answers while the webhook's slot is held")
+        .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        go.notify_one();
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
     }
 }

@@ -39,7 +39,8 @@ pub enum Outcome {
     Fetched,
     /// The API server has no such object.
     NotFound,
-    /// Found missing by a GET less than two seconds ago: not asked again.
+    /// Found missing by a GET less than two seconds ago, while GETs run short: not
+    /// asked again.
     RecentlyNotFound,
     /// Over the rate, or no slot freed in time: not asked.
     Limited,
@@ -89,7 +90,9 @@ impl DirectGets {
         state: &SharedState,
         deadline: Instant,
     ) -> (Outcome, Result<(), String>) {
-        if self.recently_not_found(miss) {
+        // A name just found missing is answered from memory only under pressure: a claim
+        // created right after its GET (a StatefulSet's next replica) is looked up again.
+        if self.tokens() < BURST / 2.0 && self.recently_not_found(miss) {
             return (
                 Outcome::RecentlyNotFound,
                 Err(format!(
@@ -108,6 +111,7 @@ impl DirectGets {
         }
         let wait_until = deadline.min(Instant::now() + SLOT_WAIT);
         let Ok(Ok(_slot)) = tokio::time::timeout_at(wait_until, self.slots.acquire()).await else {
+            self.refund_token();
             return (
                 Outcome::Limited,
                 Err(format!(
@@ -149,16 +153,34 @@ impl DirectGets {
 
     /// Takes one token from the bucket, refilled at `RATE` per second up to `BURST`.
     fn take_token(&self) -> bool {
+        self.with_tokens(|tokens| {
+            if *tokens < 1.0 {
+                return false;
+            }
+            *tokens -= 1.0;
+            true
+        })
+    }
+
+    /// Gives back a token taken for a GET that was not made.
+    fn refund_token(&self) {
+        self.with_tokens(|tokens| *tokens = (*tokens + 1.0).min(BURST));
+    }
+
+    /// The tokens in the bucket now.
+    fn tokens(&self) -> f64 {
+        self.with_tokens(|tokens| *tokens)
+    }
+
+    /// Runs `f` on the bucket's tokens, refilled up to now.
+    fn with_tokens<T>(&self, f: impl FnOnce(&mut f64) -> T) -> T {
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let (tokens, counted) = *bucket;
-        let tokens = (tokens + (now - counted).as_secs_f64() * RATE).min(BURST);
-        if tokens < 1.0 {
-            *bucket = (tokens, now);
-            return false;
-        }
-        *bucket = (tokens - 1.0, now);
-        true
+        let mut tokens = (tokens + (now - counted).as_secs_f64() * RATE).min(BURST);
+        let answer = f(&mut tokens);
+        *bucket = (tokens, now);
+        answer
     }
 }
 
