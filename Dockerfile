@@ -3,6 +3,8 @@
 # Needs BuildKit (the default builder) for the cache mounts below.
 
 FROM rust:1-bookworm AS build
+# The commit `volguard --version` names (.git is not in the build context).
+ARG REVISION=""
 WORKDIR /src
 # The whole source tree (filtered by .dockerignore): Cargo needs every target
 # the manifest declares (benches, examples, tests) to exist, even unbuilt.
@@ -12,7 +14,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin volguard \
+    VOLGUARD_GIT_COMMIT="${REVISION}" cargo build --release --locked --bin volguard \
  && install -D -m 0755 target/release/volguard /out/volguard
 
 # glibc + libgcc, no shell, no package manager. Same Debian release as the

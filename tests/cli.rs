@@ -861,3 +861,48 @@ fn broken_lists_exit_2_with_one_line_naming_document_and_item() {
         }
     }
 }
+
+#[test]
+fn version_names_the_commit_and_the_kubernetes_version_the_tests_run() {
+    let out = volguard(&["--version"]);
+    assert!(out.status.success());
+    let go_mod = std::fs::read_to_string(common::repo("e2e/control-plane/go.mod")).unwrap();
+    let tested = go_mod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("k8s.io/kubernetes "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("go.mod requires k8s.io/kubernetes");
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(common::repo(""))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".to_owned(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        });
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "volguard {} (commit {commit}, tested against Kubernetes {tested})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
+#[test]
+fn completions_cover_every_subcommand_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = volguard(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in ["serve", "certs", "explain", "nodes", "completions"] {
+            assert!(
+                script.contains(command),
+                "{shell} completions lack {command}"
+            );
+        }
+    }
+    let out = volguard(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}

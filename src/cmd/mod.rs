@@ -16,9 +16,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::cmd::{certs::CertsArgs, explain::ExplainArgs, nodes::NodesArgs, serve::ServeArgs};
 
+/// What `--version` prints: the crate version, the commit and the Kubernetes version the
+/// tests run against, so a bug report names exactly what was running.
+pub const VERSION: &str = env!("VOLGUARD_VERSION_LINE");
+
 /// volguard: storage-aware admission webhook and scheduler extender.
 #[derive(Debug, Parser)]
-#[command(name = "volguard", version, about, long_about = None)]
+#[command(name = "volguard", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "VOLGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -48,6 +52,11 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Show every node's attach slots and advertised devices (snapshot or live).
     Nodes(NodesArgs),
+    /// Print a shell completion script (e.g. `volguard completions bash > /etc/bash_completion.d/volguard`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit code.
@@ -60,6 +69,16 @@ pub fn main() -> ExitCode {
         Command::Certs(args) => certs::run(&args),
         Command::Explain(args) => explain::run(&args),
         Command::Nodes(args) => nodes::run(&args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "volguard",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match outcome {
         Ok(code) => code,
