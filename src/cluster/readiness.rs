@@ -25,8 +25,9 @@ pub struct WatchHealth {
     pub last_error: Option<String>,
 }
 
-/// Sync and staleness bookkeeping of a [`super::ClusterState`].
-#[derive(Debug)]
+/// Sync and staleness bookkeeping of a [`super::ClusterState`]. Cloned for readers
+/// that must not wait for the state's lock (see [`super::SharedState::readiness`]).
+#[derive(Debug, Clone)]
 pub struct Readiness {
     synced: HashSet<Kind>,
     watches: BTreeMap<Kind, WatchHealth>,
