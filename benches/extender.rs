@@ -4,13 +4,11 @@
 //! measured as the pure judge and as the full `/filter` and `/prioritize` body
 //! handling (parse ExtenderArgs with 5,000 NodeNames, judge, encode).
 
-use std::{
-    hint::black_box,
-    sync::{Arc, RwLock},
-};
+use std::{hint::black_box, sync::Arc};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use volguard::{
+    cluster::SharedState,
     decide::{judge::Judge, resolve::resolve},
     model::{config::Config, podview::PodView},
     server::{app::App, extender::endpoints},
@@ -19,9 +17,8 @@ use volguard::{
 
 fn extender(c: &mut Criterion) {
     let config = Arc::new(Config::default());
-    let state = Arc::new(RwLock::new(
-        synthetic::state(Size::LARGE, &config).expect("synthetic cluster"),
-    ));
+    let state =
+        SharedState::new(synthetic::state(Size::LARGE, &config).expect("synthetic cluster"));
     let app = App::new(config.clone(), state.clone());
     let names: Vec<String> = (0..Size::LARGE.nodes).map(synthetic::node_name).collect();
 

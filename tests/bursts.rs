@@ -6,17 +6,12 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, RwLock},
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, thread, time::Duration};
 
 use common::{empty_state, example_config, openmetrics};
 use serde_json::{Value, json};
 use volguard::{
-    cluster::{ClusterObject, Kind},
+    cluster::{ClusterObject, Kind, SharedState},
     server::{
         app::App,
         extender::endpoints::{Abandoned, filter, prioritize},
@@ -93,7 +88,7 @@ fn cluster(nodes: &[&str], limit: u32, claims: &[(&str, &str)], pods: &[(&str, &
     for kind in Kind::ALL {
         state.mark_synced(kind);
     }
-    App::new(Arc::new(config), Arc::new(RwLock::new(state)))
+    App::new(Arc::new(config), SharedState::new(state))
 }
 
 /// An unbound claim `shop/<name>` of a WaitForFirstConsumer linode class.

@@ -10,7 +10,7 @@ use common::{TestServer, per_node, read_doc};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 use volguard::{
-    cluster::{ClusterObject, Kind},
+    cluster::{ClusterObject, Kind, SharedState},
     decide::resolve::resolve,
     model::podview::PodView,
 };
@@ -936,7 +936,7 @@ async fn a_local_attach_limit_applies_only_when_configured_counting_bound_pods()
 /// per node, CSINode limit 16).
 #[test]
 fn bench_pods_are_judged_as_the_performance_table_says() {
-    use std::sync::{Arc, RwLock};
+    use std::sync::Arc;
     use volguard::{
         model::config::Config,
         server::{app::App, extender::endpoints},
@@ -949,7 +949,7 @@ fn bench_pods_are_judged_as_the_performance_table_says() {
     };
     let config = Arc::new(Config::default());
     let state = synthetic::state(size, &config).expect("synthetic cluster");
-    let app = App::new(config, Arc::new(RwLock::new(state)));
+    let app = App::new(config, SharedState::new(state));
     let names: Vec<String> = (0..size.nodes).map(synthetic::node_name).collect();
     let answer = |pod: &Value| -> Value {
         let body = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();

@@ -10,7 +10,7 @@ mod common;
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -169,7 +169,7 @@ impl Harness {
         for kind in Kind::ALL {
             state.mark_synced(kind);
         }
-        let cluster = Arc::new(RwLock::new(state));
+        let cluster = SharedState::new(state);
         let fake = Arc::new(Mutex::new(fake));
         let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
         let server = fake.clone();

@@ -7,7 +7,7 @@ mod fake_api;
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -41,7 +41,7 @@ impl Live {
     async fn new() -> Self {
         let fake = FakeApi::start(example_documents()).await;
         let config = common::example_config();
-        let state: SharedState = Arc::new(RwLock::new(common::empty_state(&config)));
+        let state = SharedState::new(common::empty_state(&config));
         let client = watch::client(fake.kube_config(), &state).expect("client");
         let mut app = App::new(Arc::new(config), state.clone());
         app.api = Some(client.clone());
@@ -664,7 +664,7 @@ async fn an_unreachable_api_server_is_logged_once_with_its_cause() {
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}", socket.local_addr().unwrap());
     let config = common::example_config();
-    let state: SharedState = Arc::new(RwLock::new(common::empty_state(&config)));
+    let state = SharedState::new(common::empty_state(&config));
     let client = watch::client(kube::Config::new(url.parse().unwrap()), &state).unwrap();
     let (logs, _guard) = Captured::start();
     let _watchers = watch::spawn(client, &url, state.clone(), &watch::Stopped::default());

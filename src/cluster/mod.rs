@@ -6,9 +6,11 @@ pub mod missing;
 pub mod objects;
 pub mod readiness;
 pub mod records;
+pub mod shared;
 pub mod state;
 
 pub use missing::Missing;
 pub use objects::{ClusterObject, Kind};
 pub use readiness::{Readiness, WatchHealth};
-pub use state::{ClaimBinding, ClusterState, Fetched, SharedState, VolumeUser};
+pub use shared::SharedState;
+pub use state::{ClaimBinding, ClusterState, Fetched, VolumeUser};

@@ -25,8 +25,9 @@ pub struct WatchHealth {
     pub last_error: Option<String>,
 }
 
-/// Sync and staleness bookkeeping of a [`super::ClusterState`].
-#[derive(Debug)]
+/// Sync and staleness bookkeeping of a [`super::ClusterState`]. Cloned for readers
+/// that must not wait for the state's lock (see [`super::SharedState::readiness`]).
+#[derive(Debug, Clone)]
 pub struct Readiness {
     synced: HashSet<Kind>,
     watches: BTreeMap<Kind, WatchHealth>,
@@ -75,10 +76,14 @@ impl Readiness {
         news
     }
 
-    /// Records that the API answered `kind`'s list or watch again; returns how long it
-    /// had been failing, `None` when it was not.
+    /// Records that the API answered `kind`'s list or watch again at `at`; returns how
+    /// long it had been failing, `None` when it was not. A failure that began after
+    /// `at` stands: a bookmark seen on the API client's thread may be recorded after
+    /// the watcher recorded a later error.
     pub fn watch_recovered(&mut self, kind: Kind, at: Instant) -> Option<Duration> {
-        let since = self.watches.get_mut(&kind)?.failing_since.take()?;
+        let health = self.watches.get_mut(&kind)?;
+        let since = health.failing_since.filter(|since| *since <= at)?;
+        health.failing_since = None;
         Some(at.saturating_duration_since(since))
     }
 
@@ -238,6 +243,19 @@ mod tests {
             "errors are counted, not reset"
         );
         assert_eq!(r.watch_recovered(Kind::Pod, t0), None, "already recovered");
+    }
+
+    #[test]
+    fn a_recovery_seen_before_a_failure_does_not_end_it() {
+        let mut r = synced();
+        let t0 = Instant::now();
+        r.watch_failed(
+            Kind::Pod,
+            "connection reset".into(),
+            t0 + Duration::from_secs(2),
+        );
+        assert_eq!(r.watch_recovered(Kind::Pod, t0), None);
+        assert!(r.is_failing(Kind::Pod));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use super::{
@@ -19,9 +19,6 @@ use crate::model::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
 };
-
-/// The state shared between the watchers (writers) and the request handlers (readers).
-pub type SharedState = Arc<RwLock<ClusterState>>;
 
 /// Who put a volume on a node in the usage index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

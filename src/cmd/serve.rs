@@ -3,19 +3,14 @@
 //! listeners until a stop signal drains them.
 
 use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::ExitCode,
-    str::FromStr,
-    sync::{Arc, RwLock},
-    time::Duration,
+    net::SocketAddr, path::PathBuf, process::ExitCode, str::FromStr, sync::Arc, time::Duration,
 };
 
 use axum_server::tls_rustls::RustlsConfig;
 use clap::Args;
 
 use crate::{
-    cluster::ClusterState,
+    cluster::{ClusterState, SharedState},
     cmd::failure::Failure,
     model::{config::Config, drivers::Drivers},
     server::{
@@ -195,7 +190,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
     if let Source::Generated(ca) = &source {
         hand_out_ca(ca, args.listen);
     }
-    let mut app = App::new(config, Arc::new(RwLock::new(state)));
+    let mut app = App::new(config, SharedState::new(state));
     app.limits = limits;
     app.extender_needs_client_certificate = args.client_ca.is_some();
     app.metrics.certificate_in_use(serving.not_after);

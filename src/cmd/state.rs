@@ -2,16 +2,12 @@
 //! or one list of every kind from the live API server, through the same code that
 //! fills `volguard serve`'s cache.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
 
 use crate::{
-    cluster::ClusterState,
+    cluster::{ClusterState, SharedState},
     cmd::failure::Failure,
     model::{config::Config, drivers::Drivers},
     sources::{snapshot, watch},
@@ -72,7 +68,7 @@ pub fn load(args: &StateArgs) -> Result<Loaded, Failure> {
         .block_on(watch::kube_config(args.kubeconfig.as_deref()))
         .map_err(Failure::usage)?;
     let api = kube_config.cluster_url.to_string();
-    let shared = Arc::new(RwLock::new(state));
+    let shared = SharedState::new(state);
     let client = runtime.block_on(async {
         let client = watch::client(kube_config, &shared)
             .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;

@@ -41,6 +41,9 @@ pub struct App {
     pub in_flight: Arc<Mutex<InFlight>>,
     /// What placements in flight are timed from.
     pub epoch: Instant,
+    /// Held while `/metrics` observes the cache, so that scrapes against a state a
+    /// writer holds start no second observation.
+    pub cache_observation: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl App {
@@ -60,6 +63,7 @@ impl App {
             stopped_watches: watch::Stopped::default(),
             in_flight: Arc::default(),
             epoch: Instant::now(),
+            cache_observation: Arc::default(),
         }
     }
 

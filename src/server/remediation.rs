@@ -124,10 +124,7 @@ impl Remediator {
         metrics: Arc<Metrics>,
         identity: String,
     ) -> Self {
-        let drivers = cluster
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .shared_drivers();
+        let drivers = cluster.drivers();
         let start = Instant::now();
         let recorder = Recorder::new(
             client.clone(),
@@ -188,7 +185,7 @@ impl Remediator {
             self.round(now).await
         } else {
             self.memory = Memory::default();
-            self.decide(now)
+            self.decide(now).await
         };
         self.metrics
             .remediation_round(&plan, self.device_drivers().as_slice());
@@ -206,15 +203,26 @@ impl Remediator {
             .collect()
     }
 
-    fn decide(&self, now: Duration) -> Plan {
-        let state = self.cluster.read().unwrap_or_else(|e| e.into_inner());
-        remediate::plan(&state, &self.config.remediation, now, &self.memory)
+    /// The plan for this round, made on a blocking thread: it surveys every pod under
+    /// the state's lock, which a watcher may hold. A state a writer panicked in halts
+    /// the round: no pod is evicted on what may be half an update.
+    async fn decide(&self, now: Duration) -> Plan {
+        let config = self.config.clone();
+        let memory = self.memory.clone();
+        self.cluster
+            .read_blocking(move |state| remediate::plan(state, &config.remediation, now, &memory))
+            .await
+            .unwrap_or_else(|unavailable| Plan {
+                halted: Some(unavailable.to_string()),
+                memory: self.memory.clone(),
+                ..Plan::default()
+            })
     }
 
     /// Decides, evicts the pods that are due, records the outcomes, and writes the
     /// evictions started into the Lease at once.
     async fn round(&mut self, now: Duration) -> Plan {
-        let plan = self.decide(now);
+        let plan = self.decide(now).await;
         self.memory = plan.memory.clone();
         for d in &plan.evict {
             let outcome = self.act(d).await;
@@ -300,8 +308,10 @@ impl Remediator {
         if !self.elector.is_leader(self.now()) {
             return Err("this replica no longer knows it holds the Lease".into());
         }
-        let state = self.cluster.read().unwrap_or_else(|e| e.into_inner());
-        let readiness = state.readiness();
+        if self.cluster.is_poisoned() {
+            return Err("cluster state is unavailable".into());
+        }
+        let readiness = self.cluster.readiness();
         match readiness.problem().or_else(|| readiness.failing_now()) {
             Some(problem) => Err(problem),
             None => Ok(()),

@@ -140,13 +140,16 @@ fn liveness_problem(app: &App) -> Option<String> {
     })
 }
 
+/// Readiness, from the copy writers publish: a probe is answered at once while a
+/// watcher applies a relist, instead of queueing behind it on the worker.
 async fn readyz(State(app): State<App>) -> Response {
     if app.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    let problem = match app.cluster.read() {
-        Ok(state) => state.readiness().problem(),
-        Err(_) => Some("cluster state is unavailable".into()),
+    let problem = if app.cluster.is_poisoned() {
+        Some("cluster state is unavailable".into())
+    } else {
+        app.cluster.readiness().problem()
     };
     match problem {
         None => "ok".into_response(),
@@ -242,12 +245,27 @@ pub async fn serve_plain(
         .await
 }
 
+/// How long a scrape waits for the cache's figures before it answers with the last
+/// ones: well inside Prometheus's default scrape timeout of 10 s.
+const OBSERVE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long scrapes and probes in flight get once the plain listener stops.
 const PLAIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The metrics, with the cache's figures observed on a blocking thread: they scan
+/// every node for every driver under the state's lock, which a watcher may hold. A
+/// scrape waits at most [`OBSERVE_WAIT`] for them and otherwise answers with the
+/// figures last observed (the observation lands for the next scrape); one observation
+/// runs at a time, so scrapes against a held lock do not pile up threads.
 async fn scrape(State(app): State<App>) -> Response {
-    if let Ok(state) = app.cluster.read() {
-        app.metrics.observe_cache(&state);
+    if let Ok(turn) = app.cache_observation.clone().try_lock_owned() {
+        let metrics = app.metrics.clone();
+        let observed = app.cluster.read_blocking(move |state| {
+            metrics.observe_cache(state);
+            drop(turn);
+        });
+        // Not observed in time, or the state is unavailable: the last figures stand.
+        let _ = tokio::time::timeout(OBSERVE_WAIT, observed).await;
     }
     match app.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),

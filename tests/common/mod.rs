@@ -10,7 +10,7 @@ pub mod raw;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use axum_server::tls_rustls::RustlsConfig;
@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode, body::Bytes};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use volguard::{
-    cluster::ClusterState,
+    cluster::{ClusterState, SharedState},
     model::{config::Config, drivers::Drivers},
     server::{app::App, certs, router, tls},
     sources::snapshot,
@@ -53,7 +53,7 @@ pub fn example_state(config: &Config) -> ClusterState {
 pub fn example_app() -> App {
     let config = example_config();
     let state = example_state(&config);
-    App::new(Arc::new(config), Arc::new(RwLock::new(state)))
+    App::new(Arc::new(config), SharedState::new(state))
 }
 
 /// An empty state for `config`.
@@ -98,7 +98,7 @@ impl TestServer {
 
     /// Starts the real router over TLS with the given config and state.
     pub async fn start(config: Config, state: ClusterState) -> Self {
-        Self::with_app(App::new(Arc::new(config), Arc::new(RwLock::new(state)))).await
+        Self::with_app(App::new(Arc::new(config), SharedState::new(state))).await
     }
 
     /// Serves `app` over TLS with a fresh certificate for localhost.

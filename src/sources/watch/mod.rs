@@ -111,19 +111,18 @@ pub async fn list_once(
     let _watchers = spawn(client, server, state.clone(), &Stopped::default());
     let deadline = Instant::now() + timeout;
     loop {
-        let missing: Vec<String> = {
-            let state = state
-                .read()
-                .map_err(|_| "cluster state lock poisoned".to_owned())?;
-            state
-                .unsynced()
-                .into_iter()
-                .map(|kind| match state.readiness().watch(kind).last_error {
-                    Some(e) => format!("{} ({e})", kind.as_str()),
-                    None => kind.as_str().to_owned(),
-                })
-                .collect()
-        };
+        let readiness = state.readiness();
+        let missing: Vec<String> = readiness
+            .unsynced()
+            .into_iter()
+            .map(|kind| match readiness.watch(kind).last_error {
+                Some(e) => format!("{} ({e})", kind.as_str()),
+                None => kind.as_str().to_owned(),
+            })
+            .collect();
+        if state.is_poisoned() {
+            return Err("cluster state lock poisoned".to_owned());
+        }
         if missing.is_empty() {
             return Ok(());
         }
@@ -175,36 +174,16 @@ async fn run<K: Watched>(
         .ready_chunks(BATCH);
     let mut events = pin!(events);
     while let Some(batch) = events.next().await {
-        let mut notes = Vec::new();
-        {
-            let Ok(mut state) = state.write() else {
-                tracing::error!(
-                    kind = kind.as_str(),
-                    "cluster state lock poisoned; watch stopped"
-                );
-                return;
-            };
-            for item in batch {
-                match item {
-                    Ok(event) => {
-                        let works = recovery::proves_working(&event);
-                        feed.handle(&mut state, convert(event));
-                        if works && let Some(after) = recovery::recovered(&mut state, kind) {
-                            notes.push(Note::Recovered(after));
-                        }
-                    }
-                    Err(e) => {
-                        let failure = WatchFailure::of(&e);
-                        let news = state.readiness_mut().watch_failed(
-                            kind,
-                            failure.summary(),
-                            Instant::now(),
-                        );
-                        notes.push(Note::Failed(failure, news));
-                    }
-                }
-            }
-        }
+        let writer = state.clone();
+        let applied = tokio::task::spawn_blocking(move || apply(&writer, kind, feed, batch)).await;
+        let Ok(Some((fed, notes))) = applied else {
+            tracing::error!(
+                kind = kind.as_str(),
+                "cluster state lock poisoned; watch stopped"
+            );
+            return;
+        };
+        feed = fed;
         for note in notes {
             match note {
                 Note::Recovered(after) => recovery::log_recovered(kind, after),
@@ -219,6 +198,40 @@ async fn run<K: Watched>(
             }
         }
     }
+}
+
+/// Applies one batch of watch results under one write lock, on the blocking thread it
+/// is called on: a batch of a relist takes milliseconds, and waiting for readers to let
+/// go can take longer, neither of which may hold up an async worker. Hands the feed
+/// back with what to log; `None` when the state's lock is poisoned.
+fn apply<K: Watched>(
+    state: &SharedState,
+    kind: Kind,
+    mut feed: Feed,
+    batch: Vec<Result<watcher::Event<K>, watcher::Error>>,
+) -> Option<(Feed, Vec<Note>)> {
+    let mut notes = Vec::new();
+    let mut state = state.write().ok()?;
+    for item in batch {
+        match item {
+            Ok(event) => {
+                let works = recovery::proves_working(&event);
+                feed.handle(&mut state, convert(event));
+                if works && let Some(after) = recovery::recovered(&mut state, kind) {
+                    notes.push(Note::Recovered(after));
+                }
+            }
+            Err(e) => {
+                let failure = WatchFailure::of(&e);
+                let news =
+                    state
+                        .readiness_mut()
+                        .watch_failed(kind, failure.summary(), Instant::now());
+                notes.push(Note::Failed(failure, news));
+            }
+        }
+    }
+    Some((feed, notes))
 }
 
 /// What a batch of watch results left to log once the state lock is released, in order.

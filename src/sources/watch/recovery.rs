@@ -44,6 +44,29 @@ pub fn recovered(state: &mut ClusterState, kind: Kind) -> Option<Duration> {
     state.readiness_mut().watch_recovered(kind, Instant::now())
 }
 
+/// Records `kind`'s recovery, seen on a bookmark now, on a blocking thread: the body is
+/// polled on an async worker, which must not wait for a writer to let go of the state.
+/// The recovery is logged from a task, which runs where the watchers' own logs are
+/// written. It may land after an error the watcher records meanwhile; it is timed, so
+/// it does not end a failure that began after the bookmark.
+fn record_recovery(state: SharedState, kind: Kind) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let at = Instant::now();
+    let writing = runtime.spawn_blocking(move || {
+        state
+            .write()
+            .ok()
+            .and_then(|mut s| s.readiness_mut().watch_recovered(kind, at))
+    });
+    runtime.spawn(async move {
+        if let Ok(Some(after)) = writing.await {
+            log_recovered(kind, after);
+        }
+    });
+}
+
 /// Logs a recovery [`recovered`] reported.
 pub fn log_recovered(kind: Kind, after: Duration) {
     tracing::info!(
@@ -217,19 +240,9 @@ where
             && let Some(data) = frame.data_ref()
             && let Some(watch) = &mut self.watch
             && watch.lines.scan(data)
-            && watch
-                .state
-                .read()
-                .is_ok_and(|s| s.readiness().is_failing(watch.kind))
+            && watch.state.readiness().is_failing(watch.kind)
         {
-            let after = watch
-                .state
-                .write()
-                .ok()
-                .and_then(|mut s| recovered(&mut s, watch.kind));
-            if let Some(after) = after {
-                log_recovered(watch.kind, after);
-            }
+            record_recovery(watch.state.clone(), watch.kind);
         }
         Poll::Ready(frame)
     }
