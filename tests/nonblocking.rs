@@ -107,15 +107,22 @@ fn probes_and_scrapes_are_answered_while_a_writer_holds_the_state() {
     for (path, expect) in [
         ("/healthz", "ok"),
         ("/readyz", "ok"),
-        ("/metrics", "volguard_cache_ready"),
+        ("/metrics", "volguard_cache_ready 1\n"),
     ] {
         let (status, body) = get(server.metrics_addr, path).unwrap();
         assert_eq!(status, "HTTP/1.1 200 OK", "{path}: {body}");
         assert!(body.contains(expect), "{path}: {body}");
     }
+    // A writer that does not let go fails readiness after 5 s: the readiness copy
+    // alone would go on saying ok.
+    until("readiness notices the writer", || {
+        get(server.metrics_addr, "/readyz").is_ok_and(|(status, _)| status.contains(" 503 "))
+    });
+    let (_, body) = get(server.metrics_addr, "/readyz").unwrap();
     assert!(
-        state.try_read().is_err(),
-        "the writer held the state throughout"
+        body.starts_with("a writer has held the cluster state for ")
+            && body.ends_with(" s: requests that read it wait\n"),
+        "{body}"
     );
 
     drop(release);

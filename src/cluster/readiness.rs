@@ -23,6 +23,9 @@ pub struct WatchHealth {
     pub failing_since: Option<Instant>,
     /// The latest error, for the readiness message.
     pub last_error: Option<String>,
+    /// When the latest error was seen: a recovery observed before it does not end the
+    /// failure.
+    pub last_failed_at: Option<Instant>,
 }
 
 /// Sync and staleness bookkeeping of a [`super::ClusterState`]. Cloned for readers
@@ -72,16 +75,20 @@ impl Readiness {
         let health = self.watches.entry(kind).or_default();
         health.errors += 1;
         health.failing_since.get_or_insert(at);
+        health.last_failed_at = Some(health.last_failed_at.map_or(at, |last| last.max(at)));
         health.last_error = Some(error);
         news
     }
 
     /// Records that the API answered `kind`'s list or watch again at `at`; returns how
-    /// long it had been failing, `None` when it was not. A failure that began after
-    /// `at` stands: a bookmark seen on the API client's thread may be recorded after
-    /// the watcher recorded a later error.
+    /// long it had been failing, `None` when it was not. A failure with an error seen
+    /// after `at` stands: a bookmark seen on the API client's thread may be recorded
+    /// after the watcher recorded a later error.
     pub fn watch_recovered(&mut self, kind: Kind, at: Instant) -> Option<Duration> {
         let health = self.watches.get_mut(&kind)?;
+        if health.last_failed_at.is_some_and(|last| last > at) {
+            return None;
+        }
         let since = health.failing_since.filter(|since| *since <= at)?;
         health.failing_since = None;
         Some(at.saturating_duration_since(since))
@@ -256,6 +263,25 @@ mod tests {
         );
         assert_eq!(r.watch_recovered(Kind::Pod, t0), None);
         assert!(r.is_failing(Kind::Pod));
+    }
+
+    #[test]
+    fn a_recovery_recorded_after_a_later_error_of_the_same_failure_does_not_end_it() {
+        let mut r = synced();
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        // Failing since 0; a bookmark at 5; the stream fails again at 6, and that error
+        // is recorded before the bookmark's recovery.
+        r.watch_failed(Kind::Pod, "connection reset".into(), at(0));
+        r.watch_failed(Kind::Pod, "connection reset".into(), at(6));
+        assert_eq!(r.watch_recovered(Kind::Pod, at(5)), None);
+        assert!(r.is_failing(Kind::Pod));
+        // A recovery after the last error ends it.
+        assert_eq!(
+            r.watch_recovered(Kind::Pod, at(7)),
+            Some(Duration::from_secs(7))
+        );
+        assert!(!r.is_failing(Kind::Pod));
     }
 
     #[test]

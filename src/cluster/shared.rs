@@ -12,7 +12,9 @@ use std::{
     sync::{
         Arc, LockResult, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
         TryLockResult,
+        atomic::{AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use super::{readiness::Readiness, state::ClusterState};
@@ -30,6 +32,11 @@ struct Shared {
     /// clone or replace the `Arc`, never while anything is computed.
     readiness: Mutex<Arc<Readiness>>,
     drivers: Arc<Drivers>,
+    /// Since when (milliseconds after `epoch`, plus one) a writer has held the lock; 0
+    /// while none does. A writer that never lets go leaves the readiness copy as it was,
+    /// so readiness asks this too.
+    writer_since: AtomicU64,
+    epoch: Instant,
 }
 
 /// A read in a blocking task that could not be made: the state's lock is poisoned, or
@@ -47,6 +54,8 @@ impl SharedState {
             state: RwLock::new(state),
             readiness,
             drivers,
+            writer_since: AtomicU64::new(0),
+            epoch: Instant::now(),
         }))
     }
 
@@ -65,14 +74,30 @@ impl SharedState {
     /// Writes the state, waiting for readers and writers to finish: call it on a
     /// blocking thread. The readiness snapshot is published when the guard is dropped.
     pub fn write(&self) -> LockResult<Writing<'_>> {
-        let published = &self.0.readiness;
-        match self.0.state.write() {
-            Ok(guard) => Ok(Writing { guard, published }),
-            Err(poisoned) => Err(PoisonError::new(Writing {
-                guard: poisoned.into_inner(),
-                published,
-            })),
+        let shared = &*self.0;
+        let (guard, poisoned) = match shared.state.write() {
+            Ok(guard) => (guard, false),
+            Err(poisoned) => (poisoned.into_inner(), true),
+        };
+        let since = shared.epoch.elapsed().as_millis() as u64 + 1;
+        shared.writer_since.store(since, Ordering::Relaxed);
+        let writing = Writing { guard, shared };
+        if poisoned {
+            Err(PoisonError::new(writing))
+        } else {
+            Ok(writing)
         }
+    }
+
+    /// How long the current writer has held the state, if one does.
+    pub fn written_for(&self) -> Option<Duration> {
+        let since = self.0.writer_since.load(Ordering::Relaxed);
+        (since > 0).then(|| {
+            self.0
+                .epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(since - 1))
+        })
     }
 
     /// Runs `read` over the state on a blocking thread, so that the async caller's
@@ -117,7 +142,7 @@ impl SharedState {
 /// readers who do not take the lock see every change a writer made.
 pub struct Writing<'a> {
     guard: RwLockWriteGuard<'a, ClusterState>,
-    published: &'a Mutex<Arc<Readiness>>,
+    shared: &'a Shared,
 }
 
 impl Deref for Writing<'_> {
@@ -138,9 +163,11 @@ impl Drop for Writing<'_> {
     fn drop(&mut self) {
         let readiness = Arc::new(self.guard.readiness().clone());
         *self
-            .published
+            .shared
+            .readiness
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = readiness;
+        self.shared.writer_since.store(0, Ordering::Relaxed);
     }
 }
 
@@ -171,8 +198,10 @@ mod tests {
             !shared.readiness().unsynced().is_empty(),
             "not while the write goes on"
         );
+        assert!(shared.written_for().is_some(), "a writer holds it");
         drop(writing);
         assert!(shared.readiness().is_ready());
+        assert_eq!(shared.written_for(), None);
         shared.write().unwrap().readiness_mut().watch_failed(
             Kind::Pod,
             "refused".into(),

@@ -440,7 +440,13 @@ impl Metrics {
             .inc_by(delta);
     }
 
-    /// Copies the cache's object counts and readiness into their gauges.
+    /// Sets the cache-ready gauge: on every scrape, from the readiness copy, so it
+    /// drops to 0 at once even while a slow scan of the state keeps older counts.
+    pub fn observe_ready(&self, ready: bool) {
+        self.cache_ready.set(i64::from(ready));
+    }
+
+    /// Copies the cache's object counts into their gauges.
     pub fn observe_cache(&self, state: &ClusterState) {
         for (kind, count) in state.counts() {
             self.cache_objects
@@ -449,7 +455,6 @@ impl Metrics {
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
-        self.cache_ready.set(i64::from(state.is_ready()));
         // Per driver, not per node: alerting on nodes filling up must not need a series
         // per node. A scan of the nodes, at scrape time only.
         let mut full: BTreeMap<String, (i64, i64)> = BTreeMap::new();

@@ -142,12 +142,25 @@ fn liveness_problem(app: &App) -> Option<String> {
 
 /// Readiness, from the copy writers publish: a probe is answered at once while a
 /// watcher applies a relist, instead of queueing behind it on the worker.
+/// How long one writer may hold the cluster state before readiness fails: a batch of
+/// 500 events takes milliseconds; a writer this slow stalls every verdict.
+const WRITER_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn readyz(State(app): State<App>) -> Response {
     if app.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     let problem = if app.cluster.is_poisoned() {
         Some("cluster state is unavailable".into())
+    } else if let Some(held) = app
+        .cluster
+        .written_for()
+        .filter(|held| *held >= WRITER_STUCK_AFTER)
+    {
+        Some(format!(
+            "a writer has held the cluster state for {} s: requests that read it wait",
+            held.as_secs()
+        ))
     } else {
         app.cluster.readiness().problem()
     };
@@ -267,6 +280,8 @@ async fn scrape(State(app): State<App>) -> Response {
         // Not observed in time, or the state is unavailable: the last figures stand.
         let _ = tokio::time::timeout(OBSERVE_WAIT, observed).await;
     }
+    app.metrics
+        .observe_ready(app.cluster.readiness().is_ready() && !app.cluster.is_poisoned());
     match app.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(e) => (
