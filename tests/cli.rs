@@ -906,3 +906,45 @@ fn completions_cover_every_subcommand_for_each_shell() {
     let out = volguard(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn kubectl_runs_it_as_a_plugin() {
+    let bin = env!("CARGO_BIN_EXE_volguard");
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(bin, dir.path().join("kubectl-volguard")).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let snapshot = common::repo("examples/cluster");
+    let pod = common::repo("examples/pods/seed-000-device.yaml");
+    let (snapshot, pod) = (snapshot.to_str().unwrap(), pod.to_str().unwrap());
+    for (plugin, direct) in [
+        (
+            vec!["volguard", "nodes", "--snapshot", snapshot, "-o", "json"],
+            vec!["nodes", "--snapshot", snapshot, "--output", "json"],
+        ),
+        (
+            vec!["volguard", "explain", "--snapshot", snapshot, "--pod", pod],
+            vec!["explain", "--snapshot", snapshot, "--pod", pod],
+        ),
+    ] {
+        let through_kubectl = std::process::Command::new("kubectl")
+            .args(&plugin)
+            .env("PATH", &path)
+            .output()
+            .expect("kubectl on PATH");
+        let itself = volguard(&direct);
+        assert!(
+            through_kubectl.status.success(),
+            "kubectl {plugin:?}: {}",
+            String::from_utf8_lossy(&through_kubectl.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&through_kubectl.stdout),
+            String::from_utf8_lossy(&itself.stdout),
+            "kubectl {plugin:?}"
+        );
+    }
+}

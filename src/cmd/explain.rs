@@ -42,7 +42,8 @@ pub struct ExplainArgs {
     /// Where the cluster state comes from.
     #[command(flatten)]
     pub state: StateArgs,
-    /// The pod: a YAML or JSON file with --snapshot; NAMESPACE/NAME in the live cluster.
+    /// The pod: a YAML or JSON file with --snapshot; NAMESPACE/NAME, or NAME in the
+    /// kubeconfig context's namespace, in the live cluster.
     #[arg(long, env = "VOLGUARD_POD")]
     pub pod: String,
     /// Print every node, not a summary and the best candidates, on large clusters.
@@ -242,20 +243,21 @@ fn read_pod(path: &Path) -> Result<PodView, Failure> {
 
 /// GETs `NAMESPACE/NAME` from the live cluster.
 fn get_pod(live: &Live, pod: &str) -> Result<PodView, Failure> {
-    let Some((namespace, name)) = pod
-        .split_once('/')
-        .filter(|(n, p)| !n.is_empty() && !p.is_empty() && !p.contains('/'))
-    else {
-        return Err(Failure::usage(format!(
-            "--pod {pod:?}: in the live cluster give NAMESPACE/NAME (or pass --snapshot to read a pod file)"
-        )));
+    let (namespace, name) = match pod.split_once('/') {
+        None => (live.client.default_namespace(), pod),
+        Some((namespace, name)) => (namespace, name),
     };
+    if namespace.is_empty() || name.is_empty() || name.contains('/') {
+        return Err(Failure::usage(format!(
+            "--pod {pod:?}: in the live cluster give NAMESPACE/NAME or NAME (or pass --snapshot to read a pod file)"
+        )));
+    }
     let api = kube::Api::<Pod>::namespaced(live.client.clone(), namespace);
     let found = live
         .runtime
         .block_on(api.get_opt(name))
-        .map_err(|e| Failure::runtime(format!("cannot read pod {pod}: {e}")))?
-        .ok_or_else(|| Failure::usage(format!("pod {pod} not found")))?;
+        .map_err(|e| Failure::runtime(format!("cannot read pod {namespace}/{name}: {e}")))?
+        .ok_or_else(|| Failure::usage(format!("pod {namespace}/{name} not found")))?;
     Ok(PodView::from(found))
 }
 

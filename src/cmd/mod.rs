@@ -6,6 +6,7 @@ pub mod certs;
 pub mod explain;
 pub mod failure;
 pub mod nodes;
+pub mod plugin;
 pub mod report;
 pub mod serve;
 pub mod state;
@@ -61,7 +62,7 @@ pub enum Command {
 
 /// Parses the command line, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(plugin::rewrite(std::env::args_os().collect()));
     init_logging(cli.log_format);
     crate::server::tls::install_crypto_provider();
     let outcome = match cli.command {

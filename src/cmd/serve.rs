@@ -338,7 +338,7 @@ fn fill_or_find_api(
 ) -> Result<Option<(kube::Config, String)>, Failure> {
     let Some(path) = &args.snapshot else {
         return runtime
-            .block_on(watch::kube_config(args.kubeconfig.as_deref()))
+            .block_on(watch::kube_config(args.kubeconfig.as_deref(), None))
             .map(Some)
             .map_err(Failure::usage);
     };

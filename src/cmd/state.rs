@@ -26,6 +26,9 @@ pub struct StateArgs {
     /// Kubeconfig of the live cluster.
     #[arg(long, env = "VOLGUARD_KUBECONFIG", conflicts_with = "snapshot")]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, env = "VOLGUARD_CONTEXT", conflicts_with = "snapshot")]
+    pub context: Option<String>,
     /// Config file (YAML); built-in defaults when absent.
     #[arg(long, env = "VOLGUARD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -65,7 +68,10 @@ pub fn load(args: &StateArgs) -> Result<Loaded, Failure> {
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
     let (kube_config, origin) = runtime
-        .block_on(watch::kube_config(args.kubeconfig.as_deref()))
+        .block_on(watch::kube_config(
+            args.kubeconfig.as_deref(),
+            args.context.as_deref(),
+        ))
         .map_err(Failure::usage)?;
     let api = kube_config.cluster_url.to_string();
     let shared = SharedState::new(state);

@@ -14,27 +14,35 @@ use crate::cluster::SharedState;
 /// The API server to watch, with where its config came from (for messages): the given
 /// kubeconfig file; else the in-cluster service account; else `$KUBECONFIG` or
 /// `~/.kube/config`. The error is one line naming the file.
-pub async fn kube_config(kubeconfig: Option<&Path>) -> Result<(kube::Config, String), String> {
+pub async fn kube_config(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<(kube::Config, String), String> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..KubeConfigOptions::default()
+    };
     if let Some(path) = kubeconfig {
         let origin = path.display().to_string();
         let file = Kubeconfig::read_from(path).map_err(|e| match e {
             KubeconfigError::ReadConfig(io, _) => format!("{origin}: cannot read: {io}"),
             e => format!("{origin}: cannot read kubeconfig: {}", problem(&e)),
         })?;
-        return kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        return kube::Config::from_custom_kubeconfig(file, &options)
             .await
             .map(|config| (config, origin.clone()))
             .map_err(|e| format!("{origin}: unusable kubeconfig: {}", problem(&e)));
     }
-    let in_cluster = match kube::Config::incluster() {
-        Ok(config) => return Ok((config, "in-cluster service account".into())),
-        Err(e) => e,
+    let in_cluster = match (context, kube::Config::incluster()) {
+        (None, Ok(config)) => return Ok((config, "in-cluster service account".into())),
+        (Some(_), _) => None,
+        (None, Err(e)) => Some(e),
     };
     let file = std::env::var("KUBECONFIG")
         .ok()
         .filter(|f| !f.is_empty())
         .unwrap_or_else(|| "~/.kube/config".into());
-    kube::Config::from_kubeconfig(&KubeConfigOptions::default())
+    kube::Config::from_kubeconfig(&options)
         .await
         .map(|config| (config, file.clone()))
         .map_err(|e| {
@@ -44,10 +52,13 @@ pub async fn kube_config(kubeconfig: Option<&Path>) -> Result<(kube::Config, Str
                 }
                 e => (file, problem(&e)),
             };
+            let in_cluster = in_cluster.map_or_else(
+                || "a --context names a kubeconfig's context".to_owned(),
+                |e| format!("not in a cluster ({})", first_line(&e)),
+            );
             format!(
-                "no Kubernetes API to watch: not in a cluster ({}) and {file}: {why}; \
-                 pass --kubeconfig FILE, or --snapshot PATH to serve from files",
-                first_line(&in_cluster),
+                "no Kubernetes API to watch: {in_cluster} and {file}: {why}; \
+                 pass --kubeconfig FILE, or --snapshot PATH to serve from files"
             )
         })
 }
