@@ -249,6 +249,43 @@ async fn a_pod_that_fits_nowhere_stays_pending_with_volguards_reasons() {
          node-3  unresolvable  0      linode 1/1  node(s) at the linode attach limit (limit from node annotation volguard.io/attach-limit): 1 of 1 used, pod needs 1 more\n\
          node-4  unresolvable  0      linode 0/8  node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?): the node has no CSINode object\n"
     );
+    // The same through kubectl, with volguard as its plugin.
+    let plugins = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_volguard"),
+        plugins.path().join("kubectl-volguard"),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        plugins.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let through_kubectl = std::process::Command::new("kubectl")
+        .args([
+            "volguard",
+            "explain",
+            "pod/web",
+            "-n",
+            "shop",
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .arg("--config")
+        .arg(&config)
+        .env("PATH", &path)
+        .env_remove("VOLGUARD_OUTPUT")
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            through_kubectl.status.code(),
+            String::from_utf8_lossy(&through_kubectl.stdout).into_owned()
+        ),
+        (Some(1), stdout),
+        "{}",
+        String::from_utf8_lossy(&through_kubectl.stderr)
+    );
     let (code, stdout, stderr) = run(&["nodes"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
