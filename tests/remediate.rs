@@ -120,6 +120,21 @@ fn a_pod_is_evicted_once_the_grace_period_is_over_and_not_before() {
 }
 
 #[test]
+fn after_a_halt_a_detachment_waits_the_whole_grace_period_again() {
+    let config = Config::default();
+    let state = detached_cluster(&config);
+    let r = &config.remediation;
+    let mut memory = Memory::default();
+    round(&state, r, 100, &mut memory);
+    // A round that observed nothing (the state unavailable) forgets the detachment ...
+    memory = memory.halted();
+    // ... so at 160 the grace period starts over instead of ending.
+    let at_160 = round(&state, r, 160, &mut memory);
+    assert!(at_160.evict.is_empty(), "{:?}", pods(&at_160.evict));
+    assert_eq!(at_160.waiting[0].1, Duration::ZERO);
+}
+
+#[test]
 fn a_count_back_to_1_cancels_and_a_new_detach_waits_the_whole_grace_period() {
     let config = Config::default();
     let mut state = detached_cluster(&config);

@@ -233,6 +233,16 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// What a halted round keeps: the evictions started (the rate limit holds across the
+    /// halt), not the detachments, each of which must then be seen again for a whole
+    /// grace period: nothing was observed while halted.
+    pub fn halted(&self) -> Memory {
+        Memory {
+            seen: BTreeMap::new(),
+            started: self.started.clone(),
+        }
+    }
+
     /// Records the outcome of the eviction of `d` that the round at `now` started.
     /// Refused, failed and cancelled ones give their rate-limit slot back.
     pub fn record(&mut self, d: &Detached, outcome: Outcome, now: Duration) {

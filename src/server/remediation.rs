@@ -214,7 +214,7 @@ impl Remediator {
             .await
             .unwrap_or_else(|unavailable| Plan {
                 halted: Some(unavailable.to_string()),
-                memory: self.memory.clone(),
+                memory: self.memory.halted(),
                 ..Plan::default()
             })
     }

@@ -176,12 +176,30 @@ async fn run<K: Watched>(
     while let Some(batch) = events.next().await {
         let writer = state.clone();
         let applied = tokio::task::spawn_blocking(move || apply(&writer, kind, feed, batch)).await;
-        let Ok(Some((fed, notes))) = applied else {
-            tracing::error!(
-                kind = kind.as_str(),
-                "cluster state lock poisoned; watch stopped"
-            );
-            return;
+        let (fed, notes) = match applied {
+            Ok(Some(applied)) => applied,
+            Ok(None) => {
+                tracing::error!(
+                    kind = kind.as_str(),
+                    "cluster state lock poisoned; watch stopped"
+                );
+                return;
+            }
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                tracing::error!(
+                    kind = kind.as_str(),
+                    "applying a watch batch panicked ({why}); watch stopped"
+                );
+                return;
+            }
+            // The runtime is shutting down.
+            Err(_) => return,
         };
         feed = fed;
         for note in notes {
