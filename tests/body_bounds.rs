@@ -191,14 +191,7 @@ async fn extender_work_stops_when_its_request_is_abandoned() {
     // A writer holds the cluster state: the judging waits for it on its blocking thread
     // while the request's deadline fires.
     let cluster = server.app.cluster.clone();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
-    let writer = std::thread::spawn(move || {
-        let _state = cluster.write().unwrap();
-        locked.send(()).unwrap();
-        let _ = released.recv();
-    });
-    is_locked.recv().unwrap();
+    let writer = common::hold_for_writing(cluster);
     let (status, body) = server.post("/filter", args).await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).into_owned()),
@@ -207,8 +200,7 @@ async fn extender_work_stops_when_its_request_is_abandoned() {
             "request not answered within 0.3 s (slow upload or overloaded server)\n".to_owned()
         )
     );
-    drop(release);
-    writer.join().unwrap();
+    drop(writer);
     // The judging gets the state, sees that nobody waits, and stops: nothing judged,
     // its body given back.
     let mut abandoned = None;

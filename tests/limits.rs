@@ -91,14 +91,7 @@ async fn requests_beyond_the_concurrency_cap_wait_for_a_slot_which_uploads_do_no
         let mut slow = raw::connect(addr, &ca);
         raw::start_request(&mut slow, "/mutate", &body);
         // A writer holds the cluster state, so a review that has its slot waits in it.
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
-        let writer = std::thread::spawn(move || {
-            let _state = cluster.write().unwrap();
-            locked.send(()).unwrap();
-            let _ = released.recv();
-        });
-        is_locked.recv().unwrap();
+        let writer = common::hold_for_writing(cluster);
         let mut first = post(addr, &ca, "/mutate", &body);
         until_in_flight(metrics, 2.0);
         // The only slot is taken: a third review is received, and waits.
@@ -119,8 +112,7 @@ async fn requests_beyond_the_concurrency_cap_wait_for_a_slot_which_uploads_do_no
             200
         );
         // Both are answered while the slow upload is still unfinished: it held no slot.
-        drop(release);
-        writer.join().unwrap();
+        drop(writer);
         assert_eq!(raw::read_response(&mut first).unwrap().0, 200);
         assert_eq!(raw::read_response(&mut second).unwrap().0, 200);
         raw::finish_request(&mut slow, &body);

@@ -8,7 +8,7 @@ mod fake_api;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    sync::{Arc, mpsc},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -84,17 +84,7 @@ fn probes_and_scrapes_are_answered_while_a_writer_holds_the_state() {
     };
     let before = classes();
 
-    let (release, released) = mpsc::channel::<()>();
-    let (locked, is_locked) = mpsc::channel::<()>();
-    let writer = {
-        let state = state.clone();
-        std::thread::spawn(move || {
-            let _state = state.write().unwrap();
-            locked.send(()).unwrap();
-            let _ = released.recv();
-        })
-    };
-    is_locked.recv().unwrap();
+    let writer = common::hold_for_writing(state.clone());
     // An event for the StorageClass watcher, which must now wait for the lock.
     fake.put(json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
@@ -125,8 +115,7 @@ fn probes_and_scrapes_are_answered_while_a_writer_holds_the_state() {
         "{body}"
     );
 
-    drop(release);
-    writer.join().unwrap();
+    drop(writer);
     until("the event is applied", || classes() == before + 1);
     let (status, body) = get(server.metrics_addr, "/metrics").unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");

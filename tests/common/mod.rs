@@ -334,3 +334,38 @@ pub fn per_node(server: &TestServer, pod: &serde_json::Value, node: &str) -> Str
         .describe()
         .unwrap_or_default()
 }
+
+/// A writer holding the cluster state on a thread of its own, as a watcher applying a
+/// long relist does, until dropped: handlers that read the state wait meanwhile.
+pub struct HeldForWriting {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Takes the write lock of `cluster` on another thread; returns once it is held.
+pub fn hold_for_writing(cluster: volguard::cluster::SharedState) -> HeldForWriting {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let _state = cluster.write().unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv();
+    });
+    is_locked.recv().unwrap();
+    HeldForWriting {
+        release: Some(release),
+        writer: Some(writer),
+    }
+}
+
+impl Drop for HeldForWriting {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(writer) = self.writer.take() {
+            let held = writer.join();
+            if !std::thread::panicking() {
+                held.unwrap();
+            }
+        }
+    }
+}
