@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use axum::{
     extract::{Request, State},
-    http::{StatusCode, header},
+    http::StatusCode,
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
+
+use crate::server::reply;
 
 /// The limits; flags of `volguard serve` set them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,15 +93,13 @@ pub async fn deadline(State(timeout): State<Duration>, req: Request, next: Next)
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(timeout = ?timeout, "request not answered in time: 503");
-            (
+            reply::line(
                 StatusCode::SERVICE_UNAVAILABLE,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
                 format!(
-                    "request not answered within {} s (slow upload or overloaded server)\n",
+                    "request not answered within {} s (slow upload or overloaded server)",
                     timeout.as_secs_f64()
                 ),
             )
-                .into_response()
         }
     }
 }

@@ -12,12 +12,15 @@ use std::{
 
 use axum::{
     extract::{Request, State},
-    http::{StatusCode, header},
+    http::StatusCode,
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 
-use crate::server::connections::{ClientCertificate, Peer};
+use crate::server::{
+    connections::{ClientCertificate, Peer},
+    reply,
+};
 
 /// Counts per peer address, shared by everything one cap covers.
 #[derive(Clone, Default)]
@@ -83,15 +86,7 @@ pub async fn limit_anonymous(
                  limit (--max-requests-per-peer): retry later"
             );
             tracing::debug!(path = req.uri().path(), "{line}");
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [
-                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                    (header::RETRY_AFTER, "1"),
-                ],
-                format!("{line}\n"),
-            )
-                .into_response()
+            reply::retry_later(StatusCode::TOO_MANY_REQUESTS, line)
         }
     }
 }

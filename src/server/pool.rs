@@ -14,12 +14,12 @@ use axum::{
     extract::{Request, State},
     http::{StatusCode, header},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::server::metrics::Metrics;
+use crate::server::{metrics::Metrics, reply};
 
 /// Who a pool serves, named in its refusals and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,15 +143,7 @@ impl Pool {
             size(self.0.total),
         );
         tracing::warn!(path, "{line}");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (header::RETRY_AFTER, "1"),
-            ],
-            format!("{line}\n"),
-        )
-            .into_response()
+        reply::retry_later(StatusCode::SERVICE_UNAVAILABLE, line)
     }
 
     /// The 413 for a body over the route's limit: `length` when announced.
@@ -164,12 +156,7 @@ impl Pool {
             None => format!("request body is over the {limit} limit of {path}"),
         };
         tracing::debug!(path, "{line}: 413");
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("{line}\n"),
-        )
-            .into_response()
+        reply::line(StatusCode::PAYLOAD_TOO_LARGE, line)
     }
 }
 
@@ -206,11 +193,7 @@ pub async fn admit(State(pool): State<Pool>, req: Request, next: Next) -> Respon
             Ok(chunk) => chunk,
             Err(e) => {
                 tracing::debug!(path, "request body not received: {e}");
-                return (
-                    StatusCode::BAD_REQUEST,
-                    format!("request body not received: {e}\n"),
-                )
-                    .into_response();
+                return reply::bad_request(format!("request body not received: {e}"));
             }
         };
         let total = bytes.len() + chunk.len();
@@ -236,7 +219,7 @@ pub async fn admit(State(pool): State<Pool>, req: Request, next: Next) -> Respon
         bytes.extend_from_slice(&chunk);
     }
     let Ok(slot) = pool.0.slots.clone().acquire_owned().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+        return reply::line(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
     held._slot = Some(slot);
     let mut req = Request::from_parts(parts, Body::from(Bytes::from(bytes)));

@@ -25,6 +25,7 @@ use crate::server::{
     metrics::{self, Metrics},
     peers::{self, PerPeer},
     pool::{self, Class, Pool},
+    reply,
 };
 
 /// The router served over TLS, with its limits and request metrics. The webhook and
@@ -94,15 +95,13 @@ async fn client_certificate_required(req: Request, next: Next) -> Response {
     }
     let path = req.uri().path().to_owned();
     tracing::warn!(path, "refused a request without a client certificate: 403");
-    (
+    reply::line(
         StatusCode::FORBIDDEN,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         format!(
             "{path} needs a client certificate signed by volguard's client CA (--client-ca): \
-             kube-scheduler presents one with its extender tlsConfig certFile/keyFile or certData/keyData\n"
+             kube-scheduler presents one with its extender tlsConfig certFile/keyFile or certData/keyData"
         ),
     )
-        .into_response()
 }
 
 /// `/healthz` and `/readyz`, served on both listeners.
