@@ -571,3 +571,102 @@ fn a_counted_device_does_not_stand_for_an_uncounted_claim() {
     let q = run_filter(&app, &pod("q", &["b"], None), &["n0", "n1"]);
     assert_eq!(q.passing, ["n1"], "{q:?}");
 }
+
+fn catch_up_waits(app: &App, outcome: &str) -> f64 {
+    metric(
+        app,
+        "volguard_extender_catch_up_waits_total",
+        &[("outcome", outcome)],
+    )
+}
+
+/// kube-scheduler retries a pod the extender turned away on any event it sees, often
+/// before volguard's watch delivers the same event. A retry that finds nothing learned
+/// since the last refusal waits for the watch, and the change it brings lets the pod in.
+#[test]
+fn a_retry_waits_for_the_change_that_made_the_scheduler_retry() {
+    let app = cluster(&["node-a"], 0, &[("data-1", "ReadWriteOnce")], &[]);
+    let web = pod("web-1", &["data-1"], None);
+    let first = run_filter(&app, &web, &["node-a"]);
+    assert_eq!(first.passing, Vec::<String>::new());
+    assert_eq!(catch_up_waits(&app, "caught_up"), 0.0, "a first attempt");
+    // The annotation is raised; the scheduler saw it and retries; volguard's watch
+    // delivers it 50 ms into the retry.
+    let watch = {
+        let app = app.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            app.cluster
+                .write()
+                .unwrap()
+                .apply(&object(node("node-a", 4)));
+        })
+    };
+    let retry = run_filter(&app, &web, &["node-a"]);
+    watch.join().unwrap();
+    assert_eq!(retry.passing, ["node-a"]);
+    assert_eq!(catch_up_waits(&app, "caught_up"), 1.0);
+    assert_eq!(catch_up_waits(&app, "settled"), 0.0);
+}
+
+/// Retries with nothing new to learn (an event that does not concern volguard) are
+/// turned away with the same reason; the scheduler waits once per change count, not
+/// once per pod retried.
+#[test]
+fn retries_with_nothing_to_learn_wait_once_per_change_count() {
+    let app = cluster(
+        &["node-a"],
+        0,
+        &[("data-1", "ReadWriteOnce"), ("data-2", "ReadWriteOnce")],
+        &[],
+    );
+    let pods = [
+        pod("web-1", &["data-1"], None),
+        pod("web-2", &["data-2"], None),
+    ];
+    let refused = Filtered {
+        passing: vec![],
+        failed: BTreeMap::from([("node-a".to_owned(), LIMIT.to_owned())]),
+    };
+    for p in &pods {
+        assert_eq!(run_filter(&app, p, &["node-a"]), refused);
+    }
+    for p in &pods {
+        assert_eq!(run_filter(&app, p, &["node-a"]), refused);
+    }
+    assert_eq!(catch_up_waits(&app, "settled"), 1.0);
+    assert_eq!(catch_up_waits(&app, "caught_up"), 0.0);
+    // A change that does not help: the next retries may lag again, and wait once more.
+    app.cluster
+        .write()
+        .unwrap()
+        .apply(&object(node("node-b", 0)));
+    for p in &pods {
+        assert_eq!(run_filter(&app, p, &["node-a"]), refused);
+    }
+    for p in &pods {
+        assert_eq!(run_filter(&app, p, &["node-a"]), refused);
+    }
+    assert_eq!(catch_up_waits(&app, "settled"), 2.0);
+}
+
+/// The scheduler writes a refused pod's status; that is no news about any node, so it
+/// does not count as a change a retry could have been waiting for. A binding does.
+#[test]
+fn only_what_can_change_a_verdict_counts_as_a_change() {
+    let app = cluster(&["node-a"], 2, &[("data-1", "ReadWriteOnce")], &[]);
+    let changes = || app.cluster.read().unwrap().changes();
+    let before = changes();
+    let mut refused = pod("web-1", &["data-1"], None);
+    refused["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False",
+        "reason": "Unschedulable"}]);
+    app.cluster.write().unwrap().apply(&object(refused));
+    assert_eq!(changes(), before, "a pending pod's status");
+    bind(&app, "web-1", &["data-1"], "node-a");
+    assert_eq!(changes(), before + 1, "a binding");
+    app.cluster
+        .write()
+        .unwrap()
+        .apply(&object(node("node-a", 3)));
+    assert_eq!(changes(), before + 2, "a node");
+}

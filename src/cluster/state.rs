@@ -125,6 +125,8 @@ pub struct ClusterState {
 
     deletions: RecentDeletions,
     readiness: Readiness,
+    /// Writes that can change a verdict on a node: see [`ClusterState::changes`].
+    changes: u64,
 }
 
 /// What became of an object a direct GET read.
@@ -163,6 +165,7 @@ impl ClusterState {
             pv_attachments: HashMap::new(),
             deletions: RecentDeletions::default(),
             readiness: Readiness::default(),
+            changes: 0,
         }
     }
 
@@ -176,9 +179,21 @@ impl ClusterState {
         self.drivers.clone()
     }
 
+    /// How many writes so far could have changed a verdict on some node: every write
+    /// of a kind other than Pod, and of a pod that is or was on a node (a pending pod's
+    /// status, which kube-scheduler itself writes, changes no node). Compared across
+    /// two `/filter` calls for one pod, it tells whether volguard learned anything in
+    /// between.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// Adds or replaces one object and updates every index it touches.
     pub fn apply(&mut self, object: &ClusterObject) {
         let d = self.drivers.clone();
+        if !matches!(object, ClusterObject::Pod(_)) {
+            self.changes += 1;
+        }
         match object {
             ClusterObject::Node(n) => {
                 let name: Arc<str> = n.metadata.name.as_deref().unwrap_or_default().into();
@@ -239,6 +254,9 @@ impl ClusterState {
 
     /// Removes one object by kind and key (`namespace/name` for namespaced kinds).
     pub fn delete(&mut self, kind: Kind, key: &str) {
+        if kind != Kind::Pod {
+            self.changes += 1;
+        }
         match kind {
             Kind::Node => {
                 if let Some(name) = self.nodes.get_key_value(key).map(|(k, _)| k.clone()) {
@@ -264,6 +282,9 @@ impl ClusterState {
             }
             Kind::Pod => {
                 if let Some(old) = self.pods.remove(key) {
+                    if old.node.is_some() {
+                        self.changes += 1;
+                    }
                     self.unlink_pod(key, &old);
                     self.set_pod_usage(key, None);
                 }
@@ -603,7 +624,11 @@ impl ClusterState {
     }
 
     fn put_pod(&mut self, k: String, rec: PodRecord) {
-        if let Some(old) = self.pods.get(&k).cloned() {
+        let old = self.pods.get(&k).cloned();
+        if rec.node.is_some() || old.as_ref().is_some_and(|o| o.node.is_some()) {
+            self.changes += 1;
+        }
+        if let Some(old) = old {
             self.unlink_pod(&k, &old);
         }
         let namespace = k

@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     cluster::SharedState,
-    decide::inflight::InFlight,
+    decide::{catch_up::TurnedAway, inflight::InFlight},
     model::config::Config,
     server::{limits::Limits, metrics::Metrics},
     sources::watch,
@@ -39,6 +39,9 @@ pub struct App {
     /// Pods `/filter` passed that the state does not show bound yet (README: "Bursts").
     /// Taken after the cluster state's lock, never before it.
     pub in_flight: Arc<Mutex<InFlight>>,
+    /// Pods `/filter` turned away from every node, so that a retry volguard's watch
+    /// has not caught up with waits for it (README: "Retries: a watch behind the scheduler").
+    pub turned_away: Arc<Mutex<TurnedAway>>,
     /// What placements in flight are timed from.
     pub epoch: Instant,
     /// Held while `/metrics` observes the cache, so that scrapes against a state a
@@ -62,6 +65,7 @@ impl App {
             direct_gets: Arc::default(),
             stopped_watches: watch::Stopped::default(),
             in_flight: Arc::default(),
+            turned_away: Arc::default(),
             epoch: Instant::now(),
             cache_observation: Arc::default(),
         }

@@ -102,6 +102,7 @@ pub struct Metrics {
     requests_abandoned: Counter,
     pods_scheduling: Gauge,
     burst_waits: Family<OutcomeLabels, Counter>,
+    catch_up_waits: Family<OutcomeLabels, Counter>,
     direct_gets: Family<OutcomeLabels, Counter>,
     body_bytes_in_flight: Family<CallerLabels, Gauge>,
     remediation_at_risk: Gauge,
@@ -221,6 +222,14 @@ impl Metrics {
             "/filter answers that waited for pods in flight to show bound, by outcome (settled, timed_out)",
             burst_waits.clone(),
         );
+        let catch_up_waits = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "extender_catch_up_waits",
+            "/filter answers about to turn a retried pod away again, with nothing learned since, \
+             that waited for the watch, by outcome (caught_up: something arrived and the pod was \
+             judged again; settled: nothing did)",
+            catch_up_waits.clone(),
+        );
         let direct_gets = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "webhook_direct_gets",
@@ -284,6 +293,7 @@ impl Metrics {
             requests_abandoned,
             pods_scheduling,
             burst_waits,
+            catch_up_waits,
             direct_gets,
             body_bytes_in_flight,
             remediation_at_risk,
@@ -421,6 +431,14 @@ impl Metrics {
     /// bound in time, `timed_out` when it answered without them.
     pub fn burst_wait(&self, outcome: &'static str) {
         self.burst_waits
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Records a `/filter` that waited for the watch to catch up before turning a
+    /// retried pod away again: `caught_up` when something arrived, `settled` when not.
+    pub fn catch_up_wait(&self, outcome: &'static str) {
+        self.catch_up_waits
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }

@@ -363,46 +363,108 @@ fn sort_out<'a>(
     result
 }
 
+/// Judges the candidates, looking again while [`look`] finds pods in flight alone in
+/// the way, up to [`BURST_WAIT`]. Gives the state's
+/// [`changes`](ClusterState::changes) count the answer was judged at too.
+fn judge_settled(
+    pod: &PodView,
+    names: &[Cow<'_, str>],
+    app: &App,
+    abandoned: &Abandoned,
+) -> Result<(Vec<Judgement>, u64), Unjudged> {
+    let deadline = Instant::now() + BURST_WAIT;
+    let mut waited = false;
+    loop {
+        let may_wait = Instant::now() < deadline;
+        let Ok(state) = app.cluster.read() else {
+            return Err(Unjudged::NotReady(
+                "volguard's cluster state is unavailable".to_owned(),
+            ));
+        };
+        match look(pod, names, &state, app, abandoned, may_wait)? {
+            Look::Contended => {
+                drop(state);
+                waited = true;
+                if abandoned.is_set() {
+                    return Err(Unjudged::Abandoned);
+                }
+                std::thread::sleep(BURST_POLL);
+            }
+            Look::Answer(judged) => {
+                if waited && may_wait {
+                    app.metrics.burst_wait("settled");
+                }
+                return Ok((judged, state.changes()));
+            }
+        }
+    }
+}
+
+/// How long a `/filter` about to turn a retried pod away again, with nothing learned
+/// since it last did, waits for its watch to deliver what made kube-scheduler retry.
+/// The scheduler waits with it, once per change count (see [`TurnedAway`]).
+///
+/// [`TurnedAway`]: crate::decide::catch_up::TurnedAway
+pub const CATCH_UP_WAIT: Duration = Duration::from_millis(250);
+
+/// Waits until the state's change count moves past `changes`, up to
+/// [`CATCH_UP_WAIT`]: whether it moved.
+fn wait_for_change(app: &App, changes: u64, abandoned: &Abandoned) -> Result<bool, Unjudged> {
+    let deadline = Instant::now() + CATCH_UP_WAIT;
+    while Instant::now() < deadline {
+        if abandoned.is_set() {
+            return Err(Unjudged::Abandoned);
+        }
+        std::thread::sleep(BURST_POLL);
+        // A poisoned state moved too: judging again reports it.
+        if app.cluster.read().map_or(true, |s| s.changes() != changes) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Judges the candidates; when every one fails for a pod that failed everywhere
+/// before at the same change count, waits for the watch to catch up
+/// ([`CATCH_UP_WAIT`]) and judges again.
+fn judge_caught_up(
+    pod: &PodView,
+    names: &[Cow<'_, str>],
+    app: &App,
+    abandoned: &Abandoned,
+) -> Result<Vec<Judgement>, Unjudged> {
+    let turns_all_away = |j: &[Judgement]| !j.is_empty() && !j.iter().any(Judgement::passes);
+    let me = pod_key(pod);
+    let records = || app.turned_away.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut judged, mut changes) = judge_settled(pod, names, app, abandoned)?;
+    if turns_all_away(&judged) && records().should_wait(&me, changes) {
+        if wait_for_change(app, changes, abandoned)? {
+            app.metrics.catch_up_wait("caught_up");
+            (judged, changes) = judge_settled(pod, names, app, abandoned)?;
+        } else {
+            app.metrics.catch_up_wait("settled");
+            records().settled_at(changes);
+        }
+    }
+    records().answered(&me, changes, turns_all_away(&judged));
+    Ok(judged)
+}
+
 /// Answers a `/filter` body with an `ExtenderFilterResult` body. When the state is not
 /// ready, the answer carries `Error` (the scheduler retries), never a guessed verdict.
 /// Stops early, answering nothing, once `abandoned` is set.
 pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, ExtenderError> {
     still_wanted(abandoned)?;
     let (pod, candidates) = parse(body)?;
-    let deadline = Instant::now() + BURST_WAIT;
-    let mut waited = false;
-    let judged = loop {
-        let may_wait = Instant::now() < deadline;
-        let looked = match app.cluster.read() {
-            Err(_) => Err(Unjudged::NotReady(
-                "volguard's cluster state is unavailable".to_owned(),
-            )),
-            Ok(state) => look(&pod, &candidates.names, &state, app, abandoned, may_wait),
-        };
-        match looked {
-            Ok(Look::Contended) => {
-                waited = true;
-                still_wanted(abandoned)?;
-                std::thread::sleep(BURST_POLL);
-            }
-            Ok(Look::Answer(judged)) => {
-                if waited && may_wait {
-                    app.metrics.burst_wait("settled");
-                }
-                break Ok(judged);
-            }
-            Err(e) => break Err(e),
-        }
-    };
-    match judged {
-        Err(Unjudged::Abandoned) => return Err(ExtenderError::Abandoned),
+    match judge_caught_up(&pod, &candidates.names, app, abandoned) {
+        Err(Unjudged::Abandoned) => Err(ExtenderError::Abandoned),
         Err(Unjudged::NotReady(why)) => {
             tracing::warn!(pod = pod.name(), "extender filter not answered: {why}");
-            serde_json::to_vec(&ExtenderFilterResult::error(why))
+            serde_json::to_vec(&ExtenderFilterResult::error(why)).map_err(encode_failed)
         }
-        Ok(judgements) => serde_json::to_vec(&sort_out(&candidates, &judgements, &app.metrics)),
+        Ok(judgements) => serde_json::to_vec(&sort_out(&candidates, &judgements, &app.metrics))
+            .map_err(encode_failed),
     }
-    .map_err(encode_failed)
 }
 
 /// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
