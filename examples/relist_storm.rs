@@ -10,6 +10,9 @@
 //! 5,000 node names (the `fresh` bench pod) for `--seconds` quiet, then as long again
 //! during the storm, and prints p50/p99/max of each. Nothing is asserted.
 //!
+//! The watchers run on a runtime of their own, as `volguard serve` runs them;
+//! `--watchers-on-server-runtime` runs them on the server's workers instead, to compare.
+//!
 //! cargo run --release --example relist_storm -- --seconds 20
 
 #[path = "../tests/common/mod.rs"]
@@ -94,6 +97,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let length = Duration::from_secs(seconds);
+    let shared_runtime = std::env::args().any(|a| a == "--watchers-on-server-runtime");
 
     let config = Arc::new(Config::default());
     let started = Instant::now();
@@ -115,10 +119,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let watch_runtime = watch::runtime().expect("runtime");
     let (server, _watchers) = server_runtime.block_on(async {
-        let client = watch::client(fake.kube_config(), &shared).expect("client");
         let app = App::new(config.clone(), shared.clone());
         let server = TestServer::with_app(app).await;
+        let _watching = (!shared_runtime).then(|| watch_runtime.enter());
+        let client = watch::client(fake.kube_config(), &shared).expect("client");
         let url = format!("http://{}", fake.addr);
         let watchers = watch::spawn(client, url, shared.clone(), &server.app.stopped_watches);
         (server, watchers)
@@ -174,8 +180,13 @@ fn main() {
     storming.store(false, Ordering::Relaxed);
     storm.join().expect("storm");
 
+    let watchers = if shared_runtime {
+        "on the server's runtime"
+    } else {
+        "on their own runtime"
+    };
     println!(
-        "{seconds} s per phase; {} full pod relists (150,000 pods each) during the storm\n",
+        "watchers {watchers}; {seconds} s per phase; {} full pod relists (150,000 pods each) during the storm\n",
         relists.load(Ordering::Relaxed)
     );
     println!("| endpoint, phase | requests | p50 | p99 | max |");
@@ -185,5 +196,6 @@ fn main() {
     println!("{}", quiet.1.row("/filter, quiet"));
     println!("{}", stormy.1.row("/filter, relist storm"));
     drop(server_runtime);
+    drop(watch_runtime);
     drop(api_runtime);
 }

@@ -187,6 +187,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         .build()
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
     let live = fill_or_find_api(&args, &runtime, &mut state)?;
+    let watch_runtime =
+        match live {
+            Some(_) => Some(watch::runtime().map_err(|e| {
+                Failure::runtime(format!("cannot start the watchers' runtime: {e}"))
+            })?),
+            None => None,
+        };
     if let Source::Generated(ca) = &source {
         hand_out_ca(ca, args.listen);
     }
@@ -204,7 +211,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         // Dropped when serving ends, which stops the watchers.
         let _watchers = match live {
             None => None,
-            Some((kube_config, origin)) => Some(watch_api(&mut app, kube_config, &origin)?),
+            Some((kube_config, origin)) => Some(watch_api(
+                &mut app,
+                kube_config,
+                &origin,
+                watch_runtime.as_ref(),
+            )?),
         };
         let tls = RustlsConfig::from_config(Arc::new(serving.config));
         reload_certificates(source, &tls, &app, args.tls_reload_interval);
@@ -363,13 +375,15 @@ fn hand_out_ca(ca: &str, listen: SocketAddr) {
     );
 }
 
-/// Starts the watchers that keep the state current, and remediation when enabled; the
-/// app gets the client, for the direct reads of objects the cache has not seen yet.
-/// The watchers stop when the returned set is dropped.
+/// Starts the watchers that keep the state current, on `watch_runtime` (their client
+/// too, so that their connections' I/O runs there), and remediation when enabled; the
+/// app gets a client of its own on the server's runtime, for the direct reads of objects
+/// the cache has not seen yet. The watchers stop when the returned set is dropped.
 fn watch_api(
     app: &mut App,
     kube_config: kube::Config,
     origin: &str,
+    watch_runtime: Option<&tokio::runtime::Runtime>,
 ) -> Result<tokio::task::JoinSet<()>, Failure> {
     tracing::info!(api = %kube_config.cluster_url, config = %origin, "watching the Kubernetes API; /readyz is 503 until every kind is listed");
     let server = kube_config.cluster_url.clone();
@@ -380,12 +394,16 @@ fn watch_api(
         .then(|| remediation::client(kube_config.clone()))
         .transpose()
         .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
-    let client = watch::client(kube_config, &app.cluster)
-        .map_err(|e| Failure::usage(format!("{origin}: {e}")))?;
-    app.api = Some(client.clone());
+    let cluster = app.cluster.clone();
+    let client = |config| {
+        watch::client(config, &cluster).map_err(|e| Failure::usage(format!("{origin}: {e}")))
+    };
+    app.api = Some(client(kube_config.clone())?);
     if let Some(remediation_client) = remediation_client {
         start_remediation(app, remediation_client);
     }
+    let _watching = watch_runtime.map(|r| r.enter());
+    let client = client(kube_config)?;
     Ok(watch::spawn(
         client,
         server,

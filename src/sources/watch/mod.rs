@@ -67,6 +67,37 @@ impl Drop for Ending {
     }
 }
 
+/// A runtime for the watchers alone, one worker and its own blocking threads: a relist
+/// decodes and applies pages for seconds, CPU work that on the server's workers would
+/// queue requests behind it. Here it takes turns with them in the kernel's scheduler
+/// instead, at a lower priority ([`WATCH_NICENESS`]), so that requests go first when
+/// both want the CPU. Enter it (`Runtime::enter`) to build the client and [`spawn`] the
+/// watchers; drop it outside any runtime.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("volguard-watch")
+        .on_thread_start(lower_priority)
+        .enable_all()
+        .build()
+}
+
+/// How much nicer than the rest of the process the watchers' threads are: a CPU share
+/// of about a third of a request thread's when both are busy, enough to keep up with a
+/// relist, which then takes longer.
+pub const WATCH_NICENESS: i32 = 5;
+
+/// Makes the calling thread [`WATCH_NICENESS`] nicer (Linux keeps a nice value per
+/// thread; `nice` changes the caller's). Being nicer needs no privilege; should it fail
+/// all the same, the thread keeps the process's priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: nice takes an integer and changes only the calling thread's priority.
+    unsafe {
+        libc::nice(WATCH_NICENESS);
+    }
+}
+
 /// Starts one watcher per kind on the current runtime; dropping the set stops them. A
 /// watcher that ends is recorded in `stopped`. `server` is the API server's URL
 /// (`kube::Config::cluster_url`), named in every failure logged, since the client's
@@ -268,5 +299,28 @@ fn convert<K: Watched>(event: watcher::Event<K>) -> watcher::Event<crate::cluste
         Event::Init => Event::Init,
         Event::InitApply(o) => Event::InitApply(o.into_object()),
         Event::InitDone => Event::InitDone,
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn niceness() -> i32 {
+        // SAFETY: getpriority reads only its integer arguments; `who` 0 is the caller.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
+
+    #[test]
+    fn the_watchers_threads_yield_to_the_servers() {
+        let server = niceness();
+        let runtime = runtime().expect("runtime");
+        let (worker, blocking) = runtime.block_on(async {
+            let worker = tokio::spawn(async { niceness() }).await.expect("task");
+            let blocking = tokio::task::spawn_blocking(niceness).await.expect("task");
+            (worker, blocking)
+        });
+        let expected = (server + WATCH_NICENESS).min(19);
+        assert_eq!((worker, blocking), (expected, expected));
     }
 }
