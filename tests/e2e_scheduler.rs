@@ -247,7 +247,10 @@ async fn a_pod_that_fits_nowhere_stays_pending_with_volguards_reasons() {
          node-1  unresolvable  0      linode 1/1  node(s) at the linode attach limit (limit from CSINode): 1 of 1 used, pod needs 1 more\n\
          node-2  unresolvable  0      linode 1/1  node(s) at the linode attach limit (limit from CSINode): 1 of 1 used, pod needs 1 more\n\
          node-3  unresolvable  0      linode 1/1  node(s) at the linode attach limit (limit from node annotation volguard.io/attach-limit): 1 of 1 used, pod needs 1 more\n\
-         node-4  unresolvable  0      linode 0/8  node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?): the node has no CSINode object\n"
+         node-4  unresolvable  0      linode 0/8  node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?): the node has no CSINode object\n\
+         \n"
+        .to_owned()
+            + volguard::cmd::explain::LEGEND
     );
     // The same through kubectl, with volguard as its plugin.
     let plugins = tempfile::tempdir().unwrap();
