@@ -36,7 +36,7 @@ pub struct App {
     pub direct_gets: Arc<watch::DirectGets>,
     /// The watchers that ended, for liveness (none with a snapshot).
     pub stopped_watches: watch::Stopped,
-    /// Pods `/filter` passed that the state does not show bound yet (README: "Bursts").
+    /// Pods `/filter` passed that the state does not show bound yet (docs/scheduling.md, "Bursts").
     /// Taken after the cluster state's lock, never before it.
     pub in_flight: Arc<Mutex<InFlight>>,
     /// What placements in flight are timed from.
