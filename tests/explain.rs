@@ -451,3 +451,52 @@ fn nodes_and_explain_show_a_pod_waiting_for_remediation_and_the_pods_left_alone(
         );
     }
 }
+
+/// The remediation sample in docs/remediation.md ("Seeing it") is what the command shown
+/// there prints, line for line, on `examples/remediation-cluster`.
+#[test]
+fn the_remediation_sample_in_the_docs_is_what_nodes_prints_on_its_example() {
+    let page = std::fs::read_to_string(repo("docs/remediation.md")).unwrap();
+    let prompt = "$ volguard nodes --snapshot examples/remediation-cluster";
+    let sample: Vec<&str> = page
+        .lines()
+        .skip_while(|l| !l.starts_with(prompt))
+        .take_while(|l| *l != "```")
+        .collect();
+    assert!(
+        sample.len() > 3,
+        "docs/remediation.md shows `{prompt} ...` and its output"
+    );
+    let args: Vec<&str> = sample[0]["$ volguard ".len()..].split(' ').collect();
+    assert_eq!(
+        args,
+        [
+            "nodes",
+            "--snapshot",
+            "examples/remediation-cluster",
+            "--config",
+            "examples/remediation-config.yaml"
+        ]
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
+        .args(&args)
+        .current_dir(repo(""))
+        .env_remove("VOLGUARD_OUTPUT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed, format!("{}\n", sample[1..].join("\n")));
+    // What each pod of the example shows, as the pod files say.
+    for (pod, says) in [
+        ("cache-0", "waiting for remediation"),
+        ("loner", "left alone: no controller owns it"),
+        ("stuck", "so its device plugin looks down"),
+    ] {
+        let line = printed
+            .lines()
+            .find(|l| l.starts_with(&format!("  shop/{pod}: ")))
+            .unwrap_or_else(|| panic!("a line for {pod}: {printed}"));
+        assert!(line.contains(says), "{line}");
+    }
+}
