@@ -13,6 +13,11 @@ fn main() {
             println!("cargo:rerun-if-changed={git}");
         }
     }
+    if std::env::var_os("CARGO_FEATURE_SKIP_E2E").is_some() {
+        println!(
+            "cargo:warning=skip-e2e: the tests against the real control plane (tests/e2e_*.rs) are marked ignored: they will NOT run"
+        );
+    }
     let commit = std::env::var("VOLGUARD_GIT_COMMIT")
         .ok()
         .filter(|c| !c.trim().is_empty())

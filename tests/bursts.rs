@@ -1,4 +1,4 @@
-//! Bursts (README: "Bursts: placements in flight"): pods judged one after the other
+//! Bursts (docs/scheduling.md, "Bursts: placements in flight"): pods judged one after the other
 //! while the bindings of the pods before them have not reached the cluster state yet,
 //! as kube-scheduler does it. The scheduler is played here step by step: `/filter`,
 //! `/prioritize`, its choice among the passing nodes, and the binding shown to the

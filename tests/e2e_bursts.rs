@@ -1,7 +1,7 @@
 //! Bursts against the real control plane (see `tests/control_plane/`): pods created
 //! together, by hand or by the real StatefulSet controller, bound by the real
 //! kube-scheduler with the shipped profile while volguard learns each binding only from
-//! its watch (README: "Bursts: placements in flight").
+//! its watch (docs/scheduling.md, "Bursts: placements in flight").
 
 mod common;
 mod control_plane;
@@ -101,6 +101,10 @@ fn assert_within_limit(bound: &BTreeMap<String, Vec<String>>, limit: usize, tota
 /// with an attach limit of 2, against the shipped two replicas behind the Services'
 /// stand-ins: six are bound, two per node; the other three wait with the reason an
 /// operator reads.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn nine_pods_created_at_once_never_overshoot_an_attach_limit() {
     let cp = ControlPlane::start_with(Options {
@@ -148,6 +152,10 @@ async fn nine_pods_created_at_once_never_overshoot_an_attach_limit() {
 
 /// Two pods sharing one ReadWriteOnce claim, created together on six free nodes, twenty
 /// rounds: always bound to the same node.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_write_once_pair_created_together_is_never_split() {
     let cp = ControlPlane::start().await;
@@ -193,6 +201,10 @@ async fn a_read_write_once_pair_created_together_is_never_split() {
 /// StatefulSet controller creates nine pods and their claims at once, the real PV
 /// binder binds each claim to its static PV, and the burst fills three nodes to their
 /// limit of 2.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_parallel_statefulset_with_claim_templates_fills_nodes_to_their_limit() {
     let cp = ControlPlane::start().await;
@@ -249,6 +261,10 @@ async fn a_parallel_statefulset_with_claim_templates_fills_nodes_to_their_limit(
 /// claims, kube-scheduler picks their node, a provisioner makes their volumes there and
 /// the real PV binder binds them. Four nodes with a limit of 3: twelve pods are bound,
 /// three per node.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deployment_scaled_from_0_to_20_never_overshoots() {
     let cp = ControlPlane::start().await;

@@ -89,6 +89,10 @@ async fn assert_evicted_with_event(cp: &ControlPlane, name: &str) {
     );
 }
 
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test]
 async fn a_pod_whose_volume_moved_is_evicted_with_an_event() {
     let cp = cluster_with_pod(json!({"app": "db"})).await;
@@ -101,6 +105,10 @@ async fn a_pod_whose_volume_moved_is_evicted_with_an_event() {
     );
 }
 
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test]
 async fn a_budget_that_allows_no_disruption_stops_the_eviction_and_says_so() {
     let cp = cluster_with_pod(json!({"app": "guarded"})).await;
@@ -176,6 +184,10 @@ async fn lease_holder(cp: &ControlPlane) -> Option<String> {
     lease(cp).await.map(|(holder, _)| holder)
 }
 
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test]
 async fn with_two_replicas_only_the_lease_holder_evicts_and_the_other_takes_over() {
     let mut cp = cluster_with_pod(json!({"app": "db"})).await;

@@ -88,6 +88,10 @@ fn stale_kinds(problem: &str) -> Vec<String> {
         .collect()
 }
 
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_while_the_api_server_is_down_then_caught_up_after_its_restart() {
     let mut cp = ControlPlane::start_with(Options {

@@ -60,6 +60,10 @@ async fn requests_to_mutate(cp: &ControlPlane) -> u64 {
         .sum()
 }
 
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_created_through_the_api_is_stored_as_volguard_patched_it() {
     let cp = ControlPlane::start_with(Options {
@@ -153,6 +157,10 @@ async fn a_pod_created_through_the_api_is_stored_as_volguard_patched_it() {
     assert_eq!(answer["response"].get("patch"), None, "{body}");
 }
 
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_excluded_namespaces_and_a_stopped_volguard() {
     let mut cp = ControlPlane::start_with(Options {

@@ -85,6 +85,10 @@ async fn metric_reaches(cp: &ControlPlane, name: &str, labels: &[(&str, &str)], 
 /// the other node; volguard evicts the pod after the grace period, the StatefulSet
 /// controller recreates it, and kube-scheduler binds the new pod where the volume now
 /// is. Prints the time from the move to the new binding.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_statefulset_pod_follows_its_volume_to_another_node() {
     let cp = start().await;
@@ -122,6 +126,10 @@ async fn a_statefulset_pod_follows_its_volume_to_another_node() {
 /// Three pods under a budget of `minAvailable: 2` that the real disruption controller
 /// keeps; two of their volumes move at once. One eviction goes through; the other is
 /// refused until the first pod's replacement is Ready on the node its volume went to.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_budget_lets_one_pod_move_at_a_time() {
     let cp = start().await;
@@ -202,6 +210,10 @@ async fn a_budget_lets_one_pod_move_at_a_time() {
 /// Every volume of the driver on a node drops to 0 at once, for longer than the grace
 /// period: the device plugin went away, not the volumes. Nothing is evicted, and the
 /// node is reported.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_plugin_that_goes_away_evicts_nothing() {
     let cp = start().await;
@@ -246,6 +258,10 @@ async fn a_device_plugin_that_goes_away_evicts_nothing() {
 
 /// A pod no controller owns whose volume moved is left alone (kubectl drain's rule):
 /// evicted, it would simply be gone.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bare_pod_is_not_evicted() {
     let cp = start().await;

@@ -27,7 +27,8 @@ fn explain(pod: &str, extra: &[&str]) -> Output {
         .expect("volguard runs")
 }
 
-/// The table rows after the header, split on runs of two or more spaces.
+/// The table rows after the header up to the blank line before the legend, split on runs
+/// of two or more spaces.
 fn rows(stdout: &str) -> Vec<Vec<String>> {
     let mut lines = stdout.lines().skip_while(|l| !l.starts_with("NODE "));
     let header = lines.next().expect("a table header");
@@ -37,6 +38,7 @@ fn rows(stdout: &str) -> Vec<Vec<String>> {
     );
     let reason_at = header.find("REASON").unwrap();
     lines
+        .take_while(|l| !l.is_empty())
         .map(|l| {
             let mut cols: Vec<String> = l[..reason_at]
                 .split("  ")
@@ -86,6 +88,23 @@ fn linode_web_prints_the_patch_and_one_row_per_node() {
                 "node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?): its CSINode has no entry for the driver"
             ],
         ]
+    );
+    // Under the table, what its words and numbers mean.
+    assert!(
+        stdout.ends_with(
+            "worker-4  unresolvable  0      linode 0/8   node(s) without CSI driver linodebs.csi.linode.com registered (is its node plugin running, with the kubelet's --root-dir?): its CSINode has no entry for the driver\n\
+             \n\
+             legend:\n\
+             \x20 pass          the extender keeps the node\n\
+             \x20 unresolvable  turned away; preemption cannot help (every rule, the attach limit included)\n\
+             \x20 fail          turned away; the scheduler may try preemption there (a node not in volguard's state yet)\n\
+             \x20 SCORE         0-10, as /prioritize gives it: 10 = the node holds every managed volume of the pod;\n\
+             \x20               else 1 + 8 * free / limit after placing the pod, on the tightest driver (9 = no limit);\n\
+             \x20               0 = turned away\n\
+             \x20 SLOTS         per driver of the pod: volumes attached to or in use on the node / its attach limit\n\
+             \x20 REASON        what kube-scheduler is told (it prints it after a node count), then this node's numbers\n"
+        ),
+        "{stdout}"
     );
 }
 
@@ -430,5 +449,54 @@ fn nodes_and_explain_show_a_pod_waiting_for_remediation_and_the_pods_left_alone(
             explain.ends_with(&format!("\nremediation: {want}\n")),
             "{explain}"
         );
+    }
+}
+
+/// The remediation sample in docs/remediation.md ("Seeing it") is what the command shown
+/// there prints, line for line, on `examples/remediation-cluster`.
+#[test]
+fn the_remediation_sample_in_the_docs_is_what_nodes_prints_on_its_example() {
+    let page = std::fs::read_to_string(repo("docs/remediation.md")).unwrap();
+    let prompt = "$ volguard nodes --snapshot examples/remediation-cluster";
+    let sample: Vec<&str> = page
+        .lines()
+        .skip_while(|l| !l.starts_with(prompt))
+        .take_while(|l| *l != "```")
+        .collect();
+    assert!(
+        sample.len() > 3,
+        "docs/remediation.md shows `{prompt} ...` and its output"
+    );
+    let args: Vec<&str> = sample[0]["$ volguard ".len()..].split(' ').collect();
+    assert_eq!(
+        args,
+        [
+            "nodes",
+            "--snapshot",
+            "examples/remediation-cluster",
+            "--config",
+            "examples/remediation-config.yaml"
+        ]
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
+        .args(&args)
+        .current_dir(repo(""))
+        .env_remove("VOLGUARD_OUTPUT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed, format!("{}\n", sample[1..].join("\n")));
+    // What each pod of the example shows, as the pod files say.
+    for (pod, says) in [
+        ("cache-0", "waiting for remediation"),
+        ("loner", "left alone: no controller owns it"),
+        ("stuck", "so its device plugin looks down"),
+    ] {
+        let line = printed
+            .lines()
+            .find(|l| l.starts_with(&format!("  shop/{pod}: ")))
+            .unwrap_or_else(|| panic!("a line for {pod}: {printed}"));
+        assert!(line.contains(says), "{line}");
     }
 }

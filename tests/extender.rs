@@ -1,6 +1,6 @@
 //! The scheduler extender driven over real TLS with ExtenderArgs JSON as kube-scheduler
 //! sends it, in both modes (`NodeNames` with nodeCacheCapable, full `Nodes` without):
-//! one test per rule of the README's extender table and per counting edge.
+//! one test per rule of the extender table in docs/scheduling.md and per counting edge.
 
 mod common;
 
@@ -244,7 +244,7 @@ async fn nodes_fixture_echoes_the_passing_node_objects_unchanged() {
     assert_eq!((scores["worker-3"], scores["worker-4"]), (0, 0));
 }
 
-/// Scores against the formula the README documents, worked out by hand rather than
+/// Scores against the formula docs/scheduling.md documents, worked out by hand rather than
 /// asked of volguard: `1 + 8 × free / limit`, with the slots free after placing the pod;
 /// 0 for a failing node. linode-web needs one new linode volume; worker-1 holds one other
 /// (1 used), so 2 are used once the pod is placed, and the node annotation sets the

@@ -597,7 +597,7 @@ fn check_volguard_deployment(r: &Rendered) {
         "the webhook's Service balances"
     );
 
-    // The extender's Service: the same pods, one replica per client (README: "Bursts").
+    // The extender's Service: the same pods, one replica per client (docs/scheduling.md, "Bursts").
     let extender = by_name(&r.services, "volguard-extender", |o| {
         o.metadata.name.as_deref().unwrap_or_default()
     });
@@ -688,7 +688,7 @@ fn check_scheduler(r: &Rendered) {
     check_extender(&extender, "volguard-scheduler-config");
 
     // The second scheduler sends volguard every pod it schedules: no marker resource,
-    // which kube-scheduler would otherwise count against pods' requeueing (README).
+    // which kube-scheduler would otherwise count against pods' requeueing (docs/scheduling.md).
     assert_eq!(extender["managedResources"], Value::Null);
     assert_eq!(volguard_config(r)["markerResource"], "");
     // ... and the webhook routes managed pods to it.

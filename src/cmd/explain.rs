@@ -31,6 +31,19 @@ use crate::{
     sources::snapshot,
 };
 
+/// What the table's verdicts, scores and columns mean, printed under it (not in JSON).
+pub const LEGEND: &str = "\
+legend:
+  pass          the extender keeps the node
+  unresolvable  turned away; preemption cannot help (every rule, the attach limit included)
+  fail          turned away; the scheduler may try preemption there (a node not in volguard's state yet)
+  SCORE         0-10, as /prioritize gives it: 10 = the node holds every managed volume of the pod;
+                else 1 + 8 * free / limit after placing the pod, on the tightest driver (9 = no limit);
+                0 = turned away
+  SLOTS         per driver of the pod: volumes attached to or in use on the node / its attach limit
+  REASON        what kube-scheduler is told (it prints it after a node count), then this node's numbers
+";
+
 /// Above this many nodes, the table shows a summary and the best candidates only.
 const FULL_TABLE_UP_TO: usize = 20;
 /// Candidates shown after the summary.
@@ -144,6 +157,8 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, Failure> {
         ExplainOutput::Table => {
             let mut out = table(&name, webhook.as_ref(), &rows, args.all_nodes);
             out.push_str(&remediation_text(&name, state, config));
+            out.push('\n');
+            out.push_str(LEGEND);
             out
         }
         ExplainOutput::Json => json_report(&name, webhook.as_ref(), &rows, fits),

@@ -1,5 +1,5 @@
 //! Pods the scheduler was told fit but that the cluster state does not show bound yet
-//! (README: "Bursts: placements in flight").
+//! (docs/scheduling.md, "Bursts: placements in flight").
 //!
 //! kube-scheduler starts the next pod's cycle as soon as it has assumed the last one,
 //! milliseconds before that pod's binding reaches volguard's watch. Judged against the

@@ -1,4 +1,4 @@
-//! The extender's pure core (README: "The scheduler extender"): given a pod's resolved
+//! The extender's pure core (docs/scheduling.md, "The scheduler extender"): given a pod's resolved
 //! volumes and the cluster state, say for each node whether the pod fits, why not, and
 //! how well.
 //! The pod is planned once per request; judging a node then costs a few index lookups

@@ -1,4 +1,4 @@
-//! Leader election for remediation (README: "Remediation", "One actor"), the decisions
+//! Leader election for remediation (docs/remediation.md, "One actor"), the decisions
 //! only: whether this replica may take or keep the `coordination.k8s.io` Lease, and
 //! until when it may act. Time is this process's monotonic clock, passed in: the
 //! Lease's `renewTime` is another machine's wall clock, so a Lease is timed from when

@@ -1,4 +1,4 @@
-//! Remediation (README: "Remediation"): which pods lost their device-plugin volume and
+//! Remediation (docs/remediation.md): which pods lost their device-plugin volume and
 //! should be moved. Pure: given the cluster state, the config, a clock value and what the
 //! controller remembers, it returns the pods at risk, the pods to evict now and the pods
 //! skipped with why, and checks a fresh read of a pod and its node before each eviction.

@@ -1,4 +1,4 @@
-//! The config file (README: "Configuration"): typed, defaulted and validated once at
+//! The config file (docs/configuration.md): typed, defaulted and validated once at
 //! start, so that every later component can trust it.
 
 use std::path::Path;
@@ -30,7 +30,7 @@ pub struct Config {
     /// whose extender lists it in `managedResources` sends the pod to volguard. Empty (the
     /// default): not injected, as the shipped second scheduler sends volguard every pod,
     /// counts a marker it does not ignore as a resource no node has, and requeues pods
-    /// that carry one late (see the README).
+    /// that carry one late (docs/scheduling.md, "Which scheduler asks volguard").
     pub marker_resource: String,
     /// The volume drivers volguard manages; volumes of any other driver are left alone.
     pub drivers: Vec<DriverConfig>,
@@ -128,7 +128,7 @@ pub struct SchedulingConfig {
 }
 
 /// When and how fast pods whose device-plugin volume was detached from their node are
-/// evicted (README: "Remediation"). Off by default: it is the only part of volguard
+/// evicted (docs/remediation.md). Off by default: it is the only part of volguard
 /// that writes to the API.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]

@@ -36,11 +36,11 @@ pub struct App {
     pub direct_gets: Arc<watch::DirectGets>,
     /// The watchers that ended, for liveness (none with a snapshot).
     pub stopped_watches: watch::Stopped,
-    /// Pods `/filter` passed that the state does not show bound yet (README: "Bursts").
+    /// Pods `/filter` passed that the state does not show bound yet (docs/scheduling.md, "Bursts").
     /// Taken after the cluster state's lock, never before it.
     pub in_flight: Arc<Mutex<InFlight>>,
     /// Pods `/filter` turned away from every node, so that a retry volguard's watch
-    /// has not caught up with waits for it (README: "Retries: a watch behind the scheduler").
+    /// has not caught up with waits for it (docs/scheduling.md, "Retries").
     pub turned_away: Arc<Mutex<TurnedAway>>,
     /// What placements in flight are timed from.
     pub epoch: Instant,

@@ -1,4 +1,4 @@
-//! The remediation controller (README: "Remediation"), run inside `volguard serve` when
+//! The remediation controller (docs/remediation.md), run inside `volguard serve` when
 //! `remediation.enabled`: each round it asks the pure core which pods lost their
 //! device-plugin volume, reads each due pod, its node and the evidence again, and calls
 //! the Eviction API (so PodDisruptionBudgets are respected; a refusal is retried later,

@@ -70,7 +70,9 @@ pub const SCHEDULER: &str = "volguard-scheduler";
 /// One control plane at a time per test binary.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Where the built kube-apiserver, kube-scheduler and etcd are.
+/// Where the built kube-apiserver, kube-scheduler, kube-controller-manager and etcd are:
+/// `VOLGUARD_CONTROL_PLANE_BIN` when set (a folder of the four binaries, at the versions
+/// of `e2e/control-plane/go.mod`), else built by `scripts/control-plane.sh`.
 fn binaries() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -88,7 +90,10 @@ fn binaries() -> &'static Path {
         assert!(
             out.status.success(),
             "{} build failed ({}): the control-plane tests need Go and the Go module proxy \
-             to build kube-apiserver, kube-scheduler and etcd; see e2e/control-plane/README.md",
+             to build kube-apiserver, kube-scheduler, kube-controller-manager and etcd (see \
+             e2e/control-plane/README.md), or VOLGUARD_CONTROL_PLANE_BIN naming a folder that \
+             holds them. Without Go, `cargo test --features skip-e2e` runs every other test and \
+             reports these as ignored (docs/testing.md)",
             script.display(),
             out.status
         );

@@ -1,4 +1,4 @@
-//! The kube-scheduler extender's HTTP side (README: "The scheduler extender"):
+//! The kube-scheduler extender's HTTP side (docs/scheduling.md, "The scheduler extender"):
 //! `POST /filter` and `POST /prioritize`, their wire types, around the pure judge.
 
 pub mod endpoints;
