@@ -44,47 +44,12 @@ built() {
   for b in "${binaries[@]}"; do [[ -x "$bin/$b" ]] || return 1; done
 }
 
-# Runs a command as a child that a signal to this script also stops: bash
-# alone would wait for it, and an orphaned go build would write on.
-child=
-run() {
-  "$@" &
-  child=$!
-  wait "$child"
-  child=
-}
-on_signal() {
-  [[ -n $child ]] && kill "$child" 2>/dev/null && wait "$child" 2>/dev/null
-  exit 130
-}
-trap on_signal INT TERM HUP
+# shellcheck source=lib/build-once.sh
+. "$root/scripts/lib/build-once.sh"
 
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
-
-build() {
-  if built; then
-    echo "$bin"
-    return
-  fi
-  mkdir -p "$parent"
-  # One build at a time (parallel test binaries may all ask for it); whoever
-  # waited finds the folder done.
-  exec 9>"$parent/.lock"
-  flock 9
-  if built; then
-    echo "$bin"
-    return
-  fi
-
-  local start tmp t major minor rest date ldflags pkg
-  start=$(now)
-  # What a killed build left behind (the lock is ours, so nobody builds there).
-  rm -rf "$parent/.$name".*
-  tmp=$(mktemp -d "$parent/.$name.XXXXXX")
-  # shellcheck disable=SC2064 # expand $tmp now
-  trap "rm -rf '$tmp'" EXIT
-  chmod 755 "$tmp"
+# Builds the four binaries into the folder $1 (its bin/).
+compile() {
+  local tmp=$1 t major minor rest date ldflags pkg
   mkdir "$tmp/bin"
   echo "control-plane: building kube-apiserver, kube-scheduler, kube-controller-manager $kube_version and etcd $etcd_version into $dir (cold Go caches: about 15 minutes on 2 cores; warm: seconds)" >&2
 
@@ -123,10 +88,10 @@ build() {
   # names "server".
   mv "$tmp/bin/server" "$tmp/bin/etcd"
   echo "control-plane: compiled in $(since "$t")" >&2
+}
 
-  mv -T "$tmp" "$dir"
-  trap - EXIT
-  echo "control-plane: built in $(since "$start")" >&2
+build() {
+  build_once control-plane "$parent" "$name" built compile
   echo "$bin"
 }
 
