@@ -2,7 +2,8 @@
 //! install` of `charts/volguard` provides every API object, volguard and kube-scheduler
 //! run from them (there is no kubelet to run the Deployments' pods), and pods go through
 //! the chart's webhook and second scheduler. Then `helm upgrade` with other drivers
-//! changes the config checksum on the pod template, and the Deployment rolls out.
+//! changes the config checksum on the pod template, and the Deployment rolls out; `helm
+//! uninstall` takes the webhook away.
 
 mod common;
 mod control_plane;
@@ -209,4 +210,12 @@ async fn the_chart_installed_with_helm_runs_the_webhook_and_scheduler_and_an_upg
         annotation(&stored, "volguard.io/mutated"),
         Some("limits volumes.example.com/vol-1=1 (app); scheduler volguard-scheduler")
     );
+
+    // helm uninstall takes the webhook registration away: pods are left alone again.
+    let (ok, _, err) = cp.helm(&["uninstall", "volguard"]);
+    assert!(ok, "helm uninstall: {err}");
+    let (found, _, err) = cp.kubectl(&["get", "mutatingwebhookconfiguration", "volguard"], None);
+    assert!(!found && err.contains("NotFound"), "{err}");
+    let stored = cp.pod("shop", device_pod("after", "nvme=vol-1")).await;
+    assert_eq!(annotation(&stored, "volguard.io/mutated"), None);
 }
