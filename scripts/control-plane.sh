@@ -44,69 +44,13 @@ built() {
   for b in "${binaries[@]}"; do [[ -x "$bin/$b" ]] || return 1; done
 }
 
-# Runs a command as a child that a signal to this script also stops: bash
-# alone would wait for it, and an orphaned go build would write on.
-child=
-run() {
-  "$@" &
-  child=$!
-  wait "$child"
-  child=
-}
-on_signal() {
-  [[ -n $child ]] && kill "$child" 2>/dev/null && wait "$child" 2>/dev/null
-  exit 130
-}
-trap on_signal INT TERM HUP
+# shellcheck source=lib/build-once.sh
+. "$root/scripts/lib/build-once.sh"
 
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
-
-# Reads `go build -v` (it names each package on stderr as it is compiled) and says
-# every 30 s how far the build is; other lines (compiler errors) pass through. Cached
-# packages are not named, so the total is an upper bound.
-progress() {
-  local total=$1 started=$2 n=0 last=$SECONDS line
-  while IFS= read -r line; do
-    if [[ $line =~ ^[A-Za-z0-9._/~+-]+$ ]]; then
-      n=$((n + 1))
-      if ((SECONDS - last >= 30)); then
-        last=$SECONDS
-        echo "control-plane: compiling: $n of at most $total packages, $(since "$started") so far" >&2
-      fi
-    else
-      printf '%s\n' "$line" >&2
-    fi
-  done
-}
-
-build() {
-  if built; then
-    echo "$bin"
-    return
-  fi
-  mkdir -p "$parent"
-  # One build at a time (parallel test binaries may all ask for it); whoever
-  # waited finds the folder done.
-  exec 9>"$parent/.lock"
-  flock 9
-  if built; then
-    echo "$bin"
-    return
-  fi
-
-  if ! command -v go >/dev/null 2>&1; then
-    echo "control-plane: go is not on PATH: building kube-apiserver, kube-scheduler, kube-controller-manager and etcd needs Go (see $mod/go.mod for the version) and the Go module proxy. Without Go: cargo test --features skip-e2e runs every other test (docs/testing.md)" >&2
-    exit 1
-  fi
-  local start tmp t major minor rest date ldflags pkg total
-  start=$(now)
-  # What a killed build left behind (the lock is ours, so nobody builds there).
-  rm -rf "$parent/.$name".*
-  tmp=$(mktemp -d "$parent/.$name.XXXXXX")
-  # shellcheck disable=SC2064 # expand $tmp now
-  trap "rm -rf '$tmp'" EXIT
-  chmod 755 "$tmp"
+# Builds the four binaries into the folder $1 (its bin/).
+compile() {
+  local tmp=$1 t major minor rest date ldflags pkg total
+  need_go control-plane "kube-apiserver, kube-scheduler, kube-controller-manager and etcd"
   mkdir "$tmp/bin"
   echo "control-plane: building kube-apiserver, kube-scheduler, kube-controller-manager $kube_version and etcd $etcd_version into $dir (cold Go caches: about 11.5 minutes on 2 cores, progress every 30 s; warm: seconds)" >&2
 
@@ -144,15 +88,15 @@ build() {
 
   t=$(now)
   run go build -v -mod=readonly -trimpath -buildvcs=false -ldflags "$ldflags" -o "$tmp/bin/" "${pkgs[@]}" \
-    2> >(progress "$total" "$t")
+    2> >(progress control-plane "$total" "$t")
   # The etcd main package is the root of go.etcd.io/etcd/server/v3, which go
   # names "server".
   mv "$tmp/bin/server" "$tmp/bin/etcd"
   echo "control-plane: compiled in $(since "$t")" >&2
+}
 
-  mv -T "$tmp" "$dir"
-  trap - EXIT
-  echo "control-plane: built in $(since "$start")" >&2
+build() {
+  build_once control-plane "$parent" "$name" built compile
   echo "$bin"
 }
 

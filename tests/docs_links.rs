@@ -11,10 +11,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Links to files that another change adds, accepted while the file is missing (and
-/// checked as any other link once it exists). Say loudly that they were not checked.
-const PENDING: &[(&str, &str)] = &[("README.md", "charts/volguard/README.md")];
-
 /// The Markdown files under `root`, sorted, without `target/` and hidden folders.
 fn markdown_files(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -206,10 +202,9 @@ fn anchors(text: &str) -> BTreeSet<String> {
 }
 
 /// The broken relative links of the Markdown files under `root`, one line each
-/// (`file:line: target: what is wrong`), and the pending links that were not checked.
-fn check(root: &Path, pending: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
+/// (`file:line: target: what is wrong`).
+fn check(root: &Path) -> Vec<String> {
     let mut broken = Vec::new();
-    let mut unchecked = Vec::new();
     for file in markdown_files(root) {
         let rel = file.strip_prefix(root).unwrap().display().to_string();
         let text = fs::read_to_string(&file).unwrap();
@@ -233,18 +228,7 @@ fn check(root: &Path, pending: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
                 file.parent().unwrap().join(path)
             };
             if !resolved.exists() {
-                let shown = resolved
-                    .strip_prefix(root)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
-                if pending
-                    .iter()
-                    .any(|(f, t)| *f == rel && normal(t) == normal(&shown))
-                {
-                    unchecked.push(format!("{rel}:{line}: {target}"));
-                } else {
-                    broken.push(format!("{rel}:{line}: {target}: no such file"));
-                }
+                broken.push(format!("{rel}:{line}: {target}: no such file"));
                 continue;
             }
             let Some(fragment) = fragment else { continue };
@@ -259,37 +243,22 @@ fn check(root: &Path, pending: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
             }
         }
     }
-    (broken, unchecked)
-}
-
-/// A relative path with `.` and `..` components worked out, as text.
-fn normal(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.join("/")
+    broken
 }
 
 #[test]
 fn every_relative_link_in_the_docs_resolves() {
     let root = common::repo("");
     let files = markdown_files(&root);
-    for must in ["README.md", "docs/install.md", "manifests/README.md"] {
+    for must in [
+        "README.md",
+        "docs/install.md",
+        "manifests/README.md",
+        "charts/volguard/README.md",
+    ] {
         assert!(files.contains(&root.join(must)), "{must} is checked");
     }
-    let (broken, unchecked) = check(&root, PENDING);
-    for link in &unchecked {
-        eprintln!(
-            "!!!!!!!! NOT CHECKED: {link}: its file is not in the repository yet (PENDING in tests/docs_links.rs) !!!!!!!!"
-        );
-    }
+    let broken = check(&root);
     assert!(
         broken.is_empty(),
         "{} broken links:\n{}",
@@ -320,7 +289,7 @@ fn the_checker_reports_missing_files_and_anchors() {
          [folder](docs/)\n",
     )
     .unwrap();
-    let (broken, unchecked) = check(root, &[]);
+    let broken = check(root);
     assert_eq!(
         broken,
         [
@@ -330,11 +299,6 @@ fn the_checker_reports_missing_files_and_anchors() {
             "README.md:10: docs/later.md: no such file",
         ]
     );
-    assert!(unchecked.is_empty());
-    // A pending link is reported apart, and only while its file is missing.
-    let (broken, unchecked) = check(root, &[("README.md", "docs/later.md")]);
-    assert_eq!(broken.len(), 3, "{broken:?}");
-    assert_eq!(unchecked, ["README.md:10: docs/later.md"]);
 }
 
 #[test]

@@ -5,10 +5,10 @@
 //!
 //! Needs `kubectl` (with its bundled kustomize) on PATH; no cluster.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
@@ -25,34 +25,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use common::render::{documents, first_difference, kustomize};
+use common::repo;
+
 const NAMESPACE: &str = "volguard-system";
 const MARKER_RESOURCE: &str = "volguard.io/volumes";
 const IMAGE: &str = "ghcr.io/volguard/volguard:0.1.0";
-
-fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// `kubectl kustomize <dir>`, offline.
-fn kustomize(rel: &str) -> String {
-    let dir = repo_path(rel);
-    let output = match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
-        Ok(output) => output,
-        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
-            "`kubectl` is not on PATH: this test renders the manifests with \
-             `kubectl kustomize`; install kubectl (any version with kustomize v5)"
-        ),
-        Err(e) => panic!("could not run `kubectl kustomize {}`: {e}", dir.display()),
-    };
-    assert!(
-        output.status.success(),
-        "`kubectl kustomize {}` failed ({}):\n{}",
-        dir.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("kubectl kustomize printed non-UTF-8 output")
-}
 
 /// Every object of a rendered kustomization, by kind.
 #[derive(Default)]
@@ -72,34 +50,6 @@ struct Rendered {
     cert_manager: Vec<Value>,
 }
 
-/// The first place where `a` and `b` (called `names`) differ, as a JSON path.
-fn first_difference(a: &Value, b: &Value, path: &str, names: (&str, &str)) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter().find_map(|k| {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(v), Some(w)) => first_difference(v, w, &p, names),
-                    (Some(_), None) => Some(format!("{p} is only in the {}", names.0)),
-                    (None, Some(_)) => Some(format!("{p} is only in the {}", names.1)),
-                    (None, None) => None,
-                }
-            })
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
-            .iter()
-            .zip(y)
-            .enumerate()
-            .find_map(|(i, (v, w))| first_difference(v, w, &format!("{path}[{i}]"), names)),
-        _ if a == b => None,
-        _ => Some(format!(
-            "{path}: {a} in the {} vs {b} in the {}",
-            names.0, names.1
-        )),
-    }
-}
-
 /// Deserializes `doc` into `T` and re-serializes it: any field the typed
 /// object drops (a typo, a wrong nesting level) fails the test.
 fn typed<T: Resource + DeserializeOwned + Serialize>(doc: &Value, what: &str) -> T {
@@ -114,10 +64,8 @@ fn typed<T: Resource + DeserializeOwned + Serialize>(doc: &Value, what: &str) ->
 }
 
 fn parse(yaml: &str, source: &str) -> Rendered {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml)
-        .unwrap_or_else(|e| panic!("output of `kubectl kustomize {source}` is not YAML: {e}"));
     let mut r = Rendered::default();
-    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+    for doc in documents(yaml, &format!("`kubectl kustomize {source}`")) {
         let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_owned();
         let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
         let name = doc["metadata"]["name"].as_str().unwrap_or_default();
@@ -903,7 +851,7 @@ fn cert_manager_overlay_injects_the_ca() {
 
 #[test]
 fn extender_snippet_matches_the_scheduler_config() {
-    let path = repo_path("manifests/docs/extender-snippet.yaml");
+    let path = repo("manifests/docs/extender-snippet.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let snippet = the_extender(
@@ -1050,7 +998,7 @@ fn remediation_overlay_turns_it_on_with_exactly_the_permissions_it_needs() {
 
 #[test]
 fn the_network_policy_example_admits_the_scheduler_to_volguard() {
-    let path = repo_path("manifests/docs/networkpolicy.yaml");
+    let path = repo("manifests/docs/networkpolicy.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let policy: NetworkPolicy = typed(
@@ -1106,7 +1054,7 @@ fn the_network_policy_example_admits_the_scheduler_to_volguard() {
 
 /// The `k8s.io/kubernetes` version the real control plane of the tests is built from.
 fn tested_kubernetes_version() -> String {
-    let path = repo_path("e2e/control-plane/go.mod");
+    let path = repo("e2e/control-plane/go.mod");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text.lines()
@@ -1137,7 +1085,7 @@ fn the_shipped_kube_scheduler_is_the_version_the_tests_run() {
 #[test]
 fn the_quickstart_config_is_the_one_the_manifests_deploy() {
     let r = parse(&kustomize("manifests"), "manifests");
-    let path = repo_path("examples/config.yaml");
+    let path = repo("examples/config.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let example = yaml_value(&text, "examples/config.yaml");

@@ -6,6 +6,7 @@ pub mod answers;
 pub mod logs;
 pub mod openmetrics;
 pub mod raw;
+pub mod render;
 
 use std::{
     net::SocketAddr,

@@ -12,6 +12,9 @@
 //!   `urlPrefix` is the loopback address with that CA as `caData` and the client
 //!   certificate `volguard certs` wrote as `certData`/`keyData`. volguard runs with the
 //!   shipped Deployment's client-certificate flags, its file paths mapped to those files.
+//! - Or `charts/volguard` is installed with helm (`Options::chart`), its webhook given
+//!   volguard's loopback url and caBundle as values; volguard and the scheduler run from
+//!   the release's objects as from `manifests/`.
 //! - kube-controller-manager runs the controllers volguard's scenarios meet, each under
 //!   its own ServiceAccount as in a real cluster: ServiceAccounts and their tokens,
 //!   namespaces, garbage collection, ReplicaSets, Deployments, StatefulSets, the PV
@@ -64,6 +67,9 @@ persistentvolumeclaim-protection-controller,persistentvolume-protection-controll
 ephemeral-volume-controller,root-ca-certificate-publisher-controller";
 /// volguard's namespace in `manifests/`.
 pub const NAMESPACE: &str = "volguard-system";
+/// The namespace that holds helm's record of the release (the chart makes
+/// [`NAMESPACE`] itself, with its objects).
+pub const HELM_NAMESPACE: &str = "default";
 /// The scheduler name the shipped profile uses.
 pub const SCHEDULER: &str = "volguard-scheduler";
 
@@ -211,6 +217,11 @@ pub struct Options {
     pub volguard_config: Option<String>,
     /// The kustomization applied, e.g. `manifests/overlays/remediation`.
     pub manifests: &'static str,
+    /// Install `charts/volguard` with helm instead of applying `manifests`, with these
+    /// extra helm arguments (`--set ...`): the release `volguard` in the namespace
+    /// `default`, its webhook called at volguard's loopback address (`webhook.url`,
+    /// `tls.caBundle`). See [`ControlPlane::helm`].
+    pub chart: Option<Vec<String>>,
     /// Start volguard (and register its webhook).
     pub volguard: bool,
     /// Start kube-scheduler with the shipped profile.
@@ -235,6 +246,7 @@ impl Default for Options {
         Options {
             volguard_config: None,
             manifests: "manifests",
+            chart: None,
             volguard: true,
             scheduler: true,
             volguard_flags: Vec::new(),
@@ -309,6 +321,16 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// volguard's config file in the ConfigMap `volguard-config` of `manifests`.
+fn shipped_volguard_config(manifests: &[Value]) -> String {
+    manifests
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-config")
+        .and_then(|d| d["data"]["config.yaml"].as_str())
+        .unwrap_or_else(|| fail("find volguard's ConfigMap", "absent", None))
+        .to_owned()
 }
 
 /// The client-certificate flags of the shipped volguard Deployment, with the Secret
@@ -416,8 +438,14 @@ impl ControlPlane {
         if options.controller_manager {
             cp.start_controller_manager().await;
         }
-        let manifests = cp.rendered_manifests();
-        cp.apply_manifests(&manifests).await;
+        let manifests = match &options.chart {
+            Some(values) => cp.install_chart(values),
+            None => {
+                let manifests = cp.rendered_manifests();
+                cp.apply_manifests(&manifests).await;
+                manifests
+            }
+        };
         if options.volguard {
             cp.start_volguard(&manifests).await;
             if options.two_replicas {
@@ -552,6 +580,90 @@ impl ControlPlane {
         }
     }
 
+    /// Runs helm as the admin on the release's namespace; returns (success, stdout,
+    /// stderr).
+    pub fn helm(&self, args: &[&str]) -> (bool, String, String) {
+        let kubeconfig = self.admin_kubeconfig();
+        let mut all = vec![
+            "--kubeconfig",
+            kubeconfig.to_str().expect("UTF-8 path"),
+            "--namespace",
+            HELM_NAMESPACE,
+        ];
+        all.extend_from_slice(args);
+        let out = crate::common::render::helm_output(&all);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// What the release `volguard` holds now (`helm get manifest`), as documents.
+    pub fn release_manifests(&self) -> Vec<Value> {
+        let (ok, out, err) = self.helm(&["get", "manifest", "volguard"]);
+        if !ok {
+            fail("helm get manifest volguard", err, None);
+        }
+        crate::common::render::documents(&out, "helm get manifest volguard")
+    }
+
+    /// `helm install` of `charts/volguard` with `values`, the webhook pointed at the
+    /// loopback port volguard will listen on and trusting its CA (so volguard's
+    /// certificates and ports are made first); the release's objects.
+    fn install_chart(&mut self, values: &[String]) -> Vec<Value> {
+        use base64::Engine;
+        assert!(
+            !self.options.two_replicas,
+            "the chart's webhook calls one volguard"
+        );
+        self.volguard_certs();
+        let url = format!(
+            "webhook.url=https://localhost:{}/mutate",
+            self.volguard_port
+        );
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
+        let ca = format!("tls.caBundle={ca}");
+        let chart = repo("charts/volguard");
+        let mut args = vec!["install", "volguard", chart.to_str().expect("UTF-8 path")];
+        args.extend(["--set", &url, "--set", &ca]);
+        args.extend(values.iter().map(String::as_str));
+        let (ok, _, err) = self.helm(&args);
+        if !ok {
+            fail(
+                "helm install volguard charts/volguard",
+                err,
+                Some(&self.apiserver),
+            );
+        }
+        self.release_manifests()
+    }
+
+    /// `volguard certs` into the run's folder, and the ports volguard will listen on;
+    /// once.
+    fn volguard_certs(&mut self) {
+        if !self.volguard_ca.is_empty() {
+            return;
+        }
+        let certs_dir = self.dir().join("volguard-certs");
+        let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
+            .args(["certs", "--service", "volguard", "--namespace", NAMESPACE])
+            .arg("--out")
+            .arg(&certs_dir)
+            .output()
+            .unwrap_or_else(|e| fail("volguard certs", e, None));
+        if !out.status.success() {
+            fail("volguard certs", String::from_utf8_lossy(&out.stderr), None);
+        }
+        self.volguard_ca = fs::read_to_string(certs_dir.join("ca.crt")).expect("ca.crt");
+        self.volguard_client = (
+            fs::read_to_string(certs_dir.join("client.crt")).expect("client.crt"),
+            fs::read_to_string(certs_dir.join("client.key")).expect("client.key"),
+        );
+        self.volguard_port = free_port();
+        self.volguard_metrics_port = free_port();
+    }
+
     /// A token for a ServiceAccount of volguard's namespace, from the TokenRequest API.
     fn token(&self, account: &str) -> String {
         let (ok, out, err) = self.kubectl(
@@ -572,36 +684,27 @@ impl ControlPlane {
     async fn start_volguard(&mut self, manifests: &[Value]) {
         let root = self.dir().to_owned();
         let certs_dir = root.join("volguard-certs");
-        let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
-            .args(["certs", "--service", "volguard", "--namespace", NAMESPACE])
-            .arg("--out")
-            .arg(&certs_dir)
-            .output()
-            .unwrap_or_else(|e| fail("volguard certs", e, None));
-        if !out.status.success() {
-            fail("volguard certs", String::from_utf8_lossy(&out.stderr), None);
-        }
-        self.volguard_ca = fs::read_to_string(certs_dir.join("ca.crt")).expect("ca.crt");
-        self.volguard_client = (
-            fs::read_to_string(certs_dir.join("client.crt")).expect("client.crt"),
-            fs::read_to_string(certs_dir.join("client.key")).expect("client.key"),
-        );
+        self.volguard_certs();
         self.volguard_auth_flags = shipped_auth_flags(manifests, &certs_dir);
         let token = self.token("volguard");
         let kubeconfig = root.join("volguard.kubeconfig");
         write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, &token);
         let config = match &self.options.volguard_config {
             Some(config) => config.clone(),
-            None => manifests
-                .iter()
-                .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "volguard-config")
-                .and_then(|d| d["data"]["config.yaml"].as_str())
-                .unwrap_or_else(|| fail("find volguard's ConfigMap", "absent", None))
-                .to_owned(),
+            None => shipped_volguard_config(manifests),
         };
         write(&root.join("volguard.yaml"), &config);
-        self.volguard_port = free_port();
-        self.volguard_metrics_port = free_port();
+        self.launch_volguard().await;
+    }
+
+    /// Restarts volguard with the config in `manifests`' ConfigMap, as the pods a
+    /// Deployment rolls out after a config change start with it.
+    pub async fn restart_volguard_with(&mut self, manifests: &[Value]) {
+        self.stop_volguard();
+        write(
+            &self.dir().join("volguard.yaml"),
+            &shipped_volguard_config(manifests),
+        );
         self.launch_volguard().await;
     }
 
@@ -773,9 +876,9 @@ impl ControlPlane {
             .unwrap_or_else(|e| panic!("POST {path} to volguard: {e}"))
     }
 
-    /// Registers the shipped MutatingWebhookConfiguration with a loopback `url`, then
-    /// waits until the API server calls it (a dry-run pod comes back mutated).
-    async fn register_webhook(&self, manifests: &[Value]) {
+    /// Applies the shipped MutatingWebhookConfiguration with a loopback `url` and the
+    /// caBundle of volguard's CA.
+    fn apply_loopback_webhook(&self, manifests: &[Value]) {
         use base64::Engine;
         let mut hook = manifests
             .iter()
@@ -796,6 +899,15 @@ impl ControlPlane {
         let (ok, _, err) = self.kubectl(&["apply", "-f", "-"], Some(&hook.to_string()));
         if !ok {
             fail("register the webhook", err, Some(&self.apiserver));
+        }
+    }
+
+    /// Registers the shipped MutatingWebhookConfiguration with a loopback `url`, then
+    /// waits until the API server calls it (a dry-run pod comes back mutated).
+    async fn register_webhook(&self, manifests: &[Value]) {
+        // The chart was installed with the loopback url already.
+        if self.options.chart.is_none() {
+            self.apply_loopback_webhook(manifests);
         }
         self.namespace("volguard-canary").await;
         let pods: Api<Pod> = Api::namespaced(self.admin.clone(), "volguard-canary");
