@@ -123,10 +123,19 @@ fn main() {
     let (server, _watchers) = server_runtime.block_on(async {
         let app = App::new(config.clone(), shared.clone());
         let server = TestServer::with_app(app).await;
-        let _watching = (!shared_runtime).then(|| watch_runtime.enter());
         let client = watch::client(fake.kube_config(), &shared).expect("client");
         let url = format!("http://{}", fake.addr);
-        let watchers = watch::spawn(client, url, shared.clone(), &server.app.stopped_watches);
+        let on = match shared_runtime {
+            true => tokio::runtime::Handle::current(),
+            false => watch_runtime.handle().clone(),
+        };
+        let watchers = watch::spawn_on(
+            &on,
+            client,
+            url,
+            shared.clone(),
+            &server.app.stopped_watches,
+        );
         (server, watchers)
     });
     // The watchers' first lists: the pod watch starts once its list is applied.
@@ -196,6 +205,6 @@ fn main() {
     println!("{}", quiet.1.row("/filter, quiet"));
     println!("{}", stormy.1.row("/filter, relist storm"));
     drop(server_runtime);
-    drop(watch_runtime);
+    watch_runtime.shutdown_background();
     drop(api_runtime);
 }

@@ -591,10 +591,15 @@ fn a_retry_waits_for_the_change_that_made_the_scheduler_retry() {
     assert_eq!(first.passing, Vec::<String>::new());
     assert_eq!(catch_up_waits(&app, "caught_up"), 0.0, "a first attempt");
     // The annotation is raised; the scheduler saw it and retries; volguard's watch
-    // delivers it 50 ms into the retry.
+    // delivers an unrelated change 30 ms into the retry, and the raise 80 ms in.
     let watch = {
         let app = app.clone();
         thread::spawn(move || {
+            thread::sleep(Duration::from_millis(30));
+            app.cluster
+                .write()
+                .unwrap()
+                .apply(&object(node("node-z", 0)));
             thread::sleep(Duration::from_millis(50));
             app.cluster
                 .write()
@@ -650,23 +655,40 @@ fn retries_with_nothing_to_learn_wait_once_per_change_count() {
     assert_eq!(catch_up_waits(&app, "settled"), 2.0);
 }
 
-/// The scheduler writes a refused pod's status; that is no news about any node, so it
-/// does not count as a change a retry could have been waiting for. A binding does.
+/// The scheduler writes a refused pod's status, a kubelet its node's: that changes
+/// nothing volguard keeps, so it does not count as a change a retry could have been
+/// waiting for. A binding does, a new limit does.
 #[test]
 fn only_what_can_change_a_verdict_counts_as_a_change() {
-    let app = cluster(&["node-a"], 2, &[("data-1", "ReadWriteOnce")], &[]);
+    let app = cluster(
+        &["node-a"],
+        2,
+        &[("data-1", "ReadWriteOnce")],
+        &[("web-1", &["data-1"])],
+    );
     let changes = || app.cluster.read().unwrap().changes();
     let before = changes();
     let mut refused = pod("web-1", &["data-1"], None);
     refused["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False",
         "reason": "Unschedulable"}]);
     app.cluster.write().unwrap().apply(&object(refused));
-    assert_eq!(changes(), before, "a pending pod's status");
+    assert_eq!(changes(), before, "a pending pod's conditions");
+    let report = |time: &str| {
+        let mut n = node("node-a", 2);
+        n["status"]["conditions"] = json!([{"type": "Ready", "status": "True",
+            "lastHeartbeatTime": time}]);
+        app.cluster.write().unwrap().apply(&object(n));
+    };
+    report("2026-12-06T10:00:00Z");
+    assert_eq!(changes(), before + 1, "the node turned Ready");
+    report("2026-12-06T10:00:10Z");
+    assert_eq!(changes(), before + 1, "a node's next status report");
     bind(&app, "web-1", &["data-1"], "node-a");
-    assert_eq!(changes(), before + 1, "a binding");
-    app.cluster
-        .write()
-        .unwrap()
-        .apply(&object(node("node-a", 3)));
-    assert_eq!(changes(), before + 2, "a node");
+    assert_eq!(changes(), before + 2, "a binding");
+    app.cluster.write().unwrap().apply(&object(node("node-a", 3)));
+    assert_eq!(changes(), before + 3, "a new limit");
+    app.cluster.write().unwrap().delete(Kind::Pod, "shop/web-1");
+    assert_eq!(changes(), before + 4, "a deletion");
+    app.cluster.write().unwrap().delete(Kind::Pod, "shop/web-1");
+    assert_eq!(changes(), before + 4, "a deletion of what is gone");
 }

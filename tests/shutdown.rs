@@ -7,6 +7,7 @@
 //! Requests are put in flight with `raw::start_request` (see there).
 
 mod common;
+mod fake_api;
 
 use std::{
     fs::File,
@@ -39,6 +40,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(extra: &[&str]) -> Self {
+        let snapshot = repo("examples/cluster");
+        Self::start_from(&["--snapshot", snapshot.to_str().unwrap()], extra)
+    }
+
+    /// The binary reading the cluster from `source` (`--snapshot DIR` or
+    /// `--kubeconfig FILE`).
+    fn start_from(source: &[&str], extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = Command::new(BIN)
             .args([
@@ -56,8 +64,7 @@ impl Daemon {
         let log = File::create(dir.path().join("stderr.log")).unwrap();
         let child = Command::new(BIN)
             .arg("serve")
-            .arg("--snapshot")
-            .arg(repo("examples/cluster"))
+            .args(source)
             .arg("--config")
             .arg(repo("examples/config.yaml"))
             .arg("--tls-cert")
@@ -266,4 +273,56 @@ fn sigint_skips_the_shutdown_delay() {
     daemon.signal("INT");
     let status = daemon.exit_status();
     assert_eq!(status.code(), Some(0), "{}", daemon.log());
+}
+
+/// A kubeconfig for the scripted API server at `addr`, written into `dir`.
+fn kubeconfig(dir: &std::path::Path, addr: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Watching an API server rather than reading a snapshot, the watchers run on a runtime
+/// of their own, which is shut down after the server's: SIGTERM still ends in exit 0,
+/// and a startup failure still exits 1 with its message, not a panic.
+#[test]
+fn watching_an_api_server_sigterm_exits_0_and_a_taken_port_exits_1_naming_it() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let api = runtime.block_on(fake_api::FakeApi::start(fake_api::example_documents()));
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), api.addr);
+    let config = config.to_str().unwrap();
+
+    let mut daemon = Daemon::start_from(&["--kubeconfig", config], &["--shutdown-delay", "0s"]);
+    daemon.signal("TERM");
+    let status = daemon.exit_status();
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--kubeconfig", config, "--self-signed"])
+        .arg("--config")
+        .arg(repo("examples/config.yaml"))
+        .args(["--listen", &addr, "--metrics-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{addr}: Address already in use")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -179,11 +179,11 @@ impl ClusterState {
         self.drivers.clone()
     }
 
-    /// How many writes so far could have changed a verdict on some node: every write
-    /// of a kind other than Pod, and of a pod that is or was on a node (a pending pod's
-    /// status, which kube-scheduler itself writes, changes no node). Compared across
-    /// two `/filter` calls for one pod, it tells whether volguard learned anything in
-    /// between.
+    /// How many writes so far changed what volguard keeps of an object (its record):
+    /// writes that could change a verdict. A write of a field volguard does not keep (a
+    /// pending pod's conditions, which kube-scheduler itself writes, a kubelet's
+    /// heartbeat in a Node's status) is not one. Compared across two `/filter` calls for
+    /// one pod, it tells whether volguard learned anything in between.
     pub fn changes(&self) -> u64 {
         self.changes
     }
@@ -191,19 +191,18 @@ impl ClusterState {
     /// Adds or replaces one object and updates every index it touches.
     pub fn apply(&mut self, object: &ClusterObject) {
         let d = self.drivers.clone();
-        if !matches!(object, ClusterObject::Pod(_)) {
-            self.changes += 1;
-        }
         match object {
             ClusterObject::Node(n) => {
                 let name: Arc<str> = n.metadata.name.as_deref().unwrap_or_default().into();
                 let rec = NodeRecord::from_node(n, &d);
+                self.count_change(self.nodes.get(&name) != Some(&rec));
                 self.put_node(name, rec);
             }
             ClusterObject::CsiNode(c) => {
                 let name = c.metadata.name.clone().unwrap_or_default();
-                self.csinodes
-                    .insert(name, CsiNodeRecord::from_csinode(c, &d));
+                let rec = CsiNodeRecord::from_csinode(c, &d);
+                self.count_change(self.csinodes.get(&name) != Some(&rec));
+                self.csinodes.insert(name, rec);
             }
             ClusterObject::PersistentVolume(pv) => {
                 let name = pv.metadata.name.clone().unwrap_or_default();
@@ -214,6 +213,7 @@ impl ClusterState {
                         .or_default()
                         .insert(name.clone());
                 }
+                self.count_change(self.pvs.get(&name) != Some(&rec));
                 let old = self.pvs.insert(name.clone(), rec);
                 if let Some(old) = &old {
                     self.unreserve(&name, old);
@@ -246,17 +246,25 @@ impl ClusterState {
             }
             ClusterObject::StorageClass(sc) => {
                 let name = sc.metadata.name.clone().unwrap_or_default();
-                self.storage_classes
-                    .insert(name, StorageClassRecord::from_storage_class(sc, &d));
+                let rec = StorageClassRecord::from_storage_class(sc, &d);
+                self.count_change(self.storage_classes.get(&name) != Some(&rec));
+                self.storage_classes.insert(name, rec);
             }
         }
     }
 
     /// Removes one object by kind and key (`namespace/name` for namespaced kinds).
     pub fn delete(&mut self, kind: Kind, key: &str) {
-        if kind != Kind::Pod {
-            self.changes += 1;
-        }
+        let held = match kind {
+            Kind::Node => self.nodes.contains_key(key),
+            Kind::CsiNode => self.csinodes.contains_key(key),
+            Kind::PersistentVolume => self.pvs.contains_key(key),
+            Kind::PersistentVolumeClaim => self.pvcs.contains_key(key),
+            Kind::Pod => self.pods.contains_key(key),
+            Kind::VolumeAttachment => self.vas.contains_key(key),
+            Kind::StorageClass => self.storage_classes.contains_key(key),
+        };
+        self.count_change(held);
         match kind {
             Kind::Node => {
                 if let Some(name) = self.nodes.get_key_value(key).map(|(k, _)| k.clone()) {
@@ -282,9 +290,6 @@ impl ClusterState {
             }
             Kind::Pod => {
                 if let Some(old) = self.pods.remove(key) {
-                    if old.node.is_some() {
-                        self.changes += 1;
-                    }
                     self.unlink_pod(key, &old);
                     self.set_pod_usage(key, None);
                 }
@@ -564,6 +569,11 @@ impl ClusterState {
             .map_or(name, |(k, _)| k.clone())
     }
 
+    /// Counts a write that changed a record (see [`ClusterState::changes`]).
+    fn count_change(&mut self, changed: bool) {
+        self.changes += u64::from(changed);
+    }
+
     fn put_node(&mut self, name: Arc<str>, rec: NodeRecord) {
         self.set_devices(&name, Some(&rec));
         let attached = rec.attached.clone();
@@ -605,6 +615,7 @@ impl ClusterState {
     }
 
     fn put_pvc(&mut self, k: String, rec: PvcRecord) {
+        self.count_change(self.pvcs.get(&k) != Some(&rec));
         if let Some(old) = self.pvcs.get(&k).cloned() {
             self.unlink_pvc(&k, &old);
         }
@@ -625,9 +636,7 @@ impl ClusterState {
 
     fn put_pod(&mut self, k: String, rec: PodRecord) {
         let old = self.pods.get(&k).cloned();
-        if rec.node.is_some() || old.as_ref().is_some_and(|o| o.node.is_some()) {
-            self.changes += 1;
-        }
+        self.count_change(old.as_ref() != Some(&rec));
         if let Some(old) = old {
             self.unlink_pod(&k, &old);
         }
@@ -658,6 +667,7 @@ impl ClusterState {
     }
 
     fn put_va(&mut self, name: String, rec: VaRecord) {
+        self.count_change(self.vas.get(&name) != Some(&rec));
         if let Some(VaRecord {
             source: VaSource::Pv(pv),
             ..

@@ -194,6 +194,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
             })?),
             None => None,
         };
+    let watchers = watch_runtime.as_ref().map(|r| r.handle().clone());
     if let Source::Generated(ca) = &source {
         hand_out_ca(ca, args.listen);
     }
@@ -205,18 +206,15 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         delay: args.shutdown_delay,
         timeout: args.shutdown_timeout,
     };
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let signals = StopSignals::install()
             .map_err(|e| Failure::runtime(format!("cannot catch stop signals: {e}")))?;
         // Dropped when serving ends, which stops the watchers.
         let _watchers = match live {
             None => None,
-            Some((kube_config, origin)) => Some(watch_api(
-                &mut app,
-                kube_config,
-                &origin,
-                watch_runtime.as_ref(),
-            )?),
+            Some((kube_config, origin)) => {
+                Some(watch_api(&mut app, kube_config, &origin, watchers)?)
+            }
         };
         let tls = RustlsConfig::from_config(Arc::new(serving.config));
         reload_certificates(source, &tls, &app, args.tls_reload_interval);
@@ -224,7 +222,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, Failure> {
         shutdown::serve_until_stopped(app, listener, plain, tls, drain, signals)
             .await
             .map_err(Failure::runtime)
-    })?;
+    });
+    // The watchers were stopped when serving ended; a DNS lookup or a batch still
+    // running on their blocking threads is not waited for past this.
+    if let Some(watch_runtime) = watch_runtime {
+        watch_runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -375,15 +379,15 @@ fn hand_out_ca(ca: &str, listen: SocketAddr) {
     );
 }
 
-/// Starts the watchers that keep the state current, on `watch_runtime` (their client
-/// too, so that their connections' I/O runs there), and remediation when enabled; the
-/// app gets a client of its own on the server's runtime, for the direct reads of objects
-/// the cache has not seen yet. The watchers stop when the returned set is dropped.
+/// Starts the watchers that keep the state current on `watchers` (their connections'
+/// I/O and decoding run there), and remediation when enabled; the app gets a client of
+/// its own, for the direct reads of objects the cache has not seen yet. The watchers
+/// stop when the returned set is dropped.
 fn watch_api(
     app: &mut App,
     kube_config: kube::Config,
     origin: &str,
-    watch_runtime: Option<&tokio::runtime::Runtime>,
+    watchers: Option<tokio::runtime::Handle>,
 ) -> Result<tokio::task::JoinSet<()>, Failure> {
     tracing::info!(api = %kube_config.cluster_url, config = %origin, "watching the Kubernetes API; /readyz is 503 until every kind is listed");
     let server = kube_config.cluster_url.clone();
@@ -402,9 +406,10 @@ fn watch_api(
     if let Some(remediation_client) = remediation_client {
         start_remediation(app, remediation_client);
     }
-    let _watching = watch_runtime.map(|r| r.enter());
     let client = client(kube_config)?;
-    Ok(watch::spawn(
+    let watchers = watchers.unwrap_or_else(tokio::runtime::Handle::current);
+    Ok(watch::spawn_on(
+        &watchers,
         client,
         server,
         app.cluster.clone(),

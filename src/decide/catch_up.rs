@@ -5,34 +5,44 @@
 //! again would park it until the next event, minutes away in a quiet cluster. These
 //! records tell such a retry apart, so that `/filter` waits briefly for its watch.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 /// Pods remembered at most; past it the records start over (a pod forgotten is judged
 /// as on its first attempt: answered at once).
 const REMEMBERED: usize = 10_000;
+
+/// How long a wait that saw nothing arrive stands for the retries after it at the same
+/// change count: the pods kube-scheduler retried on one event come within this; a
+/// later retry, on a later event volguard may not have seen yet, waits again.
+pub const SETTLED_FOR: Duration = Duration::from_secs(2);
 
 /// The pods `/filter` turned away from every candidate, with the state's
 /// [`changes`](crate::cluster::ClusterState::changes) count at that answer.
 #[derive(Debug, Default)]
 pub struct TurnedAway {
     pods: HashMap<String, u64>,
-    /// A `changes` count after which a wait saw nothing arrive: volguard is as current
-    /// as a wait can make it, and the next retries at that count are answered at once,
-    /// so that a burst of pods retried together stalls the scheduler once, not per pod.
-    settled: Option<u64>,
+    /// A `changes` count after which a wait saw nothing arrive, and when: volguard is as
+    /// current as a wait can make it, and retries at that count within [`SETTLED_FOR`]
+    /// are answered at once, so that a burst of pods retried together stalls the
+    /// scheduler once, not once per pod.
+    settled: Option<(u64, Duration)>,
 }
 
 impl TurnedAway {
-    /// Whether `pod`'s `/filter` should wait for the watch before turning it away again:
-    /// it was turned away at this same `changes` count, and no wait has found this
-    /// count settled yet.
-    pub fn should_wait(&self, pod: &str, changes: u64) -> bool {
-        self.pods.get(pod) == Some(&changes) && self.settled != Some(changes)
+    /// Whether `pod`'s `/filter` should wait for the watch before turning it away again,
+    /// `now`: it was turned away at this same `changes` count, and no wait found this
+    /// count settled within [`SETTLED_FOR`].
+    pub fn should_wait(&self, pod: &str, changes: u64, now: Duration) -> bool {
+        let settled = self
+            .settled
+            .is_some_and(|(at, when)| at == changes && now.saturating_sub(when) < SETTLED_FOR);
+        self.pods.get(pod) == Some(&changes) && !settled
     }
 
-    /// Records that a wait at `changes` saw no change arrive.
-    pub fn settled_at(&mut self, changes: u64) {
-        self.settled = Some(changes);
+    /// Records that a wait at `changes` ending `now` saw nothing arrive that let its pod
+    /// in.
+    pub fn settled_at(&mut self, changes: u64, now: Duration) {
+        self.settled = Some((changes, now));
     }
 
     /// Records the answer for `pod` at `changes`: turned away from every candidate, or
@@ -53,34 +63,39 @@ impl TurnedAway {
 mod tests {
     use super::*;
 
+    const T0: Duration = Duration::from_secs(100);
+
     #[test]
     fn only_a_repeat_at_the_same_count_waits() {
         let mut t = TurnedAway::default();
-        assert!(!t.should_wait("shop/a", 7), "first attempt");
-        t.answered("shop/a", 7, true);
-        assert!(t.should_wait("shop/a", 7), "retried, nothing learned");
-        assert!(!t.should_wait("shop/a", 8), "retried after a change");
-        assert!(!t.should_wait("shop/b", 7), "another pod");
+        assert!(!t.should_wait("a", 7, T0), "first attempt");
+        t.answered("a", 7, true);
+        assert!(t.should_wait("a", 7, T0), "retried, nothing learned");
+        assert!(!t.should_wait("a", 8, T0), "retried after a change");
+        assert!(!t.should_wait("b", 7, T0), "another pod");
     }
 
     #[test]
-    fn a_settled_count_waits_once_for_every_pod() {
+    fn a_settled_count_waits_once_for_the_pods_retried_with_it() {
         let mut t = TurnedAway::default();
-        t.answered("shop/a", 7, true);
-        t.answered("shop/b", 7, true);
-        t.settled_at(7);
-        assert!(!t.should_wait("shop/a", 7));
-        assert!(!t.should_wait("shop/b", 7));
-        t.answered("shop/a", 9, true);
-        assert!(t.should_wait("shop/a", 9), "a new count may lag again");
+        t.answered("a", 7, true);
+        t.answered("b", 7, true);
+        t.settled_at(7, T0);
+        let soon = T0 + SETTLED_FOR / 2;
+        assert!(!t.should_wait("a", 7, soon));
+        assert!(!t.should_wait("b", 7, soon));
+        // A retry on a later event, which volguard may not have seen yet.
+        assert!(t.should_wait("a", 7, T0 + SETTLED_FOR));
+        t.answered("a", 9, true);
+        assert!(t.should_wait("a", 9, soon), "a new count may lag again");
     }
 
     #[test]
     fn a_pod_passed_is_forgotten() {
         let mut t = TurnedAway::default();
-        t.answered("shop/a", 7, true);
-        t.answered("shop/a", 7, false);
-        assert!(!t.should_wait("shop/a", 7));
+        t.answered("a", 7, true);
+        t.answered("a", 7, false);
+        assert!(!t.should_wait("a", 7, T0));
     }
 
     #[test]
@@ -90,6 +105,6 @@ mod tests {
             t.answered(&format!("ns/p{i}"), 1, true);
         }
         assert!(t.pods.len() <= REMEMBERED);
-        assert!(t.should_wait(&format!("ns/p{}", REMEMBERED + 4), 1));
+        assert!(t.should_wait(&format!("ns/p{}", REMEMBERED + 4), 1, T0));
     }
 }

@@ -226,8 +226,8 @@ impl Metrics {
         registry.register(
             "extender_catch_up_waits",
             "/filter answers about to turn a retried pod away again, with nothing learned since, \
-             that waited for the watch, by outcome (caught_up: something arrived and the pod was \
-             judged again; settled: nothing did)",
+             that waited for the watch, by outcome (caught_up: what arrived let the pod in; \
+             settled: nothing that did arrived within the wait)",
             catch_up_waits.clone(),
         );
         let direct_gets = Family::<OutcomeLabels, Counter>::default();
@@ -436,7 +436,8 @@ impl Metrics {
     }
 
     /// Records a `/filter` that waited for the watch to catch up before turning a
-    /// retried pod away again: `caught_up` when something arrived, `settled` when not.
+    /// retried pod away again: `caught_up` when what arrived let the pod in, `settled`
+    /// when nothing did.
     pub fn catch_up_wait(&self, outcome: &'static str) {
         self.catch_up_waits
             .get_or_create(&OutcomeLabels { outcome })

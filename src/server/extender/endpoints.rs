@@ -364,18 +364,18 @@ fn sort_out<'a>(
 }
 
 /// Judges the candidates, looking again while [`look`] finds pods in flight alone in
-/// the way, up to [`BURST_WAIT`]. Gives the state's
+/// the way, until `burst_deadline`. Gives the state's
 /// [`changes`](ClusterState::changes) count the answer was judged at too.
 fn judge_settled(
     pod: &PodView,
     names: &[Cow<'_, str>],
     app: &App,
     abandoned: &Abandoned,
+    burst_deadline: Instant,
 ) -> Result<(Vec<Judgement>, u64), Unjudged> {
-    let deadline = Instant::now() + BURST_WAIT;
     let mut waited = false;
     loop {
-        let may_wait = Instant::now() < deadline;
+        let may_wait = Instant::now() < burst_deadline;
         let Ok(state) = app.cluster.read() else {
             return Err(Unjudged::NotReady(
                 "volguard's cluster state is unavailable".to_owned(),
@@ -402,20 +402,28 @@ fn judge_settled(
 
 /// How long a `/filter` about to turn a retried pod away again, with nothing learned
 /// since it last did, waits for its watch to deliver what made kube-scheduler retry.
-/// The scheduler waits with it, once per change count (see [`TurnedAway`]).
+/// The scheduler waits with it, at most once per change count in a short while (see
+/// [`TurnedAway`]).
 ///
 /// [`TurnedAway`]: crate::decide::catch_up::TurnedAway
 pub const CATCH_UP_WAIT: Duration = Duration::from_millis(250);
 
-/// Waits until the state's change count moves past `changes`, up to
-/// [`CATCH_UP_WAIT`]: whether it moved.
-fn wait_for_change(app: &App, changes: u64, abandoned: &Abandoned) -> Result<bool, Unjudged> {
-    let deadline = Instant::now() + CATCH_UP_WAIT;
+/// How often a catch-up wait looks at the state's change count.
+const CATCH_UP_POLL: Duration = Duration::from_millis(10);
+
+/// Waits until the state's change count moves past `changes`, up to `deadline`:
+/// whether it moved.
+fn wait_for_change(
+    app: &App,
+    changes: u64,
+    deadline: Instant,
+    abandoned: &Abandoned,
+) -> Result<bool, Unjudged> {
     while Instant::now() < deadline {
         if abandoned.is_set() {
             return Err(Unjudged::Abandoned);
         }
-        std::thread::sleep(BURST_POLL);
+        std::thread::sleep(CATCH_UP_POLL);
         // A poisoned state moved too: judging again reports it.
         if app.cluster.read().map_or(true, |s| s.changes() != changes) {
             return Ok(true);
@@ -424,9 +432,15 @@ fn wait_for_change(app: &App, changes: u64, abandoned: &Abandoned) -> Result<boo
     Ok(false)
 }
 
+/// Who a pod is to [`TurnedAway`](crate::decide::catch_up::TurnedAway): its uid, so
+/// that a pod recreated under the same name is a new pod; its name without one.
+fn pod_identity(pod: &PodView) -> String {
+    pod.uid().map_or_else(|| pod_key(pod), str::to_owned)
+}
+
 /// Judges the candidates; when every one fails for a pod that failed everywhere
-/// before at the same change count, waits for the watch to catch up
-/// ([`CATCH_UP_WAIT`]) and judges again.
+/// before at the same change count, waits up to [`CATCH_UP_WAIT`] for the watch to
+/// deliver something that lets the pod in, judging again at each change.
 fn judge_caught_up(
     pod: &PodView,
     names: &[Cow<'_, str>],
@@ -434,16 +448,23 @@ fn judge_caught_up(
     abandoned: &Abandoned,
 ) -> Result<Vec<Judgement>, Unjudged> {
     let turns_all_away = |j: &[Judgement]| !j.is_empty() && !j.iter().any(Judgement::passes);
-    let me = pod_key(pod);
+    let me = pod_identity(pod);
     let records = || app.turned_away.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut judged, mut changes) = judge_settled(pod, names, app, abandoned)?;
-    if turns_all_away(&judged) && records().should_wait(&me, changes) {
-        if wait_for_change(app, changes, abandoned)? {
-            app.metrics.catch_up_wait("caught_up");
-            (judged, changes) = judge_settled(pod, names, app, abandoned)?;
-        } else {
-            app.metrics.catch_up_wait("settled");
-            records().settled_at(changes);
+    let burst_deadline = Instant::now() + BURST_WAIT;
+    let (mut judged, mut changes) = judge_settled(pod, names, app, abandoned, burst_deadline)?;
+    if turns_all_away(&judged) && records().should_wait(&me, changes, app.now()) {
+        let deadline = Instant::now() + CATCH_UP_WAIT;
+        loop {
+            if !wait_for_change(app, changes, deadline, abandoned)? {
+                app.metrics.catch_up_wait("settled");
+                records().settled_at(changes, app.now());
+                break;
+            }
+            (judged, changes) = judge_settled(pod, names, app, abandoned, burst_deadline)?;
+            if !turns_all_away(&judged) {
+                app.metrics.catch_up_wait("caught_up");
+                break;
+            }
         }
     }
     records().answered(&me, changes, turns_all_away(&judged));

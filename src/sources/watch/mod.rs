@@ -28,7 +28,7 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
 };
-use tokio::task::JoinSet;
+use tokio::{runtime::Handle, task::JoinSet};
 
 pub use client::{client, kube_config};
 pub use direct_get::{DIRECT_GET_TIMEOUT, DirectGets, Outcome};
@@ -67,38 +67,53 @@ impl Drop for Ending {
     }
 }
 
-/// A runtime for the watchers alone, one worker and its own blocking threads: a relist
-/// decodes and applies pages for seconds, CPU work that on the server's workers would
-/// queue requests behind it. Here it takes turns with them in the kernel's scheduler
-/// instead, at a lower priority ([`WATCH_NICENESS`]), so that requests go first when
-/// both want the CPU. Enter it (`Runtime::enter`) to build the client and [`spawn`] the
-/// watchers; drop it outside any runtime.
+/// A runtime for the watchers alone, one worker: a relist decodes pages for seconds,
+/// CPU work that on the server's workers would queue requests behind it. Here it takes
+/// turns with them in the kernel's scheduler instead, at a lower priority
+/// ([`WATCH_NICENESS`]), so that requests go first when both want the CPU. Start the
+/// watchers on it with [`spawn_on`]; the batches they decode are still applied on the
+/// server's blocking threads, at its priority, since they hold the state's write lock.
+/// Shut it down outside any runtime.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let niceness = lower_by(WATCH_NICENESS);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("volguard-watch")
-        .on_thread_start(lower_priority)
+        .on_thread_start(niceness)
         .enable_all()
         .build()
 }
 
-/// How much nicer than the rest of the process the watchers' threads are: a CPU share
-/// of about a third of a request thread's when both are busy, enough to keep up with a
-/// relist, which then takes longer.
+/// How much nicer than the thread that makes it the watchers' runtime's threads are: a
+/// CPU share of about a third of a request thread's when both are busy, enough to keep
+/// up with a relist, which then takes longer.
 pub const WATCH_NICENESS: i32 = 5;
 
-/// Makes the calling thread [`WATCH_NICENESS`] nicer (Linux keeps a nice value per
-/// thread; `nice` changes the caller's). Being nicer needs no privilege; should it fail
-/// all the same, the thread keeps the process's priority.
-fn lower_priority() {
+/// Gives each thread it is called on the caller's nice value plus `by`, as an absolute
+/// value: a thread inherits the nice value of the thread that starts it, so a relative
+/// step would compound. Being nicer needs no privilege; should it fail all the same,
+/// the thread keeps its priority. Linux keeps a nice value per thread, `who` 0 is the
+/// calling thread.
+fn lower_by(by: i32) -> impl Fn() + Send + Sync + 'static {
     #[cfg(target_os = "linux")]
-    // SAFETY: nice takes an integer and changes only the calling thread's priority.
-    unsafe {
-        libc::nice(WATCH_NICENESS);
+    {
+        // SAFETY: getpriority reads only its integer arguments.
+        let target = (unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) } + by).min(19);
+        move || {
+            // SAFETY: setpriority reads only its integer arguments.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, target);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = by;
+        || {}
     }
 }
 
-/// Starts one watcher per kind on the current runtime; dropping the set stops them. A
+/// Starts one watcher per kind on the current runtime: [`spawn_on`] it. A
 /// watcher that ends is recorded in `stopped`. `server` is the API server's URL
 /// (`kube::Config::cluster_url`), named in every failure logged, since the client's
 /// errors do not say where they tried to go.
@@ -108,23 +123,40 @@ pub fn spawn(
     state: SharedState,
     stopped: &Stopped,
 ) -> JoinSet<()> {
+    spawn_on(&Handle::current(), client, server, state, stopped)
+}
+
+/// Starts one watcher per kind on `watchers` (a [`runtime`]); each batch a watcher
+/// decodes is applied on a blocking thread of the current runtime. Dropping the set
+/// stops them. A watcher that ends is recorded in `stopped`. `server` is the API
+/// server's URL (`kube::Config::cluster_url`), named in every failure logged, since the
+/// client's errors do not say where they tried to go.
+pub fn spawn_on(
+    watchers: &Handle,
+    client: Client,
+    server: impl std::fmt::Display,
+    state: SharedState,
+    stopped: &Stopped,
+) -> JoinSet<()> {
     let server: Arc<str> = server.to_string().trim_end_matches('/').into();
+    let applier = Handle::current();
     let mut set = JoinSet::new();
     for kind in Kind::ALL {
         let w = Watcher {
             client: client.clone(),
             server: server.clone(),
             state: state.clone(),
+            applier: applier.clone(),
             ending: Ending(kind, stopped.clone()),
         };
         match kind {
-            Kind::Node => set.spawn(run::<Node>(w)),
-            Kind::CsiNode => set.spawn(run::<CSINode>(w)),
-            Kind::PersistentVolume => set.spawn(run::<PersistentVolume>(w)),
-            Kind::PersistentVolumeClaim => set.spawn(run::<PersistentVolumeClaim>(w)),
-            Kind::Pod => set.spawn(run::<Pod>(w)),
-            Kind::VolumeAttachment => set.spawn(run::<VolumeAttachment>(w)),
-            Kind::StorageClass => set.spawn(run::<StorageClass>(w)),
+            Kind::Node => set.spawn_on(run::<Node>(w), watchers),
+            Kind::CsiNode => set.spawn_on(run::<CSINode>(w), watchers),
+            Kind::PersistentVolume => set.spawn_on(run::<PersistentVolume>(w), watchers),
+            Kind::PersistentVolumeClaim => set.spawn_on(run::<PersistentVolumeClaim>(w), watchers),
+            Kind::Pod => set.spawn_on(run::<Pod>(w), watchers),
+            Kind::VolumeAttachment => set.spawn_on(run::<VolumeAttachment>(w), watchers),
+            Kind::StorageClass => set.spawn_on(run::<StorageClass>(w), watchers),
         };
     }
     set
@@ -174,6 +206,8 @@ struct Watcher {
     /// The API server's URL, for the log.
     server: Arc<str>,
     state: SharedState,
+    /// Where decoded batches are applied: blocking threads at the server's priority.
+    applier: Handle,
     /// Records the kind as stopped when the watcher ends.
     ending: Ending,
 }
@@ -195,6 +229,7 @@ async fn run<K: Watched>(
         client,
         server,
         state,
+        applier,
         ending: _ending,
     }: Watcher,
 ) {
@@ -206,7 +241,9 @@ async fn run<K: Watched>(
     let mut events = pin!(events);
     while let Some(batch) = events.next().await {
         let writer = state.clone();
-        let applied = tokio::task::spawn_blocking(move || apply(&writer, kind, feed, batch)).await;
+        let applied = applier
+            .spawn_blocking(move || apply(&writer, kind, feed, batch))
+            .await;
         let (fed, notes) = match applied {
             Ok(Some(applied)) => applied,
             Ok(None) => {
@@ -312,15 +349,21 @@ mod tests {
     }
 
     #[test]
-    fn the_watchers_threads_yield_to_the_servers() {
+    fn the_watchers_threads_yield_to_the_servers_by_one_step() {
         let server = niceness();
         let runtime = runtime().expect("runtime");
+        // Blocking threads are started by the worker, whose nice value they inherit:
+        // they must not end up nicer still.
         let (worker, blocking) = runtime.block_on(async {
-            let worker = tokio::spawn(async { niceness() }).await.expect("task");
-            let blocking = tokio::task::spawn_blocking(niceness).await.expect("task");
-            (worker, blocking)
+            tokio::spawn(async {
+                let blocking = tokio::task::spawn_blocking(niceness).await.expect("task");
+                (niceness(), blocking)
+            })
+            .await
+            .expect("task")
         });
         let expected = (server + WATCH_NICENESS).min(19);
         assert_eq!((worker, blocking), (expected, expected));
+        runtime.shutdown_background();
     }
 }

@@ -22,6 +22,7 @@ use axum::{
 use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
 use kube::runtime::watcher::Event;
+use tokio::runtime::Handle;
 use tower::{Layer, Service};
 
 use super::kinds::collection_path;
@@ -44,15 +45,14 @@ pub fn recovered(state: &mut ClusterState, kind: Kind) -> Option<Duration> {
     state.readiness_mut().watch_recovered(kind, Instant::now())
 }
 
-/// Records `kind`'s recovery, seen on a bookmark now, on a blocking thread: the body is
-/// polled on an async worker, which must not wait for a writer to let go of the state.
+/// Records `kind`'s recovery, seen on a bookmark now, on a blocking thread of `runtime`
+/// (the one the client was built on, whose blocking threads have the server's
+/// priority): the body is polled on an async worker, which must not wait for a writer
+/// to let go of the state.
 /// The recovery is logged from a task, which runs where the watchers' own logs are
 /// written. It may land after an error the watcher records meanwhile; it is timed, so
 /// it does not end a failure that began after the bookmark.
-fn record_recovery(state: SharedState, kind: Kind) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
+fn record_recovery(runtime: &Handle, state: SharedState, kind: Kind) {
     let at = Instant::now();
     let writing = runtime.spawn_blocking(move || {
         state
@@ -80,11 +80,14 @@ pub fn log_recovered(kind: Kind, after: Duration) {
 #[derive(Clone)]
 pub struct RecoveryLayer {
     state: SharedState,
+    /// Where recoveries are written.
+    runtime: Handle,
     collections: Arc<Vec<(String, Kind)>>,
 }
 
 impl RecoveryLayer {
-    /// A layer recording recoveries into `state`.
+    /// A layer recording recoveries into `state` on the current runtime's blocking
+    /// threads. Must be called inside the tokio runtime.
     pub fn new(state: SharedState) -> Self {
         let collections = Kind::ALL
             .into_iter()
@@ -92,6 +95,7 @@ impl RecoveryLayer {
             .collect();
         RecoveryLayer {
             state,
+            runtime: Handle::current(),
             collections: Arc::new(collections),
         }
     }
@@ -147,15 +151,16 @@ where
         let watch = self
             .layer
             .watched_kind(&req)
-            .map(|kind| (kind, self.layer.state.clone()));
+            .map(|kind| (kind, self.layer.state.clone(), self.layer.runtime.clone()));
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
             Ok(response.map(|inner| BookmarkSpotter {
                 inner,
-                watch: watch.map(|(kind, state)| Watching {
+                watch: watch.map(|(kind, state, runtime)| Watching {
                     kind,
                     state,
+                    runtime,
                     lines: BookmarkLines::default(),
                 }),
             }))
@@ -175,6 +180,7 @@ pub struct BookmarkSpotter<B> {
 struct Watching {
     kind: Kind,
     state: SharedState,
+    runtime: Handle,
     lines: BookmarkLines,
 }
 
@@ -242,7 +248,7 @@ where
             && watch.lines.scan(data)
             && watch.state.readiness().is_failing(watch.kind)
         {
-            record_recovery(watch.state.clone(), watch.kind);
+            record_recovery(&watch.runtime, watch.state.clone(), watch.kind);
         }
         Poll::Ready(frame)
     }
