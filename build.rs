@@ -15,7 +15,7 @@ fn main() {
     }
     if std::env::var_os("CARGO_FEATURE_SKIP_E2E").is_some() {
         println!(
-            "cargo:warning=skip-e2e: the tests against the real control plane (tests/e2e_*.rs) are marked ignored: they will NOT run"
+            "cargo:warning=skip-e2e: the tests against the real control plane (tests/e2e_*.rs) and those that need helm (tests/helm.rs) are marked ignored: they will NOT run"
         );
     }
     let commit = std::env::var("VOLGUARD_GIT_COMMIT")

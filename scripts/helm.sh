@@ -34,7 +34,7 @@ built() { [[ -x $helm ]]; }
 
 # Builds helm into the folder $1 (its bin/).
 compile() {
-  local tmp=$1 t pkg=helm.sh/helm/v4/internal/version
+  local tmp=$1 t total pkg=helm.sh/helm/v4/internal/version
   need_go helm helm
   mkdir "$tmp/bin"
   echo "helm: building helm $version into $dir (cold Go caches: 2 to 4 minutes on 2 cores; warm: seconds)" >&2
@@ -44,14 +44,17 @@ compile() {
   export GOWORK=off CGO_ENABLED=0
   t=$(now)
   # Downloads into the Go module cache just the modules helm needs.
-  run go list -mod=readonly -deps helm.sh/helm/v4/cmd/helm >/dev/null
-  echo "helm: modules ready in $(since "$t")" >&2
+  run go list -mod=readonly -deps helm.sh/helm/v4/cmd/helm >"$tmp/deps"
+  total=$(wc -l <"$tmp/deps")
+  rm "$tmp/deps"
+  echo "helm: modules ready in $(since "$t"); compiling $total packages" >&2
   # What `helm version` prints: helm's Makefile sets the same variables for a
   # release build (no commit: the module has none).
   t=$(now)
-  run go build -mod=readonly -trimpath -buildvcs=false \
+  run go build -v -mod=readonly -trimpath -buildvcs=false \
     -ldflags "-s -w -X $pkg.version=$version -X $pkg.metadata= -X $pkg.gitTreeState=clean" \
-    -o "$tmp/bin/helm" helm.sh/helm/v4/cmd/helm
+    -o "$tmp/bin/helm" helm.sh/helm/v4/cmd/helm \
+    2> >(progress helm "$total" "$t")
   echo "helm: compiled in $(since "$t")" >&2
 }
 

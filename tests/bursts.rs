@@ -685,7 +685,10 @@ fn only_what_can_change_a_verdict_counts_as_a_change() {
     assert_eq!(changes(), before + 1, "a node's next status report");
     bind(&app, "web-1", &["data-1"], "node-a");
     assert_eq!(changes(), before + 2, "a binding");
-    app.cluster.write().unwrap().apply(&object(node("node-a", 3)));
+    app.cluster
+        .write()
+        .unwrap()
+        .apply(&object(node("node-a", 3)));
     assert_eq!(changes(), before + 3, "a new limit");
     app.cluster.write().unwrap().delete(Kind::Pod, "shop/web-1");
     assert_eq!(changes(), before + 4, "a deletion");

@@ -379,7 +379,7 @@ fn changing_the_drivers_changes_the_config_checksum_so_an_upgrade_rolls_the_pods
 #[test]
 fn bad_values_fail_the_render_with_one_line_naming_the_value() {
     let chart = repo("charts/volguard");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["--set-json", r#"drivers=[{"name":"x","csiDrive":"y"}]"#],
             "drivers[0]: unknown key \"csiDrive\" (known: name, csiDriver, flexDriver, \
@@ -402,6 +402,46 @@ fn bad_values_fail_the_render_with_one_line_naming_the_value() {
         (
             &["--set", "config.onError=warn"],
             "config.onError must be allow or deny, not \"warn\"",
+        ),
+        (
+            &[
+                "--set",
+                "webhook.failurePolicy=Fail",
+                "--set",
+                "config.onError=deny",
+            ],
+            "webhook.failurePolicy Fail needs tls.caBundle or tls.certManager: without a CA \
+             the API server cannot call volguard, and every pod creation in the selected \
+             namespaces would be refused",
+        ),
+        (
+            &[
+                "--set",
+                "webhook.failurePolicy=Fail",
+                "--set",
+                "tls.caBundle=Q0E=",
+            ],
+            "webhook.failurePolicy Fail goes with config.onError deny: with allow, volguard \
+             admits unchanged what Fail is meant to refuse",
+        ),
+        (
+            &[
+                "--set",
+                "tls.certManager=true",
+                "--set",
+                "tls.caBundle=Q0E=",
+            ],
+            "tls.caBundle and tls.certManager both set: cert-manager's CA injector and helm \
+             would overwrite each other's caBundle on every upgrade; set one",
+        ),
+        (
+            &[
+                "--set-json",
+                "webhook.namespaceSelector.matchExpressions=[]",
+            ],
+            "webhook.namespaceSelector must exclude volguard's own namespace volguard-system \
+             with a matchExpressions entry {key: kubernetes.io/metadata.name, operator: NotIn}: \
+             a webhook that must admit its own pods cannot restart",
         ),
     ];
     for (args, message) in cases {
@@ -437,4 +477,64 @@ fn the_chart_deploys_the_volguard_this_repository_builds() {
         chart["version"], "0.1.0",
         "Chart.yaml version (HELM_LABELS here)"
     );
+}
+
+/// volguard's own namespace is always out of the webhook's reach, whatever it is
+/// called: a webhook that must admit its own pods cannot restart.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs helm, built from its Go module (Go); built with --features skip-e2e"
+)]
+#[test]
+fn the_webhook_never_reaches_volguards_own_namespace() {
+    let docs = helm_template(&["--set", "namespace.name=storage"]);
+    let webhook = docs
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .expect("the webhook");
+    assert_eq!(
+        webhook["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["kube-system", "volguard-system", "storage"])
+    );
+}
+
+/// One replica gets no PodDisruptionBudget: `minAvailable: 1` would block every drain
+/// of its node.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs helm, built from its Go module (Go); built with --features skip-e2e"
+)]
+#[test]
+fn one_replica_gets_no_disruption_budget() {
+    let budgets = |docs: Vec<Value>| {
+        docs.iter()
+            .filter(|d| d["kind"] == "PodDisruptionBudget")
+            .count()
+    };
+    assert_eq!(budgets(helm_template(&["--set", "replicas=1"])), 0);
+    assert_eq!(budgets(helm_template(&[])), 1);
+}
+
+/// kube-scheduler reads the CA it trusts volguard with only at start: a new CA rolls the
+/// second scheduler.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs helm, built from its Go module (Go); built with --features skip-e2e"
+)]
+#[test]
+fn a_new_ca_rolls_the_second_scheduler() {
+    let before = pod_template(&helm_template(&[]), "volguard-scheduler").0;
+    let with_ca = pod_template(
+        &helm_template(&["--set", "tls.caBundle=Q0E="]),
+        "volguard-scheduler",
+    )
+    .0;
+    let cert_manager = pod_template(
+        &helm_template(&["--set", "tls.certManager=true"]),
+        "volguard-scheduler",
+    )
+    .0;
+    assert_ne!(before, with_ca);
+    assert_ne!(before, cert_manager);
+    assert_ne!(with_ca, cert_manager);
 }

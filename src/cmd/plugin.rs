@@ -20,10 +20,25 @@ const VALUED: [&str; 7] = [
     "--log-format",
 ];
 
+/// The value of a flag spelled `name VALUE` (`Some(None)`: the value is the next
+/// word), `name=VALUE`, or for a one-letter flag `-nVALUE`; `None` for another word.
+fn flag_value<'a>(word: &'a str, names: &[&str]) -> Option<Option<&'a str>> {
+    names.iter().find_map(|name| {
+        let rest = word.strip_prefix(name)?;
+        match rest.strip_prefix('=') {
+            _ if rest.is_empty() => Some(None),
+            Some(value) => Some(Some(value)),
+            None if name.len() == 2 => Some(Some(rest)),
+            None => None,
+        }
+    })
+}
+
 /// `argv` as volguard's parser takes it: unchanged unless the program is named
-/// `kubectl-volguard`; then `-n`/`--namespace NS` and `explain`'s `pod/NAME` (or `NAME`)
-/// become `--pod NS/NAME` (`--pod NAME`: the context's namespace), and `-o` becomes
-/// `--output`.
+/// `kubectl-volguard`; then, wherever kubectl's flags stand, the command comes first,
+/// `-n`/`--namespace NS` and `explain`'s `pod/NAME` (or `NAME`) become `--pod NS/NAME`
+/// (`--pod NAME`: the context's namespace), and `-o` becomes `--output`. A resource
+/// other than a pod (`deploy/web`) is passed on as is, for the parser to refuse.
 pub fn rewrite(argv: Vec<OsString>) -> Vec<OsString> {
     let is_plugin = argv.first().is_some_and(|program| {
         Path::new(program)
@@ -33,43 +48,46 @@ pub fn rewrite(argv: Vec<OsString>) -> Vec<OsString> {
     if !is_plugin {
         return argv;
     }
-    let mut out = vec![OsString::from("volguard")];
+    let mut command: Option<OsString> = None;
+    let mut flags = Vec::new();
+    let mut rest = Vec::new();
     let mut namespace = None;
     let mut pod = None;
-    let mut explain = false;
     let mut words = argv.into_iter().skip(1);
     while let Some(word) = words.next() {
         let Some(text) = word.to_str() else {
-            out.push(word);
+            rest.push(word);
             continue;
         };
-        match text {
-            "-n" | "--namespace" => namespace = words.next(),
-            "-o" => {
-                out.push("--output".into());
-                out.extend(words.next());
+        if let Some(value) = flag_value(text, &["-n", "--namespace"]) {
+            namespace = value.map(OsString::from).or_else(|| words.next());
+        } else if let Some(value) = flag_value(text, &["-o"]) {
+            flags.push("--output".into());
+            flags.extend(value.map(OsString::from).or_else(|| words.next()));
+        } else if VALUED.contains(&text) {
+            flags.push(word);
+            flags.extend(words.next());
+        } else if text.starts_with('-') {
+            flags.push(word);
+        } else if command.is_none() {
+            command = Some(word);
+        } else if command.as_deref() == Some("explain".as_ref()) && pod.is_none() {
+            match text
+                .strip_prefix("pod/")
+                .or_else(|| text.strip_prefix("pods/"))
+            {
+                Some(name) => pod = Some(name.to_owned()),
+                None if !text.contains('/') => pod = Some(text.to_owned()),
+                None => rest.push(word),
             }
-            _ if text.starts_with("--namespace=") => {
-                namespace = Some(text["--namespace=".len()..].into());
-            }
-            _ if VALUED.contains(&text) => {
-                out.push(word);
-                out.extend(words.next());
-            }
-            "explain" if out.len() == 1 => {
-                explain = true;
-                out.push(word);
-            }
-            _ if explain && pod.is_none() && !text.starts_with('-') => {
-                let name = text
-                    .strip_prefix("pod/")
-                    .or_else(|| text.strip_prefix("pods/"))
-                    .unwrap_or(text);
-                pod = Some(name.to_owned());
-            }
-            _ => out.push(word),
+        } else {
+            rest.push(word);
         }
     }
+    let mut out = vec![OsString::from("volguard")];
+    out.extend(command);
+    out.extend(flags);
+    out.extend(rest);
     if let Some(name) = pod {
         out.push("--pod".into());
         out.push(match namespace {
@@ -152,6 +170,48 @@ mod tests {
                 "--output",
                 "json"
             ]
+        );
+    }
+
+    #[test]
+    fn kubectl_flags_may_stand_anywhere_and_in_any_spelling() {
+        assert_eq!(
+            run(&[
+                "kubectl-volguard",
+                "--context",
+                "prod",
+                "explain",
+                "pod/web-0",
+                "-nshop"
+            ]),
+            [
+                "volguard",
+                "explain",
+                "--context",
+                "prod",
+                "--pod",
+                "shop/web-0"
+            ]
+        );
+        assert_eq!(
+            run(&["kubectl-volguard", "-o", "json", "nodes"]),
+            ["volguard", "nodes", "--output", "json"]
+        );
+        assert_eq!(
+            run(&["kubectl-volguard", "explain", "-n=shop", "-ojson", "web-0"]),
+            [
+                "volguard",
+                "explain",
+                "--output",
+                "json",
+                "--pod",
+                "shop/web-0"
+            ]
+        );
+        // Not a pod: left for the parser to refuse, never taken for a pod's name.
+        assert_eq!(
+            run(&["kubectl-volguard", "explain", "deploy/web", "-n", "shop"]),
+            ["volguard", "explain", "deploy/web"]
         );
     }
 }
