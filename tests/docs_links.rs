@@ -339,3 +339,26 @@ fn anchors_are_formed_as_github_forms_them() {
             .collect()
     );
 }
+
+/// The README is the page a newcomer reads first: short, and opening with the two
+/// commands (run volguard on the embedded default; run the tests).
+#[test]
+fn the_readme_is_short_and_opens_with_the_two_commands() {
+    let text = fs::read_to_string(common::repo("README.md")).unwrap();
+    let lines = text.lines().count();
+    assert!(lines <= 300, "README.md has {lines} lines; keep it to 300");
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("```"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(
+        block
+            .first()
+            .is_some_and(|l| l.contains("cargo run -- serve --self-signed --snapshot")),
+        "{block:?}"
+    );
+    assert!(block.iter().any(|l| l.trim() == "cargo test"), "{block:?}");
+}
