@@ -19,10 +19,10 @@ fn rendered(tag: &str) -> Value {
             Some(rest) => {
                 let indent = &line[..line.len() - line.trim_start().len()];
                 let (uri, tail) = rest.split_once('"').expect("a quoted URI");
-                assert_eq!(tail.trim(), format!("{tag} }}}}"), "{line}");
+                assert_eq!(tail.trim(), ".TagName }}", "{line}");
                 out.push_str(&format!(
                     "{indent}uri: {uri}\n{indent}sha256: {}\n",
-                    "0".repeat(64)
+                    "ab".repeat(32)
                 ));
             }
             None => {
