@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A real Kubernetes node for the end-to-end tests: the kubelet, containerd (with
 # ctr and the runc shim), runc, the CNI plugins loopback, bridge and host-local,
-# and crictl, built from their Go modules (e2e/node/*, and e2e/control-plane for
-# the kubelet, so that it matches kube-apiserver).
+# crictl and the test device plugin, built from their Go modules (e2e/node/*,
+# e2e/control-plane for the kubelet, so that it matches kube-apiserver, and
+# e2e/device-plugin).
 #
 #   scripts/node.sh [build]   build once, then print the bin folder
 #   scripts/node.sh path      print the bin folder (does not build)
@@ -13,8 +14,9 @@
 # Progress and timings go to stderr; stdout gets only the bin folder. Works
 # from any directory.
 #
-# Versions come from the go.mod files: bumping one there gives a new folder
-# and a new build. runc needs cgo and libseccomp's headers (Debian:
+# Versions come from the go.mod files, and the device plugin's sources give a
+# hash: bumping a version or changing the plugin gives a new folder and a new
+# build. runc needs cgo and libseccomp's headers (Debian:
 # libseccomp-dev); the rest is static.
 set -euo pipefail
 
@@ -39,11 +41,14 @@ for v in kube_version runc_version containerd_version cni_version crictl_version
   fi
 done
 
+# The device plugin is ours: its sources stand for its version.
+plugin_hash=$(cd "$e2e/device-plugin" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-12)
+
 parent="$root/target/node"
-name="${kube_version}-containerd${containerd_version#v}-runc${runc_version#v}-cni${cni_version#v}-crictl${crictl_version#v}"
+name="${kube_version}-containerd${containerd_version#v}-runc${runc_version#v}-cni${cni_version#v}-crictl${crictl_version#v}-plugin${plugin_hash}"
 dir="$parent/$name"
 bin="$dir/bin"
-binaries=(kubelet containerd ctr containerd-shim-runc-v2 runc loopback bridge host-local crictl)
+binaries=(kubelet containerd ctr containerd-shim-runc-v2 runc loopback bridge host-local crictl volume-device-plugin)
 
 built() {
   local b
@@ -68,21 +73,21 @@ gobuild() {
 # Builds the binaries into the folder $1 (its bin/).
 compile() {
   local tmp=$1 t m rest major minor date ldflags pkg total out
-  need_go node "the kubelet, containerd, runc, the CNI plugins and crictl"
+  need_go node "the kubelet, containerd, runc, the CNI plugins, crictl and the device plugin"
   if ! echo '#include <seccomp.h>' | cc -E - >/dev/null 2>&1; then
     echo "node: runc needs a C compiler and libseccomp's headers (Debian: apt-get install gcc libseccomp-dev)" >&2
     exit 1
   fi
   out="$tmp/bin"
   mkdir "$out"
-  echo "node: building kubelet $kube_version, containerd $containerd_version, runc $runc_version, CNI plugins $cni_version and crictl $crictl_version into $dir (cold Go caches: about 10 minutes on 2 cores, the kubelet most of it, progress every 30 s; warm: under a minute)" >&2
+  echo "node: building kubelet $kube_version, containerd $containerd_version, runc $runc_version, CNI plugins $cni_version, crictl $crictl_version and the device plugin into $dir (cold Go caches: about 10 minutes on 2 cores, the kubelet most of it, progress every 30 s; warm: under a minute)" >&2
   # The environment's GOFLAGS (such as -buildvcs=false) stay; the flags given
   # on the command line below win over them.
   export GOWORK=off
 
   t=$(now)
   echo "node: downloading the modules (about a minute with an empty module cache)" >&2
-  for m in node/runc node/containerd node/cni node/cri-tools; do
+  for m in node/runc node/containerd node/cni node/cri-tools device-plugin; do
     run go -C "$e2e/$m" mod download
   done
   run go -C "$e2e/control-plane" list -mod=readonly -deps k8s.io/kubernetes/cmd/kubelet >"$tmp/deps"
@@ -114,6 +119,9 @@ compile() {
     -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" \
     sigs.k8s.io/cri-tools/cmd/crictl
 
+  gobuild "the device plugin (about 20 s cold)" "$e2e/device-plugin" "$out/volume-device-plugin" \
+    -ldflags "-s -w" .
+
   # The kubelet: the same version stamp as scripts/control-plane.sh gives the
   # control plane (kubernetes' hack/lib/version.sh sets these variables).
   rest=${kube_version#v}
@@ -141,7 +149,7 @@ build() {
 case "${1:-build}" in
   build) build ;;
   path) echo "$bin" ;;
-  -h | --help | help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help | help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
   *)
     echo "usage: $0 [build|path]" >&2
     exit 2
