@@ -97,10 +97,12 @@ fn tail(text: &str, n: usize) -> String {
 }
 
 /// The basics of a real node: it becomes Ready; a busybox pod with exec liveness and
-/// readiness probes runs and stays Ready without restarts; the device plugin advertises
+/// readiness probes runs and stays Ready without restarts, and is restarted once the
+/// file its liveness probe tests is gone; the device plugin advertises
 /// `volumes.brightbox.com/vol-test` = 1 while its link exists, a pod requesting it is
-/// admitted and sees the device at /dev/disk/by-id/virtio-vol-test, and the count drops
-/// to 0 when the link goes. Shutting the node down leaves nothing behind.
+/// admitted and sees the device at /dev/disk/by-id/virtio-vol-test, the count drops to
+/// 0 when the link goes and is 1 again when it comes back. Shutting the node down leaves
+/// nothing behind.
 #[cfg_attr(
     feature = "skip-e2e",
     ignore = "NOT RUN: needs root and the real control plane and node (Go); built with --features skip-e2e"
@@ -141,6 +143,32 @@ async fn a_real_node_runs_pods_and_advertises_a_volume() {
         restarts, 0,
         "the liveness probe failed on a healthy container"
     );
+    // The probe runs in the container: without its file the container is restarted (and
+    // makes the file again).
+    let (ok, _, err) = cp.kubectl(
+        &[
+            "exec",
+            "--namespace=default",
+            "probed",
+            "--",
+            "rm",
+            "/tmp/alive",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl exec: {err}");
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "default");
+    let restarted = wait_for(Duration::from_secs(30), || async {
+        let p = pods.get("probed").await.ok()?;
+        let restarts = p.status?.container_statuses?.first()?.restart_count;
+        (restarts >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        restarted.is_some(),
+        "the liveness probe never restarted the container"
+    );
+    ready(&cp, &node, "probed").await;
 
     // The device plugin: 1 while the link exists.
     advertises(&cp, &node, "1").await;
@@ -165,9 +193,11 @@ async fn a_real_node_runs_pods_and_advertises_a_volume() {
     // The link to /dev/null is passed as that device: a character device.
     assert!(out.starts_with('c'), "not a device in the container: {out}");
 
-    // The link goes: 0.
+    // The link goes: 0; it comes back: 1.
     node.detach("vol-test");
     advertises(&cp, &node, "0").await;
+    node.attach("vol-test");
+    advertises(&cp, &node, "1").await;
 
     let left = node.shutdown();
     assert!(left.is_empty(), "the real node left behind: {left:?}");
