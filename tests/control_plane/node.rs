@@ -209,6 +209,31 @@ fn blob(layout: &Path, file: &Path, media_type: &str) -> Value {
     json!({"mediaType": media_type, "digest": format!("sha256:{digest}"), "size": size})
 }
 
+/// Whether the ELF executable `path` is static (no program interpreter).
+fn is_static(path: &Path) -> bool {
+    let Ok(elf) = fs::read(path) else {
+        return false;
+    };
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    // 64-bit little-endian ELF only (what Debian amd64 ships).
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return false;
+    }
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return false;
+    };
+    const PT_INTERP: u32 = 3;
+    (0..usize::from(count)).all(|i| {
+        let at = phoff as usize + i * usize::from(size);
+        elf.get(at..at + 4)
+            .is_some_and(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) != PT_INTERP)
+    })
+}
+
 /// The busybox layer: Debian's static busybox with a link per applet, root and nobody
 /// in /etc/passwd, /tmp.
 fn busybox_layer(work: &Path) -> PathBuf {
@@ -221,6 +246,14 @@ fn busybox_layer(work: &Path) -> PathBuf {
             None,
         )
     };
+    if !is_static(busybox) {
+        fail(
+            "build the busybox image",
+            "/bin/busybox is linked dynamically: the image has no libc; install Debian's \
+             busybox-static",
+            None,
+        );
+    }
     let root = work.join("rootfs");
     for d in ["bin", "etc", "tmp", "dev", "proc", "sys"] {
         fs::create_dir_all(root.join(d)).expect("rootfs");
