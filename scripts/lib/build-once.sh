@@ -1,5 +1,5 @@
 # Sourced by the scripts that build test tools from Go modules
-# (scripts/control-plane.sh, scripts/helm.sh): build a folder once per
+# (scripts/control-plane.sh, scripts/helm.sh, scripts/node.sh): build a folder once per
 # version, under a lock, beside its final place under a temporary name, and
 # rename it into place, so that parallel callers wait for one build and a
 # killed build never leaves a half folder.

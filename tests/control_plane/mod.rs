@@ -26,11 +26,16 @@
 //!   through the API, as a kubelet or a CSI attacher would; claims are bound by the real
 //!   PV binder.
 //!
+//! - A real node (containerd, the kubelet and a device plugin) can join it: see
+//!   [`node`].
+//!
 //! Every step names itself when it fails, with the last lines of the component's log.
 //! Dropping the [`ControlPlane`] kills every process and removes its files, whether the
 //! test passed or not. Tests in one binary take turns (one control plane at a time), as
 //! two of them would compete for the machine's cores.
 #![allow(dead_code)]
+
+pub mod node;
 
 use std::{
     collections::BTreeMap,
@@ -403,7 +408,10 @@ impl ControlPlane {
             &format!(
                 "{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n\
                  {SCHEDULER_TOKEN},system:kube-scheduler,kube-scheduler-uid\n\
-                 {CONTROLLER_MANAGER_TOKEN},system:kube-controller-manager,kube-controller-manager-uid\n"
+                 {CONTROLLER_MANAGER_TOKEN},system:kube-controller-manager,kube-controller-manager-uid\n\
+                 {node_token},system:node:{real_node},real-node-uid,\"system:nodes\"\n",
+                node_token = node::NODE_TOKEN,
+                real_node = node::REAL_NODE,
             ),
         );
 
@@ -1744,6 +1752,8 @@ async fn start_apiserver(
             ))
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg("--service-cluster-ip-range=10.0.0.0/24")
+            // A real node (node.rs) is reached at its machine address, not its name.
+            .arg("--kubelet-preferred-address-types=InternalIP")
             .arg("--v=1");
         let mut apiserver = Component::spawn(
             "kube-apiserver",

@@ -1,0 +1,1006 @@
+//! A real node beside the control plane: containerd, the kubelet and the test device
+//! plugin (`e2e/device-plugin`), built by `scripts/node.sh`, running real pods with
+//! runc and the CNI bridge plugin. Needs root.
+//!
+//! - containerd (config v3) keeps its root, state, runc state, network namespaces and
+//!   CNI configuration in the node's own temporary folder; the bridge has no `ipMasq`
+//!   and no portmap, so nothing touches iptables. Images come from no registry: a pause
+//!   image and a busybox image (Debian's static busybox) are written as OCI image-layout
+//!   archives here and imported with `ctr`.
+//! - The kubelet registers Node [`REAL_NODE`] with the test's kube-apiserver as
+//!   `system:node:real-node`, at the machine's own address (kube-apiserver prefers the
+//!   InternalIP, so `kubectl exec` and logs reach it). Its API port takes anonymous
+//!   requests: a test machine only.
+//! - Some paths are the same whatever the flags: the device plugins' registration
+//!   socket `/var/lib/kubelet/device-plugins/kubelet.sock`, the CNI cache
+//!   `/var/lib/cni`, containerd's shim sockets `/run/containerd/s`, the container logs'
+//!   `/var/log/containers`, and the cgroups `kubepods` and `k8s.io` of every
+//!   hierarchy. So one real node runs at a time per machine: a file lock
+//!   ([`LOCK`]) serializes them across test binaries.
+//! - Dropping the [`RealNode`] (a failed test too) kills the process groups, the pods'
+//!   processes and shims, unmounts everything under its folder, removes the cgroups,
+//!   the bridge and those global paths that were not there before, and its folder.
+//!   [`RealNode::shutdown`] does the same and says what it could not remove. The test
+//!   process adopts the orphaned shims and pod processes, so that killed ones are
+//!   reaped rather than left as zombies.
+
+use std::{
+    fs::{self, File},
+    os::unix::{fs::symlink, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+use super::{Component, ControlPlane, fail, free_port, repo, wait_for, write, write_kubeconfig};
+
+/// The Node name of the real node.
+pub const REAL_NODE: &str = "real-node";
+/// The real node's bearer token (user `system:node:real-node`, group `system:nodes`),
+/// in the API server's token file.
+pub(super) const NODE_TOKEN: &str = "volguard-e2e-real-node-token";
+/// The file lock that makes real nodes take turns on a machine.
+pub const LOCK: &str = "volguard-real-node.lock";
+/// The pause image containerd 2.4 runs as each pod's sandbox (its default name).
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.2";
+/// The workload image: Debian's static busybox, with a tag, so that the default pull
+/// policy is `IfNotPresent` and the kubelet never pulls.
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:1.35.0";
+/// The CNI bridge.
+const BRIDGE: &str = "vgbr0";
+/// The kubelet's device-plugin folder, whatever its root folder.
+pub const DEVICE_PLUGINS: &str = "/var/lib/kubelet/device-plugins";
+/// Paths outside the node's folder that the kubelet, containerd and the CNI plugins
+/// make whatever their configuration; removed after the node if they were not there
+/// before it.
+const GLOBAL_PATHS: &[&str] = &[
+    "/var/lib/kubelet",
+    "/var/lib/cni",
+    "/run/containerd",
+    "/var/log/containers",
+    "/var/log/pods",
+];
+/// The cgroups the kubelet (cgroupfs driver) and containerd make in each hierarchy.
+const CGROUPS: &[&str] = &["kubepods", "k8s.io"];
+
+/// Where the node binaries are: `VOLGUARD_NODE_BIN` when set, else built by
+/// `scripts/node.sh`.
+fn binaries() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("VOLGUARD_NODE_BIN") {
+            return PathBuf::from(dir);
+        }
+        let script = repo("scripts/node.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("build")
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} build failed ({}): the real-node tests need Go, the Go module proxy, a C \
+             compiler and libseccomp's headers (Debian: libseccomp-dev) to build the kubelet, \
+             containerd, runc, the CNI plugins and the device plugin, or VOLGUARD_NODE_BIN \
+             naming a folder that holds them",
+            script.display(),
+            out.status
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// What the real node runs besides the kubelet and containerd.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// The volume ids the device plugin serves (`volumes.brightbox.com/<id>`); empty:
+    /// every `virtio-*` in [`RealNode::volumes`], including those that appear later.
+    pub volumes: Vec<String>,
+    /// Links to make in [`RealNode::volumes`] before the plugin starts
+    /// (`virtio-<id>` -> `/dev/null`).
+    pub attached: Vec<String>,
+}
+
+/// containerd, the kubelet and the device plugin of one real node; torn down on drop.
+pub struct RealNode {
+    /// The stand-in for `/dev/disk/by-id` that the device plugin watches.
+    pub volumes: PathBuf,
+    /// The node's InternalIP.
+    pub ip: String,
+    containerd: Option<Component>,
+    kubelet: Option<Component>,
+    device_plugin: Option<Component>,
+    socket: PathBuf,
+    /// Global paths (and `/run/containerd/s` entries) that were there before.
+    before: Vec<PathBuf>,
+    dir: Option<tempfile::TempDir>,
+    _lock: File,
+}
+
+/// Fails loudly unless the test runs as root.
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "{what} needs root (it runs containerd, runc and a kubelet, mounts overlays, makes \
+         cgroups and a network bridge); running as uid {uid}. Run the tests as root, or \
+         `cargo test --features skip-e2e` to leave the end-to-end tests out"
+    );
+}
+
+/// The machine's own address: the source address of its default route.
+fn host_ip() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "route", "get", "192.0.2.123"])
+        .output()
+        .unwrap_or_else(|e| fail("find the machine's address (ip route get)", e, None));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "src"
+            && let Some(ip) = words.next()
+        {
+            return ip.to_owned();
+        }
+    }
+    fail(
+        "find the machine's address",
+        format!("no src in `ip route get`: {text}"),
+        None,
+    )
+}
+
+/// Writes a deterministic tar of `dir`'s contents to `out`.
+fn tar(dir: &Path, out: &Path) {
+    let ok = Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "--format=posix",
+            "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+            "-C",
+        ])
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        fail(
+            "write an image archive",
+            format!("tar of {}", dir.display()),
+            None,
+        );
+    }
+}
+
+/// The sha256 of a file, hex.
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| fail("sha256sum", e, None));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| fail("sha256sum", path.display(), None))
+        .to_owned()
+}
+
+/// Stores `file` as a blob of the OCI layout `layout`; returns its descriptor.
+fn blob(layout: &Path, file: &Path, media_type: &str) -> Value {
+    let digest = sha256(file);
+    let size = fs::metadata(file).expect("blob").len();
+    fs::rename(file, layout.join("blobs/sha256").join(&digest)).expect("blob");
+    json!({"mediaType": media_type, "digest": format!("sha256:{digest}"), "size": size})
+}
+
+/// Whether the ELF executable `path` is static (no program interpreter).
+fn is_static(path: &Path) -> bool {
+    let Ok(elf) = fs::read(path) else {
+        return false;
+    };
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    // 64-bit little-endian ELF only (what Debian amd64 ships).
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return false;
+    }
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return false;
+    };
+    const PT_INTERP: u32 = 3;
+    (0..usize::from(count)).all(|i| {
+        let at = phoff as usize + i * usize::from(size);
+        elf.get(at..at + 4)
+            .is_some_and(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) != PT_INTERP)
+    })
+}
+
+/// The busybox layer: Debian's static busybox with a link per applet, root and nobody
+/// in /etc/passwd, /tmp.
+fn busybox_layer(work: &Path) -> PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    let listed = Command::new(busybox).arg("--list").output().ok();
+    let Some(listed) = listed.filter(|o| o.status.success()) else {
+        fail(
+            "build the busybox image",
+            "/bin/busybox is missing or not a busybox: install Debian's busybox-static",
+            None,
+        )
+    };
+    if !is_static(busybox) {
+        fail(
+            "build the busybox image",
+            "/bin/busybox is linked dynamically: the image has no libc; install Debian's \
+             busybox-static",
+            None,
+        );
+    }
+    let root = work.join("rootfs");
+    for d in ["bin", "etc", "tmp", "dev", "proc", "sys"] {
+        fs::create_dir_all(root.join(d)).expect("rootfs");
+    }
+    fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
+    for applet in String::from_utf8_lossy(&listed.stdout).lines() {
+        if applet != "busybox" {
+            symlink("busybox", root.join("bin").join(applet)).expect("applet link");
+        }
+    }
+    write(
+        &root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    );
+    write(&root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).expect("tmp");
+    let layer = work.join("layer.tar");
+    tar(&root, &layer);
+    layer
+}
+
+/// An OCI image-layout archive of one image: `layer` with `config` (the image
+/// config's `config` part), named `name`.
+fn image_archive(work: &Path, tag: &str, name: &str, layer: &Path, config: Value) -> PathBuf {
+    let layout = work.join(format!("layout-{tag}"));
+    fs::create_dir_all(layout.join("blobs/sha256")).expect("layout");
+    let layer_copy = work.join(format!("{tag}-layer.tar"));
+    fs::copy(layer, &layer_copy).expect("layer");
+    let layer = blob(
+        &layout,
+        &layer_copy,
+        "application/vnd.oci.image.layer.v1.tar",
+    );
+    let image_config = json!({
+        "architecture": "amd64", "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+    });
+    let file = work.join(format!("{tag}-config.json"));
+    write(&file, &image_config.to_string());
+    let config = blob(&layout, &file, "application/vnd.oci.image.config.v1+json");
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config, "layers": [layer],
+    });
+    let file = work.join(format!("{tag}-manifest.json"));
+    write(&file, &manifest.to_string());
+    let mut manifest = blob(&layout, &file, "application/vnd.oci.image.manifest.v1+json");
+    manifest["annotations"] = json!({
+        "io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": name.rsplit(':').next(),
+    });
+    write(
+        &layout.join("index.json"),
+        &json!({"schemaVersion": 2, "manifests": [manifest]}).to_string(),
+    );
+    write(
+        &layout.join("oci-layout"),
+        &json!({"imageLayoutVersion": "1.0.0"}).to_string(),
+    );
+    let archive = work.join(format!("{tag}.tar"));
+    tar(&layout, &archive);
+    archive
+}
+
+/// Sends `signal` to the process group `pgid`.
+fn kill_group(pgid: u32, signal: i32) {
+    // SAFETY: kill has no memory preconditions; a negative pid names a group.
+    unsafe {
+        libc::kill(-(pgid as i32), signal);
+    }
+}
+
+/// Sends SIGKILL to `pid`.
+fn kill_pid(pid: i32) {
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants: containerd's shims
+/// outlive containerd, and the pods' processes their shim. Killed, they would stay
+/// zombies of PID 1 where PID 1 reaps nothing (as in some VMs); adopted, the teardown
+/// reaps them ([`reap`]).
+fn adopt_orphans() {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Waits up to 2 s for the killed `pids` that are (or became) this process's
+/// children, so that none stays a zombie.
+fn reap(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut waiting: Vec<i32> = pids.to_vec();
+    while !waiting.is_empty() && Instant::now() < deadline {
+        waiting.retain(|&pid| {
+            let mut status = 0;
+            // SAFETY: a valid pointer to an int; WNOHANG does not block.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            // 0: still running (or not yet ours); otherwise reaped, or not our child.
+            r == 0
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The mount points under `prefix`, deepest first.
+fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes spaces and the like as \040; none of our paths has them.
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    points.dedup();
+    points
+}
+
+/// Lazily unmounts every mount under `prefix`; returns those still there.
+fn unmount_under(prefix: &Path) -> Vec<PathBuf> {
+    for _ in 0..3 {
+        let points = mounts_under(prefix);
+        if points.is_empty() {
+            break;
+        }
+        for p in points {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+            // SAFETY: a valid C string; MNT_DETACH unmounts lazily.
+            unsafe {
+                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+            }
+        }
+    }
+    mounts_under(prefix)
+}
+
+/// The cgroup hierarchies' mount points (v1 controllers and the v2 `unified` one).
+fn cgroup_roots() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .filter_map(|p| fs::canonicalize(p).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if Path::new("/sys/fs/cgroup/cgroup.procs").exists() {
+        roots.push(PathBuf::from("/sys/fs/cgroup"));
+    }
+    roots.sort();
+    roots.dedup();
+    roots
+}
+
+/// Kills every process in the cgroup tree `dir` (adding them to `killed`), then removes
+/// its folders, leaves first; returns whether the tree is gone.
+fn remove_cgroup(dir: &Path, killed: &mut Vec<i32>) -> bool {
+    fn procs(dir: &Path, out: &mut Vec<i32>) {
+        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                procs(&e.path(), out);
+            }
+        }
+    }
+    fn rmdirs(dir: &Path) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdirs(&e.path());
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    for _ in 0..50 {
+        if !dir.exists() {
+            return true;
+        }
+        let mut pids = Vec::new();
+        procs(dir, &mut pids);
+        for pid in pids {
+            kill_pid(pid);
+            killed.push(pid);
+        }
+        rmdirs(dir);
+        if !dir.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    !dir.exists()
+}
+
+/// The processes whose command line has `arg` as one of its arguments.
+fn processes_with_arg(arg: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// This process's children that are zombie shims (adopted after containerd went, they
+/// exited on their own).
+fn zombie_shims() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = tail.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next());
+        if head.contains("(containerd-shim") && state == Some("Z") && ppid == Some(&me) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Entries of `/run/containerd/s` (containerd's shim sockets, a fixed path).
+fn shim_sockets() -> Vec<PathBuf> {
+    fs::read_dir("/run/containerd/s")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+impl ControlPlane {
+    /// Starts a real node ([`REAL_NODE`]) registered with this control plane, and waits
+    /// for it to be Ready; then removes the `not-ready` taint the API server gave it (no
+    /// node lifecycle controller runs here).
+    pub async fn real_node(&self, options: NodeOptions) -> RealNode {
+        require_root("a real node");
+        adopt_orphans();
+        let bin = binaries().to_owned();
+        let lock = tokio::task::spawn_blocking(|| {
+            let path = std::env::temp_dir().join(LOCK);
+            let file = File::create(&path)
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+            file.lock()
+                .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+            file
+        })
+        .await
+        .expect("lock");
+        let stale = Path::new(DEVICE_PLUGINS).join("kubelet.sock");
+        if stale.exists() {
+            fail(
+                "start a real node",
+                format!(
+                    "{} exists: another kubelet runs on this machine, or one was killed \
+                     without its cleanup (remove /var/lib/kubelet, the cgroups kubepods and \
+                     k8s.io, and the bridge {BRIDGE})",
+                    stale.display()
+                ),
+                None,
+            );
+        }
+        let mut before: Vec<PathBuf> = GLOBAL_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect();
+        before.extend(shim_sockets());
+
+        let dir = tempfile::Builder::new()
+            .prefix("volguard-node-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().to_owned();
+        let ip = host_ip();
+        let mut node = RealNode {
+            volumes: root.join("by-id"),
+            ip: ip.clone(),
+            containerd: None,
+            kubelet: None,
+            device_plugin: None,
+            socket: root.join("containerd/containerd.sock"),
+            before,
+            dir: Some(dir),
+            _lock: lock,
+        };
+        for d in [
+            "by-id",
+            "containerd",
+            "cni/bin",
+            "cni/net.d",
+            "kubelet",
+            "images",
+        ] {
+            fs::create_dir_all(root.join(d)).expect("node folders");
+        }
+        for plugin in ["bridge", "host-local", "loopback"] {
+            symlink(bin.join(plugin), root.join("cni/bin").join(plugin)).expect("CNI plugin");
+        }
+        for id in &options.attached {
+            node.attach(id);
+        }
+
+        node.start_containerd(&bin, &root).await;
+        node.import_images(&bin, &root);
+        node.start_kubelet(self, &bin, &root, &ip).await;
+        node.start_device_plugin(&bin, &root, &options.volumes);
+
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        let ready = wait_for(Duration::from_secs(60), || async {
+            let n = nodes.get_opt(REAL_NODE).await.ok()??;
+            let conditions = n.status?.conditions?;
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+        if ready.is_none() {
+            fail(
+                &format!("real node: Node {REAL_NODE} Ready within 60 s"),
+                "not Ready",
+                node.kubelet.as_ref(),
+            );
+        }
+        nodes
+            .patch(
+                REAL_NODE,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"taints": null}})),
+            )
+            .await
+            .unwrap_or_else(|e| fail("untaint the real node", e, Some(&self.apiserver)));
+        node
+    }
+}
+
+impl RealNode {
+    /// Makes the device link `virtio-<id>` (to `/dev/null`), as attaching the volume does.
+    pub fn attach(&self, id: &str) {
+        symlink("/dev/null", self.volumes.join(format!("virtio-{id}"))).expect("device link");
+    }
+
+    /// Removes the device link `virtio-<id>`, as detaching the volume does.
+    pub fn detach(&self, id: &str) {
+        fs::remove_file(self.volumes.join(format!("virtio-{id}"))).expect("device link");
+    }
+
+    /// The node's folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("running").path()
+    }
+
+    /// The kubelet's log.
+    pub fn kubelet_log(&self) -> String {
+        self.kubelet
+            .as_ref()
+            .map(Component::log)
+            .unwrap_or_default()
+    }
+
+    /// The device plugin's log.
+    pub fn device_plugin_log(&self) -> String {
+        self.device_plugin
+            .as_ref()
+            .map(Component::log)
+            .unwrap_or_default()
+    }
+
+    /// Runs crictl against the node's containerd; returns (success, stdout, stderr).
+    pub fn crictl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(binaries().join("crictl"))
+            .arg(format!(
+                "--runtime-endpoint=unix://{}",
+                self.socket.display()
+            ))
+            .arg(format!("--image-endpoint=unix://{}", self.socket.display()))
+            .arg("--timeout=20s")
+            .args(args)
+            .output()
+            .expect("crictl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn start_containerd(&mut self, bin: &Path, root: &Path) {
+        let c = root.join("containerd");
+        let p = |rel: &str| c.join(rel).display().to_string();
+        // The bridge, without ipMasq (and no portmap): no iptables.
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "volguard-e2e",
+            "plugins": [{
+                "type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.244.0.0/24"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": root.join("cni/ipam"),
+                },
+            }],
+        });
+        write(
+            &root.join("cni/net.d/10-bridge.conflist"),
+            &serde_json::to_string_pretty(&conf).expect("json"),
+        );
+        let toml = format!(
+            r#"version = 3
+root = "{root}"
+state = "{state}"
+# No NRI socket in /var/run/nri, no /opt/containerd.
+disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
+
+[grpc]
+  address = "{socket}"
+[ttrpc]
+  address = "{socket}.ttrpc"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  # The machine's root cannot lower a process's oom_score_adj (no CAP_SYS_RESOURCE):
+  # runc init would fail to write its own.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  cdi_spec_dirs = []
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "{runc}"
+        Root = "{runc_root}"
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{cni_bin}"]
+    conf_dir = "{cni_conf}"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"#,
+            root = p("root"),
+            state = p("state"),
+            socket = self.socket.display(),
+            runc = bin.join("runc").display(),
+            runc_root = p("runc"),
+            cni_bin = root.join("cni/bin").display(),
+            cni_conf = root.join("cni/net.d").display(),
+        );
+        let config = c.join("config.toml");
+        write(&config, &toml);
+        let mut command = Command::new(bin.join("containerd"));
+        command
+            .arg(format!("--config={}", config.display()))
+            // The shim is found next to containerd, or on PATH.
+            .env("PATH", path_with(bin))
+            .process_group(0);
+        let mut containerd = Component::spawn("containerd", command, root.join("containerd.log"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.socket.exists() && self.crictl(&["info"]).0 {
+                break;
+            }
+            if let Some(status) = containerd.exited() {
+                fail("containerd: start", status, Some(&containerd));
+            }
+            if Instant::now() >= deadline {
+                fail("containerd: CRI ready within 30 s", "no", Some(&containerd));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.containerd = Some(containerd);
+    }
+
+    /// Writes the pause and busybox images and imports them into containerd's `k8s.io`
+    /// namespace (the CRI's).
+    fn import_images(&self, bin: &Path, root: &Path) {
+        let work = root.join("images");
+        let layer = busybox_layer(&work);
+        let images = [
+            image_archive(
+                &work,
+                "pause",
+                PAUSE_IMAGE,
+                &layer,
+                json!({"Entrypoint": ["/bin/sleep", "infinity"], "Env": ["PATH=/bin"]}),
+            ),
+            image_archive(
+                &work,
+                "busybox",
+                BUSYBOX_IMAGE,
+                &layer,
+                json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}),
+            ),
+        ];
+        for image in images {
+            let out = Command::new(bin.join("ctr"))
+                .arg(format!("--address={}", self.socket.display()))
+                .args([
+                    "--namespace=k8s.io",
+                    "images",
+                    "import",
+                    "--platform=linux/amd64",
+                ])
+                .arg(&image)
+                .output()
+                .expect("ctr");
+            if !out.status.success() {
+                fail(
+                    &format!("import {} (ctr images import)", image.display()),
+                    String::from_utf8_lossy(&out.stderr),
+                    self.containerd.as_ref(),
+                );
+            }
+        }
+    }
+
+    async fn start_kubelet(&mut self, cp: &ControlPlane, bin: &Path, root: &Path, ip: &str) {
+        let k = root.join("kubelet");
+        let kubeconfig = root.join("kubelet.kubeconfig");
+        write_kubeconfig(&kubeconfig, cp.api_port, &cp.api_ca, NODE_TOKEN);
+        let healthz = free_port();
+        let config = json!({
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            // The machine: cgroup v1, and root without CAP_SYS_RESOURCE.
+            "failCgroupV1": false,
+            "cgroupDriver": "cgroupfs",
+            "oomScoreAdj": 0,
+            "containerRuntimeEndpoint": format!("unix://{}", self.socket.display()),
+            "address": ip,
+            "port": free_port(),
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": healthz,
+            // kube-apiserver's exec and logs calls come without a client certificate.
+            "authentication": {"anonymous": {"enabled": true}, "webhook": {"enabled": false}},
+            "authorization": {"mode": "AlwaysAllow"},
+            "podLogsDir": root.join("pod-logs"),
+            "volumePluginDir": root.join("volume-plugins"),
+            // A shared disk may be nearly full: no evictions, no image GC.
+            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
+                "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "failSwapOn": false,
+            "registerNode": true,
+            "nodeStatusReportFrequency": "10s",
+            "serializeImagePulls": false,
+        });
+        let config_path = root.join("kubelet.json");
+        write(&config_path, &config.to_string());
+        let mut command = Command::new(bin.join("kubelet"));
+        command
+            .arg(format!("--config={}", config_path.display()))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--root-dir={}", k.display()))
+            .arg(format!("--cert-dir={}", root.join("kubelet-pki").display()))
+            .arg(format!("--hostname-override={REAL_NODE}"))
+            .arg(format!("--node-ip={ip}"))
+            .arg("--v=2")
+            .env("PATH", path_with(bin))
+            .process_group(0);
+        let mut kubelet = Component::spawn("kubelet", command, root.join("kubelet.log"));
+        let url = format!("http://127.0.0.1:{healthz}/healthz");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = super::http(None).get(&url).await {
+                break;
+            }
+            if let Some(status) = kubelet.exited() {
+                fail("kubelet: start", status, Some(&kubelet));
+            }
+            if Instant::now() >= deadline {
+                fail("kubelet: /healthz 200 within 60 s", "no", Some(&kubelet));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.kubelet = Some(kubelet);
+    }
+
+    fn start_device_plugin(&mut self, bin: &Path, root: &Path, volumes: &[String]) {
+        let mut command = Command::new(bin.join("volume-device-plugin"));
+        command
+            .arg(format!("--dir={}", self.volumes.display()))
+            .arg(format!("--kubelet-socket-dir={DEVICE_PLUGINS}"))
+            .arg("--poll=200ms")
+            .args(volumes)
+            .process_group(0);
+        self.device_plugin = Some(Component::spawn(
+            "device plugin",
+            command,
+            root.join("device-plugin.log"),
+        ));
+    }
+
+    /// Stops everything and removes what the node made; returns what it could not
+    /// remove (empty when the machine is as before).
+    pub fn shutdown(mut self) -> Vec<String> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Vec<String> {
+        let Some(dir) = self.dir.take() else {
+            return Vec::new();
+        };
+        let root = dir.path().to_owned();
+        let mut left = Vec::new();
+        // The device plugin and the kubelet first: nothing starts pods any more.
+        for c in [self.device_plugin.take(), self.kubelet.take()]
+            .into_iter()
+            .flatten()
+        {
+            stop_group(c, Duration::ZERO);
+        }
+        // containerd stops and removes the pods (their processes, mounts and network).
+        if self.containerd.is_some() {
+            let (ok, _, err) = self.crictl(&["rmp", "--force", "--all"]);
+            if !ok {
+                left.push(format!("crictl rmp --force --all: {}", err.trim()));
+            }
+        }
+        if let Some(c) = self.containerd.take() {
+            stop_group(c, Duration::from_secs(5));
+        }
+        // Whatever survived: the shims (their own process groups), then every process
+        // in the pods' cgroups.
+        let socket = self.socket.display().to_string();
+        let mut killed = processes_with_arg(&socket);
+        for &pid in &killed {
+            kill_pid(pid);
+        }
+        for cgroup_root in cgroup_roots() {
+            for name in CGROUPS {
+                let tree = cgroup_root.join(name);
+                if !remove_cgroup(&tree, &mut killed) {
+                    left.push(format!("cgroup {}", tree.display()));
+                }
+            }
+        }
+        killed.extend(zombie_shims());
+        reap(&killed);
+        for p in unmount_under(&root) {
+            left.push(format!("mount {}", p.display()));
+        }
+        let _ = Command::new("ip")
+            .args(["link", "delete", BRIDGE])
+            .stderr(Stdio::null())
+            .status();
+        if Path::new("/sys/class/net").join(BRIDGE).exists() {
+            left.push(format!("network interface {BRIDGE}"));
+        }
+        for p in GLOBAL_PATHS.iter().map(PathBuf::from) {
+            if self.before.contains(&p) || !p.exists() {
+                continue;
+            }
+            for m in unmount_under(&p) {
+                left.push(format!("mount {}", m.display()));
+            }
+            if let Err(e) = fs::remove_dir_all(&p) {
+                left.push(format!("{}: {e}", p.display()));
+            }
+        }
+        for s in shim_sockets() {
+            if !self.before.contains(&s) && fs::remove_file(&s).is_err() {
+                left.push(format!("shim socket {}", s.display()));
+            }
+        }
+        if std::env::var_os("VOLGUARD_E2E_KEEP").is_some() {
+            eprintln!("real node files kept in {}", dir.keep().display());
+        } else if let Err(e) = dir.close() {
+            left.push(format!("{}: {e}", root.display()));
+        }
+        left
+    }
+}
+
+/// SIGTERM to the component's process group, SIGKILL after `grace`.
+fn stop_group(mut c: Component, grace: Duration) {
+    let Some(pid) = c.pid() else {
+        return;
+    };
+    if !grace.is_zero() {
+        kill_group(pid, libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && c.exited().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    kill_group(pid, libc::SIGKILL);
+    drop(c);
+}
+
+/// PATH with `bin` first.
+fn path_with(bin: &Path) -> std::ffi::OsString {
+    let mut paths = vec![bin.to_owned()];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).expect("PATH")
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (name, c) in [
+                ("containerd", &self.containerd),
+                ("kubelet", &self.kubelet),
+                ("device plugin", &self.device_plugin),
+            ] {
+                if let Some(c) = c {
+                    eprintln!("--- last lines of the {name} log ---\n{}", c.tail(25));
+                }
+            }
+        }
+        let left = self.teardown();
+        if !left.is_empty() {
+            eprintln!("real node: cleanup left behind:\n  {}", left.join("\n  "));
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! A real node (see `tests/control_plane/node.rs`): containerd, runc, the CNI bridge, a
+//! kubelet registered with the test's kube-apiserver and the test device plugin
+//! (`e2e/device-plugin`), running real pods. Needs root: without it the test fails, it
+//! does not skip.
+
+mod common;
+mod control_plane;
+
+use std::time::Duration;
+
+use control_plane::{
+    ControlPlane, Options,
+    node::{BUSYBOX_IMAGE, NodeOptions, REAL_NODE},
+    wait_for,
+};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use serde_json::{Value, json};
+
+const RESOURCE: &str = "volumes.brightbox.com/vol-test";
+
+/// The node's capacity and allocatable of `resource`.
+async fn advertised(cp: &ControlPlane, resource: &str) -> Option<(String, String)> {
+    let nodes: Api<Node> = Api::all(cp.admin.clone());
+    let status = nodes.get(REAL_NODE).await.ok()?.status?;
+    let capacity = status.capacity?.get(resource)?.0.clone();
+    let allocatable = status.allocatable?.get(resource)?.0.clone();
+    Some((capacity, allocatable))
+}
+
+/// Waits up to 30 s for `resource` to read `count` in the node's capacity and
+/// allocatable.
+async fn advertises(cp: &ControlPlane, node: &control_plane::node::RealNode, count: &str) {
+    let want = (count.to_owned(), count.to_owned());
+    let seen = wait_for(Duration::from_secs(30), || async {
+        advertised(cp, RESOURCE)
+            .await
+            .filter(|got| *got == want)
+            .map(|_| ())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "{RESOURCE} never {count} on the node (now {:?}); device plugin log:\n{}",
+        advertised(cp, RESOURCE).await,
+        node.device_plugin_log()
+    );
+}
+
+/// A busybox pod bound to the real node.
+fn pod(name: &str, container: Value) -> Value {
+    let mut c = json!({
+        "name": "main", "image": BUSYBOX_IMAGE,
+        "command": ["sh", "-c", "touch /tmp/alive; exec sleep 3600"],
+    });
+    control_plane::merge(&mut c, &container);
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": REAL_NODE,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [c],
+        },
+    })
+}
+
+/// Waits up to 60 s for pod `name` to be Ready.
+async fn ready(cp: &ControlPlane, node: &control_plane::node::RealNode, name: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "default");
+    let pod = wait_for(Duration::from_secs(60), || async {
+        let p = pods.get(name).await.ok()?;
+        let ready = p
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(p)
+    })
+    .await;
+    match pod {
+        Some(pod) => pod,
+        None => panic!(
+            "pod {name} never Ready: {:?}\n--- kubelet log ---\n{}",
+            pods.get(name).await.ok().and_then(|p| p.status),
+            tail(&node.kubelet_log(), 40)
+        ),
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The basics of a real node: it becomes Ready; a busybox pod with exec liveness and
+/// readiness probes runs and stays Ready without restarts, and is restarted once the
+/// file its liveness probe tests is gone; the device plugin advertises
+/// `volumes.brightbox.com/vol-test` = 1 while its link exists, a pod requesting it is
+/// admitted and sees the device at /dev/disk/by-id/virtio-vol-test, the count drops to
+/// 0 when the link goes and is 1 again when it comes back. Shutting the node down leaves
+/// nothing behind.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs root and the real control plane and node (Go); built with --features skip-e2e"
+)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_node_runs_pods_and_advertises_a_volume() {
+    control_plane::node::require_root("the real-node test");
+    let cp = ControlPlane::start_with(Options {
+        volguard: false,
+        scheduler: false,
+        ..Options::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let node = cp
+        .real_node(NodeOptions {
+            volumes: vec!["vol-test".to_owned()],
+            attached: vec!["vol-test".to_owned()],
+        })
+        .await;
+    eprintln!(
+        "real node Ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // A container with exec probes: runs, becomes Ready, is not restarted.
+    let probe = json!({"exec": {"command": ["test", "-e", "/tmp/alive"]}, "periodSeconds": 1});
+    cp.create(pod(
+        "probed",
+        json!({"livenessProbe": probe, "readinessProbe": probe}),
+    ))
+    .await;
+    ready(&cp, &node, "probed").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let p = ready(&cp, &node, "probed").await;
+    let restarts = p.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    assert_eq!(
+        restarts, 0,
+        "the liveness probe failed on a healthy container"
+    );
+    // The probe runs in the container: without its file the container is restarted (and
+    // makes the file again).
+    let (ok, _, err) = cp.kubectl(
+        &[
+            "exec",
+            "--namespace=default",
+            "probed",
+            "--",
+            "rm",
+            "/tmp/alive",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl exec: {err}");
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "default");
+    let restarted = wait_for(Duration::from_secs(30), || async {
+        let p = pods.get("probed").await.ok()?;
+        let restarts = p.status?.container_statuses?.first()?.restart_count;
+        (restarts >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        restarted.is_some(),
+        "the liveness probe never restarted the container"
+    );
+    ready(&cp, &node, "probed").await;
+
+    // The device plugin: 1 while the link exists.
+    advertises(&cp, &node, "1").await;
+
+    // A pod requesting the volume is admitted and sees the device.
+    let limits = json!({"resources": {"limits": {RESOURCE: "1"}}});
+    cp.create(pod("with-volume", limits)).await;
+    ready(&cp, &node, "with-volume").await;
+    let (ok, out, err) = cp.kubectl(
+        &[
+            "exec",
+            "--namespace=default",
+            "with-volume",
+            "--",
+            "ls",
+            "-l",
+            "/dev/disk/by-id/virtio-vol-test",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl exec: {err}");
+    // The link to /dev/null is passed as that device: a character device.
+    assert!(out.starts_with('c'), "not a device in the container: {out}");
+
+    // The link goes: 0; it comes back: 1.
+    node.detach("vol-test");
+    advertises(&cp, &node, "0").await;
+    node.attach("vol-test");
+    advertises(&cp, &node, "1").await;
+
+    let left = node.shutdown();
+    assert!(left.is_empty(), "the real node left behind: {left:?}");
+}
