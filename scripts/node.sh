@@ -74,8 +74,9 @@ gobuild() {
 compile() {
   local tmp=$1 t m rest major minor date ldflags pkg total out
   need_go node "the kubelet, containerd, runc, the CNI plugins, crictl and the device plugin"
-  if ! echo '#include <seccomp.h>' | cc -E - >/dev/null 2>&1; then
-    echo "node: runc needs a C compiler and libseccomp's headers (Debian: apt-get install gcc libseccomp-dev)" >&2
+  if ! command -v gcc >/dev/null 2>&1 || ! pkg-config --cflags libseccomp >/dev/null 2>&1 ||
+    ! echo '#include <seccomp.h>' | gcc -E - >/dev/null 2>&1; then
+    echo "node: runc needs gcc, pkg-config and libseccomp's headers (Debian: apt-get install gcc libc6-dev pkgconf libseccomp-dev)" >&2
     exit 1
   fi
   out="$tmp/bin"

@@ -129,7 +129,10 @@ async fn a_real_node_runs_pods_and_advertises_a_volume() {
     );
 
     // A container with exec probes: runs, becomes Ready, is not restarted.
-    let probe = json!({"exec": {"command": ["test", "-e", "/tmp/alive"]}, "periodSeconds": 1});
+    // A generous timeout: on two busy cores one `runc exec` can take over a second, and
+    // a probe that timed out would restart the container for nothing.
+    let probe = json!({"exec": {"command": ["test", "-e", "/tmp/alive"]}, "periodSeconds": 1,
+        "timeoutSeconds": 10});
     cp.create(pod(
         "probed",
         json!({"livenessProbe": probe, "readinessProbe": probe}),

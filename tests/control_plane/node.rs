@@ -25,6 +25,7 @@
 //!   reaped rather than left as zombies.
 
 use std::{
+    collections::HashSet,
     fs::{self, File},
     os::unix::{fs::symlink, process::CommandExt},
     path::{Path, PathBuf},
@@ -67,6 +68,17 @@ const GLOBAL_PATHS: &[&str] = &[
     "/run/containerd",
     "/var/log/containers",
     "/var/log/pods",
+];
+/// The kernel settings the kubelet (`protectKernelDefaults: false`) and the bridge
+/// plugin (`isGateway`) set, restored after the node.
+const SYSCTLS: &[&str] = &[
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+    "net/ipv4/ip_forward",
 ];
 /// The cgroups the kubelet (cgroupfs driver) and containerd make in each hierarchy.
 const CGROUPS: &[&str] = &["kubepods", "k8s.io"];
@@ -122,6 +134,11 @@ pub struct RealNode {
     socket: PathBuf,
     /// Global paths (and `/run/containerd/s` entries) that were there before.
     before: Vec<PathBuf>,
+    /// Everything inside the global paths that were there before: what the node adds
+    /// in them (the kubelet's socket, the plugins' sockets, CNI results) goes with it.
+    before_inside: HashSet<PathBuf>,
+    /// The kernel settings the kubelet and the bridge plugin change, as they were.
+    sysctls: Vec<(&'static str, String)>,
     dir: Option<tempfile::TempDir>,
     _lock: File,
 }
@@ -153,9 +170,23 @@ fn host_ip() -> String {
             return ip.to_owned();
         }
     }
+    // No default route (an offline machine): the first global IPv4 address.
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap_or_else(|e| fail("find the machine's address (ip addr)", e, None));
+    let addrs = String::from_utf8_lossy(&out.stdout);
+    let mut words = addrs.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "inet"
+            && let Some(ip) = words.next().and_then(|cidr| cidr.split('/').next())
+        {
+            return ip.to_owned();
+        }
+    }
     fail(
         "find the machine's address",
-        format!("no src in `ip route get`: {text}"),
+        format!("no src in `ip route get` ({text}) and no global IPv4 address ({addrs})"),
         None,
     )
 }
@@ -358,11 +389,110 @@ fn reap(pids: &[i32]) {
             let mut status = 0;
             // SAFETY: a valid pointer to an int; WNOHANG does not block.
             let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            // 0: still running (or not yet ours); otherwise reaped, or not our child.
+            // 0: still running; -1 with ECHILD: not (yet) our child, while its dying
+            // parent hands it over, or never: both wait until the deadline. Otherwise
+            // reaped.
             r == 0
+                || (r == -1
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+                    && Path::new("/proc").join(pid.to_string()).exists())
         });
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Every path inside `dir`, recursively (nothing when it does not exist).
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(listing(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// Removes `path` unless it was there before; inside a folder that was, looks deeper.
+fn remove_new(path: &Path, before: &HashSet<PathBuf>, left: &mut Vec<String>) {
+    if !before.contains(path) {
+        let removed = match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+            Ok(_) => fs::remove_file(path),
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = removed {
+            left.push(format!("{}: {e}", path.display()));
+        }
+        return;
+    }
+    if path.is_dir() && !path.is_symlink() {
+        for e in fs::read_dir(path).into_iter().flatten().flatten() {
+            remove_new(&e.path(), before, left);
+        }
+    }
+}
+
+/// A real node of an earlier run that died without its teardown (killed, timed out)
+/// left its processes, mounts, cgroups, bridge and the kubelet's socket: removed, unless
+/// a kubelet of another kind runs on this machine (then the caller refuses to start).
+fn reclaim_dead_run() {
+    let ours = |pid: &i32| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.windows(15).any(|w| w == b"/volguard-node-"))
+    };
+    let kubelets: Vec<i32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kubelet")
+        })
+        .collect();
+    if kubelets.iter().any(|pid| !ours(pid)) {
+        return;
+    }
+    let mut killed: Vec<i32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(ours)
+        .collect();
+    for &pid in &killed {
+        kill_pid(pid);
+    }
+    for cgroup_root in cgroup_roots() {
+        for name in CGROUPS {
+            remove_cgroup(&cgroup_root.join(name), &mut killed);
+        }
+    }
+    reap(&killed);
+    for e in fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("volguard-node-")
+        {
+            unmount_under(&e.path());
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["link", "delete", BRIDGE])
+        .stderr(Stdio::null())
+        .status();
+    for e in fs::read_dir(DEVICE_PLUGINS).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".sock") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    eprintln!("real node: removed what a run that died without its cleanup left");
 }
 
 /// The mount points under `prefix`, deepest first.
@@ -526,6 +656,9 @@ impl ControlPlane {
         .expect("lock");
         let stale = Path::new(DEVICE_PLUGINS).join("kubelet.sock");
         if stale.exists() {
+            reclaim_dead_run();
+        }
+        if stale.exists() {
             fail(
                 "start a real node",
                 format!(
@@ -557,7 +690,14 @@ impl ControlPlane {
             kubelet: None,
             device_plugin: None,
             socket: root.join("containerd/containerd.sock"),
+            before_inside: before.iter().flat_map(|p| listing(p)).collect(),
             before,
+            sysctls: SYSCTLS
+                .iter()
+                .filter_map(|k| {
+                    Some((*k, fs::read_to_string(Path::new("/proc/sys").join(k)).ok()?))
+                })
+                .collect(),
             dir: Some(dir),
             _lock: lock,
         };
@@ -821,6 +961,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             // kube-apiserver's exec and logs calls come without a client certificate.
             "authentication": {"anonymous": {"enabled": true}, "webhook": {"enabled": false}},
             "authorization": {"mode": "AlwaysAllow"},
+            // Nothing of the host's logs over that open port, and no iptables chains.
+            "enableSystemLogHandler": false,
+            "makeIPTablesUtilChains": false,
             "podLogsDir": root.join("pod-logs"),
             "volumePluginDir": root.join("volume-plugins"),
             // A shared disk may be nearly full: no evictions, no image GC.
@@ -944,6 +1087,19 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             }
             if let Err(e) = fs::remove_dir_all(&p) {
                 left.push(format!("{}: {e}", p.display()));
+            }
+        }
+        for p in &self.before {
+            for entry in fs::read_dir(p).into_iter().flatten().flatten() {
+                remove_new(&entry.path(), &self.before_inside, &mut left);
+            }
+        }
+        for (key, value) in &self.sysctls {
+            let path = Path::new("/proc/sys").join(key);
+            if fs::read_to_string(&path).ok().as_ref() != Some(value)
+                && fs::write(&path, value).is_err()
+            {
+                left.push(format!("kernel setting {key} (was {})", value.trim()));
             }
         }
         for s in shim_sockets() {
