@@ -462,3 +462,108 @@ async fn the_kubelet_refuses_a_pod_whose_device_is_elsewhere() {
     let left = node.shutdown();
     assert!(left.is_empty(), "the real node left behind: {left:?}");
 }
+
+/// A config's own `livenessProbe.check` runs in the real container through its shell:
+/// `test -c {path} && test ! -e /tmp/unhealthy` exits 0 while the device is there (the
+/// pod is Ready, no restart), 1 once the container makes `/tmp/unhealthy` (the kubelet
+/// kills it for the failed probe and makes it again: restartCount 1, Ready again, the
+/// device still there).
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs root and the real control plane and node (Go); built with --features skip-e2e"
+)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_custom_probe_check_runs_in_the_real_container() {
+    control_plane::node::require_root("the seed 000 real-node tests");
+    let config = control_plane::example_config()
+        .unwrap()
+        .replace(
+            r#"check: "ls {path} >/dev/null""#,
+            r#"check: "test -c {path} && test ! -e /tmp/unhealthy""#,
+        )
+        .replace("initialDelaySeconds: 5", "initialDelaySeconds: 1")
+        .replace("periodSeconds: 10", "periodSeconds: 2");
+    let cp = ControlPlane::start_with(Options {
+        volguard_config: Some(config),
+        ..Options::default()
+    })
+    .await;
+    cp.namespace(NS).await;
+    let node = cp
+        .real_node(NodeOptions {
+            volumes: vec!["vol-check".to_owned()],
+            attached: vec!["vol-check".to_owned()],
+        })
+        .await;
+    advertises(&cp, &node, &resource("vol-check"), "1").await;
+    cp.pod(
+        NS,
+        json!({
+            "metadata": {"name": "checked",
+                "annotations": {"volguard.io/devices": "brightbox=vol-check"}},
+            "spec": {
+                "automountServiceAccountToken": false,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "db", "image": BUSYBOX_IMAGE,
+                    "command": ["sleep", "3600"]}],
+            },
+        }),
+    )
+    .await;
+    let pod = until(&cp, &node, "checked", 90, "pod checked Ready", |p| {
+        node_of(p) == Some(REAL_NODE) && is_ready(p)
+    })
+    .await;
+    let probe = pod.spec.unwrap().containers[0]
+        .liveness_probe
+        .clone()
+        .unwrap();
+    assert_eq!(
+        probe.exec.and_then(|e| e.command).unwrap_or_default(),
+        [
+            "/bin/sh",
+            "-c",
+            "test -c '/dev/disk/by-id/virtio-vol-check' && test ! -e /tmp/unhealthy"
+        ]
+    );
+    // Exit 0: several periods, no restart.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let pod = until(
+        &cp,
+        &node,
+        "checked",
+        5,
+        "pod checked still Ready",
+        is_ready,
+    )
+    .await;
+    assert_eq!(restarts(&pod), 0, "the check failed on a healthy container");
+    // Exit 1: killed for the failed probe, made again.
+    let (ok, _, err) = cp.kubectl(
+        &[
+            "exec",
+            "--namespace",
+            NS,
+            "checked",
+            "--",
+            "touch",
+            "/tmp/unhealthy",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl exec touch: {err}");
+    let pod = until(&cp, &node, "checked", 60, "pod checked restarted", |p| {
+        restarts(p) >= 1 && is_ready(p)
+    })
+    .await;
+    assert_eq!(terminated(&pod).map(|t| t.exit_code), Some(137));
+    let unhealthy = cp.events(NS, "checked", "Unhealthy").await;
+    assert!(
+        unhealthy
+            .iter()
+            .any(|m| m.starts_with("Liveness probe failed")),
+        "Unhealthy events: {unhealthy:?}"
+    );
+    let left = node.shutdown();
+    assert!(left.is_empty(), "the real node left behind: {left:?}");
+}
