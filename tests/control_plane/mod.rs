@@ -1852,7 +1852,7 @@ pub fn merge(target: &mut Value, changes: &Value) {
 }
 
 /// Now, in the API's time format.
-fn now() -> String {
+pub fn now() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()
