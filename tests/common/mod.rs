@@ -30,6 +30,30 @@ pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// A test tool that `scripts/<script> build` builds from its Go module, once per
+/// version (minutes the first time, then at once): the path it prints, or `$env` when
+/// set. Panics with `needs` (what the build takes, and the way around it) when the build
+/// fails: the tests that use the tool fail rather than skip.
+pub fn built_by(script: &str, env: &str, needs: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return PathBuf::from(path);
+    }
+    let script = repo(&format!("scripts/{script}"));
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("build")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} build failed ({}): {needs}",
+        script.display(),
+        out.status
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// The example config shipped in examples/.
 pub fn example_config() -> Config {
     Config::load(Some(&repo("examples/config.yaml"))).expect("examples/config.yaml is valid")

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -74,24 +74,12 @@ pub fn first_difference(a: &Value, b: &Value, path: &str, names: (&str, &str)) -
 pub fn helm() -> &'static Path {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
     HELM.get_or_init(|| {
-        if let Some(path) = std::env::var_os("VOLGUARD_HELM") {
-            return PathBuf::from(path);
-        }
-        let script = repo("scripts/helm.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("build")
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} build failed ({}): the chart tests need Go and the Go module proxy to \
-             build helm; see e2e/helm/README.md",
-            script.display(),
-            out.status
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        super::built_by(
+            "helm.sh",
+            "VOLGUARD_HELM",
+            "the chart tests need Go and the Go module proxy to build helm; see \
+             e2e/helm/README.md",
+        )
     })
 }
 

@@ -87,40 +87,19 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn binaries() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("VOLGUARD_CONTROL_PLANE_BIN") {
-            return PathBuf::from(dir);
-        }
-        let script = repo("scripts/control-plane.sh");
-        // Builds once (minutes on a fresh machine), then answers at once.
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("build")
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} build failed ({}): the control-plane tests need Go and the Go module proxy \
-             to build kube-apiserver, kube-scheduler, kube-controller-manager and etcd (see \
-             e2e/control-plane/README.md), or VOLGUARD_CONTROL_PLANE_BIN naming a folder that \
-             holds them. Without Go, `cargo test --features skip-e2e` runs every other test and \
-             reports these as ignored (docs/testing.md)",
-            script.display(),
-            out.status
-        );
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("path")
-            .output()
-            .expect("control-plane.sh path");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        crate::common::built_by(
+            "control-plane.sh",
+            "VOLGUARD_CONTROL_PLANE_BIN",
+            "the control-plane tests need Go and the Go module proxy to build kube-apiserver, \
+             kube-scheduler, kube-controller-manager and etcd (see e2e/control-plane/README.md), \
+             or VOLGUARD_CONTROL_PLANE_BIN naming a folder that holds them. Without Go, \
+             `cargo test --features skip-e2e` runs every other test and reports these as \
+             ignored (docs/testing.md)",
+        )
     })
 }
 
-/// A path inside the repository.
-pub fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
+pub use crate::common::repo;
 
 /// A port nothing listens on right now. Components bind it themselves a moment later;
 /// a start that loses the race is retried on another port.

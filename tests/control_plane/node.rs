@@ -41,7 +41,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use super::{Component, ControlPlane, fail, free_port, repo, wait_for, write, write_kubeconfig};
+use super::{Component, ControlPlane, fail, free_port, wait_for, write, write_kubeconfig};
 
 /// The Node name of the real node.
 pub const REAL_NODE: &str = "real-node";
@@ -88,26 +88,13 @@ const CGROUPS: &[&str] = &["kubepods", "k8s.io"];
 fn binaries() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("VOLGUARD_NODE_BIN") {
-            return PathBuf::from(dir);
-        }
-        let script = repo("scripts/node.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("build")
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} build failed ({}): the real-node tests need Go, the Go module proxy, a C \
-             compiler and libseccomp's headers (Debian: libseccomp-dev) to build the kubelet, \
-             containerd, runc, the CNI plugins and the device plugin, or VOLGUARD_NODE_BIN \
-             naming a folder that holds them",
-            script.display(),
-            out.status
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        crate::common::built_by(
+            "node.sh",
+            "VOLGUARD_NODE_BIN",
+            "the real-node tests need Go, the Go module proxy, a C compiler and libseccomp's \
+             headers (Debian: libseccomp-dev) to build the kubelet, containerd, runc, the CNI \
+             plugins and the device plugin, or VOLGUARD_NODE_BIN naming a folder that holds them",
+        )
     })
 }
 
