@@ -121,6 +121,7 @@ async fn a_real_node_runs_pods_and_advertises_a_volume() {
         .real_node(NodeOptions {
             volumes: vec!["vol-test".to_owned()],
             attached: vec!["vol-test".to_owned()],
+            ..NodeOptions::default()
         })
         .await;
     eprintln!(

@@ -214,6 +214,7 @@ async fn seed_000_on_a_real_kubelet() {
         .real_node(NodeOptions {
             volumes: vec!["vol-move".to_owned()],
             attached: vec!["vol-move".to_owned()],
+            ..NodeOptions::default()
         })
         .await;
     advertises(&cp, &node, &res, "1").await;
@@ -413,6 +414,7 @@ async fn the_kubelet_refuses_a_pod_whose_device_is_elsewhere() {
         .real_node(NodeOptions {
             volumes: vec!["vol-here".to_owned(), "vol-away".to_owned()],
             attached: vec!["vol-here".to_owned()],
+            ..NodeOptions::default()
         })
         .await;
     advertises(&cp, &node, &resource("vol-here"), "1").await;
@@ -493,6 +495,7 @@ async fn a_custom_probe_check_runs_in_the_real_container() {
         .real_node(NodeOptions {
             volumes: vec!["vol-check".to_owned()],
             attached: vec!["vol-check".to_owned()],
+            ..NodeOptions::default()
         })
         .await;
     advertises(&cp, &node, &resource("vol-check"), "1").await;

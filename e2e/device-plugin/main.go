@@ -55,6 +55,9 @@ type endpoint struct {
 	present bool
 	changed chan struct{} // closed (and replaced) at each change of present
 	server  *grpc.Server
+	// registered: the kubelet accepted the last registration; until then the
+	// main loop tries again at every poll.
+	registered bool
 }
 
 func newEndpoint(id, dir, socketDir string) *endpoint {
@@ -186,13 +189,31 @@ func (e *endpoint) start() error {
 		return fmt.Errorf("registering %s with the kubelet: %w", e.resource(), err)
 	}
 	log.Printf("%s: registered on %s", e.resource(), path)
+	e.mu.Lock()
+	e.registered = true
+	e.mu.Unlock()
 	return nil
+}
+
+// retry serves and registers again when the last registration failed.
+func (e *endpoint) retry() {
+	e.mu.Lock()
+	registered := e.registered
+	e.mu.Unlock()
+	if registered {
+		return
+	}
+	e.stop()
+	if err := e.start(); err != nil {
+		log.Printf("%v (retrying)", err)
+	}
 }
 
 func (e *endpoint) stop() {
 	e.mu.Lock()
 	s := e.server
 	e.server = nil
+	e.registered = false
 	e.mu.Unlock()
 	if s != nil {
 		s.Stop()
@@ -248,7 +269,7 @@ func main() {
 		e := newEndpoint(id, *dir, *socketDir)
 		endpoints[id] = e
 		if err := e.start(); err != nil {
-			log.Printf("%v (retrying when the kubelet's socket changes)", err)
+			log.Printf("%v (retrying)", err)
 		}
 	}
 
@@ -288,6 +309,7 @@ func main() {
 		}
 		for _, e := range endpoints {
 			e.poll()
+			e.retry()
 		}
 		if now, ok := kubeletID(*socketDir); ok && now != kubelet {
 			log.Printf("the kubelet's socket changed: registering again")

@@ -35,6 +35,7 @@
 //! two of them would compete for the machine's cores.
 #![allow(dead_code)]
 
+pub mod images;
 pub mod node;
 
 use std::{
@@ -69,7 +70,7 @@ namespace-controller,garbage-collector-controller,replicaset-controller,\
 deployment-controller,statefulset-controller,disruption-controller,\
 persistentvolume-binder-controller,persistentvolume-attach-detach-controller,\
 persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,\
-ephemeral-volume-controller,root-ca-certificate-publisher-controller";
+ephemeral-volume-controller,root-ca-certificate-publisher-controller,endpointslice-controller";
 /// volguard's namespace in `manifests/`.
 pub const NAMESPACE: &str = "volguard-system";
 /// The namespace that holds helm's record of the release (the chart makes
@@ -118,7 +119,8 @@ pub struct Component {
 }
 
 impl Component {
-    fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Component {
+    /// Starts `command` with its output appended to `log`; killed when dropped.
+    pub fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Component {
         let file = fs::File::options()
             .create(true)
             .append(true)
@@ -223,6 +225,12 @@ pub struct Options {
     /// (see [`ServiceStandIn`]): kube-apiserver reaches them through `volguard`,
     /// kube-scheduler through `volguard-extender` with its ClientIP affinity.
     pub two_replicas: bool,
+    /// Let pods on a real node reach kube-apiserver, and kube-apiserver reach Services
+    /// through their endpoints: it listens on every address, its certificate names the
+    /// machine's address, and it runs with `--enable-aggregator-routing` (webhook
+    /// Services resolve to a ready endpoint from the EndpointSlices; there is no
+    /// kube-proxy here).
+    pub pods_reach_apiserver: bool,
 }
 
 impl Default for Options {
@@ -238,6 +246,7 @@ impl Default for Options {
             default_scheduler: false,
             controller_manager: true,
             two_replicas: false,
+            pods_reach_apiserver: false,
         }
     }
 }
@@ -270,6 +279,9 @@ pub struct ControlPlane {
     /// An admin client.
     pub admin: Client,
     options: Options,
+    /// The machine's address, where pods reach kube-apiserver
+    /// ([`Options::pods_reach_apiserver`]).
+    pub node_ip: Option<String>,
     api_ca: String,
     etcd_url: String,
     dir: tempfile::TempDir,
@@ -350,7 +362,7 @@ fn shipped_auth_flags(manifests: &[Value], certs_dir: &Path) -> Vec<String> {
 }
 
 /// A plain HTTP client for loopback health checks, trusting `ca_pem` for HTTPS.
-fn http(ca_pem: Option<&str>) -> loopback_http::Client {
+pub fn http(ca_pem: Option<&str>) -> loopback_http::Client {
     loopback_http::Client::new(ca_pem)
 }
 
@@ -372,12 +384,33 @@ impl ControlPlane {
             .expect("temp dir");
         let root = dir.path().to_owned();
 
-        // Certificates and identities for the API server.
-        let api_certs = certs::generate(&["localhost".to_owned(), "127.0.0.1".to_owned()], 2)
+        // Certificates and identities for the API server; its client certificate for
+        // the kubelet's API.
+        let node_ip = options.pods_reach_apiserver.then(node::host_ip);
+        let names: Vec<String> = ["localhost", "127.0.0.1"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(node_ip.clone())
+            .collect();
+        let api_certs = certs::generate(&names, 2)
             .unwrap_or_else(|e| fail("generate the API server certificate", e, None));
         write(&root.join("api-ca.crt"), &api_certs.ca_pem);
         write(&root.join("api.crt"), &api_certs.cert_pem);
         write(&root.join("api.key"), &api_certs.key_pem);
+        let kubelet_client = certs::Ca::from_pem(&api_certs.ca_pem, &api_certs.ca_key_pem)
+            .and_then(|ca| {
+                ca.client("kube-apiserver-kubelet-client", 2)
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(|e| {
+                fail(
+                    "generate the API server's kubelet client certificate",
+                    e,
+                    None,
+                )
+            });
+        write(&root.join("kubelet-client.crt"), &kubelet_client.cert_pem);
+        write(&root.join("kubelet-client.key"), &kubelet_client.key_pem);
         let sa_key = rcgen::KeyPair::generate()
             .unwrap_or_else(|e| fail("generate the service-account key", e, None));
         write(&root.join("sa.key"), &sa_key.serialize_pem());
@@ -395,7 +428,8 @@ impl ControlPlane {
         );
 
         let (etcd, etcd_url) = start_etcd(&bin, &root).await;
-        let (apiserver, api_port) = start_apiserver(&bin, &root, &etcd_url, None).await;
+        let (apiserver, api_port) =
+            start_apiserver(&bin, &root, &etcd_url, None, node_ip.as_deref()).await;
         let admin_kubeconfig = root.join("admin.kubeconfig");
         write_kubeconfig(&admin_kubeconfig, api_port, &api_certs.ca_pem, ADMIN_TOKEN);
         let admin = client(&admin_kubeconfig).await;
@@ -417,6 +451,7 @@ impl ControlPlane {
             volguard_auth_flags: Vec::new(),
             admin,
             options: options.clone(),
+            node_ip,
             api_ca: api_certs.ca_pem,
             etcd_url,
             dir,
@@ -539,7 +574,7 @@ impl ControlPlane {
     }
 
     /// `kubectl kustomize manifests/`, as documents.
-    fn rendered_manifests(&self) -> Vec<Value> {
+    pub fn rendered_manifests(&self) -> Vec<Value> {
         let step = format!("render {} (kubectl kustomize)", self.options.manifests);
         let out = Command::new("kubectl")
             .arg("kustomize")
@@ -626,13 +661,18 @@ impl ControlPlane {
         self.release_manifests()
     }
 
+    /// Where [`ControlPlane::volguard_certs`] writes.
+    pub fn volguard_certs_dir(&self) -> PathBuf {
+        self.dir().join("volguard-certs")
+    }
+
     /// `volguard certs` into the run's folder, and the ports volguard will listen on;
     /// once.
-    fn volguard_certs(&mut self) {
+    pub fn volguard_certs(&mut self) {
         if !self.volguard_ca.is_empty() {
             return;
         }
-        let certs_dir = self.dir().join("volguard-certs");
+        let certs_dir = self.volguard_certs_dir();
         let out = Command::new(env!("CARGO_BIN_EXE_volguard"))
             .args(["certs", "--service", "volguard", "--namespace", NAMESPACE])
             .arg("--out")
@@ -896,6 +936,12 @@ impl ControlPlane {
         if self.options.chart.is_none() {
             self.apply_loopback_webhook(manifests);
         }
+        self.wait_for_webhook().await;
+    }
+
+    /// Waits until the API server calls the webhook: a dry-run pod comes back mutated
+    /// (30 s at most).
+    pub async fn wait_for_webhook(&self) {
         self.namespace("volguard-canary").await;
         let pods: Api<Pod> = Api::namespaced(self.admin.clone(), "volguard-canary");
         let canary: Pod = serde_json::from_value(json!({
@@ -928,7 +974,8 @@ impl ControlPlane {
     /// ServiceAccount; waits until it holds its leader Lease.
     async fn start_scheduler(&mut self, manifests: &[Value]) {
         let root = self.dir().to_owned();
-        let mut config = self.scheduler_config_for(manifests, self.extender_port());
+        let url = format!("https://127.0.0.1:{}", self.extender_port());
+        let mut config = self.scheduler_config_for(manifests, &url);
         let kubeconfig = root.join("scheduler.kubeconfig");
         let token = self.token("volguard-scheduler");
         write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, &token);
@@ -959,18 +1006,18 @@ impl ControlPlane {
         }
     }
 
-    /// The shipped KubeSchedulerConfiguration as the harness runs it: its extender at
-    /// the loopback `port`, with volguard's CA and the client certificate as data.
-    pub fn harness_scheduler_config(&self, port: u16) -> Value {
-        self.scheduler_config_for(&self.rendered_manifests(), port)
+    /// The shipped KubeSchedulerConfiguration with its extender at `url_prefix`
+    /// (its `serverName` kept), volguard's CA and the client certificate as data.
+    pub fn scheduler_config_at(&self, url_prefix: &str) -> Value {
+        self.scheduler_config_for(&self.rendered_manifests(), url_prefix)
     }
 
-    fn scheduler_config_for(&self, manifests: &[Value], port: u16) -> Value {
+    fn scheduler_config_for(&self, manifests: &[Value], url_prefix: &str) -> Value {
         use base64::Engine;
         let mut config = shipped_scheduler_config_in(manifests);
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.volguard_ca);
         for extender in config["extenders"].as_array_mut().expect("extenders") {
-            extender["urlPrefix"] = json!(format!("https://127.0.0.1:{port}"));
+            extender["urlPrefix"] = json!(url_prefix);
             let tls = extender["tlsConfig"].as_object_mut().expect("tlsConfig");
             tls.remove("caFile");
             tls.insert("caData".into(), json!(ca));
@@ -995,8 +1042,14 @@ impl ControlPlane {
     /// Starts the API server again on its port.
     pub async fn restart_apiserver(&mut self) {
         let root = self.dir().to_owned();
-        let (apiserver, _) =
-            start_apiserver(binaries(), &root, &self.etcd_url, Some(self.api_port)).await;
+        let (apiserver, _) = start_apiserver(
+            binaries(),
+            &root,
+            &self.etcd_url,
+            Some(self.api_port),
+            self.node_ip.as_deref(),
+        )
+        .await;
         self.apiserver = apiserver;
     }
 
@@ -1004,7 +1057,14 @@ impl ControlPlane {
     /// changes made through it are invisible to volguard's watches on the first.
     pub async fn second_apiserver(&self) -> (Component, Client) {
         let root = self.dir().to_owned();
-        let (apiserver, port) = start_apiserver(binaries(), &root, &self.etcd_url, None).await;
+        let (apiserver, port) = start_apiserver(
+            binaries(),
+            &root,
+            &self.etcd_url,
+            None,
+            self.node_ip.as_deref(),
+        )
+        .await;
         let kubeconfig = root.join("second.kubeconfig");
         write_kubeconfig(&kubeconfig, port, &self.api_ca, ADMIN_TOKEN);
         (apiserver, client(&kubeconfig).await)
@@ -1704,6 +1764,7 @@ async fn start_apiserver(
     root: &Path,
     etcd_url: &str,
     port: Option<u16>,
+    node_ip: Option<&str>,
 ) -> (Component, u16) {
     let mut last = None;
     for _ in 0..3 {
@@ -1713,10 +1774,9 @@ async fn start_apiserver(
         command
             .arg(format!("--etcd-servers={etcd_url}"))
             .arg(format!("--secure-port={port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
             // The kubernetes Service endpoint cannot be a loopback address; nothing here
-            // uses it.
+            // uses it (pods are given the machine's address instead: there is no
+            // kube-proxy to route the Service's ClusterIP).
             .arg("--endpoint-reconciler-type=none")
             .arg(format!("--tls-cert-file={}", file("api.crt")))
             .arg(format!("--tls-private-key-file={}", file("api.key")))
@@ -1733,7 +1793,25 @@ async fn start_apiserver(
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             // A real node (node.rs) is reached at its machine address, not its name.
             .arg("--kubelet-preferred-address-types=InternalIP")
+            // The real node's kubelet takes only certificates from the API CA.
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                file("kubelet-client.crt")
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                file("kubelet-client.key")
+            ))
             .arg("--v=1");
+        match node_ip {
+            Some(ip) => command
+                .arg("--bind-address=0.0.0.0")
+                .arg(format!("--advertise-address={ip}"))
+                .arg("--enable-aggregator-routing=true"),
+            None => command
+                .arg("--bind-address=127.0.0.1")
+                .arg("--advertise-address=127.0.0.1"),
+        };
         let mut apiserver = Component::spawn(
             "kube-apiserver",
             command,

@@ -4,13 +4,13 @@
 //!
 //! - containerd (config v3) keeps its root, state, runc state, network namespaces and
 //!   CNI configuration in the node's own temporary folder; the bridge has no `ipMasq`
-//!   and no portmap, so nothing touches iptables. Images come from no registry: a pause
-//!   image and a busybox image (Debian's static busybox) are written as OCI image-layout
-//!   archives here and imported with `ctr`.
+//!   and no portmap, so nothing touches iptables. Images come from no registry: the
+//!   pause and busybox images ([`super::images`]) are imported with `ctr`, and a test
+//!   can import more ([`RealNode::import_image`]).
 //! - The kubelet registers Node [`REAL_NODE`] with the test's kube-apiserver as
 //!   `system:node:real-node`, at the machine's own address (kube-apiserver prefers the
-//!   InternalIP, so `kubectl exec` and logs reach it). Its API port takes anonymous
-//!   requests: a test machine only.
+//!   InternalIP, so `kubectl exec` and logs reach it). Its API port takes only
+//!   kube-apiserver's client certificate (from the test's API CA), not anonymous calls.
 //! - Some paths are the same whatever the flags: the device plugins' registration
 //!   socket `/var/lib/kubelet/device-plugins/kubelet.sock`, the CNI cache
 //!   `/var/lib/cni`, containerd's shim sockets `/run/containerd/s`, the container logs'
@@ -39,9 +39,13 @@ use kube::{
     Api,
     api::{Patch, PatchParams},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{Component, ControlPlane, fail, free_port, wait_for, write, write_kubeconfig};
+use super::{
+    Component, ControlPlane, fail, free_port,
+    images::{self, Image},
+    wait_for, write, write_kubeconfig,
+};
 
 /// The Node name of the real node.
 pub const REAL_NODE: &str = "real-node";
@@ -107,6 +111,9 @@ pub struct NodeOptions {
     /// Links to make in [`RealNode::volumes`] before the plugin starts
     /// (`virtio-<id>` -> `/dev/null`).
     pub attached: Vec<String>,
+    /// Images to import besides the pause and busybox ones, before the kubelet starts
+    /// (so no pod of the node ever tries to pull them).
+    pub images: Vec<Image>,
 }
 
 /// containerd, the kubelet and the device plugin of one real node; torn down on drop.
@@ -143,7 +150,7 @@ pub fn require_root(what: &str) {
 }
 
 /// The machine's own address: the source address of its default route.
-fn host_ip() -> String {
+pub(super) fn host_ip() -> String {
     let out = Command::new("ip")
         .args(["-4", "route", "get", "192.0.2.123"])
         .output()
@@ -176,167 +183,6 @@ fn host_ip() -> String {
         format!("no src in `ip route get` ({text}) and no global IPv4 address ({addrs})"),
         None,
     )
-}
-
-/// Writes a deterministic tar of `dir`'s contents to `out`.
-fn tar(dir: &Path, out: &Path) {
-    let ok = Command::new("tar")
-        .args([
-            "--sort=name",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--mtime=@0",
-            "--format=posix",
-            "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
-            "-C",
-        ])
-        .arg(dir)
-        .arg("-cf")
-        .arg(out)
-        .arg(".")
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        fail(
-            "write an image archive",
-            format!("tar of {}", dir.display()),
-            None,
-        );
-    }
-}
-
-/// The sha256 of a file, hex.
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| fail("sha256sum", e, None));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_else(|| fail("sha256sum", path.display(), None))
-        .to_owned()
-}
-
-/// Stores `file` as a blob of the OCI layout `layout`; returns its descriptor.
-fn blob(layout: &Path, file: &Path, media_type: &str) -> Value {
-    let digest = sha256(file);
-    let size = fs::metadata(file).expect("blob").len();
-    fs::rename(file, layout.join("blobs/sha256").join(&digest)).expect("blob");
-    json!({"mediaType": media_type, "digest": format!("sha256:{digest}"), "size": size})
-}
-
-/// Whether the ELF executable `path` is static (no program interpreter).
-fn is_static(path: &Path) -> bool {
-    let Ok(elf) = fs::read(path) else {
-        return false;
-    };
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-    };
-    // 64-bit little-endian ELF only (what Debian amd64 ships).
-    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
-        return false;
-    }
-    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
-        return false;
-    };
-    const PT_INTERP: u32 = 3;
-    (0..usize::from(count)).all(|i| {
-        let at = phoff as usize + i * usize::from(size);
-        elf.get(at..at + 4)
-            .is_some_and(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) != PT_INTERP)
-    })
-}
-
-/// The busybox layer: Debian's static busybox with a link per applet, root and nobody
-/// in /etc/passwd, /tmp.
-fn busybox_layer(work: &Path) -> PathBuf {
-    let busybox = Path::new("/bin/busybox");
-    let listed = Command::new(busybox).arg("--list").output().ok();
-    let Some(listed) = listed.filter(|o| o.status.success()) else {
-        fail(
-            "build the busybox image",
-            "/bin/busybox is missing or not a busybox: install Debian's busybox-static",
-            None,
-        )
-    };
-    if !is_static(busybox) {
-        fail(
-            "build the busybox image",
-            "/bin/busybox is linked dynamically: the image has no libc; install Debian's \
-             busybox-static",
-            None,
-        );
-    }
-    let root = work.join("rootfs");
-    for d in ["bin", "etc", "tmp", "dev", "proc", "sys"] {
-        fs::create_dir_all(root.join(d)).expect("rootfs");
-    }
-    fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
-    for applet in String::from_utf8_lossy(&listed.stdout).lines() {
-        if applet != "busybox" {
-            symlink("busybox", root.join("bin").join(applet)).expect("applet link");
-        }
-    }
-    write(
-        &root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-    );
-    write(&root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n");
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).expect("tmp");
-    let layer = work.join("layer.tar");
-    tar(&root, &layer);
-    layer
-}
-
-/// An OCI image-layout archive of one image: `layer` with `config` (the image
-/// config's `config` part), named `name`.
-fn image_archive(work: &Path, tag: &str, name: &str, layer: &Path, config: Value) -> PathBuf {
-    let layout = work.join(format!("layout-{tag}"));
-    fs::create_dir_all(layout.join("blobs/sha256")).expect("layout");
-    let layer_copy = work.join(format!("{tag}-layer.tar"));
-    fs::copy(layer, &layer_copy).expect("layer");
-    let layer = blob(
-        &layout,
-        &layer_copy,
-        "application/vnd.oci.image.layer.v1.tar",
-    );
-    let image_config = json!({
-        "architecture": "amd64", "os": "linux",
-        "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
-    });
-    let file = work.join(format!("{tag}-config.json"));
-    write(&file, &image_config.to_string());
-    let config = blob(&layout, &file, "application/vnd.oci.image.config.v1+json");
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config, "layers": [layer],
-    });
-    let file = work.join(format!("{tag}-manifest.json"));
-    write(&file, &manifest.to_string());
-    let mut manifest = blob(&layout, &file, "application/vnd.oci.image.manifest.v1+json");
-    manifest["annotations"] = json!({
-        "io.containerd.image.name": name,
-        "org.opencontainers.image.ref.name": name.rsplit(':').next(),
-    });
-    write(
-        &layout.join("index.json"),
-        &json!({"schemaVersion": 2, "manifests": [manifest]}).to_string(),
-    );
-    write(
-        &layout.join("oci-layout"),
-        &json!({"imageLayoutVersion": "1.0.0"}).to_string(),
-    );
-    let archive = work.join(format!("{tag}.tar"));
-    tar(&layout, &archive);
-    archive
 }
 
 /// Sends `signal` to the process group `pgid`.
@@ -706,7 +552,10 @@ impl ControlPlane {
         }
 
         node.start_containerd(&bin, &root).await;
-        node.import_images(&bin, &root);
+        node.import_images(&root);
+        for image in &options.images {
+            node.import_image(image);
+        }
         node.start_kubelet(self, &bin, &root, &ip).await;
         node.start_device_plugin(&bin, &root, &options.volumes);
 
@@ -884,46 +733,30 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         self.containerd = Some(containerd);
     }
 
-    /// Writes the pause and busybox images and imports them into containerd's `k8s.io`
-    /// namespace (the CRI's).
-    fn import_images(&self, bin: &Path, root: &Path) {
+    /// Writes the pause and busybox images and imports them.
+    fn import_images(&self, root: &Path) {
         let work = root.join("images");
-        let layer = busybox_layer(&work);
-        let images = [
-            image_archive(
-                &work,
-                "pause",
-                PAUSE_IMAGE,
-                &layer,
-                json!({"Entrypoint": ["/bin/sleep", "infinity"], "Env": ["PATH=/bin"]}),
-            ),
-            image_archive(
-                &work,
-                "busybox",
-                BUSYBOX_IMAGE,
-                &layer,
-                json!({"Cmd": ["sh"], "Env": ["PATH=/bin"]}),
-            ),
-        ];
-        for image in images {
-            let out = Command::new(bin.join("ctr"))
-                .arg(format!("--address={}", self.socket.display()))
-                .args([
-                    "--namespace=k8s.io",
-                    "images",
-                    "import",
-                    "--platform=linux/amd64",
-                ])
-                .arg(&image)
-                .output()
-                .expect("ctr");
-            if !out.status.success() {
-                fail(
-                    &format!("import {} (ctr images import)", image.display()),
-                    String::from_utf8_lossy(&out.stderr),
-                    self.containerd.as_ref(),
-                );
-            }
+        for image in images::busybox_images(&work, PAUSE_IMAGE, BUSYBOX_IMAGE) {
+            self.import_image(&image);
+        }
+    }
+
+    /// Imports `image` into containerd's `k8s.io` namespace (the CRI's), where the
+    /// kubelet finds it without pulling.
+    pub fn import_image(&self, image: &Image) {
+        let out = Command::new(binaries().join("ctr"))
+            .arg(format!("--address={}", self.socket.display()))
+            .args(["--namespace=k8s.io", "images", "import"])
+            .arg(format!("--platform=linux/{}", images::oci_arch()))
+            .arg(&image.archive)
+            .output()
+            .expect("ctr");
+        if !out.status.success() {
+            fail(
+                &format!("import {} (ctr images import)", image.archive.display()),
+                String::from_utf8_lossy(&out.stderr),
+                self.containerd.as_ref(),
+            );
         }
     }
 
@@ -945,8 +778,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": healthz,
-            // kube-apiserver's exec and logs calls come without a client certificate.
-            "authentication": {"anonymous": {"enabled": true}, "webhook": {"enabled": false}},
+            // Only kube-apiserver (exec, logs), with its client certificate from the
+            // test's API CA; whoever holds one may do anything.
+            "authentication": {"anonymous": {"enabled": false}, "webhook": {"enabled": false},
+                "x509": {"clientCAFile": cp.dir().join("api-ca.crt")}},
             "authorization": {"mode": "AlwaysAllow"},
             // Nothing of the host's logs over that open port, and no iptables chains.
             "enableSystemLogHandler": false,
