@@ -1,34 +1,73 @@
-//! The load test's yardstick: the same stack as `volguard serve` (axum on axum-server,
-//! rustls with ring, the same TLS config) answering POST /mutate and /filter with a
-//! constant body after reading the request, so volguard's throughput can be given as a
-//! ratio of what the stack itself can do.
+//! The yardstick: the same stack as `volguard serve` (axum on axum-server, rustls with
+//! ring, the same TLS config and listener settings) answering as cheaply as it can, so
+//! volguard's throughput can be given as a ratio of what the stack itself can do.
 //!
-//! `cargo run --release --example baseline -- LISTEN CERT KEY MUTATE_ANSWER FILTER_ANSWER`
+//! - POST /mutate answers MUTATE_ANSWER, read once at start, after reading the request.
+//! - POST /filter answers FILTER_ANSWER the same way; or, when FILTER_ANSWER is `echo`,
+//!   with every node of the request passing (its `NodeNames`, as a `nodeCacheCapable`
+//!   extender answers): a null extender kube-scheduler can run with.
+//! - POST /prioritize answers `[]`: every node scores 0, the cheapest valid answer
+//!   (kube-scheduler gives the nodes an answer leaves out 0).
+//! - With CLIENT_CA, the TLS handshake requires a client certificate from that CA
+//!   named `volguard-scheduler`, as the shipped `volguard serve` asks of the scheduler.
+//!
+//! `cargo run --release --example baseline -- LISTEN CERT KEY MUTATE_ANSWER FILTER_ANSWER [CLIENT_CA]`
 
 use std::{net::SocketAddr, sync::Arc};
 
-use axum::{Router, body::Bytes, extract::DefaultBodyLimit, http::header, routing::post};
+use axum::{
+    Router, body::Bytes, extract::DefaultBodyLimit, http::StatusCode, http::header, routing::post,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use volguard::server::tls::{ClientAuth, ClientAuthScope};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [listen, cert, key, mutate, filter] = args.as_slice() else {
-        eprintln!("usage: baseline LISTEN CERT KEY MUTATE_ANSWER FILTER_ANSWER");
-        std::process::exit(2);
+    let (listen, cert, key, mutate, filter, client_ca) = match args.as_slice() {
+        [l, c, k, m, f] => (l, c, k, m, f, None),
+        [l, c, k, m, f, ca] => (l, c, k, m, f, Some(ca)),
+        _ => {
+            eprintln!(
+                "usage: baseline LISTEN CERT KEY MUTATE_ANSWER FILTER_ANSWER|echo [CLIENT_CA]"
+            );
+            std::process::exit(2);
+        }
     };
     let read = |p: &str| std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e}"));
     let addr: SocketAddr = listen.parse().expect("LISTEN is host:port");
     volguard::server::tls::install_crypto_provider();
-    let tls = volguard::server::tls::server_config(&read(cert), &read(key), None, (cert, key))
-        .expect("tls");
-    let (mutate, filter) = (Bytes::from(read(mutate)), Bytes::from(read(filter)));
-    let router = Router::new()
-        .route(
-            "/mutate",
-            post(move |_body: Bytes| constant(mutate.clone())),
-        )
-        .route(
+    let client_auth = client_ca.map(|ca| ClientAuth {
+        ca_pem: read(ca),
+        ca_name: ca.clone(),
+        allowed_names: vec!["volguard-scheduler".to_owned()],
+        scope: ClientAuthScope::All,
+    });
+    let tls = volguard::server::tls::server_config(
+        &read(cert),
+        &read(key),
+        client_auth.as_ref(),
+        (cert, key),
+    )
+    .expect("tls");
+    let mutate = Bytes::from(read(mutate));
+    let router = Router::new().route(
+        "/mutate",
+        post(move |_body: Bytes| constant(mutate.clone())),
+    );
+    let router = if filter == "echo" {
+        router.route("/filter", post(echo_nodes))
+    } else {
+        let filter = Bytes::from(read(filter));
+        router.route(
             "/filter",
             post(move |_body: Bytes| constant(filter.clone())),
+        )
+    };
+    let router = router
+        .route(
+            "/prioritize",
+            post(|_body: Bytes| constant(Bytes::from_static(b"[]"))),
         )
         .layer(DefaultBodyLimit::max(128 << 20));
     tokio::runtime::Runtime::new()
@@ -54,4 +93,22 @@ fn main() {
 /// The fixed answer, as JSON.
 async fn constant(body: Bytes) -> impl axum::response::IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// The part of ExtenderArgs the echo reads: the node names, left as they came.
+#[derive(Deserialize)]
+struct NodeNames<'a> {
+    #[serde(rename = "NodeNames", borrow)]
+    node_names: Option<&'a RawValue>,
+}
+
+/// Every node passes: the request's `NodeNames`, copied into ExtenderFilterResult.
+async fn echo_nodes(body: Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Ok(args) = serde_json::from_slice::<NodeNames>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not ExtenderArgs").into_response();
+    };
+    let names = args.node_names.map_or("null", RawValue::get);
+    let answer = format!(r#"{{"NodeNames":{names},"FailedNodes":{{}},"Error":""}}"#);
+    ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
 }

@@ -103,11 +103,15 @@ struct Args {
     /// default of 50 would make the client's rate limiter the bottleneck of all three.
     #[arg(long, default_value_t = 1000.0)]
     scheduler_qps: f64,
-    /// Another build of volguard (say, of an earlier commit) to run a fourth scheduler
+    /// Another build of volguard (say, of an earlier commit) to run one more scheduler
     /// against, in the same run: the shipped configuration with its extender at that
     /// build, profile `volguard-baseline`.
     #[arg(long)]
     baseline_volguard: Option<std::path::PathBuf>,
+    /// TopoLVM's `topolvm-scheduler` binary: adds a phase with the shipped
+    /// configuration and TopoLVM's extender instead of volguard's.
+    #[arg(long)]
+    topolvm_scheduler: Option<std::path::PathBuf>,
 }
 
 /// One scheduler run: its pods' name prefix and scheduler name, and what it is.
@@ -124,23 +128,36 @@ const BASELINE: Phase = Phase {
     what: "shipped configuration, extender at the --baseline-volguard build",
 };
 
-const PHASES: [Phase; 3] = [
-    Phase {
-        prefix: "st",
-        scheduler_name: "default-scheduler",
-        what: "stock configuration, no extender",
-    },
-    Phase {
-        prefix: "nx",
-        scheduler_name: "no-extender",
-        what: "shipped configuration without the extender",
-    },
-    Phase {
-        prefix: "vg",
-        scheduler_name: control_plane::SCHEDULER,
-        what: "shipped configuration, extender at volguard",
-    },
-];
+const STOCK: Phase = Phase {
+    prefix: "st",
+    scheduler_name: "default-scheduler",
+    what: "stock configuration, no extender",
+};
+const PROFILE: Phase = Phase {
+    prefix: "nx",
+    scheduler_name: "no-extender",
+    what: "shipped configuration without the extender",
+};
+/// The mechanism's limit: the shipped configuration with an extender that does no work.
+const NULL: Phase = Phase {
+    prefix: "nl",
+    scheduler_name: "null-extender",
+    what: "shipped configuration, null extender (same TLS stack and client certificate)",
+};
+/// A peer: TopoLVM's scheduler extender, doing its real work.
+const TOPOLVM: Phase = Phase {
+    prefix: "tl",
+    scheduler_name: "topolvm",
+    what: "shipped configuration, extender at TopoLVM's topolvm-scheduler",
+};
+const VOLGUARD: Phase = Phase {
+    prefix: "vg",
+    scheduler_name: control_plane::SCHEDULER,
+    what: "shipped configuration, extender at volguard",
+};
+/// TopoLVM's capacity annotation (device class `00default`): each node offers 1 TiB,
+/// each pod of the TopoLVM phase asks 1 GiB, so every node passes its filter.
+const TOPOLVM_CAPACITY: &str = "capacity.topolvm.io/00default";
 
 fn main() {
     let args = Args::parse();
@@ -183,10 +200,14 @@ async fn run(args: Args) {
     let t = Instant::now();
     cp.namespace(NAMESPACE).await;
     populate_nodes(&cp.admin, args.nodes, args.concurrency).await;
-    let phases: Vec<&'static Phase> = match &args.baseline_volguard {
-        Some(_) => vec![&PHASES[0], &PHASES[1], &BASELINE, &PHASES[2]],
-        None => PHASES.iter().collect(),
-    };
+    let mut phases: Vec<&'static Phase> = vec![&STOCK, &PROFILE, &NULL];
+    if args.topolvm_scheduler.is_some() {
+        phases.push(&TOPOLVM);
+    }
+    if args.baseline_volguard.is_some() {
+        phases.push(&BASELINE);
+    }
+    phases.push(&VOLGUARD);
     let pods: Vec<(String, &'static str)> = phases
         .iter()
         .flat_map(|p| (0..args.pods).map(|i| (format!("{}-{i:05}", p.prefix), p.scheduler_name)))
@@ -268,6 +289,11 @@ async fn run(args: Args) {
         }
         None => None,
     };
+    let null = null_extender(&cp);
+    let topolvm = args
+        .topolvm_scheduler
+        .as_deref()
+        .map(|binary| topolvm_scheduler(&cp, binary));
     let binds = BindWatch::start(cp.admin.clone());
     let mut runs = Vec::new();
     for phase in phases.iter().copied() {
@@ -281,12 +307,31 @@ async fn run(args: Args) {
             cp.start_shipped_scheduler().await;
             cp.scheduler.as_ref().expect("the shipped scheduler")
         } else {
+            // The shipped configuration with its extender elsewhere.
+            let at = |url: &str| {
+                let mut config = cp.scheduler_config_at(url);
+                config["profiles"] = json!([{"schedulerName": phase.scheduler_name}]);
+                config["leaderElection"] = json!({"leaderElect": false});
+                config
+            };
             let config = if let (Some((_, port, _)), "volguard-baseline") =
                 (&baseline, phase.scheduler_name)
             {
-                let mut config = cp.harness_scheduler_config(*port);
-                config["profiles"] = json!([{"schedulerName": phase.scheduler_name}]);
-                config["leaderElection"] = json!({"leaderElect": false});
+                at(&format!("https://127.0.0.1:{port}"))
+            } else if phase.scheduler_name == NULL.scheduler_name {
+                at(&format!("https://127.0.0.1:{}", null.1))
+            } else if phase.scheduler_name == TOPOLVM.scheduler_name {
+                let (_, port) = topolvm.as_ref().expect("--topolvm-scheduler");
+                let mut config = at("");
+                // As TopoLVM's documentation configures it: plain HTTP, its verbs,
+                // full Node objects.
+                config["extenders"] = json!([{
+                    "urlPrefix": format!("http://127.0.0.1:{port}"),
+                    "filterVerb": "predicate",
+                    "prioritizeVerb": "prioritize",
+                    "weight": 1,
+                    "nodeCacheCapable": false,
+                }]);
                 config
             } else if phase.scheduler_name == "default-scheduler" {
                 json!({
@@ -312,8 +357,11 @@ async fn run(args: Args) {
             scheduler: scheduler.pid(),
             apiserver: cp.apiserver.pid(),
             etcd: cp.etcd.pid(),
+            // The extender's process, whichever it is.
             volguard: match (&baseline, phase.scheduler_name) {
                 (Some((process, _, _)), "volguard-baseline") => process.pid(),
+                (_, "null-extender") => null.0.pid(),
+                (_, "topolvm") => topolvm.as_ref().and_then(|(p, _)| p.pid()),
                 _ => cp.volguard.as_ref().and_then(Component::pid),
             },
         };
@@ -349,6 +397,53 @@ async fn run(args: Args) {
         round_trips,
     );
     step(started, "total");
+}
+
+/// The null extender: `examples/baseline` (beside this program) answering `/filter` with
+/// every node passing and `/prioritize` with `[]`, over volguard's TLS certificate and
+/// asking the scheduler for the same client certificate; the process and its port.
+fn null_extender(cp: &ControlPlane) -> (Component, u16) {
+    let exe = std::env::current_exe().expect("the example's path");
+    let baseline = exe.with_file_name("baseline");
+    assert!(
+        baseline.exists(),
+        "{} is missing: build it first (cargo build --release --example baseline)",
+        baseline.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let certs = cp.volguard_certs_dir();
+    let mut command = std::process::Command::new(baseline);
+    command
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(certs.join("tls.crt"))
+        .arg(certs.join("tls.key"))
+        .arg("/dev/null")
+        .arg("echo")
+        .arg(certs.join("ca.crt"));
+    let process = Component::spawn("null extender", command, cp.dir().join("null-extender.log"));
+    (process, port)
+}
+
+/// TopoLVM's `topolvm-scheduler` on a free loopback port (its `listen:` config); the
+/// process and its port. It logs every request, as shipped.
+fn topolvm_scheduler(cp: &ControlPlane, binary: &std::path::Path) -> (Component, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = cp.dir().join("topolvm-scheduler.yaml");
+    std::fs::write(&config, format!("listen: 127.0.0.1:{port}\n")).expect("TopoLVM config");
+    let mut command = std::process::Command::new(binary);
+    command.arg(format!("--config={}", config.display()));
+    let process = Component::spawn(
+        "topolvm-scheduler",
+        command,
+        cp.dir().join("topolvm-scheduler.log"),
+    );
+    (process, port)
 }
 
 /// The API server's and volguard's `/metrics` at one moment, with the machine's busy
@@ -404,13 +499,24 @@ fn report(
             .map_or(f64::NAN, Run::rate)
     };
     println!();
+    // The headline: each extender against the null extender, the mechanism's limit
+    // with this profile; then what the profile and the mechanism cost against stock.
+    let null = rate(NULL.scheduler_name);
     println!(
-        "ratio {} / default-scheduler: {:.2} (target >= 0.9); no-extender / default-scheduler: {:.2}; {} / no-extender: {:.2}",
-        control_plane::SCHEDULER,
-        rate(control_plane::SCHEDULER) / rate("default-scheduler"),
-        rate("no-extender") / rate("default-scheduler"),
-        control_plane::SCHEDULER,
-        rate(control_plane::SCHEDULER) / rate("no-extender"),
+        "ratio to the null extender: {} {:.2} (target >= 0.95), {} {:.2}",
+        VOLGUARD.scheduler_name,
+        rate(VOLGUARD.scheduler_name) / null,
+        TOPOLVM.scheduler_name,
+        rate(TOPOLVM.scheduler_name) / null,
+    );
+    println!(
+        "against stock (default-scheduler): no-extender {:.2}, null-extender {:.2}, {} {:.2}, {} {:.2}",
+        rate(PROFILE.scheduler_name) / rate(STOCK.scheduler_name),
+        null / rate(STOCK.scheduler_name),
+        VOLGUARD.scheduler_name,
+        rate(VOLGUARD.scheduler_name) / rate(STOCK.scheduler_name),
+        TOPOLVM.scheduler_name,
+        rate(TOPOLVM.scheduler_name) / rate(STOCK.scheduler_name),
     );
     if runs
         .iter()
@@ -495,7 +601,7 @@ async fn extender_round_trips(cp: &ControlPlane, nodes: usize) -> Vec<(&'static 
     use hyper::body::Bytes;
     let api: Api<Pod> = Api::namespaced(cp.admin.clone(), NAMESPACE);
     let mut pod = serde_json::to_value(
-        api.get(&format!("{}-00000", PHASES[2].prefix))
+        api.get(&format!("{}-00000", VOLGUARD.prefix))
             .await
             .expect("a pod of the run"),
     )
@@ -505,7 +611,7 @@ async fn extender_round_trips(cp: &ControlPlane, nodes: usize) -> Vec<(&'static 
     pod["status"] = json!({"phase": "Pending"});
     // The first phase's claims are free again.
     pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] =
-        json!(format!("{}-00000", PHASES[0].prefix));
+        json!(format!("{}-00000", STOCK.prefix));
     let names: Vec<String> = (0..nodes).map(|i| format!("node-{i:05}")).collect();
     let body = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();
     let (cert, key) = &cp.volguard_client;
@@ -688,7 +794,8 @@ async fn populate_nodes(admin: &Client, count: usize, concurrency: usize) {
             let name = format!("node-{i:05}");
             let node: Node = serde_json::from_value(json!({
                 "metadata": {"name": name, "labels": {
-                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+                    "annotations": {TOPOLVM_CAPACITY: "1099511627776"}},
             }))
             .expect("node");
             nodes.create(&PostParams::default(), &node).await?;
@@ -788,13 +895,17 @@ async fn create_pods(admin: &Client, pods: &[(String, &'static str)], concurrenc
     each(pods.len(), concurrency, "create the pods", |i| {
         let api = api.clone();
         let (name, scheduler) = &pods[i];
+        // The shipped webhook would send a default-scheduler pod with a managed volume
+        // to volguard-scheduler; each pod here stays with its scheduler.
+        let mut annotations = json!({"volguard.io/route": "false"});
+        if *scheduler == TOPOLVM.scheduler_name {
+            annotations[TOPOLVM_CAPACITY] = json!("1073741824");
+        }
         let pod: Pod = serde_json::from_value(json!({
-            // The shipped webhook would send a default-scheduler pod with a managed
-            // volume to volguard-scheduler; each pod here stays with its scheduler.
             "metadata": {
                 "name": name,
                 "labels": {"bench": name.split('-').next()},
-                "annotations": {"volguard.io/route": "false"},
+                "annotations": annotations,
             },
             "spec": {
                 "schedulerName": scheduler,
