@@ -152,12 +152,12 @@ fn run_prioritize(app: &App, pod: &Value, nodes: &[&str]) -> BTreeMap<String, u6
         .collect()
 }
 
-/// What kube-scheduler would choose with volguard's scores alone: the highest, the
-/// first of equals.
+/// The passing node kube-scheduler would pick on volguard's scores alone: the highest,
+/// the first of equals; a node the answer leaves out scores 0, as the scheduler counts it.
 fn choose(filtered: &Filtered, scores: &BTreeMap<String, u64>) -> Option<String> {
     let mut best: Option<(&String, u64)> = None;
     for n in &filtered.passing {
-        let s = scores[n];
+        let s = scores.get(n).copied().unwrap_or(0);
         if best.is_none_or(|(_, b)| s > b) {
             best = Some((n, s));
         }

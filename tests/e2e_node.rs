@@ -128,6 +128,18 @@ async fn a_real_node_runs_pods_and_advertises_a_volume() {
         "real node Ready in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // The kubelet's API refuses a caller without kube-apiserver's client certificate
+    // (`kubectl exec` below goes through it with one).
+    let url = format!("https://{}:{}/pods", node.ip, node.kubelet_port);
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "401",
+        "an anonymous GET {url}"
+    );
 
     // A container with exec probes: runs, becomes Ready, is not restarted.
     // A generous timeout: on two busy cores one `runc exec` can take over a second, and

@@ -1,6 +1,7 @@
 //! Seed 000 on a real kubelet: real node A ([`REAL_NODE`], containerd, runc, the kubelet
-//! and the test device plugin, see `tests/control_plane/node.rs`) and an API-only node B
-//! (its device plugin played by node status updates, its kubelet by a stand-in), with
+//! and the test device plugin, see `tests/control_plane/node.rs`) and either an API-only
+//! node B (its device plugin played by node status updates, its kubelet by a stand-in)
+//! or a second real node ([`REAL_NODE_B`], its own kubelet, containerd and plugin), with
 //! volguard's webhook and extender, the shipped second scheduler, kube-controller-manager
 //! and the remediation overlay's config (grace period 3 s). Needs root: without it the
 //! tests fail, they do not skip.
@@ -11,8 +12,8 @@ mod control_plane;
 use std::time::{Duration, Instant};
 
 use control_plane::{
-    ControlPlane, Options,
-    node::{BUSYBOX_IMAGE, NodeOptions, REAL_NODE, RealNode},
+    ControlPlane, Options, is_ready,
+    node::{BUSYBOX_IMAGE, NodeOptions, REAL_NODE, REAL_NODE_B, RealNode},
     wait_for,
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -123,13 +124,6 @@ fn node_of(p: &Pod) -> Option<&str> {
     p.spec.as_ref()?.node_name.as_deref()
 }
 
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 fn restarts(p: &Pod) -> i32 {
     p.status
         .as_ref()
@@ -182,14 +176,15 @@ async fn until(
 async fn advertises(cp: &ControlPlane, node: &RealNode, resource: &str, count: &str) {
     let nodes: Api<Node> = Api::all(cp.admin.clone());
     let seen = wait_for(Duration::from_secs(30), || async {
-        let status = nodes.get(REAL_NODE).await.ok()?.status?;
+        let status = nodes.get(node.name).await.ok()?.status?;
         let allocatable = status.allocatable?.get(resource)?.0.clone();
         (allocatable == count).then_some(())
     })
     .await;
     assert!(
         seen.is_some(),
-        "{resource} never {count} on {REAL_NODE}; device plugin log:\n{}",
+        "{resource} never {count} on {}; device plugin log:\n{}",
+        node.name,
         node.device_plugin_log()
     );
 }
@@ -383,6 +378,88 @@ async fn seed_000_on_a_real_kubelet() {
     .await;
     let left = node.shutdown();
     assert!(left.is_empty(), "the real node left behind: {left:?}");
+}
+
+/// Seed 000's move between two real nodes: the volume's link goes from node A and
+/// appears on node B (each node's own device plugin reports it, a second kubelet in a
+/// mount namespace of its own): volguard evicts the pod from A, the StatefulSet
+/// controller recreates it, the scheduler binds it on B, B's kubelet admits it with the
+/// device, and it runs there, Ready. Prints the time from the device removed on A to the
+/// pod Running on B.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs root and the real control plane and node (Go); built with --features skip-e2e"
+)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pod_follows_its_volume_to_a_second_real_node() {
+    let cp = start().await;
+    let res = resource("vol-move");
+    let a = cp
+        .real_node(NodeOptions {
+            volumes: vec!["vol-move".to_owned()],
+            attached: vec!["vol-move".to_owned()],
+            ..NodeOptions::default()
+        })
+        .await;
+    // Declared after A: dropped before it (it restores the kernel settings it found).
+    let b = cp
+        .real_node(NodeOptions {
+            volumes: vec!["vol-move".to_owned()],
+            second: true,
+            ..NodeOptions::default()
+        })
+        .await;
+    advertises(&cp, &a, &res, "1").await;
+    advertises(&cp, &b, &res, "0").await;
+
+    cp.create(statefulset("db", "vol-move")).await;
+    let pod = until(&cp, &a, "db-0", 90, "db-0 Ready on node A", |p| {
+        node_of(p) == Some(REAL_NODE) && is_ready(p)
+    })
+    .await;
+    let uid = pod.metadata.uid.clone().unwrap();
+
+    // The volume moves: its link goes from A and appears on B.
+    let moved = Instant::now();
+    a.detach("vol-move");
+    b.attach("vol-move");
+    let running = wait_for(Duration::from_secs(120), || async {
+        let p = live_pod(&cp, "db-0").await?;
+        let moved = p.metadata.uid.as_deref() != Some(uid.as_str())
+            && node_of(&p) == Some(REAL_NODE_B)
+            && p.status.as_ref()?.phase.as_deref() == Some("Running");
+        moved.then_some(p)
+    })
+    .await;
+    let elapsed = moved.elapsed();
+    let Some(_) = running else {
+        panic!(
+            "db-0 Running on {REAL_NODE_B}: A: {}\nB: {}",
+            diagnose(&cp, &a, "db-0").await,
+            diagnose(&cp, &b, "db-0").await
+        );
+    };
+    eprintln!(
+        "device removed on real node A -> new pod Running on real node B: {:.1} s (grace \
+         period 3 s)",
+        elapsed.as_secs_f64()
+    );
+    let evicted = cp.events(NS, "db-0", "VolumeDetached").await;
+    assert!(!evicted.is_empty(), "volguard's VolumeDetached Event");
+    let pod = until(&cp, &b, "db-0", 60, "db-0 Ready on node B", |p| {
+        node_of(p) == Some(REAL_NODE_B) && is_ready(p)
+    })
+    .await;
+    assert_eq!(restarts(&pod), 0, "the injected probe passes on B");
+    let (ok, out, err) = cp.kubectl(
+        &["exec", "--namespace", NS, "db-0", "--", "ls", "-l", DEVICE],
+        None,
+    );
+    assert!(ok && out.starts_with('c'), "the device on B: {out} {err}");
+    let left = b.shutdown();
+    assert!(left.is_empty(), "node B left behind: {left:?}");
+    let left = a.shutdown();
+    assert!(left.is_empty(), "node A left behind: {left:?}");
 }
 
 fn terminated(p: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {

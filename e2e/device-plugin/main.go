@@ -177,7 +177,8 @@ func (e *endpoint) start() error {
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Short: the main loop waits for it, and tries again at the next poll.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
 		Version:      pluginapi.Version,
@@ -309,16 +310,23 @@ func main() {
 		}
 		for _, e := range endpoints {
 			e.poll()
-			e.retry()
 		}
-		if now, ok := kubeletID(*socketDir); ok && now != kubelet {
+		// A new kubelet first (every endpoint registers again), then the endpoints
+		// whose last registration failed, while a kubelet listens: one registration
+		// per endpoint and tick at most.
+		now, up := kubeletID(*socketDir)
+		if up && now != kubelet {
 			log.Printf("the kubelet's socket changed: registering again")
 			kubelet = now
 			for _, e := range endpoints {
 				e.stop()
 				if err := e.start(); err != nil {
-					log.Print(err)
+					log.Printf("%v (retrying)", err)
 				}
+			}
+		} else if up {
+			for _, e := range endpoints {
+				e.retry()
 			}
 		}
 	}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod answers;
+pub mod dockerfile;
 pub mod logs;
 pub mod openmetrics;
 pub mod raw;

@@ -20,6 +20,7 @@ use std::{
 use serde_json::{Value, json};
 
 use super::{fail, repo, write};
+use crate::common::dockerfile::Dockerfile;
 
 /// The base the stand-in layer of [`volguard_image`] replaces; another base in the
 /// Dockerfile fails the test until the stand-in follows it.
@@ -34,96 +35,22 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
-/// What the Dockerfile says about the binary and the final image.
-#[derive(Debug, Clone)]
-pub struct Dockerfile {
-    /// The build stage's `cargo build ...` command, as words.
-    pub build: Vec<String>,
-    /// The built binary inside the target folder (`release/volguard`).
-    pub built: String,
-    /// The final stage's base image.
-    pub base: String,
-    /// Where the final stage puts the binary.
-    pub binary: String,
-    /// The final stage's `USER`.
-    pub user: String,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-}
-
-/// The Dockerfile's instructions, continuation lines joined, comments left out.
-fn instructions(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
-            continue;
-        }
-        if let Some(part) = trimmed.strip_suffix('\\') {
-            current.push_str(part);
-            current.push(' ');
-            continue;
-        }
-        current.push_str(trimmed);
-        let (word, rest) = current.split_once(' ').unwrap_or((&current, ""));
-        out.push((word.to_uppercase(), rest.trim().to_owned()));
-        current.clear();
-    }
-    out
-}
-
-/// Reads `Dockerfile` at the repository's root; fails naming what it cannot find.
+/// The Dockerfile (`tests/common/dockerfile.rs`), with the build arg the install docs
+/// pass (`REVISION`, the checkout's commit); fails naming what the test image could not
+/// reproduce.
 pub fn dockerfile() -> Dockerfile {
-    let path = repo("Dockerfile");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| fail("read the Dockerfile", e, None));
-    let missing = |what: &str| -> ! { fail("read the Dockerfile", format!("no {what}"), None) };
-    let json_words = |what: &str, args: &str| -> Vec<String> {
-        serde_json::from_str(args).unwrap_or_else(|e| {
-            fail(
-                "read the Dockerfile",
-                format!("{what} is not in exec form ({args}): {e}"),
-                None,
-            )
-        })
-    };
-    let (mut build, mut built, mut installed) = (None, None, None);
-    let (mut base, mut binary, mut user, mut entrypoint, mut cmd) = (None, None, None, None, None);
-    for (word, args) in instructions(&text) {
-        match word.as_str() {
-            "FROM" => base = args.split_whitespace().next().map(str::to_owned),
-            "RUN" if args.contains("cargo build") => {
-                let from = &args[args.find("cargo build").expect("found")..];
-                let command = from.split("&&").next().expect("one part");
-                build = Some(command.split_whitespace().map(str::to_owned).collect());
-                // `install -D -m 0755 target/<profile>/volguard /out/volguard`
-                let words: Vec<&str> = args.split_whitespace().collect();
-                if let Some(i) = words.iter().position(|w| w.starts_with("target/")) {
-                    built = Some(words[i]["target/".len()..].to_owned());
-                    installed = words.get(i + 1).map(|w| (*w).to_owned());
-                }
-            }
-            "COPY" if args.starts_with("--from=") => {
-                let words: Vec<&str> = args.split_whitespace().collect();
-                if words.len() == 3 && Some(words[1]) == installed.as_deref() {
-                    binary = Some(words[2].to_owned());
-                }
-            }
-            "USER" => user = Some(args),
-            "ENTRYPOINT" => entrypoint = Some(json_words("ENTRYPOINT", &args)),
-            "CMD" => cmd = Some(json_words("CMD", &args)),
-            _ => {}
-        }
-    }
-    Dockerfile {
-        build: build.unwrap_or_else(|| missing("RUN with `cargo build`")),
-        built: built.unwrap_or_else(|| missing("`target/<profile>/volguard` in the build's RUN")),
-        base: base.unwrap_or_else(|| missing("FROM")),
-        binary: binary.unwrap_or_else(|| missing("COPY --from=build of the built binary")),
-        user: user.unwrap_or_else(|| missing("USER")),
-        entrypoint: entrypoint.unwrap_or_else(|| missing("ENTRYPOINT")),
-        cmd: cmd.unwrap_or_else(|| missing("CMD")),
-    }
+    let text = fs::read_to_string(repo("Dockerfile"))
+        .unwrap_or_else(|e| fail("read the Dockerfile", e, None));
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo(""))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    crate::common::dockerfile::parse(&text, &[("REVISION", &commit)])
+        .unwrap_or_else(|e| fail("read the Dockerfile", e, None))
 }
 
 /// The target folder of this test build (`CARGO_TARGET_DIR` or `target/`): the
@@ -136,21 +63,32 @@ fn target_dir() -> PathBuf {
         .to_owned()
 }
 
-/// The variables (and prefixes) cargo sets for a test process.
-const CARGO_SETS: &[&str] = &[
+/// What the test process's environment must not pass to the Dockerfile's build: what
+/// cargo sets for a test run (some build scripts, ring's, rebuild when
+/// CARGO_MANIFEST_DIR changes) and what changes how cargo builds (flags, profiles,
+/// wrappers, the target), which `docker build` would not have.
+const NOT_FOR_THE_BUILD: &[&str] = &[
     "CARGO_MANIFEST_",
     "CARGO_PKG_",
     "CARGO_CRATE_NAME",
     "CARGO_BIN_",
     "CARGO_PRIMARY_PACKAGE",
-    "CARGO_TARGET_TMPDIR",
+    "CARGO_TARGET_",
     "CARGO_RUSTC_CURRENT_DIR",
+    "CARGO_BUILD_",
+    "CARGO_PROFILE_",
+    "CARGO_INCREMENTAL",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUSTFLAGS",
+    "RUSTDOCFLAGS",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
     "OUT_DIR",
 ];
 
 /// The binary the Dockerfile builds, built here with the Dockerfile's own `cargo
-/// build` command in this build's target folder (a no-op when it is up to date); once
-/// per test binary.
+/// build` command and variables, in this build's target folder (a no-op when it is up
+/// to date); once per test binary.
 pub fn release_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -163,18 +101,17 @@ pub fn release_binary() -> &'static Path {
             docker.build.join(" ")
         );
         let mut command = Command::new(env!("CARGO"));
-        command
-            .args(args)
-            .current_dir(repo(""))
-            .env("CARGO_TARGET_DIR", &target);
-        // What cargo sets for this test process, not for a build: some build scripts
-        // (ring's) rebuild when CARGO_MANIFEST_DIR changes.
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
-            if CARGO_SETS.iter().any(|p| name.starts_with(p)) {
+            if NOT_FOR_THE_BUILD.iter().any(|p| name.starts_with(p)) {
                 command.env_remove(name.as_ref());
             }
         }
+        command
+            .args(args)
+            .envs(docker.build_env.iter().map(|(k, v)| (k, v)))
+            .current_dir(repo(""))
+            .env("CARGO_TARGET_DIR", &target);
         let status = command
             .status()
             .unwrap_or_else(|e| fail("build the release binary", e, None));
@@ -185,7 +122,15 @@ pub fn release_binary() -> &'static Path {
                 None,
             );
         }
-        target.join(&docker.built)
+        let binary = target.join(&docker.built);
+        if !binary.is_file() {
+            fail(
+                "build the release binary",
+                format!("`{}` made no {}", docker.build.join(" "), binary.display()),
+                None,
+            );
+        }
+        binary
     })
 }
 
@@ -349,7 +294,8 @@ pub fn image_archive(work: &Path, tag: &str, name: &str, layers: &[&Path], confi
     let mut manifest = blob(&layout, &file, "application/vnd.oci.image.manifest.v1+json");
     manifest["annotations"] = json!({
         "io.containerd.image.name": name,
-        "org.opencontainers.image.ref.name": name.rsplit(':').next(),
+        // The tag: after the last `:` of the last path segment.
+        "org.opencontainers.image.ref.name": name.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, tag)| tag),
     });
     write(
         &layout.join("index.json"),
@@ -389,14 +335,37 @@ pub fn busybox_images(work: &Path, pause: &str, workload: &str) -> [Image; 2] {
     ]
 }
 
-/// The shared libraries `binary` loads (`ldd`), as absolute paths.
+/// The shared libraries `binary` loads (`ldd`), as absolute paths. They are this
+/// machine's: the stand-in is faithful to [`DOCKERFILE_BASE`] only on Debian 12, whose
+/// glibc and libgcc that base ships, so another machine fails here rather than test a
+/// pairing `docker build` never makes.
 fn linked_libraries(binary: &Path) -> Vec<PathBuf> {
+    let release = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let debian_12 = release.lines().any(|l| l == "ID=debian")
+        && release.lines().any(|l| l == "VERSION_ID=\"12\"");
+    if !debian_12 {
+        fail(
+            "build volguard's image",
+            format!(
+                "the test image takes the binary's libraries from this machine, which must \
+                 be Debian 12 like {DOCKERFILE_BASE}; /etc/os-release says:\n{release}"
+            ),
+            None,
+        );
+    }
     let out = Command::new("ldd")
         .arg(binary)
         .output()
         .unwrap_or_else(|e| fail("list the binary's libraries (ldd)", e, None));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("not found") {
+        fail(
+            "list the binary's libraries (ldd)",
+            format!("{}{}", text, String::from_utf8_lossy(&out.stderr)),
+            None,
+        );
+    }
+    text.lines()
         .filter_map(|line| {
             // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or
             // `/lib64/ld-linux-x86-64.so.2 (0x...)`; not `linux-vdso.so.1 (0x...)`.
@@ -424,17 +393,13 @@ fn distroless_layer(work: &Path, binary: &Path) -> PathBuf {
     }
     write(
         &root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/sbin/nologin
-         nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
-         nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
-",
+        "root:x:0:0:root:/root:/sbin/nologin\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n\
+         nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
     );
     write(
         &root.join("etc/group"),
-        "root:x:0:
-nobody:x:65534:
-nonroot:x:65532:
-",
+        "root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n",
     );
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).expect("tmp");
     let layer = work.join("base-layer.tar");
@@ -450,7 +415,8 @@ pub fn volguard_image(work: &Path, name: &str) -> (Image, PathBuf) {
         fail(
             "build volguard's image",
             format!(
-                "the Dockerfile's final stage is FROM {}, the test image stands in for                  {DOCKERFILE_BASE}: make tests/control_plane/images.rs follow it",
+                "the Dockerfile's final stage is FROM {}, the test image stands in for \
+                 {DOCKERFILE_BASE}: make tests/control_plane/images.rs follow it",
                 docker.base
             ),
             None,

@@ -1,6 +1,8 @@
 //! A real control plane for tests: etcd, kube-apiserver, kube-controller-manager and
 //! kube-scheduler built from their Go modules (`scripts/control-plane.sh`), and the
-//! volguard binary, all on loopback on free ports with generated certificates.
+//! volguard binary, all on loopback on free ports with generated certificates (but
+//! kube-apiserver, which listens on every address when pods on a real node must reach
+//! it: [`Options::pods_reach_apiserver`]).
 //!
 //! - kube-apiserver: secure port only, `--authorization-mode=Node,RBAC`, the default
 //!   admission plugins. An admin identity (token, `system:masters`) sets the scene.
@@ -19,7 +21,7 @@
 //!   its own ServiceAccount as in a real cluster: ServiceAccounts and their tokens,
 //!   namespaces, garbage collection, ReplicaSets, Deployments, StatefulSets, the PV
 //!   binder and the claim/volume protection, ephemeral volumes, disruption budgets,
-//!   attach/detach. Not the node lifecycle controller: there is no kubelet to
+//!   attach/detach, EndpointSlices. Not the node lifecycle controller: there is no kubelet to
 //!   heartbeat, and it would taint every node unreachable.
 //! - There is no kubelet: Nodes and CSINodes, device counts in the node status,
 //!   VolumeAttachments' `status.attached`, and a pod's Running/Ready status are written
@@ -58,12 +60,39 @@ use kube::{
 use serde_json::{Value, json};
 use volguard::server::certs;
 
+/// A bearer token for `who`, random for each test process: kube-apiserver listens on
+/// every address when pods must reach it ([`Options::pods_reach_apiserver`]), so its
+/// tokens must not be guessable from this source.
+fn random_token(cell: &'static OnceLock<String>, who: &str) -> &'static str {
+    cell.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        std::io::Read::read_exact(
+            &mut fs::File::open("/dev/urandom").expect("/dev/urandom"),
+            &mut bytes,
+        )
+        .expect("random bytes");
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("volguard-e2e-{who}-{hex}")
+    })
+}
+
 /// The admin's bearer token (group `system:masters`).
-const ADMIN_TOKEN: &str = "volguard-e2e-admin-token";
+fn admin_token() -> &'static str {
+    static T: OnceLock<String> = OnceLock::new();
+    random_token(&T, "admin")
+}
+
 /// The stock scheduler's bearer token (user `system:kube-scheduler`).
-const SCHEDULER_TOKEN: &str = "volguard-e2e-kube-scheduler-token";
+fn scheduler_token() -> &'static str {
+    static T: OnceLock<String> = OnceLock::new();
+    random_token(&T, "kube-scheduler")
+}
+
 /// kube-controller-manager's bearer token (user `system:kube-controller-manager`).
-const CONTROLLER_MANAGER_TOKEN: &str = "volguard-e2e-kube-controller-manager-token";
+fn controller_manager_token() -> &'static str {
+    static T: OnceLock<String> = OnceLock::new();
+    random_token(&T, "kube-controller-manager")
+}
 /// The controllers kube-controller-manager runs here (see the module docs).
 const CONTROLLERS: &str = "serviceaccount-token-controller,serviceaccount-controller,\
 namespace-controller,garbage-collector-controller,replicaset-controller,\
@@ -288,6 +317,14 @@ pub struct ControlPlane {
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Fails the named step, with the component's last log lines.
 fn fail(step: &str, why: impl std::fmt::Display, component: Option<&Component>) -> ! {
     match component {
@@ -418,12 +455,18 @@ impl ControlPlane {
         write(
             &root.join("tokens.csv"),
             &format!(
-                "{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n\
-                 {SCHEDULER_TOKEN},system:kube-scheduler,kube-scheduler-uid\n\
-                 {CONTROLLER_MANAGER_TOKEN},system:kube-controller-manager,kube-controller-manager-uid\n\
-                 {node_token},system:node:{real_node},real-node-uid,\"system:nodes\"\n",
-                node_token = node::NODE_TOKEN,
+                "{admin},admin,admin-uid,\"system:masters\"\n\
+                 {scheduler},system:kube-scheduler,kube-scheduler-uid\n\
+                 {controller_manager},system:kube-controller-manager,kube-controller-manager-uid\n\
+                 {node_token},system:node:{real_node},real-node-uid,\"system:nodes\"\n\
+                 {node_b_token},system:node:{real_node_b},real-node-b-uid,\"system:nodes\"\n",
+                admin = admin_token(),
+                scheduler = scheduler_token(),
+                controller_manager = controller_manager_token(),
+                node_token = node::node_token(),
                 real_node = node::REAL_NODE,
+                node_b_token = node::node_b_token(),
+                real_node_b = node::REAL_NODE_B,
             ),
         );
 
@@ -431,7 +474,12 @@ impl ControlPlane {
         let (apiserver, api_port) =
             start_apiserver(&bin, &root, &etcd_url, None, node_ip.as_deref()).await;
         let admin_kubeconfig = root.join("admin.kubeconfig");
-        write_kubeconfig(&admin_kubeconfig, api_port, &api_certs.ca_pem, ADMIN_TOKEN);
+        write_kubeconfig(
+            &admin_kubeconfig,
+            api_port,
+            &api_certs.ca_pem,
+            admin_token(),
+        );
         let admin = client(&admin_kubeconfig).await;
 
         let mut cp = ControlPlane {
@@ -500,7 +548,7 @@ impl ControlPlane {
             &kubeconfig,
             self.api_port,
             &self.api_ca,
-            CONTROLLER_MANAGER_TOKEN,
+            controller_manager_token(),
         );
         let mut command = Command::new(binaries().join("kube-controller-manager"));
         command
@@ -542,7 +590,7 @@ impl ControlPlane {
     async fn start_default_scheduler(&mut self) {
         let root = self.dir().to_owned();
         let kubeconfig = root.join("default-scheduler.kubeconfig");
-        write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, SCHEDULER_TOKEN);
+        write_kubeconfig(&kubeconfig, self.api_port, &self.api_ca, scheduler_token());
         let config = json!({
             "apiVersion": "kubescheduler.config.k8s.io/v1",
             "kind": "KubeSchedulerConfiguration",
@@ -1066,7 +1114,7 @@ impl ControlPlane {
         )
         .await;
         let kubeconfig = root.join("second.kubeconfig");
-        write_kubeconfig(&kubeconfig, port, &self.api_ca, ADMIN_TOKEN);
+        write_kubeconfig(&kubeconfig, port, &self.api_ca, admin_token());
         (apiserver, client(&kubeconfig).await)
     }
 
@@ -1821,7 +1869,7 @@ async fn start_apiserver(
         let ca = fs::read_to_string(root.join("api-ca.crt")).expect("api CA");
         let deadline = Instant::now() + Duration::from_secs(90);
         while apiserver.exited().is_none() && Instant::now() < deadline {
-            if let Ok((200, _)) = http(Some(&ca)).get_with_token(&readyz, ADMIN_TOKEN).await {
+            if let Ok((200, _)) = http(Some(&ca)).get_with_token(&readyz, admin_token()).await {
                 return (apiserver, port);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2019,14 +2067,14 @@ impl ControlPlane {
     /// The admin's bearer token (group `system:masters`), e.g. for the components'
     /// own `/metrics`, which they authorize through the API server.
     pub fn admin_token(&self) -> &'static str {
-        ADMIN_TOKEN
+        admin_token()
     }
 
     /// The API server's `/metrics` (Prometheus text), scraped as the admin.
     pub async fn apiserver_metrics(&self) -> String {
         let url = format!("https://127.0.0.1:{}/metrics", self.api_port);
         match http(Some(&self.api_ca))
-            .get_with_token(&url, ADMIN_TOKEN)
+            .get_with_token(&url, admin_token())
             .await
         {
             Ok((200, body)) => body,

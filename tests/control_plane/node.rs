@@ -51,7 +51,16 @@ use super::{
 pub const REAL_NODE: &str = "real-node";
 /// The real node's bearer token (user `system:node:real-node`, group `system:nodes`),
 /// in the API server's token file.
-pub(super) const NODE_TOKEN: &str = "volguard-e2e-real-node-token";
+pub(super) fn node_token() -> &'static str {
+    static T: OnceLock<String> = OnceLock::new();
+    super::random_token(&T, "real-node")
+}
+
+/// The second real node's bearer token (user `system:node:real-node-b`).
+pub(super) fn node_b_token() -> &'static str {
+    static T: OnceLock<String> = OnceLock::new();
+    super::random_token(&T, "real-node-b")
+}
 /// The file lock that makes real nodes take turns on a machine.
 pub const LOCK: &str = "volguard-real-node.lock";
 /// The pause image containerd 2.4 runs as each pod's sandbox (its default name).
@@ -59,8 +68,39 @@ pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.2";
 /// The workload image: Debian's static busybox, with a tag, so that the default pull
 /// policy is `IfNotPresent` and the kubelet never pulls.
 pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:1.35.0";
-/// The CNI bridge.
-const BRIDGE: &str = "vgbr0";
+/// The second real node's name ([`NodeOptions::second`]).
+pub const REAL_NODE_B: &str = "real-node-b";
+/// What tells the two real nodes of a machine apart.
+struct Identity {
+    name: &'static str,
+    /// The file lock (in the temp folder) that makes such nodes take turns.
+    lock: &'static str,
+    /// The CNI bridge and the pods' subnet.
+    bridge: &'static str,
+    subnet: &'static str,
+    /// The kubelet's `cgroupRoot` (its pods' cgroups go below it): `/` for the first.
+    cgroup_root: &'static str,
+    token: fn() -> &'static str,
+}
+/// The first real node: the machine's own mount namespace.
+const FIRST: Identity = Identity {
+    name: REAL_NODE,
+    lock: LOCK,
+    bridge: "vgbr0",
+    subnet: "10.244.0.0/24",
+    cgroup_root: "/",
+    token: node_token,
+};
+/// The second: a mount namespace of its own, where the paths every kubelet and
+/// containerd use whatever their flags ([`GLOBAL_PATHS`]) are empty tmpfs mounts.
+const SECOND: Identity = Identity {
+    name: REAL_NODE_B,
+    lock: "volguard-real-node-b.lock",
+    bridge: "vgbr1",
+    subnet: "10.244.1.0/24",
+    cgroup_root: "/volguard-node-b",
+    token: node_b_token,
+};
 /// The kubelet's device-plugin folder, whatever its root folder.
 pub const DEVICE_PLUGINS: &str = "/var/lib/kubelet/device-plugins";
 /// Paths outside the node's folder that the kubelet, containerd and the CNI plugins
@@ -114,6 +154,11 @@ pub struct NodeOptions {
     /// Images to import besides the pause and busybox ones, before the kubelet starts
     /// (so no pod of the node ever tries to pull them).
     pub images: Vec<Image>,
+    /// The second real node, [`REAL_NODE_B`], beside the first: in a mount namespace of
+    /// its own (empty tmpfs mounts over the paths every kubelet uses), with its own
+    /// cgroup root, bridge, subnet and ports. Start it after the first and drop it
+    /// before (it restores the kernel settings it found, the first node's).
+    pub second: bool,
 }
 
 /// containerd, the kubelet and the device plugin of one real node; torn down on drop.
@@ -122,6 +167,13 @@ pub struct RealNode {
     pub volumes: PathBuf,
     /// The node's InternalIP.
     pub ip: String,
+    /// The kubelet's API port (HTTPS at [`RealNode::ip`]).
+    pub kubelet_port: u16,
+    /// The Node's name.
+    pub name: &'static str,
+    identity: &'static Identity,
+    /// The second node's mount namespace, held by a sleeping process.
+    namespace: Option<Component>,
     containerd: Option<Component>,
     kubelet: Option<Component>,
     device_plugin: Option<Component>,
@@ -298,7 +350,10 @@ fn reclaim_dead_run() {
         kill_pid(pid);
     }
     for cgroup_root in cgroup_roots() {
-        for name in CGROUPS {
+        for name in CGROUPS
+            .iter()
+            .chain([&SECOND.cgroup_root.trim_start_matches('/')])
+        {
             remove_cgroup(&cgroup_root.join(name), &mut killed);
         }
     }
@@ -316,10 +371,12 @@ fn reclaim_dead_run() {
             let _ = fs::remove_dir_all(e.path());
         }
     }
-    let _ = Command::new("ip")
-        .args(["link", "delete", BRIDGE])
-        .stderr(Stdio::null())
-        .status();
+    for bridge in [FIRST.bridge, SECOND.bridge] {
+        let _ = Command::new("ip")
+            .args(["link", "delete", bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
     for e in fs::read_dir(DEVICE_PLUGINS).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().ends_with(".sock") {
             let _ = fs::remove_file(e.path());
@@ -470,15 +527,16 @@ fn shim_sockets() -> Vec<PathBuf> {
 }
 
 impl ControlPlane {
-    /// Starts a real node ([`REAL_NODE`]) registered with this control plane, and waits
-    /// for it to be Ready; then removes the `not-ready` taint the API server gave it (no
-    /// node lifecycle controller runs here).
+    /// Starts a real node ([`REAL_NODE`], or [`REAL_NODE_B`]) registered with this
+    /// control plane, and waits for it to be Ready; then removes the `not-ready` taint the
+    /// API server gave it (no node lifecycle controller runs here).
     pub async fn real_node(&self, options: NodeOptions) -> RealNode {
         require_root("a real node");
         adopt_orphans();
         let bin = binaries().to_owned();
-        let lock = tokio::task::spawn_blocking(|| {
-            let path = std::env::temp_dir().join(LOCK);
+        let identity = if options.second { &SECOND } else { &FIRST };
+        let lock = tokio::task::spawn_blocking(move || {
+            let path = std::env::temp_dir().join(identity.lock);
             let file = File::create(&path)
                 .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
             file.lock()
@@ -488,21 +546,24 @@ impl ControlPlane {
         .await
         .expect("lock");
         let stale = Path::new(DEVICE_PLUGINS).join("kubelet.sock");
-        if stale.exists() {
+        if !options.second && stale.exists() {
             reclaim_dead_run();
         }
-        if stale.exists() {
+        if !options.second && stale.exists() {
             fail(
                 "start a real node",
                 format!(
                     "{} exists: another kubelet runs on this machine, or one was killed \
                      without its cleanup (remove /var/lib/kubelet, the cgroups kubepods and \
-                     k8s.io, and the bridge {BRIDGE})",
-                    stale.display()
+                     k8s.io, and the bridge {})",
+                    stale.display(),
+                    FIRST.bridge
                 ),
                 None,
             );
         }
+        // The second node writes none of the machine's global paths (they are its own
+        // tmpfs mounts): nothing of theirs is its to remove.
         let mut before: Vec<PathBuf> = GLOBAL_PATHS
             .iter()
             .map(PathBuf::from)
@@ -515,10 +576,14 @@ impl ControlPlane {
             .tempdir()
             .expect("temp dir");
         let root = dir.path().to_owned();
-        let ip = host_ip();
+        let ip = self.node_ip.clone().unwrap_or_else(host_ip);
         let mut node = RealNode {
             volumes: root.join("by-id"),
             ip: ip.clone(),
+            kubelet_port: free_port(),
+            name: identity.name,
+            identity,
+            namespace: None,
             containerd: None,
             kubelet: None,
             device_plugin: None,
@@ -551,6 +616,10 @@ impl ControlPlane {
             node.attach(id);
         }
 
+        if options.second {
+            node.enter_own_namespace(&root).await;
+        }
+        node.make_cgroup_root();
         node.start_containerd(&bin, &root).await;
         node.import_images(&root);
         for image in &options.images {
@@ -561,7 +630,7 @@ impl ControlPlane {
 
         let nodes: Api<Node> = Api::all(self.admin.clone());
         let ready = wait_for(Duration::from_secs(60), || async {
-            let n = nodes.get_opt(REAL_NODE).await.ok()??;
+            let n = nodes.get_opt(identity.name).await.ok()??;
             let conditions = n.status?.conditions?;
             conditions
                 .iter()
@@ -571,14 +640,14 @@ impl ControlPlane {
         .await;
         if ready.is_none() {
             fail(
-                &format!("real node: Node {REAL_NODE} Ready within 60 s"),
+                &format!("real node: Node {} Ready within 60 s", identity.name),
                 "not Ready",
                 node.kubelet.as_ref(),
             );
         }
         nodes
             .patch(
-                REAL_NODE,
+                identity.name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({"spec": {"taints": null}})),
             )
@@ -589,6 +658,66 @@ impl ControlPlane {
 }
 
 impl RealNode {
+    /// A command for `program`, run in the node's mount namespace.
+    fn command(&self, program: &Path) -> Command {
+        match self.namespace.as_ref().and_then(Component::pid) {
+            Some(holder) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--mount=/proc/{holder}/ns/mnt"))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// A mount namespace for the second node, held by a sleeping process, in which the
+    /// global paths are empty tmpfs mounts (the mount points are made when missing;
+    /// the first node makes them anyway).
+    async fn enter_own_namespace(&mut self, root: &Path) {
+        let mut script = String::from("set -e; ");
+        for p in GLOBAL_PATHS {
+            script.push_str(&format!(
+                "mkdir -p {p}; mount -t tmpfs -o mode=0755 tmpfs {p}; "
+            ));
+        }
+        script.push_str("echo namespace ready; exec sleep infinity");
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(script)
+            .process_group(0);
+        let mut holder = Component::spawn("mount namespace", command, root.join("namespace.log"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !holder.log().contains("namespace ready") {
+            if let Some(status) = holder.exited() {
+                fail("second node: its mount namespace", status, Some(&holder));
+            }
+            if Instant::now() >= deadline {
+                fail(
+                    "second node: its mount namespace within 10 s",
+                    "no",
+                    Some(&holder),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.namespace = Some(holder);
+    }
+
+    /// The kubelet's `cgroupRoot` in every hierarchy (it must exist; `/` does).
+    fn make_cgroup_root(&self) {
+        if self.identity.cgroup_root == "/" {
+            return;
+        }
+        for hierarchy in cgroup_roots() {
+            let dir = hierarchy.join(self.identity.cgroup_root.trim_start_matches('/'));
+            fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("cannot make the cgroup {}: {e}", dir.display()));
+        }
+    }
+
     /// Makes the device link `virtio-<id>` (to `/dev/null`), as attaching the volume does.
     pub fn attach(&self, id: &str) {
         symlink("/dev/null", self.volumes.join(format!("virtio-{id}"))).expect("device link");
@@ -646,11 +775,11 @@ impl RealNode {
         let conf = json!({
             "cniVersion": "1.0.0", "name": "volguard-e2e",
             "plugins": [{
-                "type": "bridge", "bridge": BRIDGE, "isGateway": true, "ipMasq": false,
+                "type": "bridge", "bridge": self.identity.bridge, "isGateway": true, "ipMasq": false,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": "10.244.0.0/24"}]],
+                    "ranges": [[{"subnet": self.identity.subnet}]],
                     "routes": [{"dst": "0.0.0.0/0"}],
                     "dataDir": root.join("cni/ipam"),
                 },
@@ -710,7 +839,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         );
         let config = c.join("config.toml");
         write(&config, &toml);
-        let mut command = Command::new(bin.join("containerd"));
+        let mut command = self.command(&bin.join("containerd"));
         command
             .arg(format!("--config={}", config.display()))
             // The shim is found next to containerd, or on PATH.
@@ -763,7 +892,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
     async fn start_kubelet(&mut self, cp: &ControlPlane, bin: &Path, root: &Path, ip: &str) {
         let k = root.join("kubelet");
         let kubeconfig = root.join("kubelet.kubeconfig");
-        write_kubeconfig(&kubeconfig, cp.api_port, &cp.api_ca, NODE_TOKEN);
+        write_kubeconfig(
+            &kubeconfig,
+            cp.api_port,
+            &cp.api_ca,
+            (self.identity.token)(),
+        );
         let healthz = free_port();
         let config = json!({
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -771,10 +905,11 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             // The machine: cgroup v1, and root without CAP_SYS_RESOURCE.
             "failCgroupV1": false,
             "cgroupDriver": "cgroupfs",
+            "cgroupRoot": self.identity.cgroup_root,
             "oomScoreAdj": 0,
             "containerRuntimeEndpoint": format!("unix://{}", self.socket.display()),
             "address": ip,
-            "port": free_port(),
+            "port": self.kubelet_port,
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": healthz,
@@ -800,13 +935,13 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         });
         let config_path = root.join("kubelet.json");
         write(&config_path, &config.to_string());
-        let mut command = Command::new(bin.join("kubelet"));
+        let mut command = self.command(&bin.join("kubelet"));
         command
             .arg(format!("--config={}", config_path.display()))
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--root-dir={}", k.display()))
             .arg(format!("--cert-dir={}", root.join("kubelet-pki").display()))
-            .arg(format!("--hostname-override={REAL_NODE}"))
+            .arg(format!("--hostname-override={}", self.identity.name))
             .arg(format!("--node-ip={ip}"))
             .arg("--v=2")
             .env("PATH", path_with(bin))
@@ -830,7 +965,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
     }
 
     fn start_device_plugin(&mut self, bin: &Path, root: &Path, volumes: &[String]) {
-        let mut command = Command::new(bin.join("volume-device-plugin"));
+        let mut command = self.command(&bin.join("volume-device-plugin"));
         command
             .arg(format!("--dir={}", self.volumes.display()))
             .arg(format!("--kubelet-socket-dir={DEVICE_PLUGINS}"))
@@ -880,8 +1015,14 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         for &pid in &killed {
             kill_pid(pid);
         }
+        // The first node's cgroups are named at each hierarchy's root; the second's are
+        // all below its cgroup root.
+        let names: Vec<&str> = match self.identity.cgroup_root {
+            "/" => CGROUPS.to_vec(),
+            own => vec![own.trim_start_matches('/')],
+        };
         for cgroup_root in cgroup_roots() {
-            for name in CGROUPS {
+            for name in &names {
                 let tree = cgroup_root.join(name);
                 if !remove_cgroup(&tree, &mut killed) {
                     left.push(format!("cgroup {}", tree.display()));
@@ -889,17 +1030,26 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             }
         }
         killed.extend(zombie_shims());
+        // The mount namespace goes with its last process: its tmpfs mounts with it.
+        if let Some(c) = self.namespace.take() {
+            if let Some(pid) = c.pid() {
+                killed.push(pid as i32);
+            }
+            stop_group(c, Duration::ZERO);
+        }
         reap(&killed);
         for p in unmount_under(&root) {
             left.push(format!("mount {}", p.display()));
         }
+        let bridge = self.identity.bridge;
         let _ = Command::new("ip")
-            .args(["link", "delete", BRIDGE])
+            .args(["link", "delete", bridge])
             .stderr(Stdio::null())
             .status();
-        if Path::new("/sys/class/net").join(BRIDGE).exists() {
-            left.push(format!("network interface {BRIDGE}"));
+        if Path::new("/sys/class/net").join(bridge).exists() {
+            left.push(format!("network interface {bridge}"));
         }
+        let second = self.identity.name != FIRST.name;
         for p in GLOBAL_PATHS.iter().map(PathBuf::from) {
             if self.before.contains(&p) || !p.exists() {
                 continue;
@@ -911,7 +1061,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
                 left.push(format!("{}: {e}", p.display()));
             }
         }
-        for p in &self.before {
+        // What appeared inside the global paths is the first node's (the second one
+        // writes only its own tmpfs mounts over them).
+        for p in self.before.iter().filter(|_| !second) {
             for entry in fs::read_dir(p).into_iter().flatten().flatten() {
                 remove_new(&entry.path(), &self.before_inside, &mut left);
             }
@@ -924,7 +1076,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
                 left.push(format!("kernel setting {key} (was {})", value.trim()));
             }
         }
-        for s in shim_sockets() {
+        for s in shim_sockets().into_iter().filter(|_| !second) {
             if !self.before.contains(&s) && fs::remove_file(&s).is_err() {
                 left.push(format!("shim socket {}", s.display()));
             }

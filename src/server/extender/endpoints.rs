@@ -488,7 +488,8 @@ pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, 
     }
 }
 
-/// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
+/// Answers a `/prioritize` body with a `HostPriorityList` body: the candidates scoring
+/// above the lowest score of the request, each by how much (see [`above_floor`]).
 /// Pods in flight count on the node they were scored highest for, so that a burst is
 /// spread; the node this pod scores highest on is noted for the pods after it.
 /// Stops early, answering nothing, once `abandoned` is set.
@@ -536,13 +537,28 @@ pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u
         }
     };
     drop(state);
-    let list: Vec<HostPriority> = candidates
-        .names
+    serde_json::to_vec(&above_floor(&candidates.names, &scores)).map_err(encode_failed)
+}
+
+/// The scores as kube-scheduler needs them: each minus the lowest, and only those above
+/// it. kube-scheduler adds an extender's scores to the nodes it lists and gives the
+/// others 0 (schedule_one.go, prioritizeNodes), so taking the same amount off every
+/// node keeps the ranking, while the answer (and the scheduler's decoding of it) shrinks
+/// to the nodes that differ: nothing at all when every candidate scores the same, as
+/// for a pod volguard has no opinion on. The one difference: the scheduler breaks a tie
+/// at random only between nodes an extender listed, and by its heap's order between the
+/// others, as it does for every node when no extender scores.
+fn above_floor<'a>(names: &'a [Cow<'a, str>], scores: &[u8]) -> Vec<HostPriority<'a>> {
+    let floor = scores.iter().copied().min().unwrap_or(0);
+    names
         .iter()
         .zip(scores)
-        .map(|(name, score)| HostPriority { host: name, score })
-        .collect();
-    serde_json::to_vec(&list).map_err(encode_failed)
+        .filter(|(_, score)| **score > floor)
+        .map(|(name, score)| HostPriority {
+            host: name,
+            score: score - floor,
+        })
+        .collect()
 }
 
 fn encode_failed(e: serde_json::Error) -> ExtenderError {
