@@ -152,12 +152,12 @@ fn run_prioritize(app: &App, pod: &Value, nodes: &[&str]) -> BTreeMap<String, u6
         .collect()
 }
 
-/// The passing node kube-scheduler would pick on volguard's scores alone: the highest,
-/// the first of equals; a node the answer leaves out scores 0, as the scheduler counts it.
+/// What kube-scheduler would choose with volguard's scores alone: the highest, the
+/// first of equals.
 fn choose(filtered: &Filtered, scores: &BTreeMap<String, u64>) -> Option<String> {
     let mut best: Option<(&String, u64)> = None;
     for n in &filtered.passing {
-        let s = scores.get(n).copied().unwrap_or(0);
+        let s = scores[n];
         if best.is_none_or(|(_, b)| s > b) {
             best = Some((n, s));
         }

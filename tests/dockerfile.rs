@@ -66,7 +66,33 @@ fn the_shipped_deployment_runs_as_the_dockerfile_user() {
 #[test]
 fn a_dockerfile_the_test_image_cannot_reproduce_is_refused() {
     let shipped = shipped();
-    let cases: [(&str, String, &str); 7] = [
+    let cases: [(&str, String, &str); 11] = [
+        (
+            "a second RUN in the build stage",
+            shipped.replace(
+                "COPY . .",
+                "COPY . .\nRUN rustup target add x86_64-unknown-linux-musl",
+            ),
+            "the build stage has a second RUN (`rustup target add x86_64-unknown-linux-musl`)",
+        ),
+        (
+            "another command in the build's RUN",
+            shipped.replace(
+                "&& install -D",
+                "&& strip target/release/volguard && install -D",
+            ),
+            "`strip target/release/volguard` in the build's RUN",
+        ),
+        (
+            "a RUN flag other than --mount",
+            shipped.replace("RUN --mount=", "RUN --network=none --mount="),
+            "RUN --network=none: the test image reproduces only --mount=",
+        ),
+        (
+            "two build args on one line",
+            shipped.replace("ARG REVISION=\"\"", "ARG REVISION=\"\" OTHER=1"),
+            "one plain ARG per line",
+        ),
         (
             "ENV in the build stage",
             shipped.replace("WORKDIR /src", "WORKDIR /src\nENV RUSTFLAGS=-Ctarget-cpu=native"),

@@ -446,10 +446,13 @@ async fn the_pod_follows_its_volume_to_a_second_real_node() {
     );
     let evicted = cp.events(NS, "db-0", "VolumeDetached").await;
     assert!(!evicted.is_empty(), "volguard's VolumeDetached Event");
-    let pod = until(&cp, &b, "db-0", 60, "db-0 Ready on node B", |p| {
+    until(&cp, &b, "db-0", 60, "db-0 Ready on node B", |p| {
         node_of(p) == Some(REAL_NODE_B) && is_ready(p)
     })
     .await;
+    // initialDelaySeconds 5 + failureThreshold 3 x periodSeconds 10, and a margin.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let pod = until(&cp, &b, "db-0", 5, "db-0 still Ready on node B", is_ready).await;
     assert_eq!(restarts(&pod), 0, "the injected probe passes on B");
     let (ok, out, err) = cp.kubectl(
         &["exec", "--namespace", NS, "db-0", "--", "ls", "-l", DEVICE],

@@ -317,18 +317,6 @@ fn exactly_the_asked<'a>(
     answered: impl Iterator<Item = &'a String>,
 ) -> Result<(), String> {
     let want: HashSet<&str> = asked.iter().map(String::as_str).collect();
-    let seen = only_the_asked(&want, answered)?;
-    ensure(seen.len() == want.len(), || {
-        let missing: Vec<&&str> = want.difference(&seen).take(5).collect();
-        format!("asked nodes left unanswered, e.g. {missing:?}")
-    })
-}
-
-/// The answered names, each an asked one, none twice.
-fn only_the_asked<'a, 'w>(
-    want: &HashSet<&'w str>,
-    answered: impl Iterator<Item = &'a String>,
-) -> Result<HashSet<&'a str>, String> {
     let mut seen = HashSet::with_capacity(want.len());
     for name in answered {
         ensure(want.contains(name.as_str()), || {
@@ -338,7 +326,10 @@ fn only_the_asked<'a, 'w>(
             format!("node {name:?} answered twice")
         })?;
     }
-    Ok(seen)
+    ensure(seen.len() == want.len(), || {
+        let missing: Vec<&&str> = want.difference(&seen).take(5).collect();
+        format!("asked nodes left unanswered, e.g. {missing:?}")
+    })
 }
 
 #[derive(Deserialize)]
@@ -350,19 +341,17 @@ struct HostPriority {
     score: i64,
 }
 
-/// A 200 from /prioritize: a list of `{Host, Score}` with integer scores in 1..=10,
-/// each an asked node, none twice: the nodes above the lowest score of the request, by
-/// how much (kube-scheduler gives 0 to the nodes left out).
+/// A 200 from /prioritize: a list of `{Host, Score}` with integer scores in 0..=10,
+/// every distinct asked node exactly once and no other.
 pub fn priorities(request: &[u8], body: &[u8]) -> Result<Vec<(String, i64)>, String> {
     let asked = asked(request)?;
     let list: Vec<HostPriority> = serde_json::from_slice(body)
         .map_err(|e| format!("not a HostPriorityList ({e}): {}", excerpt(body)))?;
     for p in &list {
-        ensure((1..=10).contains(&p.score), || {
-            format!("score {} for {:?} is outside 1..=10", p.score, p.host)
+        ensure((0..=10).contains(&p.score), || {
+            format!("score {} for {:?} is outside 0..=10", p.score, p.host)
         })?;
     }
-    let want: HashSet<&str> = asked.names.iter().map(String::as_str).collect();
-    only_the_asked(&want, list.iter().map(|p| &p.host))?;
+    exactly_the_asked(&asked.names, list.iter().map(|p| &p.host))?;
     Ok(list.into_iter().map(|p| (p.host, p.score)).collect())
 }

@@ -174,6 +174,11 @@ pub fn parse(text: &str, build_args: &[(&str, &str)]) -> Result<Dockerfile, Stri
     let mut args = BTreeMap::new();
     for (word, decl) in &build.instructions {
         if word == "ARG" {
+            if decl.split_whitespace().count() != 1 || decl.contains('$') {
+                return Err(format!(
+                    "`ARG {decl}`: one plain ARG per line, please; the test image reads no more"
+                ));
+            }
             let (name, default) = decl.split_once('=').unwrap_or((decl, ""));
             args.insert(name.trim().to_owned(), unquoted(default.trim()).to_owned());
         }
@@ -184,20 +189,32 @@ pub fn parse(text: &str, build_args: &[(&str, &str)]) -> Result<Dockerfile, Stri
         }
     }
 
-    let run = build
+    let (runs, others): (Vec<_>, Vec<_>) = build
         .instructions
         .iter()
-        .find(|(w, a)| w == "RUN" && a.contains("cargo build"))
-        .map(|(_, a)| a.as_str())
-        .expect("found above");
+        .filter(|(w, _)| w == "RUN")
+        .partition(|(_, a)| a.contains("cargo build"));
+    let run = runs.first().map(|(_, a)| a.as_str()).expect("found above");
+    if let Some((_, other)) = others.first().or(runs.get(1)) {
+        return Err(format!(
+            "the build stage has a second RUN (`{other}`): the test image reproduces one, \
+             the `cargo build` and the copy of its binary"
+        ));
+    }
     let mut build_env = Vec::new();
     let mut command = Vec::new();
     let mut installed = None;
-    for part in run.split("&&") {
-        let words: Vec<&str> = part
-            .split_whitespace()
-            .skip_while(|w| w.starts_with("--mount="))
-            .collect();
+    for (i, part) in run.split("&&").enumerate() {
+        let mut words: Vec<&str> = part.split_whitespace().collect();
+        if i == 0 {
+            let flags = words.iter().take_while(|w| w.starts_with("--")).count();
+            if let Some(flag) = words[..flags].iter().find(|w| !w.starts_with("--mount=")) {
+                return Err(format!(
+                    "RUN {flag}: the test image reproduces only --mount="
+                ));
+            }
+            words.drain(..flags);
+        }
         if let Some(cargo) = words.iter().position(|w| *w == "cargo") {
             for assignment in &words[..cargo] {
                 let (name, value) = assignment.split_once('=').ok_or_else(|| {
@@ -206,11 +223,20 @@ pub fn parse(text: &str, build_args: &[(&str, &str)]) -> Result<Dockerfile, Stri
                 build_env.push((name.to_owned(), unquoted(&expand(value, &args)?).to_owned()));
             }
             command = words[cargo..].iter().map(|w| (*w).to_owned()).collect();
-        } else if let Some(i) = words.iter().position(|w| w.starts_with("target/")) {
+        } else if let (Some(&"install"), Some(at)) = (
+            words.first(),
+            words.iter().position(|w| w.starts_with("target/")),
+        ) {
             let dest = words
-                .get(i + 1)
+                .get(at + 1)
                 .ok_or("the built binary is installed nowhere")?;
-            installed = Some((words[i]["target/".len()..].to_owned(), (*dest).to_owned()));
+            installed = Some((words[at]["target/".len()..].to_owned(), (*dest).to_owned()));
+        } else {
+            return Err(format!(
+                "`{}` in the build's RUN: the test image reproduces only `cargo build` and \
+                 `install target/<profile>/volguard <dest>`",
+                part.trim()
+            ));
         }
     }
     if command.get(..2) != Some(&["cargo".to_owned(), "build".to_owned()][..]) {

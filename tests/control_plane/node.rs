@@ -156,8 +156,9 @@ pub struct NodeOptions {
     pub images: Vec<Image>,
     /// The second real node, [`REAL_NODE_B`], beside the first: in a mount namespace of
     /// its own (empty tmpfs mounts over the paths every kubelet uses), with its own
-    /// cgroup root, bridge, subnet and ports. Start it after the first and drop it
-    /// before (it restores the kernel settings it found, the first node's).
+    /// cgroup root, bridge, subnet and ports. It needs the first one running: start it
+    /// after the first and drop it before (the first owns the machine's paths and
+    /// restores its kernel settings).
     pub second: bool,
 }
 
@@ -174,6 +175,8 @@ pub struct RealNode {
     identity: &'static Identity,
     /// The second node's mount namespace, held by a sleeping process.
     namespace: Option<Component>,
+    /// The global paths the second node made on the machine (as mount points).
+    made: Vec<PathBuf>,
     containerd: Option<Component>,
     kubelet: Option<Component>,
     device_plugin: Option<Component>,
@@ -546,6 +549,14 @@ impl ControlPlane {
         .await
         .expect("lock");
         let stale = Path::new(DEVICE_PLUGINS).join("kubelet.sock");
+        if options.second && !stale.exists() {
+            fail(
+                "start the second real node",
+                "start the first real node before it (and drop it after): the first one \
+                 owns the machine's paths and kernel settings",
+                None,
+            );
+        }
         if !options.second && stale.exists() {
             reclaim_dead_run();
         }
@@ -584,14 +595,18 @@ impl ControlPlane {
             name: identity.name,
             identity,
             namespace: None,
+            made: Vec::new(),
             containerd: None,
             kubelet: None,
             device_plugin: None,
             socket: root.join("containerd/containerd.sock"),
             before_inside: before.iter().flat_map(|p| listing(p)).collect(),
             before,
+            // The first node restores the machine's kernel settings; the second starts
+            // after it and ends before it, and restores none.
             sysctls: SYSCTLS
                 .iter()
+                .filter(|_| !options.second)
                 .filter_map(|k| {
                     Some((*k, fs::read_to_string(Path::new("/proc/sys").join(k)).ok()?))
                 })
@@ -676,16 +691,29 @@ impl RealNode {
     /// global paths are empty tmpfs mounts (the mount points are made when missing;
     /// the first node makes them anyway).
     async fn enter_own_namespace(&mut self, root: &Path) {
+        // The mount points the first node has not made yet: made here on the machine,
+        // removed after this node when still empty.
+        self.made = GLOBAL_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| !p.exists())
+            .collect();
         let mut script = String::from("set -e; ");
         for p in GLOBAL_PATHS {
             script.push_str(&format!(
                 "mkdir -p {p}; mount -t tmpfs -o mode=0755 tmpfs {p}; "
             ));
         }
-        script.push_str("echo namespace ready; exec sleep infinity");
+        // Named after the node's folder, so a run that died is reclaimed with it.
+        script.push_str(&format!(
+            "echo namespace ready; exec -a {}/namespace sleep infinity",
+            root.display()
+        ));
+        // `slave`: the machine's unmounts (the first node's pods going) reach this
+        // namespace too, and nothing mounted here leaks out.
         let mut command = Command::new("unshare");
         command
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .args(["--mount", "--propagation", "slave", "--", "bash", "-c"])
             .arg(script)
             .process_group(0);
         let mut holder = Component::spawn("mount namespace", command, root.join("namespace.log"));
@@ -1050,7 +1078,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             left.push(format!("network interface {bridge}"));
         }
         let second = self.identity.name != FIRST.name;
-        for p in GLOBAL_PATHS.iter().map(PathBuf::from) {
+        // The mount points the second node made, once its namespace is gone, if nothing
+        // of the first node's went in since (the first node removes them then).
+        for p in &self.made {
+            let _ = fs::remove_dir(p);
+        }
+        for p in GLOBAL_PATHS.iter().map(PathBuf::from).filter(|_| !second) {
             if self.before.contains(&p) || !p.exists() {
                 continue;
             }

@@ -139,7 +139,8 @@ impl Candidates<'_> {
     /// answered names back through a map of its candidates and adds scores up per host,
     /// so a name answered twice would be a duplicate feasible node and a doubled score.
     fn keep_first_of_each_name(&mut self) {
-        let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+        let mut seen: HashSet<&str, foldhash::fast::RandomState> =
+            HashSet::with_capacity_and_hasher(self.names.len(), Default::default());
         let keep: Vec<bool> = self.names.iter().map(|n| seen.insert(n)).collect();
         if !keep.contains(&false) {
             return;
@@ -488,8 +489,7 @@ pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, 
     }
 }
 
-/// Answers a `/prioritize` body with a `HostPriorityList` body: the candidates scoring
-/// above the lowest score of the request, each by how much (see [`above_floor`]).
+/// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
 /// Pods in flight count on the node they were scored highest for, so that a burst is
 /// spread; the node this pod scores highest on is noted for the pods after it.
 /// Stops early, answering nothing, once `abandoned` is set.
@@ -537,28 +537,13 @@ pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u
         }
     };
     drop(state);
-    serde_json::to_vec(&above_floor(&candidates.names, &scores)).map_err(encode_failed)
-}
-
-/// The scores as kube-scheduler needs them: each minus the lowest, and only those above
-/// it. kube-scheduler adds an extender's scores to the nodes it lists and gives the
-/// others 0 (schedule_one.go, prioritizeNodes), so taking the same amount off every
-/// node keeps the ranking, while the answer (and the scheduler's decoding of it) shrinks
-/// to the nodes that differ: nothing at all when every candidate scores the same, as
-/// for a pod volguard has no opinion on. The one difference: the scheduler breaks a tie
-/// at random only between nodes an extender listed, and by its heap's order between the
-/// others, as it does for every node when no extender scores.
-fn above_floor<'a>(names: &'a [Cow<'a, str>], scores: &[u8]) -> Vec<HostPriority<'a>> {
-    let floor = scores.iter().copied().min().unwrap_or(0);
-    names
+    let list: Vec<HostPriority> = candidates
+        .names
         .iter()
         .zip(scores)
-        .filter(|(_, score)| **score > floor)
-        .map(|(name, score)| HostPriority {
-            host: name,
-            score: score - floor,
-        })
-        .collect()
+        .map(|(name, score)| HostPriority { host: name, score })
+        .collect();
+    serde_json::to_vec(&list).map_err(encode_failed)
 }
 
 fn encode_failed(e: serde_json::Error) -> ExtenderError {
