@@ -120,3 +120,107 @@ fn probes_and_scrapes_are_answered_while_a_writer_holds_the_state() {
     let (status, body) = get(server.metrics_addr, "/metrics").unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
 }
+
+/// What holds something an extender call reads, for as long as the guard lives.
+enum Holder {
+    /// A watch writing the cluster state.
+    Writer,
+    /// Another call judging against the placements in flight.
+    InFlight,
+}
+
+/// An extender call polled on an async worker while `holder` holds what it reads: the
+/// first poll comes back at once (the call waits on a blocking thread, not on the
+/// worker), and the call is answered once the holder lets go.
+fn extender_call_while_held(
+    path: &'static str,
+    holder: Holder,
+) -> (bool, axum::body::Bytes, axum::body::Bytes) {
+    use std::sync::mpsc;
+
+    use axum::{body::Bytes, extract::State};
+    use volguard::server::extender::endpoints::{filter_handler, prioritize_handler};
+
+    let app = common::example_app();
+    let args = Bytes::from(
+        std::fs::read(common::repo("tests/fixtures/extenderargs-nodenames.json")).expect("fixture"),
+    );
+    // The answer with nothing held, from a twin of the app.
+    let free = {
+        let twin = common::example_app();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let args = args.clone();
+        runtime.block_on(async move {
+            let response = match path {
+                "/filter" => filter_handler(State(twin), None, args).await,
+                _ => prioritize_handler(State(twin), None, args).await,
+            };
+            axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap()
+        })
+    };
+    let cluster = app.cluster.clone();
+    let in_flight = app.in_flight.clone();
+    let writer = matches!(holder, Holder::Writer).then(|| cluster.write().unwrap());
+    let placements = matches!(holder, Holder::InFlight).then(|| in_flight.lock().unwrap());
+    let (polled_tx, polled) = mpsc::channel();
+    let (answered_tx, answered) = mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let call = async move {
+                match path {
+                    "/filter" => filter_handler(State(app), None, args).await,
+                    _ => prioritize_handler(State(app), None, args).await,
+                }
+            };
+            let mut call = std::pin::pin!(call);
+            let first = futures::poll!(call.as_mut());
+            polled_tx.send(first.is_pending()).unwrap();
+            let response = call.await;
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX).await;
+            answered_tx.send(body.unwrap()).unwrap();
+        });
+    });
+    // Only a hang guard: a call that blocks its worker never comes back from the poll.
+    let pending = polled
+        .recv_timeout(HANG_GUARD)
+        .unwrap_or_else(|_| panic!("{path} blocked its async worker while its state was held"));
+    drop(writer);
+    drop(placements);
+    let body = answered
+        .recv_timeout(HANG_GUARD)
+        .unwrap_or_else(|_| panic!("{path} answered once its state was let go"));
+    (pending, body, free)
+}
+
+/// A `/filter` or `/prioritize` small enough to be judged on its async worker gives the
+/// call to a blocking thread when a watch holds the cluster state or another call holds
+/// the placements in flight, and answers then what it would have answered at once.
+#[test]
+fn extender_calls_leave_their_async_worker_free_while_their_state_is_held() {
+    for path in ["/filter", "/prioritize"] {
+        for (holder, what) in [
+            (Holder::Writer, "a writer holds the cluster state"),
+            (
+                Holder::InFlight,
+                "another call holds the placements in flight",
+            ),
+        ] {
+            let (pending, body, free) = extender_call_while_held(path, holder);
+            assert!(pending, "{path} answered on its worker while {what}");
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                String::from_utf8_lossy(&free),
+                "{path}, once {what} no more, answers as it would have at once"
+            );
+        }
+    }
+}

@@ -24,7 +24,7 @@ use super::wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList, no
 use crate::{
     cluster::{ClusterState, records::key},
     decide::{
-        inflight::{Needs, Placement, Presume},
+        inflight::{InFlight, Needs, Placement, Presume},
         judge::{FailKind, Judge, Judgement, Verdict},
         resolve::resolve,
     },
@@ -232,7 +232,36 @@ enum Look {
     /// Nodes fail only because pods in flight may be on them, and those pods may show
     /// bound any moment: look again shortly.
     Contended,
+    /// On an async worker: the placements in flight are held by another call, or
+    /// judging against them would take too long. Look on a blocking thread instead.
+    NotNow,
 }
+
+/// How a call may take the placements in flight: waiting for them (a blocking
+/// thread), or only if they are free at once (an async worker).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    Wait,
+    IfFree,
+}
+
+/// The placements in flight, or `None` when `take` is [`Take::IfFree`] and another call
+/// holds them.
+fn in_flight(app: &App, take: Take) -> Option<std::sync::MutexGuard<'_, InFlight>> {
+    match take {
+        Take::Wait => Some(app.in_flight.lock().unwrap_or_else(|e| e.into_inner())),
+        Take::IfFree => match app.in_flight.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        },
+    }
+}
+
+/// On an async worker, judging is kept to this many (candidate, pod in flight) pairs:
+/// beyond it (thousands of names while tens of pods are in flight) it goes to a
+/// blocking thread.
+const INLINE_PAIRS: usize = 64 << 10;
 
 /// Judges the candidates counting every pod in flight on every node it may land on,
 /// and remembers this pod as in flight on the nodes it passes. When pods in flight
@@ -244,6 +273,7 @@ fn look(
     app: &App,
     abandoned: &Abandoned,
     may_wait: bool,
+    take: Take,
 ) -> Result<Look, Unjudged> {
     let Some(judge) = judge_for(pod, state, &app.config)? else {
         return Ok(Look::Answer(vec![Judgement::indifferent(); names.len()]));
@@ -252,7 +282,9 @@ fn look(
     let me = pod_key(pod);
     // Held from reading the placements to recording this one: two /filter calls at
     // once (two schedulers) cannot both take the last slot.
-    let mut flight = app.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut flight) = in_flight(app, take) else {
+        return Ok(Look::NotNow);
+    };
     flight.settle(state, app.now());
     app.metrics.pods_in_flight(flight.len());
     if !needs.is_empty() && flight.is_full_for(&me) {
@@ -262,6 +294,9 @@ fn look(
         )));
     }
     let others = flight.touching(&me, &needs);
+    if take == Take::IfFree && others.len().saturating_mul(names.len()) > INLINE_PAIRS {
+        return Ok(Look::NotNow);
+    }
     let judge = judge.with_in_flight(&others, Presume::Anywhere);
     let judged = judge_each(&judge, names, abandoned)?;
     // Wait only when pods in flight turn away every node that would pass without them
@@ -382,7 +417,7 @@ fn judge_settled(
                 "volguard's cluster state is unavailable".to_owned(),
             ));
         };
-        match look(pod, names, &state, app, abandoned, may_wait)? {
+        match look(pod, names, &state, app, abandoned, may_wait, Take::Wait)? {
             Look::Contended => {
                 drop(state);
                 waited = true;
@@ -390,6 +425,12 @@ fn judge_settled(
                     return Err(Unjudged::Abandoned);
                 }
                 std::thread::sleep(BURST_POLL);
+            }
+            // Only an async worker's look gives up.
+            Look::NotNow => {
+                return Err(Unjudged::NotReady(
+                    "volguard could not take the pods in flight".to_owned(),
+                ));
             }
             Look::Answer(judged) => {
                 if waited && may_wait {
@@ -483,7 +524,16 @@ fn filter_now(body: &[u8], app: &App) -> Option<Result<Vec<u8>, ExtenderError>> 
     };
     let state = app.cluster.try_read().ok()?;
     let never = Abandoned::default();
-    let Ok(Look::Answer(judged)) = look(&pod, &candidates.names, &state, app, &never, true) else {
+    let looked = look(
+        &pod,
+        &candidates.names,
+        &state,
+        app,
+        &never,
+        true,
+        Take::IfFree,
+    );
+    let Ok(Look::Answer(judged)) = looked else {
         return None;
     };
     if !judged.is_empty() && !judged.iter().any(Judgement::passes) {
@@ -526,7 +576,11 @@ pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u
         .cluster
         .read()
         .map_err(|_| ExtenderError::NotReady("volguard's cluster state is unavailable".into()))?;
-    prioritize_with(&pod, &candidates, state, app, abandoned)
+    prioritize_with(&pod, &candidates, state, app, abandoned, Take::Wait).unwrap_or_else(|| {
+        Err(ExtenderError::Internal(
+            "the placements in flight could not be taken".into(),
+        ))
+    })
 }
 
 /// [`prioritize`] at once, on the async worker, when the cluster state is free (no
@@ -537,44 +591,55 @@ fn prioritize_now(body: &[u8], app: &App) -> Option<Result<Vec<u8>, ExtenderErro
         Err(e) => return Some(Err(e)),
     };
     let state = app.cluster.try_read().ok()?;
-    Some(prioritize_with(
+    prioritize_with(
         &pod,
         &candidates,
         state,
         app,
         &Abandoned::default(),
-    ))
+        Take::IfFree,
+    )
 }
 
-/// The `/prioritize` answer for a parsed request, judged on `state`.
+/// The `/prioritize` answer for a parsed request, judged on `state`; `None` when `take`
+/// is [`Take::IfFree`] and the placements in flight are held, or judging against them
+/// would take too long.
 fn prioritize_with(
     pod: &PodView,
     candidates: &Candidates<'_>,
     state: std::sync::RwLockReadGuard<'_, ClusterState>,
     app: &App,
     abandoned: &Abandoned,
-) -> Result<Vec<u8>, ExtenderError> {
+    take: Take,
+) -> Option<Result<Vec<u8>, ExtenderError>> {
     let unjudged = |e| match e {
         Unjudged::NotReady(why) => ExtenderError::NotReady(why),
         Unjudged::Abandoned => ExtenderError::Abandoned,
     };
-    let scores: Vec<u8> = match judge_for(pod, &state, &app.config).map_err(unjudged)? {
+    let judge = match judge_for(pod, &state, &app.config) {
+        Ok(judge) => judge,
+        Err(e) => return Some(Err(unjudged(e))),
+    };
+    let scores: Vec<u8> = match judge {
         None => vec![0; candidates.names.len()],
         Some(judge) => {
             let me = pod_key(pod);
             let needs = judge.needs();
             let others = {
-                let mut flight = app.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                let mut flight = in_flight(app, take)?;
                 flight.settle(&state, app.now());
                 app.metrics.pods_in_flight(flight.len());
                 flight.touching(&me, &needs)
             };
+            let pairs = others.len().saturating_mul(candidates.names.len());
+            if take == Take::IfFree && pairs > INLINE_PAIRS {
+                return None;
+            }
             let judge = judge.with_in_flight(&others, Presume::AtGuess);
-            let scores: Vec<u8> = judge_each(&judge, &candidates.names, abandoned)
-                .map_err(unjudged)?
-                .into_iter()
-                .map(|j| j.score)
-                .collect();
+            let scores: Vec<u8> = match judge_each(&judge, &candidates.names, abandoned) {
+                Ok(judged) => judged.into_iter().map(|j| j.score).collect(),
+                Err(e) => return Some(Err(unjudged(e))),
+            };
             let best = scores
                 .iter()
                 .enumerate()
@@ -582,10 +647,7 @@ fn prioritize_with(
                 .max_by_key(|(i, s)| (**s, std::cmp::Reverse(*i)))
                 .and_then(|(i, _)| state.shared_name(&candidates.names[i]).cloned());
             if let Some(best) = best {
-                app.in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .guess(&me, best);
+                in_flight(app, take)?.guess(&me, best);
             }
             scores
         }
@@ -597,7 +659,7 @@ fn prioritize_with(
         .zip(scores)
         .map(|(name, score)| HostPriority { host: name, score })
         .collect();
-    serde_json::to_vec(&list).map_err(encode_failed)
+    Some(serde_json::to_vec(&list).map_err(encode_failed))
 }
 
 fn encode_failed(e: serde_json::Error) -> ExtenderError {
@@ -645,7 +707,8 @@ impl Drop for AbandonOnDrop {
 }
 
 /// Runs a body handler off the async workers (a large `Nodes` body takes a while to
-/// parse, and a `/filter` may wait), unless `now` answers a small body at once.
+/// parse, and a `/filter` may wait), unless `now` answers a small body at once without
+/// waiting for any lock (a panic there resets the stream instead of answering 500).
 /// The blocking task owns the body and its ticket (its request slot and share of the
 /// body budget), so both are freed when it stops, which it does early once the request is abandoned.
 async fn off_runtime(
