@@ -136,8 +136,6 @@ fn extender_call_while_held(
     path: &'static str,
     holder: Holder,
 ) -> (bool, axum::body::Bytes, axum::body::Bytes) {
-    use std::sync::mpsc;
-
     use axum::{body::Bytes, extract::State};
     use volguard::server::extender::endpoints::{filter_handler, prioritize_handler};
 
@@ -167,27 +165,11 @@ fn extender_call_while_held(
     let in_flight = app.in_flight.clone();
     let writer = matches!(holder, Holder::Writer).then(|| cluster.write().unwrap());
     let placements = matches!(holder, Holder::InFlight).then(|| in_flight.lock().unwrap());
-    let (polled_tx, polled) = mpsc::channel();
-    let (answered_tx, answered) = mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let call = async move {
-                match path {
-                    "/filter" => filter_handler(State(app), None, args).await,
-                    _ => prioritize_handler(State(app), None, args).await,
-                }
-            };
-            let mut call = std::pin::pin!(call);
-            let first = futures::poll!(call.as_mut());
-            polled_tx.send(first.is_pending()).unwrap();
-            let response = call.await;
-            let body = axum::body::to_bytes(response.into_body(), usize::MAX).await;
-            answered_tx.send(body.unwrap()).unwrap();
-        });
+    let common::PolledCall { polled, answered } = common::poll_on_own_thread(move || async move {
+        match path {
+            "/filter" => filter_handler(State(app), None, args).await,
+            _ => prioritize_handler(State(app), None, args).await,
+        }
     });
     // Only a hang guard: a call that blocks its worker never comes back from the poll.
     let pending = polled

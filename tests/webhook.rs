@@ -955,7 +955,7 @@ async fn a_resource_template_makes_a_selected_driver_a_device_plugin_driver() {
 /// every other request (`/readyz`, the extender, other reviews).
 #[test]
 fn a_review_waiting_for_the_cluster_state_leaves_its_async_worker_free() {
-    use std::{sync::mpsc, time::Duration};
+    use std::time::Duration;
 
     use axum::{body::Bytes, extract::State};
     use volguard::server::admission::endpoint::mutate;
@@ -965,21 +965,8 @@ fn a_review_waiting_for_the_cluster_state_leaves_its_async_worker_free() {
     let review = Bytes::from(create_review(&pod, "shop").to_string());
     let cluster = app.cluster.clone();
     let writer = cluster.write().unwrap();
-    let (polled_tx, polled) = mpsc::channel();
-    let (answered_tx, answered) = mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let mut handler = std::pin::pin!(mutate(State(app), None, review));
-            let first = futures::poll!(handler.as_mut());
-            polled_tx.send(first.is_pending()).unwrap();
-            let body = axum::body::to_bytes(handler.await.into_body(), usize::MAX).await;
-            answered_tx.send(body.unwrap()).unwrap();
-        });
-    });
+    let common::PolledCall { polled, answered } =
+        common::poll_on_own_thread(move || mutate(State(app), None, review));
     // Only a hang guard: a handler that blocks its worker never comes back from the poll.
     let pending = polled.recv_timeout(Duration::from_secs(30)).expect(
         "the /mutate handler blocked its async worker thread while a watch held the cluster state",

@@ -395,3 +395,35 @@ impl Drop for HeldForWriting {
         }
     }
 }
+
+/// A handler call run on a current-thread runtime of its own thread, so a test can
+/// tell whether it gives its async worker back: `polled` says whether the first poll
+/// was pending, `answered` then carries the response body.
+pub struct PolledCall {
+    pub polled: std::sync::mpsc::Receiver<bool>,
+    pub answered: std::sync::mpsc::Receiver<hyper::body::Bytes>,
+}
+
+/// Starts `call` (a handler's future, made on the new thread) as a [`PolledCall`].
+pub fn poll_on_own_thread<F, Fut>(call: F) -> PolledCall
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = axum::response::Response>,
+{
+    let (polled_tx, polled) = std::sync::mpsc::channel();
+    let (answered_tx, answered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut call = std::pin::pin!(call());
+            let first = futures::poll!(call.as_mut());
+            let _ = polled_tx.send(first.is_pending());
+            let body = axum::body::to_bytes(call.await.into_body(), usize::MAX).await;
+            let _ = answered_tx.send(body.expect("response body"));
+        });
+    });
+    PolledCall { polled, answered }
+}
