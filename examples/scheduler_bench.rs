@@ -410,10 +410,7 @@ fn null_extender(cp: &ControlPlane) -> (Component, u16) {
         "{} is missing: build it first (cargo build --release --example baseline)",
         baseline.display()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = control_plane::free_port();
     let certs = cp.volguard_certs_dir();
     let mut command = std::process::Command::new(baseline);
     command
@@ -430,10 +427,7 @@ fn null_extender(cp: &ControlPlane) -> (Component, u16) {
 /// TopoLVM's `topolvm-scheduler` on a free loopback port (its `listen:` config); the
 /// process and its port. It logs every request, as shipped.
 fn topolvm_scheduler(cp: &ControlPlane, binary: &std::path::Path) -> (Component, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = control_plane::free_port();
     let config = cp.dir().join("topolvm-scheduler.yaml");
     std::fs::write(&config, format!("listen: 127.0.0.1:{port}\n")).expect("TopoLVM config");
     let mut command = std::process::Command::new(binary);

@@ -54,6 +54,14 @@ fn shipped_image() -> String {
         .to_owned()
 }
 
+/// `kubectl set env` on volguard's Deployment (a new rollout).
+fn set_env(cp: &ControlPlane, variables: &[&str]) {
+    let mut args = vec!["-n", NAMESPACE, "set", "env", "deployment/volguard"];
+    args.extend_from_slice(variables);
+    let (ok, _, err) = cp.kubectl(&args, None);
+    assert!(ok, "kubectl set env {variables:?}: {err}");
+}
+
 fn pod_ip(p: &Pod) -> String {
     p.status
         .as_ref()
@@ -352,19 +360,13 @@ async fn the_shipped_deployment_runs_on_a_real_node_and_serves_the_api_server_an
     // The API server's address for the pods (no kube-proxy for the ClusterIP); the
     // second scheduler runs on the host instead (its image is not on this node).
     let ip = cp.node_ip.clone().expect("pods_reach_apiserver");
-    let (ok, _, err) = cp.kubectl(
+    set_env(
+        &cp,
         &[
-            "-n",
-            NAMESPACE,
-            "set",
-            "env",
-            "deployment/volguard",
             &format!("KUBERNETES_SERVICE_HOST={ip}"),
             &format!("KUBERNETES_SERVICE_PORT={}", cp.api_port),
         ],
-        None,
     );
-    assert!(ok, "point volguard at the API server: {err}");
     let (ok, _, err) = cp.kubectl(
         &[
             "-n",
@@ -607,18 +609,7 @@ async fn the_shipped_deployment_runs_on_a_real_node_and_serves_the_api_server_an
     // The same without the delay: calls are lost. This is what the assertion above
     // guards against, and shows the window reaches the deleted pod.
     wait_rolled_out(&cp, &node).await;
-    let (ok, _, err) = cp.kubectl(
-        &[
-            "-n",
-            NAMESPACE,
-            "set",
-            "env",
-            "deployment/volguard",
-            "VOLGUARD_SHUTDOWN_DELAY=0s",
-        ],
-        None,
-    );
-    assert!(ok, "drop the shutdown delay: {err}");
+    set_env(&cp, &["VOLGUARD_SHUTDOWN_DELAY=0s"]);
     let undelayed = wait_rolled_out(&cp, &node).await;
     let (created, failures, _) = frozen_window(&cp, &undelayed[0], "lost").await;
     eprintln!(

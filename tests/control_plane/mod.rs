@@ -133,7 +133,7 @@ pub use crate::common::repo;
 
 /// A port nothing listens on right now. Components bind it themselves a moment later;
 /// a start that loses the race is retried on another port.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
