@@ -191,6 +191,29 @@ impl Captured {
             .map(|l| l.trim_start().to_owned())
             .collect()
     }
+
+    /// Waits (bounded) until the lines at `level` satisfy `done`, and returns them: a
+    /// watcher logs after it lets go of the state, so a change seen in the state can be
+    /// ahead of its line.
+    async fn until(
+        &self,
+        level: &str,
+        what: &str,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = self.lines(level);
+            if done(&lines) {
+                return lines;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}: {lines:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl std::io::Write for Captured {
@@ -648,7 +671,9 @@ async fn a_watch_failing_after_every_response_head_keeps_failing_until_a_bookmar
     })
     .await;
     assert_eq!(live.seen("list", Kind::Pod), lists, "no relist: a rewatch");
-    let recovered = logs.lines("INFO");
+    let recovered = logs
+        .until("INFO", "the recovery is logged", |l| !l.is_empty())
+        .await;
     assert_eq!(recovered.len(), 1, "{recovered:#?}");
     assert!(
         recovered[0].starts_with("volguard::sources::watch::recovery: watch recovered after "),
@@ -711,16 +736,16 @@ async fn an_unreachable_api_server_is_logged_once_with_its_cause() {
         s.is_ready() && Kind::ALL.iter().all(|k| !s.readiness().is_failing(*k))
     })
     .await;
-    let recovered = logs.lines("INFO");
-    for kind in Kind::ALL {
-        let said = "volguard::sources::watch::recovery: watch recovered after ";
-        assert!(
-            recovered
-                .iter()
-                .any(|l| l.starts_with(said) && l.ends_with(&format!("kind=\"{}\"", kind.as_str()))),
-            "{kind:?} recovery logged: {recovered:#?}"
-        );
-    }
+    let said = "volguard::sources::watch::recovery: watch recovered after ";
+    let logged = |lines: &[String], kind: Kind| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(said) && l.ends_with(&format!("kind=\"{}\"", kind.as_str())))
+    };
+    logs.until("INFO", "every kind's recovery is logged", |l| {
+        Kind::ALL.into_iter().all(|k| logged(l, k))
+    })
+    .await;
     assert_eq!(logs.lines("WARN").len(), 1, "{:#?}", logs.lines("WARN"));
     drop(fake);
 }
