@@ -1,4 +1,4 @@
-//! Cluster state: the kinds volguard reads, their slim records, and the indexed model
+//! Cluster state: the kinds volguard reads, the slices of them it decodes, their slim records, and the indexed model
 //! that snapshots and watches fill and that the webhook and extender read.
 
 pub mod deletions;
@@ -8,6 +8,7 @@ pub mod readiness;
 pub mod records;
 pub mod shared;
 pub mod state;
+pub mod views;
 
 pub use missing::Missing;
 pub use objects::{ClusterObject, Kind};

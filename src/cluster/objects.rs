@@ -2,13 +2,14 @@
 //! delivers before it is slimmed into records.
 
 use k8s_openapi::api::{
-    core::v1::{Node, PersistentVolume, PersistentVolumeClaim},
-    storage::v1::{CSINode, StorageClass, VolumeAttachment},
+    core::v1::Node,
+    storage::v1::{CSINode, StorageClass},
 };
 
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use super::views::{PvView, PvcView, VaView};
 use crate::model::podview::PodView;
 
 /// The kinds volguard caches; also the unit of readiness and of the object-count metric.
@@ -63,7 +64,8 @@ impl Kind {
     }
 }
 
-/// One object of a cached kind, fully typed.
+/// One object of a cached kind: Nodes, CSINodes and StorageClasses fully typed, the
+/// numerous kinds decoded only as far as volguard reads them.
 #[derive(Debug, Clone)]
 pub enum ClusterObject {
     /// A Node.
@@ -71,15 +73,29 @@ pub enum ClusterObject {
     /// A CSINode.
     CsiNode(Box<CSINode>),
     /// A PersistentVolume.
-    PersistentVolume(Box<PersistentVolume>),
+    PersistentVolume(Box<PvView>),
     /// A PersistentVolumeClaim.
-    PersistentVolumeClaim(Box<PersistentVolumeClaim>),
+    PersistentVolumeClaim(Box<PvcView>),
     /// A Pod, decoded only as far as volguard reads it.
     Pod(Box<PodView>),
     /// A VolumeAttachment.
-    VolumeAttachment(Box<VolumeAttachment>),
+    VolumeAttachment(Box<VaView>),
     /// A StorageClass.
     StorageClass(Box<StorageClass>),
+}
+
+/// The fields of an object's metadata that identify it and its version, whichever
+/// type holds them.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// `metadata.name`.
+    pub name: Option<&'a str>,
+    /// `metadata.namespace`.
+    pub namespace: Option<&'a str>,
+    /// `metadata.uid`.
+    pub uid: Option<&'a str>,
+    /// `metadata.resourceVersion`.
+    pub resource_version: Option<&'a str>,
 }
 
 /// Why a document could not become a [`ClusterObject`].
@@ -143,16 +159,37 @@ impl ClusterObject {
     /// The object's `metadata.uid` and `metadata.resourceVersion`, for telling two reads
     /// of one name apart; `None`s for pods, whose slim view keeps neither.
     pub fn version(&self) -> (Option<&str>, Option<&str>) {
-        let meta = match self {
-            Self::Pod(_) => return (None, None),
-            Self::Node(x) => &x.metadata,
-            Self::CsiNode(x) => &x.metadata,
-            Self::PersistentVolume(x) => &x.metadata,
-            Self::PersistentVolumeClaim(x) => &x.metadata,
-            Self::VolumeAttachment(x) => &x.metadata,
-            Self::StorageClass(x) => &x.metadata,
-        };
-        (meta.uid.as_deref(), meta.resource_version.as_deref())
+        let id = self.identity();
+        (id.uid, id.resource_version)
+    }
+
+    /// The object's name, namespace and versions as its metadata gives them (a pod's
+    /// slim view keeps no versions).
+    pub fn identity(&self) -> Identity<'_> {
+        macro_rules! of {
+            ($m:expr) => {
+                Identity {
+                    name: $m.name.as_deref(),
+                    namespace: $m.namespace.as_deref(),
+                    uid: $m.uid.as_deref(),
+                    resource_version: $m.resource_version.as_deref(),
+                }
+            };
+        }
+        match self {
+            Self::Pod(p) => Identity {
+                name: Some(p.name()),
+                namespace: p.namespace(),
+                uid: None,
+                resource_version: None,
+            },
+            Self::Node(x) => of!(x.metadata),
+            Self::CsiNode(x) => of!(x.metadata),
+            Self::PersistentVolume(x) => of!(x.metadata),
+            Self::PersistentVolumeClaim(x) => of!(x.metadata),
+            Self::VolumeAttachment(x) => of!(x.metadata),
+            Self::StorageClass(x) => of!(x.metadata),
+        }
     }
 
     /// The object's kind.

@@ -1,16 +1,18 @@
 //! Slim records: the few fields volguard needs of each object, so that a large cluster
 //! costs megabytes, not gigabytes. Converting drops everything else on arrival.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use k8s_openapi::api::{
-    core::v1::{Node, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec},
-    storage::v1::{CSINode, StorageClass, VolumeAttachment},
+    core::v1::Node,
+    storage::v1::{CSINode, StorageClass},
 };
 
+use super::views::{PvSpecView, PvView, PvcView, VaView};
 use crate::model::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
+    fast_hash::FastMap,
     podview::PodView,
     volume::{PodVolume, exclusive, pod_volumes},
 };
@@ -20,7 +22,7 @@ use crate::model::{
 pub struct NodeRecord {
     /// Device-plugin volumes advertised on the node, with their allocatable count
     /// (0 = detached: the plugin cannot remove the name).
-    pub devices: HashMap<VolumeId, i64>,
+    pub devices: FastMap<VolumeId, i64>,
     /// Managed volumes in `status.volumesAttached`.
     pub attached: Vec<VolumeId>,
     /// Per-driver limit overrides read from the configured node annotation;
@@ -35,7 +37,7 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CsiNodeRecord {
     /// Registered managed drivers; `None` count = the driver reports no limit.
-    pub drivers: HashMap<DriverId, Option<i64>>,
+    pub drivers: FastMap<DriverId, Option<i64>>,
 }
 
 /// What volguard keeps of a PersistentVolume.
@@ -272,7 +274,7 @@ impl PvRecord {
     /// first (its handle is what attachments and node status report); otherwise the PV's
     /// StorageClass, then its source kind, may select a driver, and the volume is known
     /// by [`pv_identity`].
-    pub fn from_pv(pv: &PersistentVolume, drivers: &Drivers) -> Self {
+    pub fn from_pv(pv: &PvView, drivers: &Drivers) -> Self {
         let spec = pv.spec.as_ref();
         let volume = spec.and_then(|s| {
             if let Some(csi) = &s.csi
@@ -328,14 +330,14 @@ impl PvRecord {
 
 /// The source kind of a PV, as `sourceKinds` spells it; `None` for kinds volguard does
 /// not select by (see [`crate::model::config::SOURCE_KINDS`]).
-pub fn source_kind(spec: &PersistentVolumeSpec) -> Option<&'static str> {
+pub fn source_kind(spec: &PvSpecView) -> Option<&'static str> {
     [
-        ("local", spec.local.is_some()),
+        ("local", spec.local),
         ("nfs", spec.nfs.is_some()),
-        ("hostPath", spec.host_path.is_some()),
-        ("iscsi", spec.iscsi.is_some()),
-        ("cephfs", spec.cephfs.is_some()),
-        ("rbd", spec.rbd.is_some()),
+        ("hostPath", spec.host_path),
+        ("iscsi", spec.iscsi),
+        ("cephfs", spec.cephfs),
+        ("rbd", spec.rbd),
     ]
     .into_iter()
     .find_map(|(kind, set)| set.then_some(kind))
@@ -344,7 +346,7 @@ pub fn source_kind(spec: &PersistentVolumeSpec) -> Option<&'static str> {
 /// The identity of a volume that has no CSI handle: `server:path` for NFS, so that two
 /// PVs of one export are one volume (for ReadWriteOnce and for counting), else the PV's
 /// name, which is unique and stable while the PV exists.
-pub fn pv_identity(name: &str, spec: &PersistentVolumeSpec) -> String {
+pub fn pv_identity(name: &str, spec: &PvSpecView) -> String {
     match &spec.nfs {
         Some(nfs) => format!("{}:{}", nfs.server, nfs.path),
         None => name.to_owned(),
@@ -353,7 +355,7 @@ pub fn pv_identity(name: &str, spec: &PersistentVolumeSpec) -> String {
 
 impl PvcRecord {
     /// Slims a PersistentVolumeClaim.
-    pub fn from_pvc(pvc: &PersistentVolumeClaim) -> Self {
+    pub fn from_pvc(pvc: &PvcView) -> Self {
         let spec = pvc.spec.as_ref();
         PvcRecord {
             uid: pvc.metadata.uid.clone().filter(|u| !u.is_empty()),
@@ -411,7 +413,7 @@ impl PodRecord {
 
 impl VaRecord {
     /// Slims a VolumeAttachment; `None` when another driver attaches it.
-    pub fn from_va(va: &VolumeAttachment, drivers: &Drivers) -> Option<Self> {
+    pub fn from_va(va: &VaView, drivers: &Drivers) -> Option<Self> {
         let driver = drivers.by_csi(&va.spec.attacher)?;
         let source = if let Some(pv) = &va.spec.source.persistent_volume_name {
             VaSource::Pv(pv.clone())
@@ -434,13 +436,13 @@ impl VaRecord {
 #[cfg(test)]
 mod tests {
     use super::{PvRecord, parse_count, source_kind};
+    use crate::cluster::views::PvView;
     use crate::model::{
         config::{Config, SOURCE_KINDS},
         drivers::Drivers,
     };
-    use k8s_openapi::api::core::v1::PersistentVolume;
 
-    fn pv(spec: serde_json::Value) -> PersistentVolume {
+    fn pv(spec: serde_json::Value) -> PvView {
         serde_json::from_value(serde_json::json!({"metadata": {"name": "pv-1"}, "spec": spec}))
             .unwrap()
     }

@@ -2,7 +2,7 @@
 //! current object by object so that no request ever scans the cluster.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     sync::Arc,
 };
 
@@ -18,6 +18,7 @@ use super::{
 use crate::model::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
+    fast_hash::{FastMap, FastSet},
 };
 
 /// Who put a volume on a node in the usage index.
@@ -27,10 +28,6 @@ enum Source {
     Attachment(String),
     NodeStatus(Arc<str>),
 }
-
-/// The maps the extender reads per node and per request: keyed by trusted cluster
-/// names, so a fast hasher beats SipHash's flood resistance.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Distinct volumes held by one node.
 #[derive(Debug, Default)]
@@ -101,27 +98,27 @@ pub struct ClusterState {
     config: Arc<Config>,
     nodes: FastMap<Arc<str>, NodeRecord>,
     csinodes: FastMap<String, CsiNodeRecord>,
-    pvs: HashMap<String, PvRecord>,
-    pvcs: HashMap<String, PvcRecord>,
-    pods: HashMap<String, PodRecord>,
-    vas: HashMap<String, VaRecord>,
-    storage_classes: HashMap<String, StorageClassRecord>,
+    pvs: FastMap<String, PvRecord>,
+    pvcs: FastMap<String, PvcRecord>,
+    pods: FastMap<String, PodRecord>,
+    vas: FastMap<String, VaRecord>,
+    storage_classes: FastMap<String, StorageClassRecord>,
 
     usage: FastMap<Arc<str>, NodeUsage>,
-    contributions: HashMap<Source, (Arc<str>, Vec<VolumeId>)>,
-    users: HashMap<VolumeId, Vec<VolumeUser>>,
-    device_holders: HashMap<VolumeId, BTreeSet<Arc<str>>>,
+    contributions: FastMap<Source, (Arc<str>, Vec<VolumeId>)>,
+    users: FastMap<VolumeId, Vec<VolumeUser>>,
+    device_holders: FastMap<VolumeId, BTreeSet<Arc<str>>>,
     /// Per volume, the nodes its VolumeAttachments report it attached to, by the
     /// VolumeAttachment's name: remediation's evidence that a volume is elsewhere.
-    va_attached: HashMap<VolumeId, BTreeMap<String, Arc<str>>>,
+    va_attached: FastMap<VolumeId, BTreeMap<String, Arc<str>>>,
     /// The volume each VolumeAttachment in `va_attached` is indexed under.
-    va_attached_volume: HashMap<String, VolumeId>,
-    claim_pods: HashMap<String, HashSet<String>>,
-    pv_claim: HashMap<String, String>,
+    va_attached_volume: FastMap<String, VolumeId>,
+    claim_pods: FastMap<String, FastSet<String>>,
+    pv_claim: FastMap<String, String>,
     /// Claim -> the PVs whose claimRef names it (a static PV reserved for a claim that
     /// a StatefulSet will create, say), bound or not.
-    reserved: HashMap<String, BTreeSet<String>>,
-    pv_attachments: HashMap<String, HashSet<String>>,
+    reserved: FastMap<String, BTreeSet<String>>,
+    pv_attachments: FastMap<String, FastSet<String>>,
 
     deletions: RecentDeletions,
     readiness: Readiness,
@@ -148,21 +145,21 @@ impl ClusterState {
             config,
             nodes: FastMap::default(),
             csinodes: FastMap::default(),
-            pvs: HashMap::new(),
-            pvcs: HashMap::new(),
-            pods: HashMap::new(),
-            vas: HashMap::new(),
-            storage_classes: HashMap::new(),
+            pvs: FastMap::default(),
+            pvcs: FastMap::default(),
+            pods: FastMap::default(),
+            vas: FastMap::default(),
+            storage_classes: FastMap::default(),
             usage: FastMap::default(),
-            contributions: HashMap::new(),
-            users: HashMap::new(),
-            device_holders: HashMap::new(),
-            va_attached: HashMap::new(),
-            va_attached_volume: HashMap::new(),
-            claim_pods: HashMap::new(),
-            pv_claim: HashMap::new(),
-            reserved: HashMap::new(),
-            pv_attachments: HashMap::new(),
+            contributions: FastMap::default(),
+            users: FastMap::default(),
+            device_holders: FastMap::default(),
+            va_attached: FastMap::default(),
+            va_attached_volume: FastMap::default(),
+            claim_pods: FastMap::default(),
+            pv_claim: FastMap::default(),
+            reserved: FastMap::default(),
+            pv_attachments: FastMap::default(),
             deletions: RecentDeletions::default(),
             readiness: Readiness::default(),
             changes: 0,
@@ -833,7 +830,7 @@ impl ClusterState {
     }
 }
 
-fn remove_from(map: &mut HashMap<String, HashSet<String>>, k: &str, v: &str) {
+fn remove_from(map: &mut FastMap<String, FastSet<String>>, k: &str, v: &str) {
     if let Some(set) = map.get_mut(k) {
         set.remove(v);
         if set.is_empty() {
@@ -844,18 +841,11 @@ fn remove_from(map: &mut HashMap<String, HashSet<String>>, k: &str, v: &str) {
 
 /// The key an object is stored under: `namespace/name`, or the name for cluster-scoped kinds.
 pub fn object_key(o: &ClusterObject) -> String {
-    let meta = match o {
-        ClusterObject::Pod(p) => return key(p.namespace().unwrap_or_default(), p.name()),
-        ClusterObject::Node(x) => &x.metadata,
-        ClusterObject::CsiNode(x) => &x.metadata,
-        ClusterObject::PersistentVolume(x) => &x.metadata,
-        ClusterObject::PersistentVolumeClaim(x) => &x.metadata,
-        ClusterObject::VolumeAttachment(x) => &x.metadata,
-        ClusterObject::StorageClass(x) => &x.metadata,
-    };
-    let name = meta.name.as_deref().unwrap_or_default();
-    match meta.namespace.as_deref() {
-        Some(ns) if o.kind() == Kind::PersistentVolumeClaim => key(ns, name),
+    let id = o.identity();
+    let name = id.name.unwrap_or_default();
+    match (o.kind(), id.namespace) {
+        (Kind::Pod, ns) => key(ns.unwrap_or_default(), name),
+        (Kind::PersistentVolumeClaim, Some(ns)) => key(ns, name),
         _ => name.to_owned(),
     }
 }

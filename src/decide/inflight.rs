@@ -9,7 +9,6 @@
 //! Pure data: the clock is passed in.
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::{
         Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +18,10 @@ use std::{
 
 use crate::{
     cluster::ClusterState,
-    model::drivers::{DriverId, VolumeId},
+    model::{
+        drivers::{DriverId, VolumeId},
+        fast_hash::{FastMap, FastSet},
+    },
 };
 
 /// How long a placement counts at most without the state accounting for it: longer
@@ -67,8 +69,8 @@ pub struct DriverVolumes {
     pub pending: u32,
 }
 
-/// Node names from the cluster state: trusted, so a fast hasher.
-type NodeSet = HashSet<Arc<str>, foldhash::fast::RandomState>;
+/// Node names from the cluster state.
+type NodeSet = FastSet<Arc<str>>;
 
 /// Where the judge presumes the placements in flight are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,7 +249,7 @@ enum Status {
 /// Every pod in flight, by `namespace/name`.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    placements: HashMap<String, Arc<Placement>>,
+    placements: FastMap<String, Arc<Placement>>,
 }
 
 impl InFlight {

@@ -1,7 +1,9 @@
 //! The configured drivers, compiled into lookups: which driver a CSI name, a flexVolume
 //! driver or a node's extended resource belongs to. Built once from the config.
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{fmt, sync::Arc};
+
+use super::fast_hash::FastMap;
 
 use crate::model::config::{Config, DriverConfig, HANDLE_PLACEHOLDER};
 
@@ -33,11 +35,11 @@ pub enum Mode {
 #[derive(Debug, Clone, Default)]
 pub struct Drivers {
     list: Vec<DriverConfig>,
-    by_csi: HashMap<String, DriverId>,
-    by_flex: HashMap<String, DriverId>,
-    by_class: HashMap<String, DriverId>,
-    by_kind: HashMap<String, DriverId>,
-    by_name: HashMap<String, DriverId>,
+    by_csi: FastMap<String, DriverId>,
+    by_flex: FastMap<String, DriverId>,
+    by_class: FastMap<String, DriverId>,
+    by_kind: FastMap<String, DriverId>,
+    by_name: FastMap<String, DriverId>,
 }
 
 impl Drivers {

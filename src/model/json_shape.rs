@@ -6,7 +6,7 @@ use std::{fmt, marker::PhantomData};
 
 use serde::{
     Deserialize, Deserializer,
-    de::{MapAccess, Visitor, value::MapAccessDeserializer},
+    de::{IgnoredAny, MapAccess, Visitor, value::MapAccessDeserializer},
 };
 
 /// Whether a body starts as a JSON object (its first non-blank byte is `{`).
@@ -42,6 +42,11 @@ where
     T: Deserialize<'de>,
 {
     Ok(Option::<Object<T>>::deserialize(d)?.map(|o| o.0))
+}
+
+/// A value that is there and not `null`, whatever it holds (it is skipped, not built).
+pub fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<IgnoredAny>::deserialize(d)?.is_some())
 }
 
 /// Reads a list of `T`, each from a JSON object; null is the empty list.

@@ -191,7 +191,7 @@ pub struct ContainerView {
     #[serde(default, deserialize_with = "json_shape::object_or_null")]
     pub resources: Option<ResourcesView>,
     /// Present: the user's probe, never touched.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "json_shape::present")]
     pub liveness_probe: bool,
 }
 
@@ -465,11 +465,6 @@ where
     T: Deserialize<'de>,
 {
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
-}
-
-/// A value that is there and not `null`, whatever it holds.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    Ok(Option::<IgnoredAny>::deserialize(d)?.is_some())
 }
 
 /// The keys of an object; its values are skipped.

@@ -4,7 +4,6 @@
 
 use std::{
     borrow::Cow,
-    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,7 +27,9 @@ use crate::{
         judge::{FailKind, Judge, Judgement, Verdict},
         resolve::resolve,
     },
-    model::{config::Config, json_shape, podview::PodView, volume::pod_volumes},
+    model::{
+        config::Config, fast_hash::FastSet, json_shape, podview::PodView, volume::pod_volumes,
+    },
     server::{app::App, metrics::Metrics, pool::Ticket, reply::bad_request},
 };
 
@@ -139,8 +140,8 @@ impl Candidates<'_> {
     /// answered names back through a map of its candidates and adds scores up per host,
     /// so a name answered twice would be a duplicate feasible node and a doubled score.
     fn keep_first_of_each_name(&mut self) {
-        let mut seen: HashSet<&str, foldhash::fast::RandomState> =
-            HashSet::with_capacity_and_hasher(self.names.len(), Default::default());
+        let mut seen: FastSet<&str> =
+            FastSet::with_capacity_and_hasher(self.names.len(), Default::default());
         let keep: Vec<bool> = self.names.iter().map(|n| seen.insert(n)).collect();
         if !keep.contains(&false) {
             return;
