@@ -672,7 +672,10 @@ async fn a_watch_failing_after_every_response_head_keeps_failing_until_a_bookmar
     .await;
     assert_eq!(live.seen("list", Kind::Pod), lists, "no relist: a rewatch");
     let recovered = logs
-        .until("INFO", "the recovery is logged", |l| !l.is_empty())
+        .until("INFO", "the recovery is logged", |l| {
+            l.iter()
+                .any(|l| l.starts_with("volguard::sources::watch::recovery: watch recovered"))
+        })
         .await;
     assert_eq!(recovered.len(), 1, "{recovered:#?}");
     assert!(

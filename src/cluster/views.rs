@@ -2,12 +2,22 @@
 //! volguard reads. A snapshot's objects are decoded straight into them, so that the
 //! tens of thousands of these in a large cluster cost their few fields at start rather
 //! than k8s-openapi's full types; watches deliver the full types, which are converted by
-//! moving those fields out. Each field is read as k8s-openapi reads it (a required
-//! field that is absent or null is its default) and objects from JSON
-//! objects only (see [`json_shape`]), so the view accepts what the full type accepts.
+//! moving those fields out. Each field read is read as k8s-openapi reads it (a required
+//! field that is absent or null is its default, `apiVersion` and `kind` must be the
+//! type's), objects from JSON objects only (see [`json_shape`]): a document is refused
+//! for what it holds in these fields exactly when the full type refuses it. The fields
+//! not read are skipped unchecked, as for pods, and a key given twice is refused (the
+//! full types keep the last; the API server never writes one twice).
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::{
+    Resource,
+    api::core::v1::{
+        CephFSPersistentVolumeSource, HostPathVolumeSource, ISCSIPersistentVolumeSource,
+        LocalVolumeSource, RBDPersistentVolumeSource,
+    },
+};
 use k8s_openapi::{
     api::{
         core::v1::{
@@ -18,9 +28,42 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use serde::{Deserialize, Deserializer};
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, Unexpected},
+};
 
 use crate::model::json_shape;
+
+/// `apiVersion` or `kind`, found to be the full type's (or absent), as k8s-openapi
+/// checks them: a VolumeAttachment of another version is refused, not misread.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TypeChecked;
+
+/// Reads `apiVersion`, which must be `R`'s.
+fn api_version_of<'de, R: Resource, D: Deserializer<'de>>(d: D) -> Result<TypeChecked, D::Error> {
+    expect(d, R::API_VERSION)
+}
+
+/// Reads `kind`, which must be `R`'s.
+fn kind_of<'de, R: Resource, D: Deserializer<'de>>(d: D) -> Result<TypeChecked, D::Error> {
+    expect(d, R::KIND)
+}
+
+fn expect<'de, D: Deserializer<'de>>(d: D, want: &'static str) -> Result<TypeChecked, D::Error> {
+    let got = String::deserialize(d)?;
+    if got == want {
+        Ok(TypeChecked)
+    } else {
+        Err(de::Error::invalid_value(Unexpected::Str(&got), &want))
+    }
+}
+
+/// Whether a PV source of type `T` is there, read in full as k8s-openapi reads it (these
+/// are rare, and only their presence matters).
+fn source<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.is_some())
+}
 
 /// `metadata`: what tells one object, and one read of it, from another.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -74,6 +117,16 @@ where
 /// A PersistentVolume as volguard reads it.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct PvView {
+    /// `apiVersion`, checked.
+    #[serde(
+        rename = "apiVersion",
+        default,
+        deserialize_with = "api_version_of::<PersistentVolume, _>"
+    )]
+    pub api_version: TypeChecked,
+    /// `kind`, checked.
+    #[serde(default, deserialize_with = "kind_of::<PersistentVolume, _>")]
+    pub kind: TypeChecked,
     /// Its name and versions.
     #[serde(default, deserialize_with = "object_or_default")]
     pub metadata: MetaView,
@@ -108,19 +161,22 @@ pub struct PvSpecView {
     #[serde(default, deserialize_with = "json_shape::object_or_null")]
     pub nfs: Option<NfsView>,
     /// A `local` source is there.
-    #[serde(default, deserialize_with = "json_shape::present")]
+    #[serde(default, deserialize_with = "source::<LocalVolumeSource, _>")]
     pub local: bool,
     /// A `hostPath` source is there.
-    #[serde(default, deserialize_with = "json_shape::present")]
+    #[serde(default, deserialize_with = "source::<HostPathVolumeSource, _>")]
     pub host_path: bool,
     /// An `iscsi` source is there.
-    #[serde(default, deserialize_with = "json_shape::present")]
+    #[serde(default, deserialize_with = "source::<ISCSIPersistentVolumeSource, _>")]
     pub iscsi: bool,
     /// A `cephfs` source is there.
-    #[serde(default, deserialize_with = "json_shape::present")]
+    #[serde(
+        default,
+        deserialize_with = "source::<CephFSPersistentVolumeSource, _>"
+    )]
     pub cephfs: bool,
     /// An `rbd` source is there.
-    #[serde(default, deserialize_with = "json_shape::present")]
+    #[serde(default, deserialize_with = "source::<RBDPersistentVolumeSource, _>")]
     pub rbd: bool,
 }
 
@@ -183,6 +239,8 @@ pub struct PhaseView {
 impl From<PersistentVolume> for PvView {
     fn from(pv: PersistentVolume) -> Self {
         PvView {
+            api_version: TypeChecked,
+            kind: TypeChecked,
             metadata: pv.metadata.into(),
             spec: pv.spec.map(|s| PvSpecView {
                 access_modes: s.access_modes,
@@ -242,6 +300,16 @@ impl From<NFSVolumeSource> for NfsView {
 /// A PersistentVolumeClaim as volguard reads it.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct PvcView {
+    /// `apiVersion`, checked.
+    #[serde(
+        rename = "apiVersion",
+        default,
+        deserialize_with = "api_version_of::<PersistentVolumeClaim, _>"
+    )]
+    pub api_version: TypeChecked,
+    /// `kind`, checked.
+    #[serde(default, deserialize_with = "kind_of::<PersistentVolumeClaim, _>")]
+    pub kind: TypeChecked,
     /// Its namespace, name, uid and version.
     #[serde(default, deserialize_with = "object_or_default")]
     pub metadata: MetaView,
@@ -268,6 +336,8 @@ pub struct PvcSpecView {
 impl From<PersistentVolumeClaim> for PvcView {
     fn from(pvc: PersistentVolumeClaim) -> Self {
         PvcView {
+            api_version: TypeChecked,
+            kind: TypeChecked,
             metadata: pvc.metadata.into(),
             spec: pvc.spec.map(|s| PvcSpecView {
                 volume_name: s.volume_name,
@@ -281,6 +351,16 @@ impl From<PersistentVolumeClaim> for PvcView {
 /// A VolumeAttachment as volguard reads it.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct VaView {
+    /// `apiVersion`, checked.
+    #[serde(
+        rename = "apiVersion",
+        default,
+        deserialize_with = "api_version_of::<VolumeAttachment, _>"
+    )]
+    pub api_version: TypeChecked,
+    /// `kind`, checked.
+    #[serde(default, deserialize_with = "kind_of::<VolumeAttachment, _>")]
+    pub kind: TypeChecked,
     /// Its name and versions.
     #[serde(default, deserialize_with = "object_or_default")]
     pub metadata: MetaView,
@@ -339,6 +419,8 @@ impl From<VolumeAttachment> for VaView {
     fn from(va: VolumeAttachment) -> Self {
         let source = va.spec.source;
         VaView {
+            api_version: TypeChecked,
+            kind: TypeChecked,
             metadata: va.metadata.into(),
             spec: VaSpecView {
                 attacher: va.spec.attacher,
@@ -439,10 +521,22 @@ mod tests {
             json!({"spec": {"claimRef": {"name": 1}}}),
             json!({"spec": {"flexVolume": {"driver": "f", "options": {"a": 1}}}}),
             json!({"metadata": ["pv-1"]}),
+            json!({"apiVersion": "v1", "kind": "PersistentVolume"}),
+            json!({"apiVersion": "storage.k8s.io/v1"}),
+            json!({"apiVersion": null}),
+            json!({"kind": "PersistentVolumeClaim"}),
+            json!({"spec": {"hostPath": "/srv"}}),
+            json!({"spec": {"local": true}}),
+            json!({"spec": {"local": []}}),
+            json!({"spec": {"iscsi": {"lun": "0"}}}),
+            json!({"spec": {"rbd": {"monitors": "m"}}}),
+            json!({"spec": {"cephfs": {"monitors": ["m"]}, "hostPath": {"path": "/x"}}}),
             json!({"metadata": {"name": null, "uid": 5}}),
             json!({"status": {"phase": 1}}),
         ]);
         alike::<PersistentVolumeClaim, PvcView>(&[
+            json!({"apiVersion": "v2"}),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim"}),
             json!({"metadata": null, "spec": null}),
             json!({"spec": {"volumeName": 3}}),
             json!({"spec": {"accessModes": [1]}}),
@@ -456,6 +550,20 @@ mod tests {
             json!({"spec": {"source": []}}),
             json!({"status": {}}),
             json!({"status": {"attached": "yes"}}),
+            json!({"apiVersion": "storage.k8s.io/v1beta1"}),
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment"}),
         ]);
+    }
+
+    /// A key given twice: the full types keep the last, the views refuse the document
+    /// (as the pod view always has); the API server never writes one twice.
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let twice = r#"{"spec": {"storageClassName": "a"}, "spec": {"storageClassName": "b"}}"#;
+        assert!(serde_json::from_str::<PersistentVolume>(twice).is_ok());
+        let e = serde_json::from_str::<PvView>(twice)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("duplicate field `spec`"), "{e}");
     }
 }
