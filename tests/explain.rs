@@ -98,9 +98,9 @@ fn linode_web_prints_the_patch_and_one_row_per_node() {
              \x20 pass          the extender keeps the node\n\
              \x20 unresolvable  turned away; preemption cannot help (every rule, the attach limit included)\n\
              \x20 fail          turned away; the scheduler may try preemption there (a node not in volguard's state yet)\n\
-             \x20 SCORE         0-10: 10 = the node holds every managed volume of the pod;\n\
+             \x20 SCORE         0-10, as /prioritize gives it: 10 = the node holds every managed volume of the pod;\n\
              \x20               else 1 + 8 * free / limit after placing the pod, on the tightest driver (9 = no limit);\n\
-             \x20               0 = turned away; /prioritize answers it less the lowest candidate's\n\
+             \x20               0 = turned away\n\
              \x20 SLOTS         per driver of the pod: volumes attached to or in use on the node / its attach limit\n\
              \x20 REASON        what kube-scheduler is told (it prints it after a node count), then this node's numbers\n"
         ),

@@ -37,9 +37,9 @@ legend:
   pass          the extender keeps the node
   unresolvable  turned away; preemption cannot help (every rule, the attach limit included)
   fail          turned away; the scheduler may try preemption there (a node not in volguard's state yet)
-  SCORE         0-10: 10 = the node holds every managed volume of the pod;
+  SCORE         0-10, as /prioritize gives it: 10 = the node holds every managed volume of the pod;
                 else 1 + 8 * free / limit after placing the pod, on the tightest driver (9 = no limit);
-                0 = turned away; /prioritize answers it less the lowest candidate's
+                0 = turned away
   SLOTS         per driver of the pod: volumes attached to or in use on the node / its attach limit
   REASON        what kube-scheduler is told (it prints it after a node count), then this node's numbers
 ";

@@ -317,18 +317,6 @@ fn exactly_the_asked<'a>(
     answered: impl Iterator<Item = &'a String>,
 ) -> Result<(), String> {
     let want: HashSet<&str> = asked.iter().map(String::as_str).collect();
-    let seen = only_the_asked(&want, answered)?;
-    ensure(seen.len() == want.len(), || {
-        let missing: Vec<&&str> = want.difference(&seen).take(5).collect();
-        format!("asked nodes left unanswered, e.g. {missing:?}")
-    })
-}
-
-/// The names answered, each an asked one and answered once.
-fn only_the_asked<'a, 'w>(
-    want: &HashSet<&'w str>,
-    answered: impl Iterator<Item = &'a String>,
-) -> Result<HashSet<&'a str>, String> {
     let mut seen = HashSet::with_capacity(want.len());
     for name in answered {
         ensure(want.contains(name.as_str()), || {
@@ -338,7 +326,10 @@ fn only_the_asked<'a, 'w>(
             format!("node {name:?} answered twice")
         })?;
     }
-    Ok(seen)
+    ensure(seen.len() == want.len(), || {
+        let missing: Vec<&&str> = want.difference(&seen).take(5).collect();
+        format!("asked nodes left unanswered, e.g. {missing:?}")
+    })
 }
 
 #[derive(Deserialize)]
@@ -350,29 +341,17 @@ struct HostPriority {
     score: i64,
 }
 
-/// A 200 from /prioritize: a list of `{Host, Score}` with integer scores in 1..=10, each
-/// an asked node, once; kube-scheduler adds nothing to a node left out. Returned as
-/// every distinct asked node in the order asked, a node left out scoring 0.
+/// A 200 from /prioritize: a list of `{Host, Score}` with integer scores in 0..=10,
+/// every distinct asked node exactly once and no other.
 pub fn priorities(request: &[u8], body: &[u8]) -> Result<Vec<(String, i64)>, String> {
     let asked = asked(request)?;
     let list: Vec<HostPriority> = serde_json::from_slice(body)
         .map_err(|e| format!("not a HostPriorityList ({e}): {}", excerpt(body)))?;
     for p in &list {
-        ensure((1..=10).contains(&p.score), || {
-            format!(
-                "score {} for {:?} is outside 1..=10 (a node scoring 0 is left out)",
-                p.score, p.host
-            )
+        ensure((0..=10).contains(&p.score), || {
+            format!("score {} for {:?} is outside 0..=10", p.score, p.host)
         })?;
     }
-    let want: HashSet<&str> = asked.names.iter().map(String::as_str).collect();
-    only_the_asked(&want, list.iter().map(|p| &p.host))?;
-    let scored: BTreeMap<&str, i64> = list.iter().map(|p| (p.host.as_str(), p.score)).collect();
-    let mut seen = HashSet::with_capacity(want.len());
-    Ok(asked
-        .names
-        .iter()
-        .filter(|n| seen.insert(n.as_str()))
-        .map(|n| (n.clone(), scored.get(n.as_str()).copied().unwrap_or(0)))
-        .collect())
+    exactly_the_asked(&asked.names, list.iter().map(|p| &p.host))?;
+    Ok(list.into_iter().map(|p| (p.host, p.score)).collect())
 }

@@ -566,8 +566,8 @@ pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, 
     }
 }
 
-/// Answers a `/prioritize` body with a `HostPriorityList` body (see [`relative`] for
-/// which candidates it lists). Pods in flight count on the node they were scored highest for, so that a burst is
+/// Answers a `/prioritize` body with a `HostPriorityList` body: one entry per candidate.
+/// Pods in flight count on the node they were scored highest for, so that a burst is
 /// spread; the node this pod scores highest on is noted for the pods after it.
 /// Stops early, answering nothing, once `abandoned` is set.
 pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, ExtenderError> {
@@ -654,28 +654,13 @@ fn prioritize_with(
         }
     };
     drop(state);
-    Some(serde_json::to_vec(&relative(&candidates.names, &scores)).map_err(encode_failed))
-}
-
-/// The scores as kube-scheduler needs them: each less the lowest candidate's, and only
-/// the candidates above it. kube-scheduler adds an extender's score to each node it
-/// lists and nothing to the others, so taking the same amount off every candidate
-/// changes no node's rank; and a list of every candidate is what an extender costs it
-/// most (a null extender answering 1,000 entries instead of none took it about 4 ms
-/// more CPU per pod). Among nodes of equal final score kube-scheduler then
-/// prefers those listed (it draws a random tie-break for listed nodes only): those with
-/// the pod's volumes or more free attach slots. `explain` shows the whole scores.
-fn relative<'a>(names: &'a [Cow<'a, str>], scores: &[u8]) -> Vec<HostPriority<'a>> {
-    let lowest = scores.iter().copied().min().unwrap_or(0);
-    names
+    let list: Vec<HostPriority> = candidates
+        .names
         .iter()
         .zip(scores)
-        .filter(|(_, score)| **score > lowest)
-        .map(|(name, score)| HostPriority {
-            host: name,
-            score: score - lowest,
-        })
-        .collect()
+        .map(|(name, score)| HostPriority { host: name, score })
+        .collect();
+    Some(serde_json::to_vec(&list).map_err(encode_failed))
 }
 
 fn encode_failed(e: serde_json::Error) -> ExtenderError {
