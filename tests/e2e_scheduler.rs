@@ -323,44 +323,84 @@ async fn a_pod_that_fits_nowhere_stays_pending_with_volguards_reasons() {
 
 /// With hundreds of nodes of which a handful fit, the shipped profile lets the
 /// extender see every node that passed the in-tree filters, so the first attempt binds.
+/// The fitting nodes are created last, beyond the sample a default percentage would
+/// show the extender first (see the next test).
 #[cfg_attr(
     feature = "skip-e2e",
     ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
 )]
 #[tokio::test(flavor = "multi_thread")]
 async fn many_nodes_few_fits_bind_in_the_first_attempt() {
-    const NODES: usize = 500;
     let cp = ControlPlane::start().await;
-    shop_with_data_claim(&cp).await;
-    let fits = ["node-123", "node-321", "node-455"];
-    let names: Vec<String> = (0..NODES).map(|i| format!("node-{i:03}")).collect();
+    let created = few_fits(&cp).await;
+    let node = cp.bound_node("shop", "web", BIND).await;
+    let elapsed = created.elapsed();
+    let failed = cp.events("shop", "web", "FailedScheduling").await;
+    assert!(
+        node.as_deref().is_some_and(|n| FITS.contains(&n)),
+        "bound to {node:?}"
+    );
+    assert_eq!(
+        failed,
+        Vec::<String>::new(),
+        "no failed attempt before the binding"
+    );
+    println!("{FEW_FITS_NODES} nodes, 3 fit: bound in {elapsed:?}");
+}
+
+/// The negative control of the test above: with kube-scheduler's default percentage
+/// (`max(100, 500 x 46 %)` = 230 of 500 nodes found passing its own filters, counted
+/// from the first node), the extender sees none of the fitting nodes on the first
+/// attempt, which fails with volguard's reason.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs the real control plane (Go); built with --features skip-e2e"
+)]
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_default_percentage_the_first_attempt_misses_the_few_fits() {
+    let cp = ControlPlane::start_with(Options {
+        scheduler_config: Some(json!({"percentageOfNodesToScore": 0})),
+        ..Options::default()
+    })
+    .await;
+    few_fits(&cp).await;
+    // The event stays when a later attempt binds the pod (the condition does not).
+    let failed = control_plane::wait_for(BIND, || async {
+        let failed = cp.events("shop", "web", "FailedScheduling").await;
+        (!failed.is_empty()).then_some(failed)
+    })
+    .await
+    .expect("the first attempt fails");
+    let first = &failed[0];
+    assert!(
+        first.starts_with("0/500 nodes are available: ")
+            && first.contains("node(s) at the linode attach limit (limit from CSINode)"),
+        "{first}"
+    );
+}
+
+const FEW_FITS_NODES: usize = 500;
+/// Created last of the 500: beyond the first 230, whatever the creation order within
+/// a batch of 16.
+const FITS: [&str; 3] = ["node-321", "node-455", "node-499"];
+
+/// 500 linode nodes with one slot each, held by an attached volume, except [`FITS`] with
+/// four; then the pod `shop/web` with one claim. Returns when the pod was created.
+async fn few_fits(cp: &ControlPlane) -> Instant {
+    shop_with_data_claim(cp).await;
+    let names: Vec<String> = (0..FEW_FITS_NODES)
+        .map(|i| format!("node-{i:03}"))
+        .collect();
     stream::iter(names.iter())
-        .for_each_concurrent(16, |name| {
-            let cp = &cp;
-            async move {
-                let handle = format!("full-{name}");
-                if fits.contains(&name.as_str()) {
-                    linode_node(cp, name, Some(4), &[&handle], json!({})).await;
-                } else {
-                    linode_node(cp, name, Some(1), &[&handle], json!({})).await;
-                }
-            }
+        .for_each_concurrent(16, |name| async move {
+            let handle = format!("full-{name}");
+            let slots = if FITS.contains(&name.as_str()) { 4 } else { 1 };
+            linode_node(cp, name, Some(slots), &[&handle], json!({})).await;
         })
         .await;
     let created = Instant::now();
     cp.pod("shop", pod("web", &["data"], None)).await;
-    let node = cp.bound_node("shop", "web", BIND).await;
-    let elapsed = created.elapsed();
-    assert!(
-        node.as_deref().is_some_and(|n| fits.contains(&n)),
-        "bound to {node:?}"
-    );
-    assert_eq!(
-        cp.events("shop", "web", "FailedScheduling").await,
-        Vec::<String>::new(),
-        "no failed attempt before the binding"
-    );
-    println!("{NODES} nodes, 3 fit: bound in {elapsed:?}");
+    created
 }
 
 /// A pending pod is bound once a change made through the API frees a node: time from
