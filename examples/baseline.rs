@@ -7,7 +7,9 @@
 //!   with every node of the request passing (its `NodeNames`, as a `nodeCacheCapable`
 //!   extender answers): a null extender kube-scheduler can run with.
 //! - POST /prioritize answers `[]`: every node scores 0, the cheapest valid answer
-//!   (kube-scheduler gives the nodes an answer leaves out 0).
+//!   (kube-scheduler gives the nodes an answer leaves out 0); or, when FILTER_ANSWER is
+//!   `echo-and-score`, the same score for every node of the request: what any extender
+//!   that scores nodes makes kube-scheduler read.
 //! - With CLIENT_CA, the TLS handshake requires a client certificate from that CA
 //!   named `volguard-scheduler`, as the shipped `volguard serve` asks of the scheduler.
 //!
@@ -29,7 +31,7 @@ fn main() {
         [l, c, k, m, f, ca] => (l, c, k, m, f, Some(ca)),
         _ => {
             eprintln!(
-                "usage: baseline LISTEN CERT KEY MUTATE_ANSWER FILTER_ANSWER|echo [CLIENT_CA]"
+                "usage: baseline LISTEN CERT KEY MUTATE_ANSWER FILTER_ANSWER|echo|echo-and-score [CLIENT_CA]"
             );
             std::process::exit(2);
         }
@@ -55,7 +57,7 @@ fn main() {
         "/mutate",
         post(move |_body: Bytes| constant(mutate.clone())),
     );
-    let router = if filter == "echo" {
+    let router = if filter == "echo" || filter == "echo-and-score" {
         router.route("/filter", post(echo_nodes))
     } else {
         let filter = Bytes::from(read(filter));
@@ -64,12 +66,15 @@ fn main() {
             post(move |_body: Bytes| constant(filter.clone())),
         )
     };
-    let router = router
-        .route(
+    let router = if filter == "echo-and-score" {
+        router.route("/prioritize", post(score_every_node))
+    } else {
+        router.route(
             "/prioritize",
             post(|_body: Bytes| constant(Bytes::from_static(b"[]"))),
         )
-        .layer(DefaultBodyLimit::max(128 << 20));
+    };
+    let router = router.layer(DefaultBodyLimit::max(128 << 20));
     tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(async move {
@@ -111,4 +116,34 @@ async fn echo_nodes(body: Bytes) -> axum::response::Response {
     let names = args.node_names.map_or("null", RawValue::get);
     let answer = format!(r#"{{"NodeNames":{names},"FailedNodes":{{}},"Error":""}}"#);
     ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
+}
+
+/// Every node of the request (its `NodeNames`) with the same score, as a
+/// `HostPriorityList`.
+async fn score_every_node(body: Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    #[derive(Deserialize)]
+    struct Names<'a> {
+        #[serde(rename = "NodeNames", borrow, default)]
+        node_names: Vec<std::borrow::Cow<'a, str>>,
+    }
+    #[derive(serde::Serialize)]
+    struct HostPriority<'a> {
+        #[serde(rename = "Host")]
+        host: &'a str,
+        #[serde(rename = "Score")]
+        score: u8,
+    }
+    let Ok(args) = serde_json::from_slice::<Names>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not ExtenderArgs").into_response();
+    };
+    let list: Vec<HostPriority> = args
+        .node_names
+        .iter()
+        .map(|n| HostPriority { host: n, score: 5 })
+        .collect();
+    match serde_json::to_vec(&list) {
+        Ok(answer) => ([(header::CONTENT_TYPE, "application/json")], answer).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }

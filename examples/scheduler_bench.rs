@@ -6,17 +6,20 @@
 //! 1. `--nodes` fake Nodes (Ready, untainted) with a CSINode registering the linode
 //!    driver (`allocatable.count` 16), and a bound linode PV/PVC pair per pod, all
 //!    written concurrently through the API; volguard's cache is waited for.
-//! 2. `--pods` pods for each of three schedulers, identical but for `schedulerName`,
+//! 2. `--pods` pods for each scheduler, identical but for `schedulerName`,
 //!    each mounting its own claim and annotated `volguard.io/route: "false"` (so that
 //!    the webhook leaves `schedulerName` alone), all created through the webhook (the first
 //!    `--sequential` one at a time, the rest `--concurrency` at a time); the API
 //!    server's webhook histogram is scraped around each part.
-//! 3. Three kube-scheduler processes of the same binary, one after the other, each
-//!    alone: the stock configuration (profile `default-scheduler`); the shipped
-//!    configuration without its extender (`percentageOfNodesToScore: 100`, profile
-//!    `no-extender`); the shipped configuration as the harness runs it (extender at
-//!    volguard, profile `volguard-scheduler`). All three run as the shipped
-//!    scheduler's ServiceAccount with the same `clientConnection` rate limits.
+//! 3. kube-scheduler processes of the same binary, one after the other, each alone:
+//!    the stock configuration (profile `default-scheduler`); the shipped configuration
+//!    without its extender (`percentageOfNodesToScore: 100`, profile `no-extender`);
+//!    with a null extender answering `/prioritize` with `[]` (`null-extender`), and
+//!    with one scoring every node alike (`null-scoring`); with TopoLVM's extender
+//!    (`--topolvm-scheduler`); with the `--baseline-volguard` build; and the shipped
+//!    configuration as the harness runs it (extender at volguard, profile
+//!    `volguard-scheduler`). All run as the shipped scheduler's ServiceAccount with
+//!    the same `clientConnection` rate limits.
 //!    Throughput is (pods − 1) / (last bind − first bind), bind times taken from a
 //!    watch.
 //!
@@ -144,6 +147,13 @@ const NULL: Phase = Phase {
     scheduler_name: "null-extender",
     what: "shipped configuration, null extender (same TLS stack and client certificate)",
 };
+/// The limit for an extender that scores: the null extender answering `/prioritize`
+/// with every node and one score, which kube-scheduler reads and adds up per node.
+const NULL_SCORING: Phase = Phase {
+    prefix: "ns",
+    scheduler_name: "null-scoring",
+    what: "shipped configuration, null extender scoring every node alike",
+};
 /// A peer: TopoLVM's scheduler extender, doing its real work.
 const TOPOLVM: Phase = Phase {
     prefix: "tl",
@@ -200,7 +210,7 @@ async fn run(args: Args) {
     let t = Instant::now();
     cp.namespace(NAMESPACE).await;
     populate_nodes(&cp.admin, args.nodes, args.concurrency).await;
-    let mut phases: Vec<&'static Phase> = vec![&STOCK, &PROFILE, &NULL];
+    let mut phases: Vec<&'static Phase> = vec![&STOCK, &PROFILE, &NULL, &NULL_SCORING];
     if args.topolvm_scheduler.is_some() {
         phases.push(&TOPOLVM);
     }
@@ -289,7 +299,8 @@ async fn run(args: Args) {
         }
         None => None,
     };
-    let null = null_extender(&cp);
+    let null = null_extender(&cp, "echo");
+    let null_scoring = null_extender(&cp, "echo-and-score");
     let topolvm = args
         .topolvm_scheduler
         .as_deref()
@@ -320,6 +331,8 @@ async fn run(args: Args) {
                 at(&format!("https://127.0.0.1:{port}"))
             } else if phase.scheduler_name == NULL.scheduler_name {
                 at(&format!("https://127.0.0.1:{}", null.1))
+            } else if phase.scheduler_name == NULL_SCORING.scheduler_name {
+                at(&format!("https://127.0.0.1:{}", null_scoring.1))
             } else if phase.scheduler_name == TOPOLVM.scheduler_name {
                 let (_, port) = topolvm.as_ref().expect("--topolvm-scheduler");
                 let mut config = at("");
@@ -361,6 +374,7 @@ async fn run(args: Args) {
             volguard: match (&baseline, phase.scheduler_name) {
                 (Some((process, _, _)), "volguard-baseline") => process.pid(),
                 (_, "null-extender") => null.0.pid(),
+                (_, "null-scoring") => null_scoring.0.pid(),
                 (_, "topolvm") => topolvm.as_ref().and_then(|(p, _)| p.pid()),
                 _ => cp.volguard.as_ref().and_then(Component::pid),
             },
@@ -399,10 +413,11 @@ async fn run(args: Args) {
     step(started, "total");
 }
 
-/// The null extender: `examples/baseline` (beside this program) answering `/filter` with
-/// every node passing and `/prioritize` with `[]`, over volguard's TLS certificate and
-/// asking the scheduler for the same client certificate; the process and its port.
-fn null_extender(cp: &ControlPlane) -> (Component, u16) {
+/// A null extender: `examples/baseline` (beside this program) answering `/filter` with
+/// every node passing and `/prioritize` with `[]` (`mode` `echo`) or every node scored
+/// alike (`echo-and-score`), over volguard's TLS certificate and asking the scheduler for
+/// the same client certificate; the process and its port.
+fn null_extender(cp: &ControlPlane, mode: &str) -> (Component, u16) {
     let exe = std::env::current_exe().expect("the example's path");
     let baseline = exe.with_file_name("baseline");
     assert!(
@@ -418,9 +433,13 @@ fn null_extender(cp: &ControlPlane) -> (Component, u16) {
         .arg(certs.join("tls.crt"))
         .arg(certs.join("tls.key"))
         .arg("/dev/null")
-        .arg("echo")
+        .arg(mode)
         .arg(certs.join("ca.crt"));
-    let process = Component::spawn("null extender", command, cp.dir().join("null-extender.log"));
+    let process = Component::spawn(
+        "null extender",
+        command,
+        cp.dir().join(format!("null-extender-{mode}.log")),
+    );
     (process, port)
 }
 
@@ -502,6 +521,16 @@ fn report(
         rate(VOLGUARD.scheduler_name) / null,
         TOPOLVM.scheduler_name,
         rate(TOPOLVM.scheduler_name) / null,
+    );
+    let null_scoring = rate(NULL_SCORING.scheduler_name);
+    println!(
+        "ratio to the null extender that scores every node: {} {:.2}, {} {:.2}; \
+         null-scoring to null {:.2}",
+        VOLGUARD.scheduler_name,
+        rate(VOLGUARD.scheduler_name) / null_scoring,
+        TOPOLVM.scheduler_name,
+        rate(TOPOLVM.scheduler_name) / null_scoring,
+        null_scoring / null,
     );
     println!(
         "against stock (default-scheduler): no-extender {:.2}, null-extender {:.2}, {} {:.2}, {} {:.2}",

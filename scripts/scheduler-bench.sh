@@ -11,10 +11,11 @@
 #
 # Builds release (and, once, the control plane: see scripts/control-plane.sh; and
 # TopoLVM's topolvm-scheduler from e2e/topolvm), then runs examples/scheduler_bench.rs:
-# NODES fake nodes, PODS pods per scheduler, five schedulers one after the other: stock;
+# NODES fake nodes, PODS pods per scheduler, six schedulers one after the other: stock;
 # the shipped configuration without an extender; with a null extender (examples/baseline:
 # same TLS stack and client certificate as volguard, every node passes, no scores); with
-# TopoLVM's extender; with volguard's. Progress goes to stderr, the table to stdout.
+# the null extender scoring every node alike (what kube-scheduler reads from any extender
+# that scores); with TopoLVM's extender; with volguard's. Progress goes to stderr, the table to stdout.
 # Everything stops by itself, also on Ctrl-C. The figures are only meaningful on an
 # otherwise idle machine: every component shares its cores.
 set -euo pipefail
