@@ -125,8 +125,11 @@ async fn score_every_node(body: Bytes) -> axum::response::Response {
     #[derive(Deserialize)]
     struct Names<'a> {
         #[serde(rename = "NodeNames", borrow, default)]
-        node_names: Vec<std::borrow::Cow<'a, str>>,
+        node_names: Option<Vec<Name<'a>>>,
     }
+    /// Borrowed from the body unless it had to be unescaped.
+    #[derive(Deserialize)]
+    struct Name<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
     #[derive(serde::Serialize)]
     struct HostPriority<'a> {
         #[serde(rename = "Host")]
@@ -140,7 +143,11 @@ async fn score_every_node(body: Bytes) -> axum::response::Response {
     let list: Vec<HostPriority> = args
         .node_names
         .iter()
-        .map(|n| HostPriority { host: n, score: 5 })
+        .flatten()
+        .map(|n| HostPriority {
+            host: &n.0,
+            score: 5,
+        })
         .collect();
     match serde_json::to_vec(&list) {
         Ok(answer) => ([(header::CONTENT_TYPE, "application/json")], answer).into_response(),
