@@ -381,7 +381,7 @@ async fn watch_events_change_what_the_state_and_the_webhook_report() {
     live.until("worker-3's CSINode reports 9", |s| {
         let linode = s.drivers().by_csi(LINODE).unwrap();
         s.csinode("worker-3")
-            .is_some_and(|c| c.drivers.get(&linode) == Some(&Some(9)))
+            .is_some_and(|c| c.drivers.get(linode) == Some(&Some(9)))
     })
     .await;
     let answer = live.filter(&web_pod_data).await;

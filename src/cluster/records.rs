@@ -13,6 +13,7 @@ use crate::model::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
     fast_hash::FastMap,
+    per_driver::PerDriver,
     podview::PodView,
     volume::{PodVolume, exclusive, pod_volumes},
 };
@@ -37,7 +38,7 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CsiNodeRecord {
     /// Registered managed drivers; `None` count = the driver reports no limit.
-    pub drivers: FastMap<DriverId, Option<i64>>,
+    pub drivers: PerDriver<Option<i64>>,
 }
 
 /// What volguard keeps of a PersistentVolume.

@@ -6,6 +6,8 @@ use std::{
     sync::Arc,
 };
 
+use smallvec::SmallVec;
+
 use super::{
     deletions::{Deletion, RecentDeletions},
     objects::{ClusterObject, Kind},
@@ -19,6 +21,7 @@ use crate::model::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
     fast_hash::{FastMap, FastSet},
+    per_driver::PerDriver,
 };
 
 /// Who put a volume on a node in the usage index.
@@ -35,7 +38,43 @@ struct NodeUsage {
     /// How many sources name each volume on this node.
     refs: FastMap<VolumeId, u32>,
     /// Distinct volumes per driver: what the attach limit is compared with.
-    per_driver: FastMap<DriverId, u32>,
+    per_driver: PerDriver<u32>,
+}
+
+impl NodeUsage {
+    fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+}
+
+/// Everything the state keeps under one node name: its Node, its CSINode and what it
+/// holds. One slot per name, so that judging a candidate node costs one lookup (at
+/// 5,000 candidates per call, each separate lookup is a cache miss per node).
+#[derive(Debug, Default)]
+struct NodeSlot {
+    node: Option<NodeRecord>,
+    csinode: Option<CsiNodeRecord>,
+    usage: NodeUsage,
+}
+
+impl NodeSlot {
+    /// Nothing is kept under the name any more: the slot can go.
+    fn is_empty(&self) -> bool {
+        self.node.is_none() && self.csinode.is_none() && self.usage.is_empty()
+    }
+}
+
+/// A known node as the extender judges it, read with one lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeFacts<'a> {
+    /// The state's own copy of its name (see [`ClusterState::shared_name`]).
+    pub name: &'a Arc<str>,
+    /// Its Node.
+    pub node: &'a NodeRecord,
+    /// Its CSINode, if one is cached.
+    pub csinode: Option<&'a CsiNodeRecord>,
+    /// What it holds.
+    pub holdings: Holdings<'a>,
 }
 
 /// What one node holds, looked up once to answer several questions about it.
@@ -46,7 +85,7 @@ impl Holdings<'_> {
     /// Distinct volumes of `driver` attached to or used on the node.
     pub fn used(&self, driver: DriverId) -> u32 {
         self.0
-            .and_then(|u| u.per_driver.get(&driver))
+            .and_then(|u| u.per_driver.get(driver))
             .copied()
             .unwrap_or(0)
     }
@@ -96,16 +135,21 @@ pub enum ClaimBinding<'s> {
 pub struct ClusterState {
     drivers: Arc<Drivers>,
     config: Arc<Config>,
-    nodes: FastMap<Arc<str>, NodeRecord>,
-    csinodes: FastMap<String, CsiNodeRecord>,
+    /// Nodes, CSINodes and what each node holds, by node name (see [`NodeSlot`]).
+    nodes: FastMap<Arc<str>, NodeSlot>,
+    /// Slots with a Node, and slots with a CSINode.
+    node_count: usize,
+    csinode_count: usize,
     pvs: FastMap<String, PvRecord>,
     pvcs: FastMap<String, PvcRecord>,
     pods: FastMap<String, PodRecord>,
     vas: FastMap<String, VaRecord>,
     storage_classes: FastMap<String, StorageClassRecord>,
 
-    usage: FastMap<Arc<str>, NodeUsage>,
     contributions: FastMap<Source, (Arc<str>, Vec<VolumeId>)>,
+    /// Per volume, the nodes whose usage holds it: a request checks its pod's few
+    /// volumes against thousands of candidate nodes without a lookup per node.
+    holders: FastMap<VolumeId, SmallVec<[Arc<str>; 1]>>,
     users: FastMap<VolumeId, Vec<VolumeUser>>,
     device_holders: FastMap<VolumeId, BTreeSet<Arc<str>>>,
     /// Per volume, the nodes its VolumeAttachments report it attached to, by the
@@ -144,14 +188,15 @@ impl ClusterState {
             drivers,
             config,
             nodes: FastMap::default(),
-            csinodes: FastMap::default(),
+            node_count: 0,
+            csinode_count: 0,
             pvs: FastMap::default(),
             pvcs: FastMap::default(),
             pods: FastMap::default(),
             vas: FastMap::default(),
             storage_classes: FastMap::default(),
-            usage: FastMap::default(),
             contributions: FastMap::default(),
+            holders: FastMap::default(),
             users: FastMap::default(),
             device_holders: FastMap::default(),
             va_attached: FastMap::default(),
@@ -192,14 +237,16 @@ impl ClusterState {
             ClusterObject::Node(n) => {
                 let name: Arc<str> = n.metadata.name.as_deref().unwrap_or_default().into();
                 let rec = NodeRecord::from_node(n, &d);
-                self.count_change(self.nodes.get(&name) != Some(&rec));
+                self.count_change(self.node(&name) != Some(&rec));
                 self.put_node(name, rec);
             }
             ClusterObject::CsiNode(c) => {
-                let name = c.metadata.name.clone().unwrap_or_default();
+                let name = c.metadata.name.as_deref().unwrap_or_default();
                 let rec = CsiNodeRecord::from_csinode(c, &d);
-                self.count_change(self.csinodes.get(&name) != Some(&rec));
-                self.csinodes.insert(name, rec);
+                self.count_change(self.csinode(name) != Some(&rec));
+                let slot = self.slot_mut(name);
+                let added = slot.csinode.replace(rec).is_none();
+                self.csinode_count += usize::from(added);
             }
             ClusterObject::PersistentVolume(pv) => {
                 let name = pv.metadata.name.clone().unwrap_or_default();
@@ -253,10 +300,9 @@ impl ClusterState {
     /// Removes one object by kind and key (`namespace/name` for namespaced kinds).
     pub fn delete(&mut self, kind: Kind, key: &str) {
         let held = match kind {
-            Kind::Node => self.nodes.contains_key(key),
-            Kind::CsiNode => self.csinodes.contains_key(key),
-            Kind::PersistentVolume => self.pvs.contains_key(key),
-            Kind::PersistentVolumeClaim => self.pvcs.contains_key(key),
+            Kind::Node | Kind::CsiNode | Kind::PersistentVolume | Kind::PersistentVolumeClaim => {
+                self.keys_contain(kind, key)
+            }
             Kind::Pod => self.pods.contains_key(key),
             Kind::VolumeAttachment => self.vas.contains_key(key),
             Kind::StorageClass => self.storage_classes.contains_key(key),
@@ -264,14 +310,21 @@ impl ClusterState {
         self.count_change(held);
         match kind {
             Kind::Node => {
-                if let Some(name) = self.nodes.get_key_value(key).map(|(k, _)| k.clone()) {
+                if let Some(name) = self.shared_name(key).cloned() {
                     self.set_devices(&name, None);
-                    self.nodes.remove(key);
-                    self.set_contribution(Source::NodeStatus(name), None);
+                    self.node_count -= 1;
+                    self.slot_mut(&name).node = None;
+                    self.set_contribution(Source::NodeStatus(name.clone()), None);
+                    self.drop_slot_if_empty(&name);
                 }
             }
             Kind::CsiNode => {
-                self.csinodes.remove(key);
+                if let Some(slot) = self.nodes.get_mut(key)
+                    && slot.csinode.take().is_some()
+                {
+                    self.csinode_count -= 1;
+                    self.drop_slot_if_empty(key);
+                }
             }
             Kind::PersistentVolume => {
                 if let Some(old) = self.pvs.remove(key) {
@@ -385,8 +438,8 @@ impl ClusterState {
 
     fn len(&self, kind: Kind) -> usize {
         match kind {
-            Kind::Node => self.nodes.len(),
-            Kind::CsiNode => self.csinodes.len(),
+            Kind::Node => self.node_count,
+            Kind::CsiNode => self.csinode_count,
             Kind::PersistentVolume => self.pvs.len(),
             Kind::PersistentVolumeClaim => self.pvcs.len(),
             Kind::Pod => self.pods.len(),
@@ -397,8 +450,8 @@ impl ClusterState {
 
     fn keys_contain(&self, kind: Kind, key: &str) -> bool {
         match kind {
-            Kind::Node => self.nodes.contains_key(key),
-            Kind::CsiNode => self.csinodes.contains_key(key),
+            Kind::Node => self.node(key).is_some(),
+            Kind::CsiNode => self.csinode(key).is_some(),
             Kind::PersistentVolume => self.pvs.contains_key(key),
             Kind::PersistentVolumeClaim => self.pvcs.contains_key(key),
             Kind::Pod => self.pods.contains_key(key),
@@ -409,8 +462,8 @@ impl ClusterState {
 
     fn keys(&self, kind: Kind) -> Vec<String> {
         match kind {
-            Kind::Node => self.nodes.keys().map(|k| k.to_string()).collect(),
-            Kind::CsiNode => self.csinodes.keys().cloned().collect(),
+            Kind::Node => self.slot_names(|s| s.node.is_some()),
+            Kind::CsiNode => self.slot_names(|s| s.csinode.is_some()),
             Kind::PersistentVolume => self.pvs.keys().cloned().collect(),
             Kind::PersistentVolumeClaim => self.pvcs.keys().cloned().collect(),
             Kind::Pod => self.pods.keys().cloned().collect(),
@@ -473,25 +526,45 @@ impl ClusterState {
 
     /// A node's record.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
-        self.nodes.get(name)
+        self.nodes.get(name)?.node.as_ref()
+    }
+
+    /// A known node's record, CSINode and holdings, with one lookup: what judging a
+    /// candidate node reads.
+    pub fn node_facts(&self, name: &str) -> Option<NodeFacts<'_>> {
+        let (name, slot) = self.nodes.get_key_value(name)?;
+        Some(NodeFacts {
+            name,
+            node: slot.node.as_ref()?,
+            csinode: slot.csinode.as_ref(),
+            holdings: Holdings(Some(&slot.usage)),
+        })
     }
 
     /// The state's own copy of a known node's name: kept without a new allocation.
     pub fn shared_name(&self, name: &str) -> Option<&Arc<str>> {
-        self.nodes.get_key_value(name).map(|(k, _)| k)
+        self.nodes
+            .get_key_value(name)
+            .filter(|(_, slot)| slot.node.is_some())
+            .map(|(k, _)| k)
     }
 
     /// Every node's name, sorted: for reports over the whole cluster (`explain`,
     /// `nodes`, metrics), never for one request.
     pub fn node_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.nodes.keys().map(|n| &**n).collect();
+        let mut names: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|(_, slot)| slot.node.is_some())
+            .map(|(n, _)| &**n)
+            .collect();
         names.sort_unstable();
         names
     }
 
     /// A node's CSINode record.
     pub fn csinode(&self, name: &str) -> Option<&CsiNodeRecord> {
-        self.csinodes.get(name)
+        self.nodes.get(name)?.csinode.as_ref()
     }
 
     /// A claim by namespace and name.
@@ -526,7 +599,15 @@ impl ClusterState {
 
     /// Everything `node` holds, for several questions at the price of one lookup.
     pub fn holdings(&self, node: &str) -> Holdings<'_> {
-        Holdings(self.usage.get(node))
+        Holdings(self.nodes.get(node).map(|slot| &slot.usage))
+    }
+
+    /// The nodes that hold the volume: attached there or used by a pod bound there (see
+    /// [`Holdings::holds`]).
+    pub fn holders(&self, volume: &VolumeId) -> &[Arc<str>] {
+        self.holders
+            .get(volume)
+            .map_or(&[], |nodes| nodes.as_slice())
     }
 
     /// Non-terminal bound pods using the volume, with their nodes.
@@ -561,9 +642,28 @@ impl ClusterState {
     /// The cached node's own copy of its name, so that the many pods and attachments
     /// on a node share one allocation (a pod listed before its node keeps its own).
     fn shared_node_name(&self, name: Arc<str>) -> Arc<str> {
+        self.shared_name(&name).cloned().unwrap_or(name)
+    }
+
+    /// The slot of a node name, made empty if there was none.
+    fn slot_mut(&mut self, name: &str) -> &mut NodeSlot {
+        slot_in(&mut self.nodes, name)
+    }
+
+    /// Forgets a slot that keeps nothing any more.
+    fn drop_slot_if_empty(&mut self, name: &str) {
+        if self.nodes.get(name).is_some_and(NodeSlot::is_empty) {
+            self.nodes.remove(name);
+        }
+    }
+
+    /// The names of the slots that keep `what`.
+    fn slot_names(&self, what: impl Fn(&NodeSlot) -> bool) -> Vec<String> {
         self.nodes
-            .get_key_value(&*name)
-            .map_or(name, |(k, _)| k.clone())
+            .iter()
+            .filter(|(_, slot)| what(slot))
+            .map(|(name, _)| name.to_string())
+            .collect()
     }
 
     /// Counts a write that changed a record (see [`ClusterState::changes`]).
@@ -574,12 +674,23 @@ impl ClusterState {
     fn put_node(&mut self, name: Arc<str>, rec: NodeRecord) {
         self.set_devices(&name, Some(&rec));
         let attached = rec.attached.clone();
-        self.nodes.insert(name.clone(), rec);
+        let added = match self.nodes.get_mut(&*name) {
+            Some(slot) => slot.node.replace(rec).is_none(),
+            None => {
+                let slot = NodeSlot {
+                    node: Some(rec),
+                    ..NodeSlot::default()
+                };
+                self.nodes.insert(name.clone(), slot);
+                true
+            }
+        };
+        self.node_count += usize::from(added);
         self.set_contribution(Source::NodeStatus(name.clone()), Some((name, attached)));
     }
 
     fn set_devices(&mut self, node: &Arc<str>, new: Option<&NodeRecord>) {
-        if let Some(old) = self.nodes.get(node) {
+        if let Some(old) = self.nodes.get(&**node).and_then(|slot| slot.node.as_ref()) {
             for v in old.devices.keys() {
                 if let Some(set) = self.device_holders.get_mut(v) {
                     set.remove(node);
@@ -797,37 +908,53 @@ impl ClusterState {
 
     fn set_contribution(&mut self, source: Source, new: Option<(Arc<str>, Vec<VolumeId>)>) {
         if let Some((node, vols)) = self.contributions.remove(&source) {
-            let usage = self.usage.entry(node.clone()).or_default();
+            let usage = &mut slot_in(&mut self.nodes, &node).usage;
             for v in vols {
                 if let Some(n) = usage.refs.get_mut(&v) {
                     *n -= 1;
                     if *n == 0 {
                         usage.refs.remove(&v);
-                        if let Some(c) = usage.per_driver.get_mut(&v.driver) {
+                        if let Some(nodes) = self.holders.get_mut(&v) {
+                            nodes.retain(|n| **n != *node);
+                            if nodes.is_empty() {
+                                self.holders.remove(&v);
+                            }
+                        }
+                        if let Some(c) = usage.per_driver.get_mut(v.driver) {
                             *c -= 1;
                         }
                     }
                 }
             }
-            if usage.refs.is_empty() {
-                self.usage.remove(&node);
-            }
+            self.drop_slot_if_empty(&node);
         }
         if let Some((node, vols)) = new {
             if vols.is_empty() {
                 return;
             }
-            let usage = self.usage.entry(node.clone()).or_default();
+            let usage = &mut slot_in(&mut self.nodes, &node).usage;
             for v in &vols {
                 let n = usage.refs.entry(v.clone()).or_insert(0);
                 *n += 1;
                 if *n == 1 {
-                    *usage.per_driver.entry(v.driver).or_insert(0) += 1;
+                    self.holders
+                        .entry(v.clone())
+                        .or_default()
+                        .push(node.clone());
+                    *usage.per_driver.or_default(v.driver) += 1;
                 }
             }
             self.contributions.insert(source, (node, vols));
         }
     }
+}
+
+/// The slot of a node name in `nodes`, made empty if there was none.
+fn slot_in<'a>(nodes: &'a mut FastMap<Arc<str>, NodeSlot>, name: &str) -> &'a mut NodeSlot {
+    if !nodes.contains_key(name) {
+        nodes.insert(name.into(), NodeSlot::default());
+    }
+    nodes.get_mut(name).expect("inserted above")
 }
 
 fn remove_from(map: &mut FastMap<String, FastSet<String>>, k: &str, v: &str) {
@@ -847,5 +974,86 @@ pub fn object_key(o: &ClusterObject) -> String {
         (Kind::Pod, ns) => key(ns.unwrap_or_default(), name),
         (Kind::PersistentVolumeClaim, Some(ns)) => key(ns, name),
         _ => name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::synthetic::{self, Size};
+
+    /// Every (node, volume) the usage holds is in the holders index and back, with no
+    /// empty entry left.
+    fn assert_holders_mirror_usage(state: &ClusterState) {
+        let mut from_usage: BTreeSet<(String, VolumeId)> = BTreeSet::new();
+        for (node, slot) in &state.nodes {
+            for v in slot.usage.refs.keys() {
+                from_usage.insert((node.to_string(), v.clone()));
+            }
+        }
+        let mut from_holders = BTreeSet::new();
+        for (v, nodes) in &state.holders {
+            assert!(!nodes.is_empty(), "empty holders entry for {v:?}");
+            for n in nodes {
+                assert!(from_holders.insert((n.to_string(), v.clone())), "{n} twice");
+            }
+        }
+        assert_eq!(from_usage, from_holders);
+    }
+
+    #[test]
+    fn the_holders_index_follows_pods_nodes_and_their_deletion() {
+        let config = Arc::new(Config::default());
+        let mut state = ClusterState::new(config.clone(), Arc::new(Drivers::new(&config)));
+        let size = Size {
+            nodes: 4,
+            pods: 30,
+            volumes: 12,
+        };
+        let objects: Vec<ClusterObject> = synthetic::documents(size)
+            .map(|d| ClusterObject::from_value(d).expect("synthetic object"))
+            .collect();
+        for o in &objects {
+            state.apply(o);
+        }
+        assert_holders_mirror_usage(&state);
+        assert!(!state.holders.is_empty(), "the synthetic pods hold volumes");
+        let node = synthetic::node_name(1);
+        let held: Vec<VolumeId> = state.nodes[&*node].usage.refs.keys().cloned().collect();
+        assert!(!held.is_empty());
+        for v in &held {
+            assert!(state.holders(v).iter().any(|n| **n == *node));
+        }
+        // Pods go one by one, then a node with whatever its status still reports.
+        for o in objects.iter().filter(|o| o.kind() == Kind::Pod).take(10) {
+            state.delete_reported(o);
+            assert_holders_mirror_usage(&state);
+        }
+        state.delete(Kind::Node, &node);
+        state.delete(Kind::CsiNode, &node);
+        assert_holders_mirror_usage(&state);
+        for o in objects.iter().filter(|o| o.kind() == Kind::Pod) {
+            state.delete_reported(o);
+        }
+        assert_holders_mirror_usage(&state);
+        assert!(
+            !state.holders.is_empty(),
+            "the attachments still hold volumes"
+        );
+        for o in objects
+            .iter()
+            .filter(|o| o.kind() == Kind::VolumeAttachment)
+        {
+            state.delete_reported(o);
+        }
+        assert_holders_mirror_usage(&state);
+        assert!(state.holders.is_empty());
+        assert_eq!(state.len(Kind::Node), 3);
+        assert_eq!(state.len(Kind::CsiNode), 3);
+        assert!(state.node(&node).is_none() && state.csinode(&node).is_none());
+        assert!(
+            !state.nodes.contains_key(&*node),
+            "an empty slot is dropped"
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     cluster::{
         ClusterState, Missing,
         records::{CsiNodeRecord, NodeRecord},
-        state::Holdings,
+        state::{Holdings, NodeFacts},
     },
     decide::{
         inflight::{DriverVolumes, Needs, Placement, Presume},
@@ -255,7 +255,7 @@ pub fn attach_limit(
             None => {}
         }
     }
-    let registered = csinode.and_then(|c| c.drivers.get(&driver));
+    let registered = csinode.and_then(|c| c.drivers.get(driver));
     let (max, source) = match (limits.from_csi_node, registered, limits.default) {
         (true, Some(count), _) => (*count, LimitSource::CsiNode),
         (_, _, Some(n)) => (Some(n), LimitSource::ConfigDefault),
@@ -326,6 +326,9 @@ struct DriverNeed {
     at_limit: LimitReasons,
     /// Volumes with a handle: new on a node unless it holds them already.
     known: Vec<VolumeId>,
+    /// Per entry of `known`, the nodes that hold it already: read once per request,
+    /// not once per candidate node.
+    known_holders: Vec<Vec<Arc<str>>>,
     /// Unbound claims: each is one new attachment anywhere.
     pending: u32,
 }
@@ -513,16 +516,29 @@ impl<'s> Judge<'s> {
 
     /// The verdict and score for the node named `name`.
     pub fn judge(&self, name: &str) -> Judgement {
-        self.judge_presuming(name, self.in_flight.presume)
+        self.judge_named(name).0
+    }
+
+    /// [`Judge::judge`], with the state's own copy of the node's name when the node is
+    /// known (see [`ClusterState::shared_name`]), taken from the same lookup.
+    pub fn judge_named(&self, name: &str) -> (Judgement, Option<&'s Arc<str>>) {
+        let facts = self.state.node_facts(name);
+        let judgement = self.judge_facts(name, facts, self.in_flight.presume);
+        (judgement, facts.map(|f| f.name))
     }
 
     /// The verdict as if no pod were in flight: tells the nodes that pods in flight
     /// alone turn away.
     pub fn judge_unhindered(&self, name: &str) -> Judgement {
-        self.judge_presuming(name, None)
+        self.judge_facts(name, self.state.node_facts(name), None)
     }
 
-    fn judge_presuming(&self, name: &str, presume: Option<Presume>) -> Judgement {
+    fn judge_facts(
+        &self,
+        name: &str,
+        facts: Option<NodeFacts<'s>>,
+        presume: Option<Presume>,
+    ) -> Judgement {
         let plan = match &self.plan {
             Ok(p) => p,
             Err(reason) => return Judgement::fail(FailKind::VolumeUnresolved, reason, None),
@@ -530,10 +546,10 @@ impl<'s> Judge<'s> {
         if self.is_indifferent() {
             return Judgement::indifferent();
         }
-        let state = self.state;
-        let Some(node) = state.node(name) else {
+        let Some(facts) = facts else {
             return Judgement::fail(FailKind::NodeUnknown, &self.unknown_node, None);
         };
+        let (node, csinode, holdings) = (facts.node, facts.csinode, facts.holdings);
         if let Some(reason) = &plan.unprovisioned {
             return Judgement::fail(FailKind::DeviceMissing, reason, None);
         }
@@ -544,14 +560,13 @@ impl<'s> Judge<'s> {
             }
         }
         // Rule 2: the CSI driver must be registered on the node.
-        let csinode = state.csinode(name);
         for d in plan.drivers.iter() {
             let Some(reason) = &d.unregistered else {
                 continue;
             };
             let detail = match csinode {
                 None => Detail::NoCsiNode,
-                Some(c) if !c.drivers.contains_key(&d.id) => Detail::NoCsiNodeEntry,
+                Some(c) if !c.drivers.contains(d.id) => Detail::NoCsiNodeEntry,
                 Some(_) => continue,
             };
             return Judgement::fail(FailKind::DriverNotRegistered, reason, Some(detail));
@@ -571,7 +586,6 @@ impl<'s> Judge<'s> {
             }
         }
         // Rule 4: attach limits, and the score from the tightest driver.
-        let holdings = state.holdings(name);
         let mut new_total = 0;
         let mut score = MAX_SCORE - 1;
         for (i, d) in plan.drivers.iter().enumerate() {
@@ -582,7 +596,8 @@ impl<'s> Judge<'s> {
             let held = d
                 .known
                 .iter()
-                .filter(|v| holdings.holds(v) || landing.contains(v))
+                .zip(&d.known_holders)
+                .filter(|(v, holders)| holders.iter().any(|h| **h == *name) || landing.contains(v))
                 .count() as u32;
             let new = d.pending + d.known.len() as u32 - held;
             if new == 0 {
@@ -696,7 +711,9 @@ fn plan(volumes: &[ManagedVolume], state: &ClusterState, config: &Config) -> Pla
                     plan.exclusive_volumes
                         .push((id.clone(), claim.map(str::to_owned)));
                 }
-                plan.driver_need(m.driver, state, config).known.push(id);
+                let need = plan.driver_need(m.driver, state, config);
+                need.known_holders.push(state.holders(&id).to_vec());
+                need.known.push(id);
             }
         }
     }
@@ -770,6 +787,7 @@ impl DriverNeed {
             unregistered,
             at_limit: LimitReasons::new(&driver.name, annotation),
             known: Vec::new(),
+            known_holders: Vec::new(),
             pending: 0,
         }
     }

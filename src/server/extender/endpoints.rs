@@ -197,18 +197,29 @@ fn judge_for<'s>(
     Ok((!judge.is_indifferent()).then_some(judge))
 }
 
-/// Judges every candidate, in order, until `abandoned` is set.
+/// Judges every candidate, in order, until `abandoned` is set. With `passing`, collects
+/// the state's own copies of the names of the nodes that pass, taken while each node's
+/// record is at hand (a second lookup per node later would miss the cache again).
 fn judge_each(
     judge: &Judge<'_>,
     names: &[Cow<'_, str>],
     abandoned: &Abandoned,
+    mut passing: Option<&mut Vec<Arc<str>>>,
 ) -> Result<Vec<Judgement>, Unjudged> {
     let mut judged = Vec::with_capacity(names.len());
     for chunk in names.chunks(NODES_PER_LOOK) {
         if abandoned.is_set() {
             return Err(Unjudged::Abandoned);
         }
-        judged.extend(chunk.iter().map(|n| judge.judge(n)));
+        judged.extend(chunk.iter().map(|n| {
+            let (judgement, shared) = judge.judge_named(n);
+            if let (Some(passing), Some(shared)) = (passing.as_deref_mut(), shared)
+                && judgement.passes()
+            {
+                passing.push(shared.clone());
+            }
+            judgement
+        }));
     }
     Ok(judged)
 }
@@ -299,7 +310,8 @@ fn look(
         return Ok(Look::NotNow);
     }
     let judge = judge.with_in_flight(&others, Presume::Anywhere);
-    let judged = judge_each(&judge, names, abandoned)?;
+    let mut passing = Vec::new();
+    let judged = judge_each(&judge, names, abandoned, Some(&mut passing))?;
     // Wait only when pods in flight turn away every node that would pass without them
     // (nodes passing anyway are a safe answer now), and only for pods not waited for
     // in vain already that may be what turns them away.
@@ -319,13 +331,7 @@ fn look(
         }
     }
     if !needs.is_empty() {
-        let mut passing = judged
-            .iter()
-            .zip(names)
-            .filter(|(j, _)| j.passes())
-            .filter_map(|(_, n)| state.shared_name(n).cloned())
-            .peekable();
-        if passing.peek().is_none() {
+        if passing.is_empty() {
             flight.forget(&me);
         } else {
             let uid = pod.uid().map(str::to_owned);
@@ -637,7 +643,7 @@ fn prioritize_with(
                 return None;
             }
             let judge = judge.with_in_flight(&others, Presume::AtGuess);
-            let scores: Vec<u8> = match judge_each(&judge, &candidates.names, abandoned) {
+            let scores: Vec<u8> = match judge_each(&judge, &candidates.names, abandoned, None) {
                 Ok(judged) => judged.into_iter().map(|j| j.score).collect(),
                 Err(e) => return Some(Err(unjudged(e))),
             };
