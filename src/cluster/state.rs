@@ -241,10 +241,10 @@ impl ClusterState {
                 self.put_node(name, rec);
             }
             ClusterObject::CsiNode(c) => {
-                let name = c.metadata.name.as_deref().unwrap_or_default();
+                let name: Arc<str> = c.metadata.name.as_deref().unwrap_or_default().into();
                 let rec = CsiNodeRecord::from_csinode(c, &d);
-                self.count_change(self.csinode(name) != Some(&rec));
-                let slot = self.slot_mut(name);
+                self.count_change(self.csinode(&name) != Some(&rec));
+                let slot = self.slot_mut(&name);
                 let added = slot.csinode.replace(rec).is_none();
                 self.csinode_count += usize::from(added);
             }
@@ -646,7 +646,7 @@ impl ClusterState {
     }
 
     /// The slot of a node name, made empty if there was none.
-    fn slot_mut(&mut self, name: &str) -> &mut NodeSlot {
+    fn slot_mut(&mut self, name: &Arc<str>) -> &mut NodeSlot {
         slot_in(&mut self.nodes, name)
     }
 
@@ -949,12 +949,10 @@ impl ClusterState {
     }
 }
 
-/// The slot of a node name in `nodes`, made empty if there was none.
-fn slot_in<'a>(nodes: &'a mut FastMap<Arc<str>, NodeSlot>, name: &str) -> &'a mut NodeSlot {
-    if !nodes.contains_key(name) {
-        nodes.insert(name.into(), NodeSlot::default());
-    }
-    nodes.get_mut(name).expect("inserted above")
+/// The slot of a node name in `nodes`, made empty (keyed by this copy of the name) if
+/// there was none.
+fn slot_in<'a>(nodes: &'a mut FastMap<Arc<str>, NodeSlot>, name: &Arc<str>) -> &'a mut NodeSlot {
+    nodes.entry(name.clone()).or_default()
 }
 
 fn remove_from(map: &mut FastMap<String, FastSet<String>>, k: &str, v: &str) {
@@ -1055,5 +1053,65 @@ mod tests {
             !state.nodes.contains_key(&*node),
             "an empty slot is dropped"
         );
+    }
+
+    #[test]
+    fn a_slot_kept_only_for_a_csinode_or_usage_is_no_node() {
+        let config = Arc::new(Config::default());
+        let mut state = ClusterState::new(config.clone(), Arc::new(Drivers::new(&config)));
+        let size = Size {
+            nodes: 1,
+            pods: 1,
+            volumes: 1,
+        };
+        let mut objects: Vec<ClusterObject> = synthetic::documents(size)
+            .map(|d| ClusterObject::from_value(d).expect("synthetic object"))
+            .collect();
+        let at = objects.iter().position(|o| o.kind() == Kind::Node);
+        let ClusterObject::Node(node) = objects.remove(at.expect("a Node")) else {
+            unreachable!("a Node")
+        };
+        for o in &objects {
+            state.apply(o);
+        }
+        let name = synthetic::node_name(0);
+        assert_holders_mirror_usage(&state);
+        assert!(
+            !state.holders.is_empty(),
+            "the pod and its attachment hold a volume"
+        );
+        assert_eq!((state.len(Kind::Node), state.len(Kind::CsiNode)), (0, 1));
+        assert!(state.keys(Kind::Node).is_empty());
+        assert!(state.shared_name(&name).is_none() && state.node_facts(&name).is_none());
+        assert!(state.node_names().is_empty());
+
+        // The Node, its status reporting the volume twice: still one holder.
+        let handle = format!("kubernetes.io/csi/{}^000000-vol", synthetic::DRIVER);
+        let with_attached = |attached: serde_json::Value| {
+            let mut doc = serde_json::to_value(&node).expect("node");
+            doc["status"]["volumesAttached"] = attached;
+            ClusterObject::from_value(doc).expect("node")
+        };
+        let twice = serde_json::json!([
+            {"name": handle, "devicePath": ""},
+            {"name": handle, "devicePath": ""},
+        ]);
+        state.apply(&with_attached(twice));
+        assert_holders_mirror_usage(&state);
+        assert_eq!(state.len(Kind::Node), 1);
+        assert!(state.shared_name(&name).is_some() && state.node_facts(&name).is_some());
+        let volume = state.nodes[&*name].usage.refs.keys().next().cloned();
+        assert_eq!(state.holders(&volume.expect("a volume held")).len(), 1);
+
+        state.apply(&with_attached(serde_json::json!([])));
+        assert_holders_mirror_usage(&state);
+        state.delete(Kind::Node, &name);
+        state.delete(Kind::CsiNode, &name);
+        for o in &objects {
+            state.delete_reported(o);
+        }
+        assert_holders_mirror_usage(&state);
+        assert!(state.nodes.is_empty() && state.holders.is_empty());
+        assert_eq!((state.len(Kind::Node), state.len(Kind::CsiNode)), (0, 0));
     }
 }

@@ -307,6 +307,10 @@ pub fn slots(state: &ClusterState, node: &str) -> Vec<Slots> {
         .collect()
 }
 
+/// Beyond this many nodes holding a volume, a candidate node's own holdings are asked
+/// whether it holds it, rather than the list of holders searched per candidate.
+const FEW_HOLDERS: usize = 4;
+
 /// A device-plugin volume the node must advertise with a count of 1 or more.
 #[derive(Debug)]
 struct DeviceNeed {
@@ -326,9 +330,10 @@ struct DriverNeed {
     at_limit: LimitReasons,
     /// Volumes with a handle: new on a node unless it holds them already.
     known: Vec<VolumeId>,
-    /// Per entry of `known`, the nodes that hold it already: read once per request,
-    /// not once per candidate node.
-    known_holders: Vec<Vec<Arc<str>>>,
+    /// Per entry of `known`, the nodes that hold it already when they are at most
+    /// [`FEW_HOLDERS`]: read once per request, not once per candidate node. `None` for a
+    /// volume on more nodes (a multi-attach volume): each node's holdings are asked.
+    known_holders: Vec<Option<Vec<Arc<str>>>>,
     /// Unbound claims: each is one new attachment anywhere.
     pending: u32,
 }
@@ -522,33 +527,53 @@ impl<'s> Judge<'s> {
     /// [`Judge::judge`], with the state's own copy of the node's name when the node is
     /// known (see [`ClusterState::shared_name`]), taken from the same lookup.
     pub fn judge_named(&self, name: &str) -> (Judgement, Option<&'s Arc<str>>) {
-        let facts = self.state.node_facts(name);
-        let judgement = self.judge_facts(name, facts, self.in_flight.presume);
-        (judgement, facts.map(|f| f.name))
+        self.judge_presuming(name, self.in_flight.presume)
     }
 
     /// The verdict as if no pod were in flight: tells the nodes that pods in flight
     /// alone turn away.
     pub fn judge_unhindered(&self, name: &str) -> Judgement {
-        self.judge_facts(name, self.state.node_facts(name), None)
+        self.judge_presuming(name, None).0
     }
 
-    fn judge_facts(
+    /// The verdict, and the node's shared name when the node was looked up and known.
+    fn judge_presuming(
         &self,
         name: &str,
-        facts: Option<NodeFacts<'s>>,
         presume: Option<Presume>,
-    ) -> Judgement {
+    ) -> (Judgement, Option<&'s Arc<str>>) {
         let plan = match &self.plan {
             Ok(p) => p,
-            Err(reason) => return Judgement::fail(FailKind::VolumeUnresolved, reason, None),
+            Err(reason) => {
+                return (
+                    Judgement::fail(FailKind::VolumeUnresolved, reason, None),
+                    None,
+                );
+            }
         };
         if self.is_indifferent() {
-            return Judgement::indifferent();
+            return (Judgement::indifferent(), None);
         }
-        let Some(facts) = facts else {
-            return Judgement::fail(FailKind::NodeUnknown, &self.unknown_node, None);
+        let Some(facts) = self.state.node_facts(name) else {
+            return (
+                Judgement::fail(FailKind::NodeUnknown, &self.unknown_node, None),
+                None,
+            );
         };
+        (
+            self.judge_node(plan, name, facts, presume),
+            Some(facts.name),
+        )
+    }
+
+    /// The verdict for a known node.
+    fn judge_node(
+        &self,
+        plan: &Plan,
+        name: &str,
+        facts: NodeFacts<'s>,
+        presume: Option<Presume>,
+    ) -> Judgement {
         let (node, csinode, holdings) = (facts.node, facts.csinode, facts.holdings);
         if let Some(reason) = &plan.unprovisioned {
             return Judgement::fail(FailKind::DeviceMissing, reason, None);
@@ -597,7 +622,13 @@ impl<'s> Judge<'s> {
                 .known
                 .iter()
                 .zip(&d.known_holders)
-                .filter(|(v, holders)| holders.iter().any(|h| **h == *name) || landing.contains(v))
+                .filter(|(v, holders)| {
+                    let holds = match holders {
+                        Some(nodes) => nodes.iter().any(|h| **h == *name),
+                        None => holdings.holds(v),
+                    };
+                    holds || landing.contains(v)
+                })
                 .count() as u32;
             let new = d.pending + d.known.len() as u32 - held;
             if new == 0 {
@@ -712,7 +743,9 @@ fn plan(volumes: &[ManagedVolume], state: &ClusterState, config: &Config) -> Pla
                         .push((id.clone(), claim.map(str::to_owned)));
                 }
                 let need = plan.driver_need(m.driver, state, config);
-                need.known_holders.push(state.holders(&id).to_vec());
+                let holders = state.holders(&id);
+                need.known_holders
+                    .push((holders.len() <= FEW_HOLDERS).then(|| holders.to_vec()));
                 need.known.push(id);
             }
         }

@@ -311,7 +311,8 @@ fn look(
     }
     let judge = judge.with_in_flight(&others, Presume::Anywhere);
     let mut passing = Vec::new();
-    let judged = judge_each(&judge, names, abandoned, Some(&mut passing))?;
+    let collect = (!needs.is_empty()).then_some(&mut passing);
+    let judged = judge_each(&judge, names, abandoned, collect)?;
     // Wait only when pods in flight turn away every node that would pass without them
     // (nodes passing anyway are a safe answer now), and only for pods not waited for
     // in vain already that may be what turns them away.
