@@ -115,6 +115,19 @@ struct Args {
     /// configuration and TopoLVM's extender instead of volguard's.
     #[arg(long)]
     topolvm_scheduler: Option<std::path::PathBuf>,
+    /// Writes a CPU profile of each scheduler to `DIR/<scheduler name>.pprof`: Go's
+    /// `/debug/pprof/profile` for `--pprof-seconds`, from a second after the
+    /// scheduler's first bind (`go tool pprof -top -diff_base A.pprof B.pprof`).
+    #[arg(long, value_name = "DIR")]
+    pprof: Option<std::path::PathBuf>,
+    /// How long each `--pprof` profile runs.
+    #[arg(long, default_value_t = 8)]
+    pprof_seconds: u64,
+    /// The schedulers to run, in this order, by scheduler name (default: all, stock
+    /// first and volguard's last): to see whether a phase's place in the run moves
+    /// its figures, run them in another order.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    phases: Vec<String>,
 }
 
 /// One scheduler run: its pods' name prefix and scheduler name, and what it is.
@@ -165,6 +178,54 @@ const VOLGUARD: Phase = Phase {
     scheduler_name: control_plane::SCHEDULER,
     what: "shipped configuration, extender at volguard",
 };
+/// Every phase, in the default order.
+const ALL_PHASES: [&Phase; 7] = [
+    &STOCK,
+    &PROFILE,
+    &NULL,
+    &NULL_SCORING,
+    &TOPOLVM,
+    &BASELINE,
+    &VOLGUARD,
+];
+
+/// The phases to run: `--phases` in its order, or every phase whose extender is
+/// there (TopoLVM's and the baseline build only when given); exits on a name that is
+/// no phase, or a phase whose binary is missing.
+fn phases(args: &Args) -> Vec<&'static Phase> {
+    let available = |p: &Phase| {
+        (p.scheduler_name != TOPOLVM.scheduler_name || args.topolvm_scheduler.is_some())
+            && (p.scheduler_name != BASELINE.scheduler_name || args.baseline_volguard.is_some())
+    };
+    if args.phases.is_empty() {
+        return ALL_PHASES.into_iter().filter(|p| available(p)).collect();
+    }
+    let mut chosen: Vec<&'static Phase> = Vec::new();
+    for name in &args.phases {
+        let Some(phase) = ALL_PHASES.into_iter().find(|p| p.scheduler_name == name) else {
+            let names: Vec<&str> = ALL_PHASES.iter().map(|p| p.scheduler_name).collect();
+            eprintln!(
+                "--phases: no phase {name:?}; the phases: {}",
+                names.join(", ")
+            );
+            std::process::exit(2);
+        };
+        if !available(phase) {
+            eprintln!("--phases: {name} needs --topolvm-scheduler or --baseline-volguard");
+            std::process::exit(2);
+        }
+        if chosen
+            .iter()
+            .any(|c| c.scheduler_name == phase.scheduler_name)
+        {
+            eprintln!("--phases: {name} is named twice");
+            std::process::exit(2);
+        }
+        chosen.push(phase);
+    }
+    chosen
+}
+
 /// TopoLVM's capacity annotation (device class `00default`): each node offers 1 TiB,
 /// each pod of the TopoLVM phase asks 1 GiB, so every node passes its filter.
 const TOPOLVM_CAPACITY: &str = "capacity.topolvm.io/00default";
@@ -210,14 +271,7 @@ async fn run(args: Args) {
     let t = Instant::now();
     cp.namespace(NAMESPACE).await;
     populate_nodes(&cp.admin, args.nodes, args.concurrency).await;
-    let mut phases: Vec<&'static Phase> = vec![&STOCK, &PROFILE, &NULL, &NULL_SCORING];
-    if args.topolvm_scheduler.is_some() {
-        phases.push(&TOPOLVM);
-    }
-    if args.baseline_volguard.is_some() {
-        phases.push(&BASELINE);
-    }
-    phases.push(&VOLGUARD);
+    let phases = phases(&args);
     let pods: Vec<(String, &'static str)> = phases
         .iter()
         .flat_map(|p| (0..args.pods).map(|i| (format!("{}-{i:05}", p.prefix), p.scheduler_name)))
@@ -379,12 +433,23 @@ async fn run(args: Args) {
                 _ => cp.volguard.as_ref().and_then(Component::pid),
             },
         };
-        let mut run = measure(&binds, phase, args.pods, &processes, || scheduler.tail(20)).await;
+        let (mut run, ()) = tokio::join!(
+            measure(&binds, phase, args.pods, &processes, || scheduler.tail(20)),
+            profile(&args, &binds, phase, scheduler, cp.admin_token()),
+        );
         run.scheduler_metrics = component_metrics(scheduler, cp.admin_token()).await;
         run.volguard_metrics = (volguard_before, cp.metrics_at(volguard_metrics_port).await);
         runs.push(run);
         if let Some(mut extra) = extra {
             extra.stop(Duration::from_secs(10));
+        }
+        // Not the last phase: the shipped scheduler would otherwise follow the later
+        // phases' pods in its informers, on their cores.
+        if phase.scheduler_name == control_plane::SCHEDULER
+            && phase.scheduler_name != phases[phases.len() - 1].scheduler_name
+            && let Some(mut shipped) = cp.scheduler.take()
+        {
+            shipped.stop(Duration::from_secs(10));
         }
         // The next scheduler starts from the same cluster: no pod bound yet.
         if phase.scheduler_name != phases[phases.len() - 1].scheduler_name {
@@ -399,7 +464,7 @@ async fn run(args: Args) {
         .and_then(Component::pid)
         .map(memory)
         .unwrap_or_default();
-    let round_trips = extender_round_trips(&cp, args.nodes).await;
+    let round_trips = extender_round_trips(&cp, args.nodes, &phases).await;
 
     report(
         &args,
@@ -485,9 +550,9 @@ fn report(
     );
     println!();
     println!(
-        "| scheduler | pods bound per second | first to last bind | scheduling algorithm per pod: mean, p99 | CPU s per 1,000 pods: scheduler / kube-apiserver / etcd / volguard | cores busy: all, other processes |"
+        "| scheduler | pods bound per second | first to last bind | scheduling algorithm per pod: mean, p99 | attempts: scheduled / unschedulable / error | CPU s per 1,000 pods: scheduler / kube-apiserver / etcd / volguard | cores busy: all, other processes |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for run in runs {
         let algorithm = Histogram::of(
             &run.scheduler_metrics,
@@ -495,14 +560,24 @@ fn report(
             &[],
         );
         let (busy, others) = run.cores_busy();
+        let attempts = |result: &str| {
+            total(
+                &run.scheduler_metrics,
+                "scheduler_schedule_attempts_total",
+                &[("result", result)],
+            ) as u64
+        };
         println!(
-            "| {} ({}) | {:.1} | {:.1} s | {:.1} ms, {:.0} ms | {} | {busy:.2}, {others:.2} |",
+            "| {} ({}) | {:.1} | {:.1} s | {:.1} ms, {:.0} ms | {} / {} / {} | {} | {busy:.2}, {others:.2} |",
             run.phase.scheduler_name,
             run.phase.what,
             run.rate(),
             run.span.as_secs_f64(),
             algorithm.mean() * 1000.0,
             algorithm.quantile(0.99) * 1000.0,
+            attempts("scheduled"),
+            attempts("unschedulable"),
+            attempts("error"),
             run.cpu_per_thousand()
         );
     }
@@ -618,13 +693,19 @@ fn report(
 
 /// The extender's round trip without kube-scheduler: the body it sends for a pending pod
 /// (a stored pod of the run, unbound, on a free claim; every node's name), posted one
-/// at a time over one keep-alive TLS connection; client-side seconds per request.
-async fn extender_round_trips(cp: &ControlPlane, nodes: usize) -> Vec<(&'static str, Vec<f64>)> {
+/// at a time over one keep-alive TLS connection; client-side seconds per request. The
+/// pod is the last phase's (the one whose pods are still there), its claim the first
+/// phase's (free again once that phase's pods are deleted).
+async fn extender_round_trips(
+    cp: &ControlPlane,
+    nodes: usize,
+    phases: &[&Phase],
+) -> Vec<(&'static str, Vec<f64>)> {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     let api: Api<Pod> = Api::namespaced(cp.admin.clone(), NAMESPACE);
     let mut pod = serde_json::to_value(
-        api.get(&format!("{}-00000", VOLGUARD.prefix))
+        api.get(&format!("{}-00000", phases[phases.len() - 1].prefix))
             .await
             .expect("a pod of the run"),
     )
@@ -632,9 +713,8 @@ async fn extender_round_trips(cp: &ControlPlane, nodes: usize) -> Vec<(&'static 
     pod["metadata"]["name"] = json!("round-trip");
     pod["spec"]["nodeName"] = json!(null);
     pod["status"] = json!({"phase": "Pending"});
-    // The first phase's claims are free again.
     pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] =
-        json!(format!("{}-00000", STOCK.prefix));
+        json!(format!("{}-00000", phases[0].prefix));
     let names: Vec<String> = (0..nodes).map(|i| format!("node-{i:05}")).collect();
     let body = json!({"Pod": pod, "Nodes": null, "NodeNames": names}).to_string();
     let (cert, key) = &cp.volguard_client;
@@ -693,10 +773,17 @@ fn exact_quantile(values: &[f64], q: f64) -> f64 {
 /// command line), as the admin; its serving certificate is self-signed, so any is taken
 /// (loopback only).
 async fn component_metrics(component: &Component, token: &str) -> String {
+    let body = component_get(component, token, "/metrics").await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A GET of `path` on a control-plane component's secure port (from its
+/// `--secure-port` flag), as the admin; the body, or nothing when it cannot be had.
+async fn component_get(component: &Component, token: &str, path: &str) -> Vec<u8> {
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
     let Some(pid) = component.pid() else {
-        return String::new();
+        return Vec::new();
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let Some(port) = cmdline
@@ -705,7 +792,7 @@ async fn component_metrics(component: &Component, token: &str) -> String {
         .find_map(|arg| arg.strip_prefix("--secure-port="))
         .map(str::to_owned)
     else {
-        return String::new();
+        return Vec::new();
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -721,7 +808,7 @@ async fn component_metrics(component: &Component, token: &str) -> String {
         .build();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Empty<Bytes>>(connector);
-    let request = hyper::Request::get(format!("https://127.0.0.1:{port}/metrics"))
+    let request = hyper::Request::get(format!("https://127.0.0.1:{port}{path}"))
         .header("authorization", format!("Bearer {token}"))
         .body(Empty::new())
         .expect("request");
@@ -730,11 +817,11 @@ async fn component_metrics(component: &Component, token: &str) -> String {
             .into_body()
             .collect()
             .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .map(|b| b.to_bytes().to_vec())
             .unwrap_or_default(),
         Err(e) => {
-            eprintln!("cannot scrape {}: {e}", port);
-            String::new()
+            eprintln!("cannot GET {path} from port {port}: {e}");
+            Vec::new()
         }
     }
 }
@@ -1110,6 +1197,29 @@ impl Run {
     }
 }
 
+/// With `--pprof`: a CPU profile of `scheduler` while it binds `phase`'s pods, from a
+/// second after its first bind, written to `<dir>/<scheduler name>.pprof`.
+async fn profile(
+    args: &Args,
+    binds: &BindWatch,
+    phase: &'static Phase,
+    scheduler: &Component,
+    token: &str,
+) {
+    let Some(dir) = &args.pprof else { return };
+    let prefix = format!("{}-", phase.prefix);
+    while binds.times(&prefix).is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let path = format!("/debug/pprof/profile?seconds={}", args.pprof_seconds);
+    let profile = component_get(scheduler, token, &path).await;
+    let file = dir.join(format!("{}.pprof", phase.scheduler_name));
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&file, profile)) {
+        eprintln!("cannot write {}: {e}", file.display());
+    }
+}
+
 /// Waits until every pod of `phase` is bound; the span from the first bind to the
 /// last, and the CPU each process used meanwhile (sampled within 50 ms of each).
 async fn measure(
@@ -1242,6 +1352,15 @@ fn parse_line(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
     }
     let value = rest.split_whitespace().next()?.parse().ok()?;
     Some((name, map, value))
+}
+
+/// The sum of every sample `name` with `labels` among its labels.
+fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(parse_line)
+        .filter(|(n, l, _)| *n == name && labels.iter().all(|(k, v)| l.get(k) == Some(v)))
+        .map(|(_, _, value)| value)
+        .sum()
 }
 
 /// The value of the first sample `name` with `labels` among its labels.
