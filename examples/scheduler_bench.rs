@@ -211,7 +211,12 @@ fn phases(args: &Args) -> Vec<&'static Phase> {
             std::process::exit(2);
         };
         if !available(phase) {
-            eprintln!("--phases: {name} needs --topolvm-scheduler or --baseline-volguard");
+            let flag = if phase.scheduler_name == TOPOLVM.scheduler_name {
+                "--topolvm-scheduler"
+            } else {
+                "--baseline-volguard"
+            };
+            eprintln!("--phases: {name} needs {flag}");
             std::process::exit(2);
         }
         if chosen
@@ -251,6 +256,8 @@ fn main() {
 
 async fn run(args: Args) {
     let started = Instant::now();
+    // Checked before anything starts.
+    let phases = phases(&args);
     let qps = json!({"clientConnection": {
         "qps": args.scheduler_qps, "burst": args.scheduler_qps as i64}});
     let mut cp = ControlPlane::start_with(Options {
@@ -271,7 +278,6 @@ async fn run(args: Args) {
     let t = Instant::now();
     cp.namespace(NAMESPACE).await;
     populate_nodes(&cp.admin, args.nodes, args.concurrency).await;
-    let phases = phases(&args);
     let pods: Vec<(String, &'static str)> = phases
         .iter()
         .flat_map(|p| (0..args.pods).map(|i| (format!("{}-{i:05}", p.prefix), p.scheduler_name)))
@@ -443,16 +449,15 @@ async fn run(args: Args) {
         if let Some(mut extra) = extra {
             extra.stop(Duration::from_secs(10));
         }
-        // Not the last phase: the shipped scheduler would otherwise follow the later
-        // phases' pods in its informers, on their cores.
-        if phase.scheduler_name == control_plane::SCHEDULER
-            && phase.scheduler_name != phases[phases.len() - 1].scheduler_name
-            && let Some(mut shipped) = cp.scheduler.take()
-        {
-            shipped.stop(Duration::from_secs(10));
-        }
-        // The next scheduler starts from the same cluster: no pod bound yet.
         if phase.scheduler_name != phases[phases.len() - 1].scheduler_name {
+            // The shipped scheduler would otherwise follow the later phases' pods in its
+            // informers, on their cores.
+            if phase.scheduler_name == control_plane::SCHEDULER
+                && let Some(mut shipped) = cp.scheduler.take()
+            {
+                shipped.stop(Duration::from_secs(10));
+            }
+            // The next scheduler starts from the same cluster: no pod bound yet.
             let t = Instant::now();
             delete_pods(&cp, phase, args.pods, args.concurrency).await;
             step(t, &format!("{} pods deleted", phase.scheduler_name));
@@ -813,12 +818,16 @@ async fn component_get(component: &Component, token: &str, path: &str) -> Vec<u8
         .body(Empty::new())
         .expect("request");
     match client.request(request).await {
-        Ok(response) => response
+        Ok(response) if response.status().is_success() => response
             .into_body()
             .collect()
             .await
             .map(|b| b.to_bytes().to_vec())
             .unwrap_or_default(),
+        Ok(response) => {
+            eprintln!("GET {path} from port {port}: {}", response.status());
+            Vec::new()
+        }
         Err(e) => {
             eprintln!("cannot GET {path} from port {port}: {e}");
             Vec::new()
@@ -1214,6 +1223,9 @@ async fn profile(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let path = format!("/debug/pprof/profile?seconds={}", args.pprof_seconds);
     let profile = component_get(scheduler, token, &path).await;
+    if profile.is_empty() {
+        return;
+    }
     let file = dir.join(format!("{}.pprof", phase.scheduler_name));
     if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&file, profile)) {
         eprintln!("cannot write {}: {e}", file.display());
@@ -1354,21 +1366,26 @@ fn parse_line(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
     Some((name, map, value))
 }
 
+/// The values of the samples `name` with `labels` among their labels.
+fn samples<'t>(
+    text: &'t str,
+    name: &'t str,
+    labels: &'t [(&str, &str)],
+) -> impl Iterator<Item = f64> + 't {
+    text.lines().filter_map(move |line| {
+        let (n, map, value) = parse_line(line)?;
+        (n == name && labels.iter().all(|(k, v)| map.get(k) == Some(v))).then_some(value)
+    })
+}
+
 /// The sum of every sample `name` with `labels` among its labels.
 fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(parse_line)
-        .filter(|(n, l, _)| *n == name && labels.iter().all(|(k, v)| l.get(k) == Some(v)))
-        .map(|(_, _, value)| value)
-        .sum()
+    samples(text, name, labels).sum()
 }
 
 /// The value of the first sample `name` with `labels` among its labels.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (n, map, value) = parse_line(line)?;
-        (n == name && labels.iter().all(|(k, v)| map.get(k) == Some(v))).then_some(value)
-    })
+    samples(text, name, labels).next()
 }
 
 /// A cumulative histogram: (upper bound, count) with +Inf last, and the sum of the
