@@ -1,16 +1,16 @@
 //! A real node (see `tests/control_plane/node.rs`): containerd, runc, the CNI bridge, a
 //! kubelet registered with the test's kube-apiserver and the test device plugin
-//! (`e2e/device-plugin`), running real pods. Needs root: without it the test fails, it
-//! does not skip.
+//! (`e2e/device-plugin`), running real pods; and the machine's checks and cleanup
+//! around it. Needs root: without it the tests fail, they do not skip.
 
 mod common;
 mod control_plane;
 
-use std::time::Duration;
+use std::{fs, os::unix::process::CommandExt, path::Path, process::Command, time::Duration};
 
 use control_plane::{
-    ControlPlane, Options,
-    node::{BUSYBOX_IMAGE, NodeOptions, REAL_NODE},
+    ControlPlane, Options, host,
+    node::{self, BUSYBOX_IMAGE, NodeOptions, REAL_NODE},
     wait_for,
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -154,6 +154,11 @@ async fn a_real_node_runs_pods_and_advertises_a_volume() {
     ready(&cp, &node, "probed").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let p = ready(&cp, &node, "probed").await;
+    let failed = cp.events_of(&p, "Unhealthy").await;
+    assert!(
+        failed.is_empty(),
+        "a probe failed on a healthy container: {failed:?}"
+    );
     let restarts = p.status.unwrap().container_statuses.unwrap()[0].restart_count;
     assert_eq!(
         restarts, 0,
@@ -217,4 +222,102 @@ async fn a_real_node_runs_pods_and_advertises_a_volume() {
 
     let left = node.shutdown();
     assert!(left.is_empty(), "the real node left behind: {left:?}");
+}
+
+/// The real node's start refuses a machine where another container runtime runs (its
+/// cgroups and sockets are the ones a real node removes after it), naming the process,
+/// and changes nothing there.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs root (a real node's machine checks); built with --features skip-e2e"
+)]
+#[test]
+fn a_real_node_refuses_a_machine_running_another_container_runtime() {
+    control_plane::node::require_root("the real-node machine test");
+    let _turn = host::lock(node::LOCK);
+    let had_state = host::state_file().exists();
+    // A process named containerd that is no real node's.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fake = dir.path().join("containerd");
+    fs::copy("/bin/sleep", &fake).expect("copy sleep");
+    let mut other = Command::new(&fake)
+        .arg("600")
+        .spawn()
+        .expect("fake containerd");
+    let refused = std::panic::catch_unwind(node::prepare_machine);
+    let _ = other.kill();
+    let _ = other.wait();
+    let message = match refused {
+        Ok(before) => {
+            let mut left = Vec::new();
+            before.restore(&mut left);
+            panic!("a real node started beside another containerd (left: {left:?})");
+        }
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(
+        message.contains(&format!("pid {}: containerd", other.id()))
+            && message.contains("another kubelet or container runtime runs on this machine"),
+        "{message}"
+    );
+    assert_eq!(host::state_file().exists(), had_state, "nothing recorded");
+}
+
+/// A run killed before its cleanup (Ctrl-C, a timeout) left a process of its node (in
+/// a process group of its own), its folder, a file in the global paths and a kernel
+/// setting changed: the next real node to start undoes all of it, restoring the setting
+/// the dead run recorded, not the one it left.
+#[cfg_attr(
+    feature = "skip-e2e",
+    ignore = "NOT RUN: needs root (a real node's machine checks); built with --features skip-e2e"
+)]
+#[test]
+fn the_next_real_node_undoes_a_run_killed_before_its_cleanup() {
+    control_plane::node::require_root("the real-node machine test");
+    let _turn = host::lock(node::LOCK);
+    let dead_run = node::prepare_machine();
+    // What the dead run left.
+    let folder = tempfile::Builder::new()
+        .prefix(host::FOLDER_PREFIX)
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let mut holder = Command::new("bash")
+        .arg("-c")
+        .arg(format!("exec -a {}/namespace sleep 600", folder.display()))
+        .process_group(0)
+        .spawn()
+        .expect("a process of the dead run");
+    let plugins = Path::new(node::DEVICE_PLUGINS);
+    fs::create_dir_all(plugins).expect("device-plugin folder");
+    fs::write(plugins.join("kubelet.sock"), "").expect("kubelet.sock");
+    let setting = Path::new("/proc/sys/kernel/panic");
+    let original = fs::read_to_string(setting).expect("kernel.panic");
+    let changed = format!("{}\n", original.trim().parse::<i64>().unwrap_or(0) + 7);
+    fs::write(setting, &changed).expect("change kernel.panic");
+    drop(dead_run);
+
+    let next = node::prepare_machine();
+    let pid = holder.id();
+    let alive = Path::new(&format!("/proc/{pid}")).exists();
+    if alive {
+        let _ = holder.kill();
+    }
+    // Reaped already by the reclaim (this process is its parent): an error, at once.
+    let _ = holder.wait();
+    assert!(!alive, "the dead run's process {pid} still ran");
+    assert!(!folder.exists(), "{} still there", folder.display());
+    assert!(
+        !plugins.join("kubelet.sock").exists(),
+        "kubelet.sock still there"
+    );
+    assert_eq!(
+        fs::read_to_string(setting).expect("kernel.panic"),
+        original,
+        "kernel.panic restored from the dead run's record"
+    );
+    let mut left = Vec::new();
+    next.restore(&mut left);
+    assert!(left.is_empty(), "left: {left:?}");
+    assert!(!host::state_file().exists(), "the state file removed");
 }

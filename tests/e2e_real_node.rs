@@ -189,6 +189,34 @@ async fn advertises(cp: &ControlPlane, node: &RealNode, resource: &str, count: &
     );
 }
 
+/// Waits up to 10 s (an event reaches the API server a moment after what it reports)
+/// for an event of pod `name` with `reason` whose message satisfies `check`; fails
+/// naming the messages seen.
+async fn event(cp: &ControlPlane, name: &str, reason: &str, check: impl Fn(&str) -> bool) {
+    let check = &check;
+    let seen = wait_for(Duration::from_secs(10), || async move {
+        let messages = cp.events(NS, name, reason).await;
+        messages.iter().any(|m| check(m)).then_some(())
+    })
+    .await;
+    if seen.is_none() {
+        let messages = cp.events(NS, name, reason).await;
+        panic!("no matching {reason} event of pod {name}: {messages:?}");
+    }
+}
+
+/// The injected probe has passed on `pod` so far: no restart, and no `Unhealthy` event
+/// of this pod (by uid: a failed probe is reported at once, long before the kubelet
+/// kills the container for it).
+async fn probe_passed(cp: &ControlPlane, pod: &Pod, what: &str) {
+    assert_eq!(restarts(pod), 0, "{what}: the container was restarted");
+    let unhealthy = cp.events_of(pod, "Unhealthy").await;
+    assert!(
+        unhealthy.is_empty(),
+        "{what}: the probe failed: {unhealthy:?}"
+    );
+}
+
 /// Seed 000 on a real kubelet. A StatefulSet pod using device volume `vol-move` is
 /// patched by the webhook (the volume's resource limit and an exec liveness probe on its
 /// device path), scheduled by the second scheduler and volguard's extender to the real
@@ -263,11 +291,7 @@ async fn seed_000_on_a_real_kubelet() {
     // Past the probe's initial delay and a few periods: still no restart.
     tokio::time::sleep(Duration::from_secs(25)).await;
     let pod = until(&cp, &node, "db-0", 5, "db-0 still Ready", is_ready).await;
-    assert_eq!(
-        restarts(&pod),
-        0,
-        "the injected probe failed on a healthy container"
-    );
+    probe_passed(&cp, &pod, "the injected probe on a healthy container").await;
     let uid = pod.metadata.uid.clone().unwrap();
 
     // 2. The link goes: the plugin reports 0 at once. The device node runc made in the
@@ -283,11 +307,12 @@ async fn seed_000_on_a_real_kubelet() {
     // initialDelaySeconds 5 + failureThreshold 3 x periodSeconds 10, and a margin.
     tokio::time::sleep(Duration::from_secs(40)).await;
     let pod = until(&cp, &node, "db-0", 5, "db-0 still Ready", is_ready).await;
-    assert_eq!(
-        restarts(&pod),
-        0,
-        "the device node outlives the host link: the probe still passes"
-    );
+    probe_passed(
+        &cp,
+        &pod,
+        "the device node outlives the host link: the probe still passes",
+    )
+    .await;
     let (ok, out, err) = cp.kubectl(
         &["exec", "--namespace", NS, "db-0", "--", "ls", "-l", DEVICE],
         None,
@@ -316,11 +341,10 @@ async fn seed_000_on_a_real_kubelet() {
         gone.elapsed().as_secs_f64()
     );
     assert_eq!(pod.metadata.uid.as_deref(), Some(uid.as_str()), "same pod");
-    let killing = cp.events(NS, "db-0", "Killing").await;
-    assert!(
-        killing.iter().any(|m| m.contains("failed liveness probe")),
-        "Killing events: {killing:?}"
-    );
+    event(&cp, "db-0", "Killing", |m| {
+        m.contains("failed liveness probe")
+    })
+    .await;
     let pod = until(
         &cp,
         &node,
@@ -370,8 +394,7 @@ async fn seed_000_on_a_real_kubelet() {
          (grace period 3 s)",
         elapsed.as_secs_f64()
     );
-    let evicted = cp.events(NS, "db-0", "VolumeDetached").await;
-    assert!(!evicted.is_empty(), "volguard's VolumeDetached Event");
+    event(&cp, "db-0", "VolumeDetached", |_| true).await;
     until(&cp, &node, "db-0", 30, "db-0 Ready on node B", |p| {
         node_of(p) == Some(NODE_B) && is_ready(p)
     })
@@ -444,8 +467,7 @@ async fn the_pod_follows_its_volume_to_a_second_real_node() {
          period 3 s)",
         elapsed.as_secs_f64()
     );
-    let evicted = cp.events(NS, "db-0", "VolumeDetached").await;
-    assert!(!evicted.is_empty(), "volguard's VolumeDetached Event");
+    event(&cp, "db-0", "VolumeDetached", |_| true).await;
     until(&cp, &b, "db-0", 60, "db-0 Ready on node B", |p| {
         node_of(p) == Some(REAL_NODE_B) && is_ready(p)
     })
@@ -453,7 +475,7 @@ async fn the_pod_follows_its_volume_to_a_second_real_node() {
     // initialDelaySeconds 5 + failureThreshold 3 x periodSeconds 10, and a margin.
     tokio::time::sleep(Duration::from_secs(30)).await;
     let pod = until(&cp, &b, "db-0", 5, "db-0 still Ready on node B", is_ready).await;
-    assert_eq!(restarts(&pod), 0, "the injected probe passes on B");
+    probe_passed(&cp, &pod, "the injected probe on B").await;
     let (ok, out, err) = cp.kubectl(
         &["exec", "--namespace", NS, "db-0", "--", "ls", "-l", DEVICE],
         None,
@@ -620,7 +642,7 @@ async fn a_custom_probe_check_runs_in_the_real_container() {
         is_ready,
     )
     .await;
-    assert_eq!(restarts(&pod), 0, "the check failed on a healthy container");
+    probe_passed(&cp, &pod, "the check on a healthy container").await;
     // Exit 1: killed for the failed probe, made again.
     let (ok, _, err) = cp.kubectl(
         &[
@@ -640,13 +662,10 @@ async fn a_custom_probe_check_runs_in_the_real_container() {
     })
     .await;
     assert_eq!(terminated(&pod).map(|t| t.exit_code), Some(137));
-    let unhealthy = cp.events(NS, "checked", "Unhealthy").await;
-    assert!(
-        unhealthy
-            .iter()
-            .any(|m| m.starts_with("Liveness probe failed")),
-        "Unhealthy events: {unhealthy:?}"
-    );
+    event(&cp, "checked", "Unhealthy", |m| {
+        m.starts_with("Liveness probe failed")
+    })
+    .await;
     let left = node.shutdown();
     assert!(left.is_empty(), "the real node left behind: {left:?}");
 }

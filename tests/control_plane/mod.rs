@@ -37,6 +37,7 @@
 //! two of them would compete for the machine's cores.
 #![allow(dead_code)]
 
+pub mod host;
 pub mod images;
 pub mod node;
 
@@ -1458,8 +1459,8 @@ impl ControlPlane {
         .await
     }
 
-    /// The messages of the pod's events with `reason`, oldest first.
-    pub async fn events(&self, namespace: &str, pod: &str, reason: &str) -> Vec<String> {
+    /// The events in `namespace` matching the field `selector`, oldest first.
+    fn event_items(&self, namespace: &str, selector: &str) -> Vec<Value> {
         let (ok, out, _) = self.kubectl(
             &[
                 "get",
@@ -1468,23 +1469,38 @@ impl ControlPlane {
                 namespace,
                 "-o",
                 "json",
-                &format!("--field-selector=involvedObject.name={pod},reason={reason}"),
+                &format!("--field-selector={selector}"),
             ],
             None,
         );
-        if !ok {
-            return Vec::new();
+        let list: Value = if ok {
+            serde_json::from_str(&out).unwrap_or_default()
+        } else {
+            Value::Null
+        };
+        match list {
+            Value::Object(mut o) => match o.remove("items") {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
         }
-        let list: Value = serde_json::from_str(&out).unwrap_or_default();
-        list["items"]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|e| e["message"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+    }
+
+    /// The messages of the pod's events with `reason`, oldest first (of every pod that
+    /// had that name).
+    pub async fn events(&self, namespace: &str, pod: &str, reason: &str) -> Vec<String> {
+        let selector = format!("involvedObject.name={pod},reason={reason}");
+        messages(self.event_items(namespace, &selector))
+    }
+
+    /// The messages of `pod`'s own events with `reason` (by its uid: not those of an
+    /// earlier pod of the same name), oldest first.
+    pub async fn events_of(&self, pod: &Pod, reason: &str) -> Vec<String> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let selector = format!("involvedObject.uid={uid},reason={reason}");
+        messages(self.event_items(namespace, &selector))
     }
 
     /// The pod's events with `reason`: (the scheduler or controller that reported it,
@@ -1495,42 +1511,21 @@ impl ControlPlane {
         pod: &str,
         reason: &str,
     ) -> Vec<(String, String)> {
-        let (ok, out, _) = self.kubectl(
-            &[
-                "get",
-                "events",
-                "-n",
-                namespace,
-                "-o",
-                "json",
-                &format!("--field-selector=involvedObject.name={pod},reason={reason}"),
-            ],
-            None,
-        );
-        let list: Value = if ok {
-            serde_json::from_str(&out).unwrap_or_default()
-        } else {
-            Value::Null
-        };
-        list["items"]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|e| {
-                        let by = e["reportingComponent"]
-                            .as_str()
-                            .filter(|s| !s.is_empty())
-                            .or(e["source"]["component"].as_str())
-                            .unwrap_or_default();
-                        (
-                            by.to_owned(),
-                            e["message"].as_str().unwrap_or_default().to_owned(),
-                        )
-                    })
-                    .collect()
+        let selector = format!("involvedObject.name={pod},reason={reason}");
+        self.event_items(namespace, &selector)
+            .iter()
+            .map(|e| {
+                let by = e["reportingComponent"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .or(e["source"]["component"].as_str())
+                    .unwrap_or_default();
+                (
+                    by.to_owned(),
+                    e["message"].as_str().unwrap_or_default().to_owned(),
+                )
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// What the kubelets of the API-only nodes would do for the pods of `namespace`,
@@ -1973,6 +1968,14 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The events' messages.
+fn messages(events: Vec<Value>) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
         .collect()
 }
 

@@ -11,25 +11,25 @@
 //!   `system:node:real-node`, at the machine's own address (kube-apiserver prefers the
 //!   InternalIP, so `kubectl exec` and logs reach it). Its API port takes only
 //!   kube-apiserver's client certificate (from the test's API CA), not anonymous calls.
-//! - Some paths are the same whatever the flags: the device plugins' registration
-//!   socket `/var/lib/kubelet/device-plugins/kubelet.sock`, the CNI cache
-//!   `/var/lib/cni`, containerd's shim sockets `/run/containerd/s`, the container logs'
-//!   `/var/log/containers`, and the cgroups `kubepods` and `k8s.io` of every
-//!   hierarchy. So one real node runs at a time per machine: a file lock
-//!   ([`LOCK`]) serializes them across test binaries.
+//! - Some paths are the same whatever the flags (the device plugins' registration
+//!   socket `/var/lib/kubelet/device-plugins/kubelet.sock`, the CNI cache, containerd's
+//!   shim sockets, the container logs) and so are the cgroups `kubepods` and `k8s.io`:
+//!   see [`super::host`]. So one real node runs at a time per machine: a file lock
+//!   ([`LOCK`]) serializes them across test binaries, and none starts where another
+//!   kubelet or container runtime runs.
 //! - Dropping the [`RealNode`] (a failed test too) kills the process groups, the pods'
 //!   processes and shims, unmounts everything under its folder, removes the cgroups,
-//!   the bridge and those global paths that were not there before, and its folder.
-//!   [`RealNode::shutdown`] does the same and says what it could not remove. The test
-//!   process adopts the orphaned shims and pod processes, so that killed ones are
-//!   reaped rather than left as zombies.
+//!   the bridge and its folder, and puts back the global paths and kernel settings as
+//!   it found them. [`RealNode::shutdown`] does the same and says what it could not
+//!   remove. A run killed before that is cleaned up when the next real node starts.
+//!   The test process adopts the orphaned shims and pod processes, so that killed ones
+//!   are reaped rather than left as zombies.
 
 use std::{
-    collections::HashSet,
     fs::{self, File},
     os::unix::{fs::symlink, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -43,6 +43,11 @@ use serde_json::json;
 
 use super::{
     Component, ControlPlane, fail, free_port,
+    host::{
+        self, Before, CGROUPS, NAMESPACED_PATHS, adopt_orphans, cgroup_hierarchies, delete_link,
+        kill_pid, processes_with_arg, reap, remove_cgroup, remove_tree, unmount_under,
+        zombie_shims,
+    },
     images::{self, Image},
     wait_for, write, write_kubeconfig,
 };
@@ -92,7 +97,7 @@ const FIRST: Identity = Identity {
     token: node_token,
 };
 /// The second: a mount namespace of its own, where the paths every kubelet and
-/// containerd use whatever their flags ([`GLOBAL_PATHS`]) are empty tmpfs mounts.
+/// containerd use whatever their flags ([`NAMESPACED_PATHS`]) are empty tmpfs mounts.
 const SECOND: Identity = Identity {
     name: REAL_NODE_B,
     lock: "volguard-real-node-b.lock",
@@ -103,29 +108,11 @@ const SECOND: Identity = Identity {
 };
 /// The kubelet's device-plugin folder, whatever its root folder.
 pub const DEVICE_PLUGINS: &str = "/var/lib/kubelet/device-plugins";
-/// Paths outside the node's folder that the kubelet, containerd and the CNI plugins
-/// make whatever their configuration; removed after the node if they were not there
-/// before it.
-const GLOBAL_PATHS: &[&str] = &[
-    "/var/lib/kubelet",
-    "/var/lib/cni",
-    "/run/containerd",
-    "/var/log/containers",
-    "/var/log/pods",
-];
-/// The kernel settings the kubelet (`protectKernelDefaults: false`) and the bridge
-/// plugin (`isGateway`) set, restored after the node.
-const SYSCTLS: &[&str] = &[
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-    "net/ipv4/ip_forward",
-];
-/// The cgroups the kubelet (cgroupfs driver) and containerd make in each hierarchy.
-const CGROUPS: &[&str] = &["kubepods", "k8s.io"];
+/// Makes the machine ready for the first real node, whose lock ([`LOCK`]) the caller
+/// holds: see [`host::prepare`].
+pub fn prepare_machine() -> Before {
+    host::prepare(&[FIRST.bridge, SECOND.bridge], &[SECOND.cgroup_root])
+}
 
 /// Where the node binaries are: `VOLGUARD_NODE_BIN` when set, else built by
 /// `scripts/node.sh`.
@@ -181,13 +168,8 @@ pub struct RealNode {
     kubelet: Option<Component>,
     device_plugin: Option<Component>,
     socket: PathBuf,
-    /// Global paths (and `/run/containerd/s` entries) that were there before.
-    before: Vec<PathBuf>,
-    /// Everything inside the global paths that were there before: what the node adds
-    /// in them (the kubelet's socket, the plugins' sockets, CNI results) goes with it.
-    before_inside: HashSet<PathBuf>,
-    /// The kernel settings the kubelet and the bridge plugin change, as they were.
-    sysctls: Vec<(&'static str, String)>,
+    /// The machine as the first node found it (the second one changes nothing of it).
+    before: Option<Before>,
     dir: Option<tempfile::TempDir>,
     _lock: File,
 }
@@ -248,287 +230,6 @@ fn kill_group(pgid: u32, signal: i32) {
     }
 }
 
-/// Sends SIGKILL to `pid`.
-fn kill_pid(pid: i32) {
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-}
-
-/// Makes this process the reaper of its orphaned descendants: containerd's shims
-/// outlive containerd, and the pods' processes their shim. Killed, they would stay
-/// zombies of PID 1 where PID 1 reaps nothing (as in some VMs); adopted, the teardown
-/// reaps them ([`reap`]).
-fn adopt_orphans() {
-    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
-}
-
-/// Waits up to 2 s for the killed `pids` that are (or became) this process's
-/// children, so that none stays a zombie.
-fn reap(pids: &[i32]) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut waiting: Vec<i32> = pids.to_vec();
-    while !waiting.is_empty() && Instant::now() < deadline {
-        waiting.retain(|&pid| {
-            let mut status = 0;
-            // SAFETY: a valid pointer to an int; WNOHANG does not block.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            // 0: still running; -1 with ECHILD: not (yet) our child, while its dying
-            // parent hands it over, or never: both wait until the deadline. Otherwise
-            // reaped.
-            r == 0
-                || (r == -1
-                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
-                    && Path::new("/proc").join(pid.to_string()).exists())
-        });
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every path inside `dir`, recursively (nothing when it does not exist).
-fn listing(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(listing(&p));
-        }
-        out.push(p);
-    }
-    out
-}
-
-/// Removes `path` unless it was there before; inside a folder that was, looks deeper.
-fn remove_new(path: &Path, before: &HashSet<PathBuf>, left: &mut Vec<String>) {
-    if !before.contains(path) {
-        let removed = match fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-            Ok(_) => fs::remove_file(path),
-            Err(_) => Ok(()),
-        };
-        if let Err(e) = removed {
-            left.push(format!("{}: {e}", path.display()));
-        }
-        return;
-    }
-    if path.is_dir() && !path.is_symlink() {
-        for e in fs::read_dir(path).into_iter().flatten().flatten() {
-            remove_new(&e.path(), before, left);
-        }
-    }
-}
-
-/// A real node of an earlier run that died without its teardown (killed, timed out)
-/// left its processes, mounts, cgroups, bridge and the kubelet's socket: removed, unless
-/// a kubelet of another kind runs on this machine (then the caller refuses to start).
-fn reclaim_dead_run() {
-    let ours = |pid: &i32| {
-        fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.windows(15).any(|w| w == b"/volguard-node-"))
-    };
-    let kubelets: Vec<i32> = fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kubelet")
-        })
-        .collect();
-    if kubelets.iter().any(|pid| !ours(pid)) {
-        return;
-    }
-    let mut killed: Vec<i32> = fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(ours)
-        .collect();
-    for &pid in &killed {
-        kill_pid(pid);
-    }
-    for cgroup_root in cgroup_roots() {
-        for name in CGROUPS
-            .iter()
-            .chain([&SECOND.cgroup_root.trim_start_matches('/')])
-        {
-            remove_cgroup(&cgroup_root.join(name), &mut killed);
-        }
-    }
-    reap(&killed);
-    for e in fs::read_dir(std::env::temp_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if e.file_name()
-            .to_string_lossy()
-            .starts_with("volguard-node-")
-        {
-            unmount_under(&e.path());
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
-    for bridge in [FIRST.bridge, SECOND.bridge] {
-        let _ = Command::new("ip")
-            .args(["link", "delete", bridge])
-            .stderr(Stdio::null())
-            .status();
-    }
-    for e in fs::read_dir(DEVICE_PLUGINS).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().ends_with(".sock") {
-            let _ = fs::remove_file(e.path());
-        }
-    }
-    eprintln!("real node: removed what a run that died without its cleanup left");
-}
-
-/// The mount points under `prefix`, deepest first.
-fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        // mountinfo escapes spaces and the like as \040; none of our paths has them.
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(prefix))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    points.dedup();
-    points
-}
-
-/// Lazily unmounts every mount under `prefix`; returns those still there.
-fn unmount_under(prefix: &Path) -> Vec<PathBuf> {
-    for _ in 0..3 {
-        let points = mounts_under(prefix);
-        if points.is_empty() {
-            break;
-        }
-        for p in points {
-            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
-            // SAFETY: a valid C string; MNT_DETACH unmounts lazily.
-            unsafe {
-                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-            }
-        }
-    }
-    mounts_under(prefix)
-}
-
-/// The cgroup hierarchies' mount points (v1 controllers and the v2 `unified` one).
-fn cgroup_roots() -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .filter_map(|p| fs::canonicalize(p).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    if Path::new("/sys/fs/cgroup/cgroup.procs").exists() {
-        roots.push(PathBuf::from("/sys/fs/cgroup"));
-    }
-    roots.sort();
-    roots.dedup();
-    roots
-}
-
-/// Kills every process in the cgroup tree `dir` (adding them to `killed`), then removes
-/// its folders, leaves first; returns whether the tree is gone.
-fn remove_cgroup(dir: &Path, killed: &mut Vec<i32>) -> bool {
-    fn procs(dir: &Path, out: &mut Vec<i32>) {
-        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-            out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-        }
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                procs(&e.path(), out);
-            }
-        }
-    }
-    fn rmdirs(dir: &Path) {
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                rmdirs(&e.path());
-            }
-        }
-        let _ = fs::remove_dir(dir);
-    }
-    for _ in 0..50 {
-        if !dir.exists() {
-            return true;
-        }
-        let mut pids = Vec::new();
-        procs(dir, &mut pids);
-        for pid in pids {
-            kill_pid(pid);
-            killed.push(pid);
-        }
-        rmdirs(dir);
-        if !dir.exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    !dir.exists()
-}
-
-/// The processes whose command line has `arg` as one of its arguments.
-fn processes_with_arg(arg: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// This process's children that are zombie shims (adopted after containerd went, they
-/// exited on their own).
-fn zombie_shims() -> Vec<i32> {
-    let me = std::process::id().to_string();
-    let mut pids = Vec::new();
-    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
-        let Some((head, tail)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = tail.split_whitespace();
-        let (state, ppid) = (fields.next(), fields.next());
-        if head.contains("(containerd-shim") && state == Some("Z") && ppid == Some(&me) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Entries of `/run/containerd/s` (containerd's shim sockets, a fixed path).
-fn shim_sockets() -> Vec<PathBuf> {
-    fs::read_dir("/run/containerd/s")
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
-}
-
 impl ControlPlane {
     /// Starts a real node ([`REAL_NODE`], or [`REAL_NODE_B`]) registered with this
     /// control plane, and waits for it to be Ready; then removes the `not-ready` taint the
@@ -538,52 +239,26 @@ impl ControlPlane {
         adopt_orphans();
         let bin = binaries().to_owned();
         let identity = if options.second { &SECOND } else { &FIRST };
-        let lock = tokio::task::spawn_blocking(move || {
-            let path = std::env::temp_dir().join(identity.lock);
-            let file = File::create(&path)
-                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-            file.lock()
-                .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
-            file
-        })
-        .await
-        .expect("lock");
-        let stale = Path::new(DEVICE_PLUGINS).join("kubelet.sock");
-        if options.second && !stale.exists() {
-            fail(
-                "start the second real node",
-                "start the first real node before it (and drop it after): the first one \
-                 owns the machine's paths and kernel settings",
-                None,
-            );
-        }
-        if !options.second && stale.exists() {
-            reclaim_dead_run();
-        }
-        if !options.second && stale.exists() {
-            fail(
-                "start a real node",
-                format!(
-                    "{} exists: another kubelet runs on this machine, or one was killed \
-                     without its cleanup (remove /var/lib/kubelet, the cgroups kubepods and \
-                     k8s.io, and the bridge {})",
-                    stale.display(),
-                    FIRST.bridge
-                ),
-                None,
-            );
-        }
-        // The second node writes none of the machine's global paths (they are its own
-        // tmpfs mounts): nothing of theirs is its to remove.
-        let mut before: Vec<PathBuf> = GLOBAL_PATHS
-            .iter()
-            .map(PathBuf::from)
-            .filter(|p| p.exists())
-            .collect();
-        before.extend(shim_sockets());
+        let lock = tokio::task::spawn_blocking(move || host::lock(identity.lock))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let before = if options.second {
+            if !Path::new(DEVICE_PLUGINS).join("kubelet.sock").exists() {
+                fail(
+                    "start the second real node",
+                    "start the first real node before it (and drop it after): the first one \
+                     owns the machine's paths and kernel settings",
+                    None,
+                );
+            }
+            None
+        } else {
+            let prepared = tokio::task::spawn_blocking(prepare_machine).await;
+            Some(prepared.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+        };
 
         let dir = tempfile::Builder::new()
-            .prefix("volguard-node-")
+            .prefix(host::FOLDER_PREFIX)
             .tempdir()
             .expect("temp dir");
         let root = dir.path().to_owned();
@@ -591,7 +266,7 @@ impl ControlPlane {
         let mut node = RealNode {
             volumes: root.join("by-id"),
             ip: ip.clone(),
-            kubelet_port: free_port(),
+            kubelet_port: 0,
             name: identity.name,
             identity,
             namespace: None,
@@ -600,17 +275,7 @@ impl ControlPlane {
             kubelet: None,
             device_plugin: None,
             socket: root.join("containerd/containerd.sock"),
-            before_inside: before.iter().flat_map(|p| listing(p)).collect(),
             before,
-            // The first node restores the machine's kernel settings; the second starts
-            // after it and ends before it, and restores none.
-            sysctls: SYSCTLS
-                .iter()
-                .filter(|_| !options.second)
-                .filter_map(|k| {
-                    Some((*k, fs::read_to_string(Path::new("/proc/sys").join(k)).ok()?))
-                })
-                .collect(),
             dir: Some(dir),
             _lock: lock,
         };
@@ -693,13 +358,13 @@ impl RealNode {
     async fn enter_own_namespace(&mut self, root: &Path) {
         // The mount points the first node has not made yet: made here on the machine,
         // removed after this node when still empty.
-        self.made = GLOBAL_PATHS
+        self.made = NAMESPACED_PATHS
             .iter()
             .map(PathBuf::from)
             .filter(|p| !p.exists())
             .collect();
         let mut script = String::from("set -e; ");
-        for p in GLOBAL_PATHS {
+        for p in NAMESPACED_PATHS {
             script.push_str(&format!(
                 "mkdir -p {p}; mount -t tmpfs -o mode=0755 tmpfs {p}; "
             ));
@@ -739,7 +404,7 @@ impl RealNode {
         if self.identity.cgroup_root == "/" {
             return;
         }
-        for hierarchy in cgroup_roots() {
+        for hierarchy in cgroup_hierarchies() {
             let dir = hierarchy.join(self.identity.cgroup_root.trim_start_matches('/'));
             fs::create_dir_all(&dir)
                 .unwrap_or_else(|e| panic!("cannot make the cgroup {}: {e}", dir.display()));
@@ -779,6 +444,12 @@ impl RealNode {
 
     /// Runs crictl against the node's containerd; returns (success, stdout, stderr).
     pub fn crictl(&self, args: &[&str]) -> (bool, String, String) {
+        self.try_crictl(args)
+            .unwrap_or_else(|e| panic!("cannot run crictl: {e}"))
+    }
+
+    /// [`RealNode::crictl`], with an error when crictl cannot run at all.
+    fn try_crictl(&self, args: &[&str]) -> std::io::Result<(bool, String, String)> {
         let out = Command::new(binaries().join("crictl"))
             .arg(format!(
                 "--runtime-endpoint=unix://{}",
@@ -787,13 +458,12 @@ impl RealNode {
             .arg(format!("--image-endpoint=unix://{}", self.socket.display()))
             .arg("--timeout=20s")
             .args(args)
-            .output()
-            .expect("crictl");
-        (
+            .output()?;
+        Ok((
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        ))
     }
 
     async fn start_containerd(&mut self, bin: &Path, root: &Path) {
@@ -917,8 +587,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         }
     }
 
+    /// Starts the kubelet and waits for its /healthz; its two ports are picked free,
+    /// and picked again (up to three times) when another process took one meanwhile.
     async fn start_kubelet(&mut self, cp: &ControlPlane, bin: &Path, root: &Path, ip: &str) {
-        let k = root.join("kubelet");
         let kubeconfig = root.join("kubelet.kubeconfig");
         write_kubeconfig(
             &kubeconfig,
@@ -926,7 +597,48 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             &cp.api_ca,
             (self.identity.token)(),
         );
-        let healthz = free_port();
+        for attempt in 1..=3 {
+            let healthz = free_port();
+            self.kubelet_port = free_port();
+            let log = root.join(format!("kubelet-{attempt}.log"));
+            let mut kubelet = Component::spawn(
+                "kubelet",
+                self.kubelet_command(cp, bin, root, ip, healthz),
+                log,
+            );
+            let url = format!("http://127.0.0.1:{healthz}/healthz");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok((200, _)) = super::http(None).get(&url).await {
+                    self.kubelet = Some(kubelet);
+                    return;
+                }
+                let taken = kubelet.log().contains("address already in use");
+                if taken && attempt < 3 {
+                    eprintln!("kubelet: a port was taken meanwhile, picking others");
+                    stop_group(kubelet, Duration::ZERO);
+                    break;
+                }
+                if let Some(status) = kubelet.exited() {
+                    fail("kubelet: start", status, Some(&kubelet));
+                }
+                if Instant::now() >= deadline {
+                    fail("kubelet: /healthz 200 within 60 s", "no", Some(&kubelet));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// The kubelet's command, its configuration written beside it.
+    fn kubelet_command(
+        &self,
+        cp: &ControlPlane,
+        bin: &Path,
+        root: &Path,
+        ip: &str,
+        healthz: u16,
+    ) -> Command {
         let config = json!({
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -966,30 +678,18 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         let mut command = self.command(&bin.join("kubelet"));
         command
             .arg(format!("--config={}", config_path.display()))
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--root-dir={}", k.display()))
+            .arg(format!(
+                "--kubeconfig={}",
+                root.join("kubelet.kubeconfig").display()
+            ))
+            .arg(format!("--root-dir={}", root.join("kubelet").display()))
             .arg(format!("--cert-dir={}", root.join("kubelet-pki").display()))
             .arg(format!("--hostname-override={}", self.identity.name))
             .arg(format!("--node-ip={ip}"))
             .arg("--v=2")
             .env("PATH", path_with(bin))
             .process_group(0);
-        let mut kubelet = Component::spawn("kubelet", command, root.join("kubelet.log"));
-        let url = format!("http://127.0.0.1:{healthz}/healthz");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok((200, _)) = super::http(None).get(&url).await {
-                break;
-            }
-            if let Some(status) = kubelet.exited() {
-                fail("kubelet: start", status, Some(&kubelet));
-            }
-            if Instant::now() >= deadline {
-                fail("kubelet: /healthz 200 within 60 s", "no", Some(&kubelet));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.kubelet = Some(kubelet);
+        command
     }
 
     fn start_device_plugin(&mut self, bin: &Path, root: &Path, volumes: &[String]) {
@@ -1017,7 +717,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         let Some(dir) = self.dir.take() else {
             return Vec::new();
         };
-        let root = dir.path().to_owned();
+        let root = dir.keep();
         let mut left = Vec::new();
         // The device plugin and the kubelet first: nothing starts pods any more.
         for c in [self.device_plugin.take(), self.kubelet.take()]
@@ -1028,9 +728,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         }
         // containerd stops and removes the pods (their processes, mounts and network).
         if self.containerd.is_some() {
-            let (ok, _, err) = self.crictl(&["rmp", "--force", "--all"]);
-            if !ok {
-                left.push(format!("crictl rmp --force --all: {}", err.trim()));
+            match self.try_crictl(&["rmp", "--force", "--all"]) {
+                Ok((true, _, _)) => {}
+                Ok((false, _, err)) => {
+                    left.push(format!("crictl rmp --force --all: {}", err.trim()));
+                }
+                Err(e) => left.push(format!("crictl rmp --force --all: {e}")),
             }
         }
         if let Some(c) = self.containerd.take() {
@@ -1049,9 +752,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             "/" => CGROUPS.to_vec(),
             own => vec![own.trim_start_matches('/')],
         };
-        for cgroup_root in cgroup_roots() {
+        for hierarchy in cgroup_hierarchies() {
             for name in &names {
-                let tree = cgroup_root.join(name);
+                let tree = hierarchy.join(name);
                 if !remove_cgroup(&tree, &mut killed) {
                     left.push(format!("cgroup {}", tree.display()));
                 }
@@ -1069,55 +772,33 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         for p in unmount_under(&root) {
             left.push(format!("mount {}", p.display()));
         }
-        let bridge = self.identity.bridge;
-        let _ = Command::new("ip")
-            .args(["link", "delete", bridge])
-            .stderr(Stdio::null())
-            .status();
-        if Path::new("/sys/class/net").join(bridge).exists() {
-            left.push(format!("network interface {bridge}"));
+        if !delete_link(self.identity.bridge) {
+            left.push(format!("network interface {}", self.identity.bridge));
         }
-        let second = self.identity.name != FIRST.name;
         // The mount points the second node made, once its namespace is gone, if nothing
         // of the first node's went in since (the first node removes them then).
         for p in &self.made {
             let _ = fs::remove_dir(p);
         }
-        for p in GLOBAL_PATHS.iter().map(PathBuf::from).filter(|_| !second) {
-            if self.before.contains(&p) || !p.exists() {
-                continue;
-            }
-            for m in unmount_under(&p) {
-                left.push(format!("mount {}", m.display()));
-            }
-            if let Err(e) = fs::remove_dir_all(&p) {
-                left.push(format!("{}: {e}", p.display()));
-            }
-        }
-        // What appeared inside the global paths is the first node's (the second one
-        // writes only its own tmpfs mounts over them).
-        for p in self.before.iter().filter(|_| !second) {
-            for entry in fs::read_dir(p).into_iter().flatten().flatten() {
-                remove_new(&entry.path(), &self.before_inside, &mut left);
-            }
-        }
-        for (key, value) in &self.sysctls {
-            let path = Path::new("/proc/sys").join(key);
-            if fs::read_to_string(&path).ok().as_ref() != Some(value)
-                && fs::write(&path, value).is_err()
-            {
-                left.push(format!("kernel setting {key} (was {})", value.trim()));
-            }
-        }
-        for s in shim_sockets().into_iter().filter(|_| !second) {
-            if !self.before.contains(&s) && fs::remove_file(&s).is_err() {
-                left.push(format!("shim socket {}", s.display()));
-            }
-        }
         if std::env::var_os("VOLGUARD_E2E_KEEP").is_some() {
-            eprintln!("real node files kept in {}", dir.keep().display());
-        } else if let Err(e) = dir.close() {
-            left.push(format!("{}: {e}", root.display()));
+            // Renamed out of the prefix, or the next real node would reclaim it.
+            let name = root.file_name().unwrap_or_default().to_string_lossy();
+            let kept = root.with_file_name(name.replacen(host::FOLDER_PREFIX, "volguard-kept-", 1));
+            match fs::rename(&root, &kept) {
+                Ok(()) => eprintln!("real node files kept in {}", kept.display()),
+                Err(e) => left.push(format!(
+                    "keep {} as {}: {e}",
+                    root.display(),
+                    kept.display()
+                )),
+            }
+        } else {
+            remove_tree(&root, &mut left);
+        }
+        // What the first node added to the machine's global paths, and its kernel
+        // settings (the second one writes only its own tmpfs mounts over those paths).
+        if let Some(before) = self.before.take() {
+            before.restore(&mut left);
         }
         left
     }
