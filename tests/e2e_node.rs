@@ -6,7 +6,13 @@
 mod common;
 mod control_plane;
 
-use std::{fs, os::unix::process::CommandExt, path::Path, process::Command, time::Duration};
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
 
 use control_plane::{
     ControlPlane, Options, host,
@@ -236,17 +242,29 @@ fn a_real_node_refuses_a_machine_running_another_container_runtime() {
     control_plane::node::require_root("the real-node machine test");
     let _turn = host::lock(node::LOCK);
     let had_state = host::state_file().exists();
-    // A process named containerd that is no real node's.
+    // A process named containerd that is no real node's: a script (its name is the
+    // process's), in a process group of its own with the sleep it runs.
     let dir = tempfile::tempdir().expect("temp dir");
     let fake = dir.path().join("containerd");
-    fs::copy("/bin/sleep", &fake).expect("copy sleep");
+    fs::write(&fake, "#!/bin/sh\nsleep 600\n").expect("fake containerd");
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut other = Command::new(&fake)
-        .arg("600")
+        .process_group(0)
         .spawn()
         .expect("fake containerd");
+    // Running, named: /proc shows it once the kernel ran the script.
+    let comm = format!("/proc/{}/comm", other.id());
+    let named = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "containerd")
+    });
     let refused = std::panic::catch_unwind(node::prepare_machine);
-    let _ = other.kill();
+    // SAFETY: kill has no memory preconditions; a negative pid names the group.
+    unsafe {
+        libc::kill(-(other.id() as i32), libc::SIGKILL);
+    }
     let _ = other.wait();
+    assert!(named, "the fake containerd never ran");
     let message = match refused {
         Ok(before) => {
             let mut left = Vec::new();
@@ -263,10 +281,21 @@ fn a_real_node_refuses_a_machine_running_another_container_runtime() {
     assert_eq!(host::state_file().exists(), had_state, "nothing recorded");
 }
 
-/// A run killed before its cleanup (Ctrl-C, a timeout) left a process of its node (in
-/// a process group of its own), its folder, a file in the global paths and a kernel
-/// setting changed: the next real node to start undoes all of it, restoring the setting
-/// the dead run recorded, not the one it left.
+/// The process's start time (in clock ticks since boot), which tells it from a later
+/// process given the same pid.
+fn started(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    // Fields after comm start at 3 (state); starttime is field 22.
+    after_comm.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// A run killed before its cleanup (Ctrl-C, a timeout) is undone by the next real node
+/// to start. First a run killed right after it recorded the machine and changed a
+/// kernel setting and the global paths (only its state file tells): the next start
+/// restores the setting the dead run recorded, not the one it left, and removes its
+/// files. Then a run killed with its processes (in process groups of their own) and
+/// folder: all go.
 #[cfg_attr(
     feature = "skip-e2e",
     ignore = "NOT RUN: needs root (a real node's machine checks); built with --features skip-e2e"
@@ -275,8 +304,29 @@ fn a_real_node_refuses_a_machine_running_another_container_runtime() {
 fn the_next_real_node_undoes_a_run_killed_before_its_cleanup() {
     control_plane::node::require_root("the real-node machine test");
     let _turn = host::lock(node::LOCK);
-    let dead_run = node::prepare_machine();
-    // What the dead run left.
+    let plugins = Path::new(node::DEVICE_PLUGINS);
+
+    // 1. Only the state file tells of the dead run.
+    drop(node::prepare_machine());
+    let setting = Path::new("/proc/sys/kernel/panic");
+    let original = fs::read_to_string(setting).expect("kernel.panic");
+    let changed = format!("{}\n", original.trim().parse::<i64>().unwrap_or(0) + 7);
+    fs::write(setting, &changed).expect("change kernel.panic");
+    fs::create_dir_all(plugins).expect("device-plugin folder");
+    fs::write(plugins.join("kubelet.sock"), "").expect("kubelet.sock");
+    let next = node::prepare_machine();
+    assert_eq!(
+        fs::read_to_string(setting).expect("kernel.panic"),
+        original,
+        "kernel.panic restored from the dead run's record"
+    );
+    assert!(
+        !plugins.join("kubelet.sock").exists(),
+        "kubelet.sock still there"
+    );
+
+    // 2. Its processes and folder too.
+    drop(next);
     let folder = tempfile::Builder::new()
         .prefix(host::FOLDER_PREFIX)
         .tempdir()
@@ -288,34 +338,26 @@ fn the_next_real_node_undoes_a_run_killed_before_its_cleanup() {
         .process_group(0)
         .spawn()
         .expect("a process of the dead run");
-    let plugins = Path::new(node::DEVICE_PLUGINS);
-    fs::create_dir_all(plugins).expect("device-plugin folder");
-    fs::write(plugins.join("kubelet.sock"), "").expect("kubelet.sock");
-    let setting = Path::new("/proc/sys/kernel/panic");
-    let original = fs::read_to_string(setting).expect("kernel.panic");
-    let changed = format!("{}\n", original.trim().parse::<i64>().unwrap_or(0) + 7);
-    fs::write(setting, &changed).expect("change kernel.panic");
-    drop(dead_run);
-
-    let next = node::prepare_machine();
     let pid = holder.id();
-    let alive = Path::new(&format!("/proc/{pid}")).exists();
-    if alive {
-        let _ = holder.kill();
+    let named = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    let start = started(pid);
+    let next = node::prepare_machine();
+    // Reaped by the reclaim already (this process is its parent), unless it survived.
+    let _ = holder.try_wait();
+    let survived = start.is_some() && started(pid) == start;
+    if survived {
+        // SAFETY: kill has no memory preconditions; a negative pid names the group.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+        let _ = holder.wait();
     }
-    // Reaped already by the reclaim (this process is its parent): an error, at once.
-    let _ = holder.wait();
-    assert!(!alive, "the dead run's process {pid} still ran");
+    assert!(named && start.is_some(), "the dead run's process never ran");
+    assert!(!survived, "the dead run's process {pid} still ran");
     assert!(!folder.exists(), "{} still there", folder.display());
-    assert!(
-        !plugins.join("kubelet.sock").exists(),
-        "kubelet.sock still there"
-    );
-    assert_eq!(
-        fs::read_to_string(setting).expect("kernel.panic"),
-        original,
-        "kernel.panic restored from the dead run's record"
-    );
     let mut left = Vec::new();
     next.restore(&mut left);
     assert!(left.is_empty(), "left: {left:?}");

@@ -3,14 +3,17 @@
 //! processes. A real node starts only on a machine where no other kubelet or container
 //! runtime runs ([`prepare`]), records what the machine was like ([`Before`]) in a file
 //! beside its lock before it changes anything, and puts it back after; a run that died
-//! (killed, timed out) is cleaned up by the next one, from that file.
+//! (killed, timed out) is cleaned up by the next first real node, from that file.
 //!
-//! Removal never crosses a mount point and never follows a symbolic link.
+//! The lock and the state file are in [`STATE_DIR`], root's alone and on `/run` (a
+//! tmpfs: a reboot, which resets the kernel settings, forgets them too). Removal does
+//! not enter mount points (by mountinfo and device number) and does not follow symbolic
+//! links.
 
 use std::{
     collections::HashSet,
     fs,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{DirBuilderExt, MetadataExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -53,9 +56,11 @@ const SYSCTLS: &[&str] = &[
 ];
 /// The cgroups the kubelet (cgroupfs driver) and containerd make in each hierarchy.
 pub const CGROUPS: &[&str] = &["kubepods", "k8s.io"];
-/// The file (in the temp folder, beside the lock) holding [`Before`] while a first
-/// real node runs.
-const STATE: &str = "volguard-real-node.state.json";
+/// Where the real nodes' locks and [`Before`] are: one per machine whatever `TMPDIR`
+/// says, so that runs from several checkouts take turns too.
+pub const STATE_DIR: &str = "/run/volguard-real-node";
+/// The file in [`STATE_DIR`] holding [`Before`] while a first real node runs.
+const STATE: &str = "state.json";
 /// What every process, folder and mount of a real node has in its path: its folder's
 /// prefix in the temp folder.
 pub const FOLDER_PREFIX: &str = "volguard-node-";
@@ -67,13 +72,26 @@ const RUNTIMES: &[&str] = &[
     "containerd-shim",
     "dockerd",
     "crio",
+    "conmon",
 ];
-/// What the machine's own container runtime or kubelet leaves while it runs or after.
+/// A real node's own programs (as `comm` names them; the second node's namespace holder
+/// is a `sleep`): only these are killed as a dead run's, not a `tail -f` of its log.
+const NODE_PROGRAMS: &[&str] = &[
+    "kubelet",
+    "containerd",
+    "containerd-shim",
+    "volume-device-p",
+    "runc",
+    "sleep",
+];
+/// What another container runtime leaves while it runs or after; a real node keeps its
+/// own in its folder.
 const FOREIGN_FILES: &[&str] = &[
-    "/var/lib/kubelet/device-plugins/kubelet.sock",
     "/run/containerd/containerd.sock",
     "/run/containerd/io.containerd.runtime.v2.task",
 ];
+/// What another kubelet leaves; a real node's dead run too (checked after the reclaim).
+const KUBELET_SOCKET: &str = "/var/lib/kubelet/device-plugins/kubelet.sock";
 
 /// What the first real node found on the machine before it changed anything.
 #[derive(Serialize, Deserialize)]
@@ -88,13 +106,41 @@ pub struct Before {
 
 /// Where [`Before`] is kept while a first real node runs.
 pub fn state_file() -> PathBuf {
-    std::env::temp_dir().join(STATE)
+    Path::new(STATE_DIR).join(STATE)
 }
 
-/// Waits for the file lock `name` (in the temp folder) and holds it until dropped: real
-/// nodes of one kind take turns on a machine, across processes.
+/// [`STATE_DIR`], made root's alone when missing; refused when anyone else could have
+/// put something in it (or it is a link), since root acts on what it holds.
+fn state_dir() -> &'static Path {
+    let dir = Path::new(STATE_DIR);
+    if let Err(e) = fs::DirBuilder::new().mode(0o700).create(dir)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        fail(
+            "start a real node",
+            format!("cannot make {STATE_DIR}: {e}"),
+            None,
+        );
+    }
+    let meta = fs::symlink_metadata(dir)
+        .unwrap_or_else(|e| fail("start a real node", format!("{STATE_DIR}: {e}"), None));
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        fail(
+            "start a real node",
+            format!(
+                "{STATE_DIR} is not a folder only root can write (a link, another owner, or \
+                 writable by others): remove it"
+            ),
+            None,
+        );
+    }
+    dir
+}
+
+/// Waits for the file lock `name` (in [`STATE_DIR`]) and holds it until dropped: real
+/// nodes of one kind take turns on a machine, across processes and checkouts.
 pub fn lock(name: &str) -> fs::File {
-    let path = std::env::temp_dir().join(name);
+    let path = state_dir().join(name);
     let file =
         fs::File::create(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
     file.lock()
@@ -124,15 +170,18 @@ impl Before {
                 })
                 .collect(),
         };
+        // Written aside and renamed: a run killed meanwhile leaves the old file or none,
+        // never half of one.
         let file = state_file();
+        let partial = file.with_extension("partial");
         let text = serde_json::to_string(&before).expect("the machine's state as JSON");
-        fs::write(&file, text).unwrap_or_else(|e| {
+        if let Err(e) = fs::write(&partial, text).and_then(|()| fs::rename(&partial, &file)) {
             fail(
                 "start a real node",
                 format!("cannot write {}: {e}", file.display()),
                 None,
-            )
-        });
+            );
+        }
         before
     }
 
@@ -140,8 +189,18 @@ impl Before {
     fn saved() -> Option<Before> {
         let file = state_file();
         let text = fs::read_to_string(&file).ok()?;
-        match serde_json::from_str(&text) {
-            Ok(b) => Some(b),
+        match serde_json::from_str::<Before>(&text) {
+            // Only the settings a real node changes: the file names what root writes.
+            Ok(b) if b.sysctls.iter().all(|(k, _)| SYSCTLS.contains(&k.as_str())) => Some(b),
+            Ok(_) => fail(
+                "start a real node",
+                format!(
+                    "{} names kernel settings other than {SYSCTLS:?}: not a real node's; \
+                     remove it",
+                    file.display()
+                ),
+                None,
+            ),
             Err(e) => fail(
                 "start a real node",
                 format!(
@@ -158,14 +217,15 @@ impl Before {
     /// nothing is left (`left` empty, also of what the caller could not remove),
     /// removes the state file.
     pub fn restore(&self, left: &mut Vec<String>) {
+        let mounts = mount_points();
         for p in GLOBAL_PATHS.iter().map(Path::new) {
             if self.paths.contains(p) {
                 for entry in fs::read_dir(p).into_iter().flatten().flatten() {
-                    remove_new(&entry.path(), &self.inside, left);
+                    remove_new(&entry.path(), &self.inside, &mounts, left);
                 }
                 continue;
             }
-            remove_tree(p, left);
+            remove_tree_in(p, &mounts, left);
             // A parent made for it (`/run/containerd`), when nothing else is in it.
             for parent in p.ancestors().skip(1) {
                 if self.paths.contains(parent) {
@@ -199,10 +259,10 @@ impl Before {
 }
 
 /// Makes the machine ready for the first real node, whose lock the caller holds:
-/// refuses when another kubelet or container runtime runs (its cgroups and sockets are
-/// the ones a real node uses and removes), undoes what a run that died left, refuses
-/// when files of another runtime are there, and records the machine.
-/// `bridges` and `cgroup_roots` are those of every real node a dead run may have left.
+/// refuses when another kubelet or container runtime runs or left its files (their
+/// cgroups and sockets are the ones a real node uses and removes), undoes what a run
+/// that died left, and records the machine. `bridges` and `cgroup_roots` are those of
+/// every real node a dead run may have left.
 pub fn prepare(bridges: &[&str], cgroup_roots: &[&str]) -> Before {
     let foreign = foreign_runtimes();
     if !foreign.is_empty() {
@@ -218,7 +278,6 @@ pub fn prepare(bridges: &[&str], cgroup_roots: &[&str]) -> Before {
             None,
         );
     }
-    reclaim_dead_run(bridges, cgroup_roots);
     let found: Vec<&str> = FOREIGN_FILES
         .iter()
         .copied()
@@ -228,10 +287,42 @@ pub fn prepare(bridges: &[&str], cgroup_roots: &[&str]) -> Before {
         fail(
             "start a real node",
             format!(
-                "{} exist: a kubelet or containerd of another kind ran on this machine and \
-                 left them (a real node's are in its own folder). Remove them when nothing \
-                 uses them any more",
+                "{} exist: a containerd of another kind ran on this machine and left them (a \
+                 real node's are in its own folder). Remove them when nothing uses them any \
+                 more",
                 found.join(", ")
+            ),
+            None,
+        );
+    }
+    match DeadRun::find() {
+        Some(dead) => dead.reclaim(bridges, cgroup_roots),
+        None => {
+            // Nothing of a real node's: processes in these cgroups are another's pods.
+            for hierarchy in cgroup_hierarchies() {
+                for name in CGROUPS {
+                    let tree = hierarchy.join(name);
+                    if !cgroup_procs(&tree).is_empty() {
+                        fail(
+                            "start a real node",
+                            format!(
+                                "processes run in the cgroup {}: pods of another kubelet or \
+                                 runtime, which a real node would kill when it goes",
+                                tree.display()
+                            ),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if Path::new(KUBELET_SOCKET).exists() {
+        fail(
+            "start a real node",
+            format!(
+                "{KUBELET_SOCKET} exists: another kubelet ran on this machine and left it. \
+                 Remove /var/lib/kubelet when nothing uses it any more"
             ),
             None,
         );
@@ -239,10 +330,13 @@ pub fn prepare(bridges: &[&str], cgroup_roots: &[&str]) -> Before {
     Before::record()
 }
 
-/// The kubelets and container runtimes running that are no real node's, described.
-fn foreign_runtimes() -> Vec<String> {
+/// The kubelets and container runtimes running that are no real node's, described: a
+/// real node's teardown also asks, and leaves the shared cgroups, paths and settings
+/// alone when one started meanwhile.
+pub fn foreign_runtimes() -> Vec<String> {
     pids()
-        .filter(|pid| !is_ours(*pid))
+        // A killed process not yet reaped has no command line any more; it runs nothing.
+        .filter(|pid| !is_zombie(*pid) && !is_ours(*pid))
         .filter_map(|pid| {
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             let comm = comm.trim();
@@ -252,6 +346,23 @@ fn foreign_runtimes() -> Vec<String> {
                 .then(|| format!("pid {pid}: {comm}"))
         })
         .collect()
+}
+
+/// The process's `comm` and the fields of `/proc/<pid>/stat` after it (state, ppid,
+/// ...): comm may hold spaces and parentheses, so they are split after its last ')'.
+fn stat(pid: i32) -> Option<(String, Vec<String>)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, tail) = text.rsplit_once(')')?;
+    let (_, comm) = head.split_once('(')?;
+    Some((
+        comm.to_owned(),
+        tail.split_whitespace().map(str::to_owned).collect(),
+    ))
+}
+
+/// Whether the process has exited and waits to be reaped.
+fn is_zombie(pid: i32) -> bool {
+    stat(pid).is_some_and(|(_, f)| f.first().is_some_and(|s| s == "Z" || s == "X"))
 }
 
 /// Every process id.
@@ -272,58 +383,99 @@ fn is_ours(pid: i32) -> bool {
         .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
 }
 
-/// A real node of an earlier run that died without its teardown left its processes,
-/// cgroups, mounts, folder, bridges, its files in the global paths and the kernel
-/// settings it changed: all undone (the caller made sure no other runtime runs).
-/// Fails, naming them, when some cannot be.
-fn reclaim_dead_run(bridges: &[&str], cgroup_roots: &[&str]) {
-    let saved = Before::saved();
-    let mut killed: Vec<i32> = pids().filter(|pid| is_ours(*pid)).collect();
-    let folders: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(FOLDER_PREFIX))
-        .map(|e| e.path())
-        .collect();
-    if saved.is_none() && killed.is_empty() && folders.is_empty() {
-        return;
+/// Whether the process is one of a real node's programs ([`NODE_PROGRAMS`]), and
+/// [`is_ours`].
+fn is_node_program(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| {
+        let comm = comm.trim();
+        NODE_PROGRAMS
+            .iter()
+            .any(|p| comm == *p || (*p == "containerd-shim" && comm.starts_with(p)))
+    }) && is_ours(pid)
+}
+
+/// What a real node of an earlier run that died without its teardown (killed, timed
+/// out) left: its state file, processes and folders.
+struct DeadRun {
+    saved: Option<Before>,
+    pids: Vec<i32>,
+    folders: Vec<PathBuf>,
+}
+
+impl DeadRun {
+    fn find() -> Option<DeadRun> {
+        let dead = DeadRun {
+            saved: Before::saved(),
+            pids: pids().filter(|pid| is_node_program(*pid)).collect(),
+            folders: fs::read_dir(std::env::temp_dir())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(FOLDER_PREFIX))
+                .filter(|e| fs::symlink_metadata(e.path()).is_ok_and(|m| m.uid() == 0))
+                .map(|e| e.path())
+                .collect(),
+        };
+        (dead.saved.is_some() || !dead.pids.is_empty() || !dead.folders.is_empty()).then_some(dead)
     }
-    let mut left = Vec::new();
-    for &pid in &killed {
-        kill_pid(pid);
+
+    /// Undoes it all: processes, cgroups, mounts, folders, bridges, and from the state
+    /// file the global paths and kernel settings (the caller made sure no other runtime
+    /// runs). Fails, naming them, when some cannot be.
+    fn reclaim(self, bridges: &[&str], cgroup_roots: &[&str]) {
+        let mut left = Vec::new();
+        let mut killed = self.pids;
+        for &pid in &killed {
+            kill_pid(pid);
+        }
+        let names: Vec<&str> = CGROUPS.iter().chain(cgroup_roots).copied().collect();
+        remove_cgroups(&names, &mut killed, &mut left);
+        reap(&killed);
+        for folder in &self.folders {
+            remove_unmounted(folder, &mut left);
+        }
+        for bridge in bridges {
+            if !delete_link(bridge) {
+                left.push(format!("network interface {bridge}"));
+            }
+        }
+        if let Some(before) = self.saved {
+            before.restore(&mut left);
+        }
+        if !left.is_empty() {
+            fail(
+                "start a real node: remove what a run that died without its cleanup left",
+                format!("could not remove:\n  {}", left.join("\n  ")),
+                None,
+            );
+        }
+        eprintln!("real node: removed what a run that died without its cleanup left");
     }
+}
+
+/// Unmounts everything under `folder`, then removes it; when a mount stays, names it
+/// and removes nothing (what is mounted may be another's).
+pub fn remove_unmounted(folder: &Path, left: &mut Vec<String>) {
+    let stuck = unmount_under(folder);
+    if stuck.is_empty() {
+        remove_tree(folder, left);
+    } else {
+        left.extend(stuck.iter().map(|m| format!("mount {}", m.display())));
+        left.push(format!("{}: kept, mounts remain in it", folder.display()));
+    }
+}
+
+/// Removes the cgroup trees `names` (relative to each hierarchy's root), killing their
+/// processes (added to `killed`); those that stay are named in `left`.
+pub fn remove_cgroups(names: &[&str], killed: &mut Vec<i32>, left: &mut Vec<String>) {
     for hierarchy in cgroup_hierarchies() {
-        for name in CGROUPS.iter().chain(cgroup_roots) {
+        for name in names {
             let tree = hierarchy.join(name.trim_start_matches('/'));
-            if !remove_cgroup(&tree, &mut killed) {
+            if !remove_cgroup(&tree, killed) {
                 left.push(format!("cgroup {}", tree.display()));
             }
         }
     }
-    reap(&killed);
-    for folder in &folders {
-        for m in unmount_under(folder) {
-            left.push(format!("mount {}", m.display()));
-        }
-        remove_tree(folder, &mut left);
-    }
-    for bridge in bridges {
-        if !delete_link(bridge) {
-            left.push(format!("network interface {bridge}"));
-        }
-    }
-    if let Some(before) = saved {
-        before.restore(&mut left);
-    }
-    if !left.is_empty() {
-        fail(
-            "start a real node: remove what a run that died without its cleanup left",
-            format!("could not remove:\n  {}", left.join("\n  ")),
-            None,
-        );
-    }
-    eprintln!("real node: removed what a run that died without its cleanup left");
 }
 
 /// Deletes the network interface `name`; returns whether it is gone.
@@ -392,16 +544,11 @@ pub fn zombie_shims() -> Vec<i32> {
     let me = std::process::id().to_string();
     pids()
         .filter(|pid| {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
-            let Some((head, tail)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut fields = tail.split_whitespace();
-            let (state, ppid) = (fields.next(), fields.next());
-            head.contains("(containerd-shim") && state == Some("Z") && ppid == Some(&me)
+            stat(*pid).is_some_and(|(comm, f)| {
+                comm.starts_with("containerd-shim")
+                    && f.first().is_some_and(|s| s == "Z")
+                    && f.get(1) == Some(&me)
+            })
         })
         .collect()
 }
@@ -409,54 +556,85 @@ pub fn zombie_shims() -> Vec<i32> {
 /// Every path inside `dir`, recursively, without entering other mounts (nothing when
 /// it does not exist).
 fn listing(dir: &Path) -> Vec<PathBuf> {
-    let Ok(meta) = fs::symlink_metadata(dir) else {
-        return Vec::new();
-    };
+    let mounts = mount_points();
     let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir() && m.dev() == meta.dev()) {
-            out.extend(listing(&p));
-        }
-        out.push(p);
-    }
+    list_into(dir, &mounts, &mut out);
     out
 }
 
+fn list_into(dir: &Path, mounts: &HashSet<PathBuf>, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if crossable(&p, mounts) == Some(true) {
+            list_into(&p, mounts, out);
+        }
+        out.push(p);
+    }
+}
+
+/// Whether `path` is a folder on its parent's filesystem that is no mount point (a bind
+/// mount of the same filesystem shows only in mountinfo); `None` when it is no folder.
+fn crossable(path: &Path, mounts: &HashSet<PathBuf>) -> Option<bool> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    if !meta.is_dir() {
+        return None;
+    }
+    let parent = path.parent().and_then(|p| fs::symlink_metadata(p).ok());
+    Some(parent.is_some_and(|p| p.dev() == meta.dev()) && !mounts.contains(path))
+}
+
+/// Every mount point of this mount namespace.
+fn mount_points() -> HashSet<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes spaces and the like as \040; none of our paths has them.
+        .map(PathBuf::from)
+        .collect()
+}
+
 /// Removes `path` unless it was there before; inside a folder that was, looks deeper
-/// (never into another mount).
-fn remove_new(path: &Path, before: &HashSet<PathBuf>, left: &mut Vec<String>) {
+/// (never into another mount, which is named in `left`).
+fn remove_new(
+    path: &Path,
+    before: &HashSet<PathBuf>,
+    mounts: &HashSet<PathBuf>,
+    left: &mut Vec<String>,
+) {
     if !before.contains(path) {
-        remove_tree(path, left);
+        remove_tree_in(path, mounts, left);
         return;
     }
-    let dev = |p: &Path| fs::symlink_metadata(p).ok().map(|m| m.dev());
-    let is_dir = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
-    if is_dir && path.parent().and_then(dev) == dev(path) {
-        for e in fs::read_dir(path).into_iter().flatten().flatten() {
-            remove_new(&e.path(), before, left);
+    match crossable(path, mounts) {
+        Some(true) => {
+            for e in fs::read_dir(path).into_iter().flatten().flatten() {
+                remove_new(&e.path(), before, mounts, left);
+            }
         }
+        Some(false) => left.push(format!("{}: a mount point, not entered", path.display())),
+        None => {}
     }
 }
 
 /// Removes `path` and everything in it, except mounts (what is mounted there, and the
 /// folders holding them, are named in `left`); a symbolic link goes, not its target.
 pub fn remove_tree(path: &Path, left: &mut Vec<String>) {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return;
-    };
-    let removed = if meta.is_dir() {
-        let parent = path.parent().and_then(|p| fs::symlink_metadata(p).ok());
-        if parent.is_some_and(|p| p.dev() != meta.dev()) {
+    remove_tree_in(path, &mount_points(), left);
+}
+
+fn remove_tree_in(path: &Path, mounts: &HashSet<PathBuf>, left: &mut Vec<String>) {
+    let removed = match crossable(path, mounts) {
+        Some(false) => {
             left.push(format!("{}: a mount point, left as is", path.display()));
             return;
         }
-        for e in fs::read_dir(path).into_iter().flatten().flatten() {
-            remove_tree(&e.path(), left);
+        Some(true) => {
+            for e in fs::read_dir(path).into_iter().flatten().flatten() {
+                remove_tree_in(&e.path(), mounts, left);
+            }
+            fs::remove_dir(path)
         }
-        fs::remove_dir(path)
-    } else {
-        fs::remove_file(path)
+        None => fs::remove_file(path),
     };
     if let Err(e) = removed
         && e.kind() != std::io::ErrorKind::NotFound
@@ -467,12 +645,8 @@ pub fn remove_tree(path: &Path, left: &mut Vec<String>) {
 
 /// The mount points under `prefix`, deepest first.
 fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        // mountinfo escapes spaces and the like as \040; none of our paths has them.
-        .map(PathBuf::from)
+    let mut points: Vec<PathBuf> = mount_points()
+        .into_iter()
         .filter(|p| p.starts_with(prefix))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
@@ -521,19 +695,22 @@ pub fn cgroup_hierarchies() -> Vec<PathBuf> {
     roots
 }
 
-/// Kills every process in the cgroup tree `dir` (adding them to `killed`), then removes
-/// its folders, leaves first; returns whether the tree is gone (within 20 s).
-pub fn remove_cgroup(dir: &Path, killed: &mut Vec<i32>) -> bool {
-    fn procs(dir: &Path, out: &mut Vec<i32>) {
-        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-            out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-        }
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                procs(&e.path(), out);
-            }
+/// The processes in the cgroup tree `dir` (none when it does not exist).
+fn cgroup_procs(dir: &Path) -> Vec<i32> {
+    let mut out: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(cgroup_procs(&e.path()));
         }
     }
+    out
+}
+
+/// Kills every process in the cgroup tree `dir` (adding them to `killed`), then removes
+/// its folders, leaves first; returns whether the tree is gone (within 20 s).
+fn remove_cgroup(dir: &Path, killed: &mut Vec<i32>) -> bool {
     fn rmdirs(dir: &Path) {
         for e in fs::read_dir(dir).into_iter().flatten().flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -547,9 +724,7 @@ pub fn remove_cgroup(dir: &Path, killed: &mut Vec<i32>) -> bool {
         if !dir.exists() {
             return true;
         }
-        let mut pids = Vec::new();
-        procs(dir, &mut pids);
-        for pid in pids {
+        for pid in cgroup_procs(dir) {
             kill_pid(pid);
             killed.push(pid);
         }

@@ -1459,9 +1459,10 @@ impl ControlPlane {
         .await
     }
 
-    /// The events in `namespace` matching the field `selector`, oldest first.
+    /// The events in `namespace` matching the field `selector`, oldest first; fails
+    /// when they cannot be read (an empty list must mean no such event).
     fn event_items(&self, namespace: &str, selector: &str) -> Vec<Value> {
-        let (ok, out, _) = self.kubectl(
+        let (ok, out, err) = self.kubectl(
             &[
                 "get",
                 "events",
@@ -1473,17 +1474,13 @@ impl ControlPlane {
             ],
             None,
         );
-        let list: Value = if ok {
-            serde_json::from_str(&out).unwrap_or_default()
-        } else {
-            Value::Null
-        };
+        let list: Option<Value> = ok.then(|| serde_json::from_str(&out).ok()).flatten();
         match list {
-            Value::Object(mut o) => match o.remove("items") {
+            Some(Value::Object(mut o)) => match o.remove("items") {
                 Some(Value::Array(items)) => items,
                 _ => Vec::new(),
             },
-            _ => Vec::new(),
+            _ => panic!("kubectl get events --field-selector={selector}: {err} {out}"),
         }
     }
 

@@ -30,7 +30,10 @@ use std::{
     os::unix::{fs::symlink, process::CommandExt},
     path::{Path, PathBuf},
     process::Command,
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -45,7 +48,7 @@ use super::{
     Component, ControlPlane, fail, free_port,
     host::{
         self, Before, CGROUPS, NAMESPACED_PATHS, adopt_orphans, cgroup_hierarchies, delete_link,
-        kill_pid, processes_with_arg, reap, remove_cgroup, remove_tree, unmount_under,
+        kill_pid, processes_with_arg, reap, remove_cgroups, remove_unmounted, unmount_under,
         zombie_shims,
     },
     images::{self, Image},
@@ -108,6 +111,9 @@ const SECOND: Identity = Identity {
 };
 /// The kubelet's device-plugin folder, whatever its root folder.
 pub const DEVICE_PLUGINS: &str = "/var/lib/kubelet/device-plugins";
+/// Whether this process runs a first real node, which a second one needs beside it.
+static FIRST_RUNNING: AtomicBool = AtomicBool::new(false);
+
 /// Makes the machine ready for the first real node, whose lock ([`LOCK`]) the caller
 /// holds: see [`host::prepare`].
 pub fn prepare_machine() -> Before {
@@ -243,7 +249,7 @@ impl ControlPlane {
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let before = if options.second {
-            if !Path::new(DEVICE_PLUGINS).join("kubelet.sock").exists() {
+            if !FIRST_RUNNING.load(Ordering::SeqCst) {
                 fail(
                     "start the second real node",
                     "start the first real node before it (and drop it after): the first one \
@@ -254,7 +260,9 @@ impl ControlPlane {
             None
         } else {
             let prepared = tokio::task::spawn_blocking(prepare_machine).await;
-            Some(prepared.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+            let before = prepared.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            FIRST_RUNNING.store(true, Ordering::SeqCst);
+            Some(before)
         };
 
         let dir = tempfile::Builder::new()
@@ -608,16 +616,22 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             );
             let url = format!("http://127.0.0.1:{healthz}/healthz");
             let deadline = Instant::now() + Duration::from_secs(60);
+            let api = format!("{ip}:{}", self.kubelet_port);
             loop {
-                if let Ok((200, _)) = super::http(None).get(&url).await {
-                    self.kubelet = Some(kubelet);
-                    return;
-                }
                 let taken = kubelet.log().contains("address already in use");
                 if taken && attempt < 3 {
                     eprintln!("kubelet: a port was taken meanwhile, picking others");
                     stop_group(kubelet, Duration::ZERO);
                     break;
+                }
+                // Its /healthz, and its API port listening (by the kubelet, not another:
+                // it has not exited).
+                if let Ok((200, _)) = super::http(None).get(&url).await
+                    && tokio::net::TcpStream::connect(&api).await.is_ok()
+                    && kubelet.exited().is_none()
+                {
+                    self.kubelet = Some(kubelet);
+                    return;
                 }
                 if let Some(status) = kubelet.exited() {
                     fail("kubelet: start", status, Some(&kubelet));
@@ -746,19 +760,18 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         for &pid in &killed {
             kill_pid(pid);
         }
-        // The first node's cgroups are named at each hierarchy's root; the second's are
-        // all below its cgroup root.
-        let names: Vec<&str> = match self.identity.cgroup_root {
-            "/" => CGROUPS.to_vec(),
-            own => vec![own.trim_start_matches('/')],
-        };
-        for hierarchy in cgroup_hierarchies() {
-            for name in &names {
-                let tree = hierarchy.join(name);
-                if !remove_cgroup(&tree, &mut killed) {
-                    left.push(format!("cgroup {}", tree.display()));
-                }
-            }
+        // The first node's cgroups are named at each hierarchy's root (shared with any
+        // runtime that started meanwhile: then left alone); the second's are all below
+        // its cgroup root.
+        let foreign = host::foreign_runtimes();
+        match self.identity.cgroup_root {
+            "/" if !foreign.is_empty() => left.push(format!(
+                "another runtime started during the run ({}): the cgroups {CGROUPS:?}, the \
+                 global paths and the kernel settings left as they are",
+                foreign.join("; ")
+            )),
+            "/" => remove_cgroups(CGROUPS, &mut killed, &mut left),
+            own => remove_cgroups(&[own], &mut killed, &mut left),
         }
         killed.extend(zombie_shims());
         // The mount namespace goes with its last process: its tmpfs mounts with it.
@@ -769,9 +782,6 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             stop_group(c, Duration::ZERO);
         }
         reap(&killed);
-        for p in unmount_under(&root) {
-            left.push(format!("mount {}", p.display()));
-        }
         if !delete_link(self.identity.bridge) {
             left.push(format!("network interface {}", self.identity.bridge));
         }
@@ -782,6 +792,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         }
         if std::env::var_os("VOLGUARD_E2E_KEEP").is_some() {
             // Renamed out of the prefix, or the next real node would reclaim it.
+            for m in unmount_under(&root) {
+                left.push(format!("mount {}", m.display()));
+            }
             let name = root.file_name().unwrap_or_default().to_string_lossy();
             let kept = root.with_file_name(name.replacen(host::FOLDER_PREFIX, "volguard-kept-", 1));
             match fs::rename(&root, &kept) {
@@ -793,12 +806,17 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
                 )),
             }
         } else {
-            remove_tree(&root, &mut left);
+            remove_unmounted(&root, &mut left);
         }
         // What the first node added to the machine's global paths, and its kernel
         // settings (the second one writes only its own tmpfs mounts over those paths).
-        if let Some(before) = self.before.take() {
+        if let Some(before) = self.before.take()
+            && foreign.is_empty()
+        {
             before.restore(&mut left);
+        }
+        if self.identity.cgroup_root == "/" {
+            FIRST_RUNNING.store(false, Ordering::SeqCst);
         }
         left
     }
