@@ -344,7 +344,7 @@ fn the_next_real_node_undoes_a_run_killed_before_its_cleanup() {
         fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
     });
     let start = started(pid);
-    let next = node::prepare_machine();
+    let next = std::panic::catch_unwind(node::prepare_machine);
     // Reaped by the reclaim already (this process is its parent), unless it survived.
     let _ = holder.try_wait();
     let survived = start.is_some() && started(pid) == start;
@@ -355,6 +355,10 @@ fn the_next_real_node_undoes_a_run_killed_before_its_cleanup() {
         }
         let _ = holder.wait();
     }
+    let next = next.unwrap_or_else(|e| {
+        let _ = fs::remove_dir_all(&folder);
+        std::panic::resume_unwind(e)
+    });
     assert!(named && start.is_some(), "the dead run's process never ran");
     assert!(!survived, "the dead run's process {pid} still ran");
     assert!(!folder.exists(), "{} still there", folder.display());

@@ -335,8 +335,9 @@ pub fn prepare(bridges: &[&str], cgroup_roots: &[&str]) -> Before {
 /// alone when one started meanwhile.
 pub fn foreign_runtimes() -> Vec<String> {
     pids()
-        // A killed process not yet reaped has no command line any more; it runs nothing.
-        .filter(|pid| !is_zombie(*pid) && !is_ours(*pid))
+        // A process dying or dead (its memory freed) has an empty command line; so have
+        // kernel threads. Neither runs anything any more.
+        .filter(|pid| has_cmdline(*pid) && !is_ours(*pid))
         .filter_map(|pid| {
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             let comm = comm.trim();
@@ -360,9 +361,9 @@ fn stat(pid: i32) -> Option<(String, Vec<String>)> {
     ))
 }
 
-/// Whether the process has exited and waits to be reaped.
-fn is_zombie(pid: i32) -> bool {
-    stat(pid).is_some_and(|(_, f)| f.first().is_some_and(|s| s == "Z" || s == "X"))
+/// Whether the process has a command line (it is no kernel thread, and not exiting).
+fn has_cmdline(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
 
 /// Every process id.
@@ -407,14 +408,7 @@ impl DeadRun {
         let dead = DeadRun {
             saved: Before::saved(),
             pids: pids().filter(|pid| is_node_program(*pid)).collect(),
-            folders: fs::read_dir(std::env::temp_dir())
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(FOLDER_PREFIX))
-                .filter(|e| fs::symlink_metadata(e.path()).is_ok_and(|m| m.uid() == 0))
-                .map(|e| e.path())
-                .collect(),
+            folders: dead_folders(),
         };
         (dead.saved.is_some() || !dead.pids.is_empty() || !dead.folders.is_empty()).then_some(dead)
     }
@@ -453,6 +447,73 @@ impl DeadRun {
     }
 }
 
+/// The folders of real nodes that are no more: those in the temp folder, and those
+/// named by a mount or a node program's arguments (a run with another `TMPDIR`);
+/// root's only.
+fn dead_folders() -> Vec<PathBuf> {
+    let mut found = HashSet::new();
+    let named = fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .chain(
+            mount_points()
+                .into_iter()
+                .map(|p| p.to_string_lossy().into_owned()),
+        )
+        .chain(
+            pids()
+                .filter(|pid| is_node_program(*pid))
+                .filter_map(|pid| {
+                    let c = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                    Some(String::from_utf8_lossy(&c).replace('\0', " "))
+                }),
+        );
+    for text in named {
+        found.extend(folders_named_in(&text));
+    }
+    let mut folders: Vec<PathBuf> = found
+        .into_iter()
+        .filter(|f| fs::symlink_metadata(f).is_ok_and(|m| m.is_dir() && m.uid() == 0))
+        .collect();
+    folders.sort();
+    folders
+}
+
+/// The node folders (`<dir>/volguard-node-<suffix>`) that `text` names.
+fn folders_named_in(text: &str) -> Vec<PathBuf> {
+    let needle = format!("/{FOLDER_PREFIX}");
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices(&needle) {
+        let start = text[..at].rfind([' ', '=']).map_or(0, |i| i + 1);
+        let end = text[at + 1..]
+            .find(['/', ' '])
+            .map_or(text.len(), |i| at + 1 + i);
+        let path = Path::new(&text[start..end]);
+        // A node's folder as tempfile names it: the prefix and six letters or digits.
+        let suffix = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(FOLDER_PREFIX))
+            .unwrap_or_default();
+        if path.is_absolute()
+            && suffix.len() == 6
+            && suffix.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            out.push(path.to_owned());
+        }
+    }
+    out
+}
+
+/// Forgets the machine's record without restoring it: when another runtime started
+/// during the run, what is in the shared paths and settings may be its, and undoing
+/// the record later would undo its changes too.
+pub fn forget() {
+    let _ = fs::remove_file(state_file());
+}
+
 /// Unmounts everything under `folder`, then removes it; when a mount stays, names it
 /// and removes nothing (what is mounted may be another's).
 pub fn remove_unmounted(folder: &Path, left: &mut Vec<String>) {
@@ -476,6 +537,32 @@ pub fn remove_cgroups(names: &[&str], killed: &mut Vec<i32>, left: &mut Vec<Stri
             }
         }
     }
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (IPv4 or IPv6): the
+/// process that answers there is that one, not another that took the port.
+pub fn listens(pid: u32, port: u16) -> bool {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && fields.get(3) == Some(&"0A") {
+                inodes.extend(fields.get(9).map(|i| format!("socket:[{i}]")));
+            }
+        }
+    }
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .any(|link| inodes.contains(link.to_string_lossy().as_ref()))
 }
 
 /// Deletes the network interface `name`; returns whether it is gone.
@@ -594,7 +681,7 @@ fn mount_points() -> HashSet<PathBuf> {
 }
 
 /// Removes `path` unless it was there before; inside a folder that was, looks deeper
-/// (never into another mount, which is named in `left`).
+/// (never into a mount point).
 fn remove_new(
     path: &Path,
     before: &HashSet<PathBuf>,
@@ -605,14 +692,11 @@ fn remove_new(
         remove_tree_in(path, mounts, left);
         return;
     }
-    match crossable(path, mounts) {
-        Some(true) => {
-            for e in fs::read_dir(path).into_iter().flatten().flatten() {
-                remove_new(&e.path(), before, mounts, left);
-            }
+    // A mount that was there before is not the node's: not entered.
+    if crossable(path, mounts) == Some(true) {
+        for e in fs::read_dir(path).into_iter().flatten().flatten() {
+            remove_new(&e.path(), before, mounts, left);
         }
-        Some(false) => left.push(format!("{}: a mount point, not entered", path.display())),
-        None => {}
     }
 }
 

@@ -260,9 +260,7 @@ impl ControlPlane {
             None
         } else {
             let prepared = tokio::task::spawn_blocking(prepare_machine).await;
-            let before = prepared.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            FIRST_RUNNING.store(true, Ordering::SeqCst);
-            Some(before)
+            Some(prepared.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
         };
 
         let dir = tempfile::Builder::new()
@@ -287,6 +285,10 @@ impl ControlPlane {
             dir: Some(dir),
             _lock: lock,
         };
+        // From here its teardown (on drop, a panic too) clears it.
+        if !options.second {
+            FIRST_RUNNING.store(true, Ordering::SeqCst);
+        }
         for d in [
             "by-id",
             "containerd",
@@ -616,7 +618,6 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
             );
             let url = format!("http://127.0.0.1:{healthz}/healthz");
             let deadline = Instant::now() + Duration::from_secs(60);
-            let api = format!("{ip}:{}", self.kubelet_port);
             loop {
                 let taken = kubelet.log().contains("address already in use");
                 if taken && attempt < 3 {
@@ -624,11 +625,11 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
                     stop_group(kubelet, Duration::ZERO);
                     break;
                 }
-                // Its /healthz, and its API port listening (by the kubelet, not another:
-                // it has not exited).
+                // Its /healthz, and its API port listening: a socket of the kubelet's own.
                 if let Ok((200, _)) = super::http(None).get(&url).await
-                    && tokio::net::TcpStream::connect(&api).await.is_ok()
-                    && kubelet.exited().is_none()
+                    && kubelet
+                        .pid()
+                        .is_some_and(|pid| host::listens(pid, self.kubelet_port))
                 {
                     self.kubelet = Some(kubelet);
                     return;
@@ -765,11 +766,16 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
         // its cgroup root.
         let foreign = host::foreign_runtimes();
         match self.identity.cgroup_root {
-            "/" if !foreign.is_empty() => left.push(format!(
-                "another runtime started during the run ({}): the cgroups {CGROUPS:?}, the \
-                 global paths and the kernel settings left as they are",
-                foreign.join("; ")
-            )),
+            "/" if !foreign.is_empty() => {
+                host::forget();
+                left.push(format!(
+                    "another runtime started during the run ({}): the cgroups {CGROUPS:?}, \
+                     the global paths and the kernel settings left as they are, and the \
+                     machine's record forgotten (undoing it would undo that runtime's \
+                     changes too)",
+                    foreign.join("; ")
+                ));
+            }
             "/" => remove_cgroups(CGROUPS, &mut killed, &mut left),
             own => remove_cgroups(&[own], &mut killed, &mut left),
         }
