@@ -129,9 +129,14 @@ pub enum VaSource {
     Inline(VolumeId),
 }
 
-/// Namespaced key `namespace/name`.
+/// Namespaced key `namespace/name`. Built by hand: it is made for every pod and claim
+/// loaded and looked up, and `format!` costs several times as much.
 pub fn key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+    let mut k = String::with_capacity(namespace.len() + 1 + name.len());
+    k.push_str(namespace);
+    k.push('/');
+    k.push_str(name);
+    k
 }
 
 impl NodeRecord {
