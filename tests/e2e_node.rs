@@ -284,10 +284,9 @@ fn a_real_node_refuses_a_machine_running_another_container_runtime() {
 /// The process's start time (in clock ticks since boot), which tells it from a later
 /// process given the same pid.
 fn started(pid: u32) -> Option<String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, after_comm) = stat.rsplit_once(')')?;
-    // Fields after comm start at 3 (state); starttime is field 22.
-    after_comm.split_whitespace().nth(19).map(str::to_owned)
+    // The fields after comm start at 3 (state); starttime is field 22.
+    let (_, fields) = host::stat(i32::try_from(pid).ok()?)?;
+    fields.get(19).cloned()
 }
 
 /// A run killed before its cleanup (Ctrl-C, a timeout) is undone by the next real node

@@ -351,7 +351,7 @@ pub fn foreign_runtimes() -> Vec<String> {
 
 /// The process's `comm` and the fields of `/proc/<pid>/stat` after it (state, ppid,
 /// ...): comm may hold spaces and parentheses, so they are split after its last ')'.
-fn stat(pid: i32) -> Option<(String, Vec<String>)> {
+pub fn stat(pid: i32) -> Option<(String, Vec<String>)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (head, tail) = text.rsplit_once(')')?;
     let (_, comm) = head.split_once('(')?;
