@@ -572,6 +572,19 @@ fn a_counted_device_does_not_stand_for_an_uncounted_claim() {
     assert_eq!(q.passing, ["n1"], "{q:?}");
 }
 
+/// `app` following the API, as `volguard serve` does without `--snapshot`: a retry's
+/// wait is for a watch. The tests write the watch's events themselves; the client is
+/// never called, and `runtime` only carries its request buffer.
+fn following_the_api(mut app: App, runtime: &tokio::runtime::Runtime) -> App {
+    let _entered = runtime.enter();
+    let (service, _never_answered) = tower_test::mock::pair::<
+        axum::http::Request<kube::client::Body>,
+        axum::http::Response<kube::client::Body>,
+    >();
+    app.api = Some(kube::Client::new(service, "default"));
+    app
+}
+
 fn catch_up_waits(app: &App, outcome: &str) -> f64 {
     metric(
         app,
@@ -585,7 +598,11 @@ fn catch_up_waits(app: &App, outcome: &str) -> f64 {
 /// since the last refusal waits for the watch, and the change it brings lets the pod in.
 #[test]
 fn a_retry_waits_for_the_change_that_made_the_scheduler_retry() {
-    let app = cluster(&["node-a"], 0, &[("data-1", "ReadWriteOnce")], &[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app = following_the_api(
+        cluster(&["node-a"], 0, &[("data-1", "ReadWriteOnce")], &[]),
+        &runtime,
+    );
     let web = pod("web-1", &["data-1"], None);
     let first = run_filter(&app, &web, &["node-a"]);
     assert_eq!(first.passing, Vec::<String>::new());
@@ -619,11 +636,15 @@ fn a_retry_waits_for_the_change_that_made_the_scheduler_retry() {
 /// once per pod retried.
 #[test]
 fn retries_with_nothing_to_learn_wait_once_per_change_count() {
-    let app = cluster(
-        &["node-a"],
-        0,
-        &[("data-1", "ReadWriteOnce"), ("data-2", "ReadWriteOnce")],
-        &[],
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app = following_the_api(
+        cluster(
+            &["node-a"],
+            0,
+            &[("data-1", "ReadWriteOnce"), ("data-2", "ReadWriteOnce")],
+            &[],
+        ),
+        &runtime,
     );
     let pods = [
         pod("web-1", &["data-1"], None),
@@ -653,6 +674,22 @@ fn retries_with_nothing_to_learn_wait_once_per_change_count() {
         assert_eq!(run_filter(&app, p, &["node-a"]), refused);
     }
     assert_eq!(catch_up_waits(&app, "settled"), 2.0);
+}
+
+/// A snapshot never changes: a retry turned away again is answered at once, without
+/// waiting for a watch that does not exist.
+#[test]
+fn without_a_watch_a_retry_is_answered_at_once() {
+    let app = cluster(&["node-a"], 0, &[("data-1", "ReadWriteOnce")], &[]);
+    let web = pod("web-1", &["data-1"], None);
+    for _ in 0..3 {
+        assert_eq!(
+            run_filter(&app, &web, &["node-a"]).passing,
+            Vec::<String>::new()
+        );
+    }
+    assert_eq!(catch_up_waits(&app, "settled"), 0.0);
+    assert_eq!(catch_up_waits(&app, "caught_up"), 0.0);
 }
 
 /// The scheduler writes a refused pod's status, a kubelet its node's: that changes

@@ -71,6 +71,13 @@ impl App {
         }
     }
 
+    /// Whether the state follows the API through watches, which can be behind what
+    /// kube-scheduler has seen; a snapshot never changes, so nothing is worth waiting
+    /// for.
+    pub fn follows_api(&self) -> bool {
+        self.api.is_some()
+    }
+
     /// Monotonic time since the app was made: the clock of placements in flight.
     pub fn now(&self) -> Duration {
         self.epoch.elapsed()

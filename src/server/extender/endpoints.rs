@@ -490,7 +490,8 @@ fn pod_identity(pod: &PodView) -> String {
 
 /// Judges the candidates; when every one fails for a pod that failed everywhere
 /// before at the same change count, waits up to [`CATCH_UP_WAIT`] for the watch to
-/// deliver something that lets the pod in, judging again at each change.
+/// deliver something that lets the pod in, judging again at each change. A snapshot
+/// has no watch to wait for: its retries are answered at once.
 fn judge_caught_up(
     pod: &PodView,
     names: &[Cow<'_, str>],
@@ -502,7 +503,10 @@ fn judge_caught_up(
     let records = || app.turned_away.lock().unwrap_or_else(|e| e.into_inner());
     let burst_deadline = Instant::now() + BURST_WAIT;
     let (mut judged, mut changes) = judge_settled(pod, names, app, abandoned, burst_deadline)?;
-    if turns_all_away(&judged) && records().should_wait(&me, changes, app.now()) {
+    if turns_all_away(&judged)
+        && app.follows_api()
+        && records().should_wait(&me, changes, app.now())
+    {
         let deadline = Instant::now() + CATCH_UP_WAIT;
         loop {
             if !wait_for_change(app, changes, deadline, abandoned)? {
