@@ -1103,6 +1103,9 @@ mod tests {
         );
         state.apply(&attachment("va-c", 0, true));
         state.apply(&attachment("va-b", 1, false));
+        // Applied again, on another node: listed once, where it is now.
+        state.apply(&attachment("va-a", 0, true));
+        state.apply(&attachment("va-a", 2, true));
         assert_eq!(
             listed(&state),
             [(on(2), "va-a".to_owned()), (on(0), "va-c".to_owned())]

@@ -30,7 +30,8 @@ pub struct App {
     /// Set once a stop signal arrived: readiness fails while in-flight requests finish.
     pub draining: Arc<AtomicBool>,
     /// The live API client when watching (not with a snapshot): the webhook GETs a
-    /// claim the watch has not delivered yet.
+    /// claim the watch has not delivered yet. Set exactly when watchers feed the state,
+    /// so it also tells whether a retry may wait for them ([`App::follows_api`]).
     pub api: Option<kube::Client>,
     /// The bounds of the webhook's direct GETs, shared by every review.
     pub direct_gets: Arc<watch::DirectGets>,
