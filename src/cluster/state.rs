@@ -986,6 +986,13 @@ mod tests {
     use super::*;
     use crate::sources::synthetic::{self, Size};
 
+    /// An empty state under the default config, whose linode driver the synthetic
+    /// cluster uses.
+    fn default_state() -> ClusterState {
+        let config = Arc::new(Config::default());
+        ClusterState::new(config.clone(), Arc::new(Drivers::new(&config)))
+    }
+
     /// Every (node, volume) the usage holds is in the holders index and back, with no
     /// empty entry left.
     fn assert_holders_mirror_usage(state: &ClusterState) {
@@ -1007,8 +1014,7 @@ mod tests {
 
     #[test]
     fn the_holders_index_follows_pods_nodes_and_their_deletion() {
-        let config = Arc::new(Config::default());
-        let mut state = ClusterState::new(config.clone(), Arc::new(Drivers::new(&config)));
+        let mut state = default_state();
         let size = Size {
             nodes: 4,
             pods: 30,
@@ -1063,8 +1069,7 @@ mod tests {
 
     #[test]
     fn attachments_reported_attached_are_listed_by_name_until_detached_or_gone() {
-        let config = Arc::new(Config::default());
-        let mut state = ClusterState::new(config.clone(), Arc::new(Drivers::new(&config)));
+        let mut state = default_state();
         let size = Size {
             nodes: 3,
             pods: 0,
@@ -1118,8 +1123,7 @@ mod tests {
 
     #[test]
     fn a_slot_kept_only_for_a_csinode_or_usage_is_no_node() {
-        let config = Arc::new(Config::default());
-        let mut state = ClusterState::new(config.clone(), Arc::new(Drivers::new(&config)));
+        let mut state = default_state();
         let size = Size {
             nodes: 1,
             pods: 1,
