@@ -6,6 +6,7 @@ pub mod missing;
 pub mod objects;
 pub mod readiness;
 pub mod records;
+pub mod related;
 pub mod shared;
 pub mod state;
 pub mod views;

@@ -92,8 +92,9 @@ pub struct PodRecord {
     pub node: Option<Arc<str>>,
     /// Succeeded or Failed: it holds no volume any more.
     pub terminal: bool,
-    /// Managed (or possibly managed) volumes it uses.
-    pub uses: Vec<PodVolumeRef>,
+    /// Managed (or possibly managed) volumes it uses, without spare capacity (a `Vec`
+    /// kept the collect's: about 75 bytes per pod).
+    pub uses: Box<[PodVolumeRef]>,
     /// Carries `<prefix>/remediate: "false"`: never evicted by remediation.
     pub remediation_opt_out: bool,
     /// Has a deletion timestamp: already on its way out.

@@ -16,11 +16,12 @@ use super::{
         CsiNodeRecord, NodeRecord, PodRecord, PodVolumeRef, PvRecord, PvcRecord,
         StorageClassRecord, VaRecord, VaSource, key,
     },
+    related::{Names, Related, relate, unrelate},
 };
 use crate::model::{
     config::Config,
     drivers::{DriverId, Drivers, VolumeId},
-    fast_hash::{FastMap, FastSet},
+    fast_hash::FastMap,
     per_driver::PerDriver,
 };
 
@@ -150,11 +151,13 @@ pub struct ClusterState {
     vas: FastMap<String, VaRecord>,
     storage_classes: FastMap<String, StorageClassRecord>,
 
-    contributions: FastMap<Source, (Arc<str>, Vec<VolumeId>)>,
+    /// What each source holds on which node, exactly as many volumes as it holds.
+    contributions: FastMap<Source, (Arc<str>, Box<[VolumeId]>)>,
     /// Per volume, the nodes whose usage holds it: a request checks its pod's few
     /// volumes against thousands of candidate nodes without a lookup per node.
     holders: FastMap<VolumeId, SmallVec<[Arc<str>; 1]>>,
-    users: FastMap<VolumeId, Vec<VolumeUser>>,
+    /// Per volume, the bound pods using it: nearly always one, held inline.
+    users: FastMap<VolumeId, SmallVec<[VolumeUser; 1]>>,
     device_holders: FastMap<VolumeId, BTreeSet<Arc<str>>>,
     /// Per volume, the nodes its VolumeAttachments report it attached to, as
     /// `(VolumeAttachment name, node)` sorted by name: remediation's evidence that a
@@ -163,12 +166,14 @@ pub struct ClusterState {
     va_attached: FastMap<VolumeId, AttachedBy>,
     /// The volume each VolumeAttachment in `va_attached` is indexed under.
     va_attached_volume: FastMap<Arc<str>, VolumeId>,
-    claim_pods: FastMap<String, FastSet<String>>,
+    /// Claim -> the pods that use it.
+    claim_pods: Related,
     pv_claim: FastMap<String, String>,
     /// Claim -> the PVs whose claimRef names it (a static PV reserved for a claim that
     /// a StatefulSet will create, say), bound or not.
-    reserved: FastMap<String, BTreeSet<String>>,
-    pv_attachments: FastMap<String, FastSet<String>>,
+    reserved: Related,
+    /// PV -> the VolumeAttachments of it.
+    pv_attachments: Related,
 
     deletions: RecentDeletions,
     readiness: Readiness,
@@ -258,10 +263,7 @@ impl ClusterState {
                 let name = pv.metadata.name.clone().unwrap_or_default();
                 let rec = PvRecord::from_pv(pv, &d);
                 if let Some(claim) = &rec.claim {
-                    self.reserved
-                        .entry(claim.clone())
-                        .or_default()
-                        .insert(name.clone());
+                    relate(&mut self.reserved, claim, &name);
                 }
                 self.count_change(self.pvs.get(&name) != Some(&rec));
                 let old = self.pvs.insert(name.clone(), rec);
@@ -353,7 +355,7 @@ impl ClusterState {
             Kind::VolumeAttachment => {
                 if let Some(old) = self.vas.remove(key) {
                     if let VaSource::Pv(pv) = &old.source {
-                        remove_from(&mut self.pv_attachments, pv, key);
+                        unrelate(&mut self.pv_attachments, pv, key);
                     }
                     self.set_contribution(Source::Attachment(key.to_owned()), None);
                     self.set_va_attached(key, None);
@@ -527,7 +529,7 @@ impl ClusterState {
     pub fn pod_volumes(&self, namespace: &str, name: &str) -> &[VolumeId] {
         self.contributions
             .get(&Source::Pod(key(namespace, name)))
-            .map_or(&[], |(_, volumes)| volumes.as_slice())
+            .map_or(&[], |(_, volumes)| volumes)
     }
 
     /// A node's record.
@@ -618,10 +620,7 @@ impl ClusterState {
 
     /// Non-terminal bound pods using the volume, with their nodes.
     pub fn users(&self, volume: &VolumeId) -> &[VolumeUser] {
-        self.users
-            .get(volume)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        self.users.get(volume).map_or(&[], |users| users.as_slice())
     }
 
     /// Nodes where a device plugin advertises the volume with a count of 1 or more.
@@ -720,11 +719,8 @@ impl ClusterState {
     fn unreserve(&mut self, pv: &str, old: &PvRecord) {
         let Some(claim) = &old.claim else { return };
         let still = self.pvs.get(pv).and_then(|r| r.claim.as_ref()) == Some(claim);
-        if !still && let Some(pvs) = self.reserved.get_mut(claim) {
-            pvs.remove(pv);
-            if pvs.is_empty() {
-                self.reserved.remove(claim);
-            }
+        if !still {
+            unrelate(&mut self.reserved, claim, pv);
         }
     }
 
@@ -751,20 +747,17 @@ impl ClusterState {
     fn put_pod(&mut self, k: String, rec: PodRecord) {
         let old = self.pods.get(&k).cloned();
         self.count_change(old.as_ref() != Some(&rec));
-        if let Some(old) = old {
-            self.unlink_pod(&k, &old);
-        }
-        let namespace = k
-            .split_once('/')
-            .map(|(ns, _)| ns)
-            .unwrap_or_default()
-            .to_owned();
-        for u in &rec.uses {
-            if let PodVolumeRef::Claim(c) = u {
-                self.claim_pods
-                    .entry(key(&namespace, c))
-                    .or_default()
-                    .insert(k.clone());
+        // Most updates (status, labels) leave the pod's claims as they were.
+        let relink = old.as_ref().is_none_or(|old| old.uses != rec.uses);
+        if relink {
+            if let Some(old) = old {
+                self.unlink_pod(&k, &old);
+            }
+            let namespace = k.split_once('/').map(|(ns, _)| ns).unwrap_or_default();
+            for u in &rec.uses {
+                if let PodVolumeRef::Claim(c) = u {
+                    relate(&mut self.claim_pods, &key(namespace, c), &k);
+                }
             }
         }
         self.pods.insert(k.clone(), rec);
@@ -775,7 +768,7 @@ impl ClusterState {
         let namespace = k.split_once('/').map(|(ns, _)| ns).unwrap_or_default();
         for u in &old.uses {
             if let PodVolumeRef::Claim(c) = u {
-                remove_from(&mut self.claim_pods, &key(namespace, c), k);
+                unrelate(&mut self.claim_pods, &key(namespace, c), k);
             }
         }
     }
@@ -788,13 +781,10 @@ impl ClusterState {
         }) = self.vas.get(&name)
         {
             let pv = pv.clone();
-            remove_from(&mut self.pv_attachments, &pv, &name);
+            unrelate(&mut self.pv_attachments, &pv, &name);
         }
         if let VaSource::Pv(pv) = &rec.source {
-            self.pv_attachments
-                .entry(pv.clone())
-                .or_default()
-                .insert(name.clone());
+            relate(&mut self.pv_attachments, pv, &name);
         }
         self.vas.insert(name.clone(), rec);
         self.recompute_va(&name);
@@ -816,13 +806,23 @@ impl ClusterState {
         for claim in claims {
             self.claim_changed(&claim);
         }
-        for va in self.pv_attachments.get(pv).cloned().unwrap_or_default() {
+        for va in self
+            .pv_attachments
+            .get(pv)
+            .map(Names::to_vec)
+            .unwrap_or_default()
+        {
             self.recompute_va(&va);
         }
     }
 
     fn claim_changed(&mut self, claim: &str) {
-        for pod in self.claim_pods.get(claim).cloned().unwrap_or_default() {
+        for pod in self
+            .claim_pods
+            .get(claim)
+            .map(Names::to_vec)
+            .unwrap_or_default()
+        {
             self.recompute_pod(&pod);
         }
     }
@@ -834,17 +834,14 @@ impl ClusterState {
         let held = match (&rec.node, rec.terminal) {
             (Some(node), false) => {
                 let namespace = k.split_once('/').map(|(ns, _)| ns).unwrap_or_default();
-                let mut vols: Vec<VolumeId> = rec
-                    .uses
-                    .iter()
-                    .filter_map(|u| match u {
-                        PodVolumeRef::Claim(c) => match self.claim_binding(namespace, c) {
-                            ClaimBinding::Volume { pv, .. } => pv.volume.clone(),
-                            _ => None,
-                        },
-                        PodVolumeRef::Direct(v) => Some(v.clone()),
-                    })
-                    .collect();
+                let mut vols: Vec<VolumeId> = Vec::with_capacity(rec.uses.len());
+                vols.extend(rec.uses.iter().filter_map(|u| match u {
+                    PodVolumeRef::Claim(c) => match self.claim_binding(namespace, c) {
+                        ClaimBinding::Volume { pv, .. } => pv.volume.clone(),
+                        _ => None,
+                    },
+                    PodVolumeRef::Direct(v) => Some(v.clone()),
+                }));
                 vols.sort();
                 vols.dedup();
                 Some((node.clone(), vols))
@@ -857,11 +854,11 @@ impl ClusterState {
     fn set_pod_usage(&mut self, k: &str, held: Option<(Arc<str>, Vec<VolumeId>)>) {
         let source = Source::Pod(k.to_owned());
         if let Some((_, old)) = self.contributions.get(&source) {
-            for v in old.clone() {
-                if let Some(list) = self.users.get_mut(&v) {
+            for v in old.iter() {
+                if let Some(list) = self.users.get_mut(v) {
                     list.retain(|u| u.pod != k);
                     if list.is_empty() {
-                        self.users.remove(&v);
+                        self.users.remove(v);
                     }
                 }
             }
@@ -950,7 +947,8 @@ impl ClusterState {
                     *usage.per_driver.or_default(v.driver) += 1;
                 }
             }
-            self.contributions.insert(source, (node, vols));
+            self.contributions
+                .insert(source, (node, vols.into_boxed_slice()));
         }
     }
 }
@@ -959,15 +957,6 @@ impl ClusterState {
 /// there was none.
 fn slot_in<'a>(nodes: &'a mut FastMap<Arc<str>, NodeSlot>, name: &Arc<str>) -> &'a mut NodeSlot {
     nodes.entry(name.clone()).or_default()
-}
-
-fn remove_from(map: &mut FastMap<String, FastSet<String>>, k: &str, v: &str) {
-    if let Some(set) = map.get_mut(k) {
-        set.remove(v);
-        if set.is_empty() {
-            map.remove(k);
-        }
-    }
 }
 
 /// The key an object is stored under: `namespace/name`, or the name for cluster-scoped kinds.
