@@ -8,15 +8,16 @@ use crate::model::fast_hash::{FastMap, FastSet};
 /// Up to this many names are held inline and searched in order; more go to a hash set.
 const FEW: usize = 8;
 
-/// Distinct names related to one key. Nearly always one or two, held inline in the
-/// index (a hash set per key cost about 130 bytes, a B-tree set about 280); past
-/// [`FEW`] (a ReadWriteMany claim of thousands of pods) a hash set, so that adding or
-/// removing one stays cheap however many there are. In no particular order.
+/// Distinct names related to one key. Nearly always one, held inline in the index (a
+/// hash set per key cost about 130 bytes, a B-tree set about 280); up to [`FEW`] in a
+/// short list; past it (a ReadWriteMany claim of thousands of pods) a hash set, so that
+/// adding or removing one stays cheap however many there are, until they are few
+/// again. In no particular order.
 #[derive(Debug, Clone)]
 pub enum Names {
     /// At most [`FEW`], inline.
     Few(SmallVec<[String; 1]>),
-    /// More than [`FEW`] at some point.
+    /// More than [`FEW`], until half as many are left.
     Many(FastSet<String>),
 }
 
@@ -70,6 +71,9 @@ impl Names {
             }
             Names::Many(names) => {
                 names.remove(name);
+                if names.len() <= FEW / 2 {
+                    *self = Names::Few(names.drain().collect());
+                }
             }
         }
     }
@@ -123,28 +127,35 @@ mod tests {
             sorted(&index, "ns/data"),
             ["ns/web-0", "ns/web-1", "ns/web-2"]
         );
-        unrelate(&mut index, "ns/data", "ns/web-1");
+        // The first one added, not the last: the others stay.
+        unrelate(&mut index, "ns/data", "ns/web-2");
         unrelate(&mut index, "ns/data", "ns/absent");
         unrelate(&mut index, "ns/other", "ns/web-0");
-        assert_eq!(sorted(&index, "ns/data"), ["ns/web-0", "ns/web-2"]);
+        assert_eq!(sorted(&index, "ns/data"), ["ns/web-0", "ns/web-1"]);
         unrelate(&mut index, "ns/data", "ns/web-0");
-        unrelate(&mut index, "ns/data", "ns/web-2");
+        unrelate(&mut index, "ns/data", "ns/web-1");
         assert!(index.is_empty(), "{index:?}");
     }
 
     #[test]
-    fn many_names_move_to_a_set_and_keep_every_one_once() {
+    fn many_names_move_to_a_set_and_back_keeping_every_one_once() {
         let mut index = Related::default();
         let pods: Vec<String> = (0..FEW * 3).map(|i| format!("ns/pod-{i:03}")).collect();
-        for pod in pods.iter().chain(&pods) {
+        for (i, pod) in pods.iter().enumerate() {
             relate(&mut index, "ns/shared", pod);
+            assert_eq!(sorted(&index, "ns/shared"), pods[..=i], "after {pod}");
         }
         assert!(matches!(index["ns/shared"], Names::Many(_)));
-        assert_eq!(sorted(&index, "ns/shared"), pods);
-        for pod in &pods[1..] {
-            unrelate(&mut index, "ns/shared", pod);
+        for pod in &pods {
+            relate(&mut index, "ns/shared", pod);
         }
-        assert_eq!(sorted(&index, "ns/shared"), ["ns/pod-000"]);
+        assert_eq!(sorted(&index, "ns/shared"), pods);
+        for (i, pod) in pods.iter().enumerate().skip(1) {
+            unrelate(&mut index, "ns/shared", pod);
+            let left: Vec<String> = pods[..1].iter().chain(&pods[i + 1..]).cloned().collect();
+            assert_eq!(sorted(&index, "ns/shared"), left, "after {pod}");
+        }
+        assert!(matches!(index["ns/shared"], Names::Few(_)), "few again");
         unrelate(&mut index, "ns/shared", "ns/pod-000");
         assert!(index.is_empty(), "{index:?}");
     }

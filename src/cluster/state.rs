@@ -982,6 +982,16 @@ mod tests {
         ClusterState::new(config.clone(), Arc::new(Drivers::new(&config)))
     }
 
+    /// The synthetic cluster of this size, as documents.
+    fn synthetic_documents(nodes: usize, pods: usize, volumes: usize) -> Vec<serde_json::Value> {
+        synthetic::documents(Size {
+            nodes,
+            pods,
+            volumes,
+        })
+        .collect()
+    }
+
     /// Every (node, volume) the usage holds is in the holders index and back, with no
     /// empty entry left.
     fn assert_holders_mirror_usage(state: &ClusterState) {
@@ -1057,14 +1067,43 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_updated_with_the_same_claims_still_follows_them() {
+        let mut state = default_state();
+        let docs = synthetic_documents(2, 6, 4);
+        for d in &docs {
+            state.apply(&ClusterObject::from_value(d.clone()).expect("synthetic object"));
+        }
+        let (pod, claim) = docs
+            .iter()
+            .filter(|d| d["kind"] == "Pod" && d["spec"]["nodeName"].is_string())
+            .find_map(|d| {
+                let volumes = d["spec"]["volumes"].as_array()?;
+                let claim = volumes
+                    .iter()
+                    .find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())?;
+                Some((d.clone(), claim.to_owned()))
+            })
+            .expect("a bound synthetic pod with a claim");
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let counted = state.pod_volumes(namespace, name).len();
+        assert!(counted > 0, "its claim's volume is counted");
+        let mut relabelled = pod.clone();
+        relabelled["metadata"]["labels"] = serde_json::json!({"rollout": "2"});
+        state.apply(&ClusterObject::from_value(relabelled).expect("a pod"));
+        assert_eq!(state.pod_volumes(namespace, name).len(), counted);
+        state.delete(Kind::PersistentVolumeClaim, &key(namespace, &claim));
+        assert_eq!(
+            state.pod_volumes(namespace, name).len(),
+            counted - 1,
+            "the claim's deletion reached the relabelled pod"
+        );
+    }
+
+    #[test]
     fn attachments_reported_attached_are_listed_by_name_until_detached_or_gone() {
         let mut state = default_state();
-        let size = Size {
-            nodes: 3,
-            pods: 0,
-            volumes: 1,
-        };
-        let docs: Vec<serde_json::Value> = synthetic::documents(size).collect();
+        let docs = synthetic_documents(3, 0, 1);
         let va = docs
             .iter()
             .find(|d| d["kind"] == "VolumeAttachment")
