@@ -1014,12 +1014,8 @@ mod tests {
     #[test]
     fn the_holders_index_follows_pods_nodes_and_their_deletion() {
         let mut state = default_state();
-        let size = Size {
-            nodes: 4,
-            pods: 30,
-            volumes: 12,
-        };
-        let objects: Vec<ClusterObject> = synthetic::documents(size)
+        let objects: Vec<ClusterObject> = synthetic_documents(4, 30, 12)
+            .into_iter()
             .map(|d| ClusterObject::from_value(d).expect("synthetic object"))
             .collect();
         for o in &objects {
@@ -1152,12 +1148,8 @@ mod tests {
     #[test]
     fn a_slot_kept_only_for_a_csinode_or_usage_is_no_node() {
         let mut state = default_state();
-        let size = Size {
-            nodes: 1,
-            pods: 1,
-            volumes: 1,
-        };
-        let mut objects: Vec<ClusterObject> = synthetic::documents(size)
+        let mut objects: Vec<ClusterObject> = synthetic_documents(1, 1, 1)
+            .into_iter()
             .map(|d| ClusterObject::from_value(d).expect("synthetic object"))
             .collect();
         let at = objects.iter().position(|o| o.kind() == Kind::Node);
