@@ -746,6 +746,82 @@ async fn a_handle_that_makes_an_invalid_resource_name_is_not_injected() {
     );
 }
 
+#[tokio::test]
+async fn an_annotated_device_without_a_valid_resource_name_gets_no_probe() {
+    let server = TestServer::example().await;
+    let mut pod = read_doc("examples/pods/seed-000-device.yaml");
+    pod["metadata"]["annotations"]["volguard.io/devices"] = "brightbox=vol-qsk4v_".into();
+    let (pod, response) = admit_twice(&server, &pod, "default").await;
+    assert_eq!(
+        common::first_warning(&response),
+        "volguard: volume vol-qsk4v_ of driver brightbox: \
+         \"volumes.brightbox.com/vol-qsk4v_\" is not a valid resource name \
+         (\"vol-qsk4v_\" must be letters, digits, '-', '_' or '.', starting and ending \
+         with a letter or digit), so no limit was injected for it"
+    );
+    assert!(limits(&pod, 0).is_empty(), "{:?}", limits(&pod, 0));
+    assert_eq!(
+        probe_command(&pod, 0),
+        None,
+        "the device plugin passes no device without its limit: its probe would fail forever"
+    );
+}
+
+/// A generic ephemeral volume's claim `<pod>-<volume>` is the pod's only when the pod
+/// controls it. On a CREATE the pod has no uid yet, so a claim of that name is one a
+/// pod deleted under the same name left behind: its volume is not this pod's, and a
+/// limit on it would keep the pod Pending for good.
+#[tokio::test]
+async fn an_ephemeral_claim_left_by_a_pod_of_the_same_name_is_not_resolved() {
+    let server = TestServer::example().await;
+    let [pv, mut claim] = pv_and_claim(
+        "pv-scratch",
+        "web-0-scratch",
+        "",
+        serde_json::json!({"csi": {"driver": "csi.brightbox.com", "volumeHandle": "vol-old1"}}),
+    );
+    claim["metadata"]["ownerReferences"] = serde_json::json!([{"apiVersion": "v1",
+        "kind": "Pod", "name": "web-0", "uid": "uid-of-the-old-pod", "controller": true}]);
+    apply_object(&server, pv);
+    apply_object(&server, claim);
+    let pod = |uid: Option<&str>| {
+        let mut pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "shop"},
+            "spec": {
+                "containers": [{"name": "app", "image": "busybox",
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+                "volumes": [{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
+                    "spec": {"accessModes": ["ReadWriteOnce"],
+                        "resources": {"requests": {"storage": "1Gi"}}}}}}],
+            },
+        });
+        if let Some(uid) = uid {
+            pod["metadata"]["uid"] = uid.into();
+        }
+        pod
+    };
+    const OLD: &str = "volumes.brightbox.com/vol-old1";
+
+    let (created, _) = admit_twice(&server, &pod(None), "shop").await;
+    assert!(
+        !limits(&created, 0).contains_key(OLD),
+        "{:?}",
+        limits(&created, 0)
+    );
+
+    let (other, _) = admit_twice(&server, &pod(Some("uid-of-a-new-pod")), "shop").await;
+    assert!(
+        !limits(&other, 0).contains_key(OLD),
+        "{:?}",
+        limits(&other, 0)
+    );
+
+    // The pod that controls the claim: its volume.
+    let (owner, _) = admit_twice(&server, &pod(Some("uid-of-the-old-pod")), "shop").await;
+    assert_eq!(limits(&owner, 0).get(OLD).map(String::as_str), Some("1"));
+}
+
 // ---- drivers selected by StorageClass or source kind (local, NFS, hostPath PVs) ----
 
 /// A server over the local-PV example snapshot with `config` (YAML).

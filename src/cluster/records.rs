@@ -67,6 +67,9 @@ pub struct PvcRecord {
     pub storage_class: Option<String>,
     /// ReadWriteOnce or ReadWriteOncePod requested.
     pub exclusive: bool,
+    /// The uid of its controlling owner: a generic ephemeral volume's claim belongs to
+    /// the pod with this uid only, not to one recreated under the same name.
+    pub controller: Option<String>,
 }
 
 /// What volguard keeps of a StorageClass.
@@ -376,6 +379,7 @@ impl PvcRecord {
                 spec.and_then(|s| s.access_modes.as_deref())
                     .unwrap_or_default(),
             ),
+            controller: pvc.metadata.controller_uid().map(str::to_owned),
         }
     }
 }

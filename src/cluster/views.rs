@@ -81,6 +81,32 @@ pub struct MetaView {
     /// `metadata.resourceVersion`.
     #[serde(default)]
     pub resource_version: Option<String>,
+    /// `metadata.ownerReferences`: a generic ephemeral volume's claim is its pod's only
+    /// when that pod controls it.
+    #[serde(default, deserialize_with = "null_or_default")]
+    pub owner_references: Vec<OwnerRefView>,
+}
+
+impl MetaView {
+    /// The uid of the owner with `controller: true`, if any.
+    pub fn controller_uid(&self) -> Option<&str> {
+        self.owner_references
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.as_str())
+            .filter(|uid| !uid.is_empty())
+    }
+}
+
+/// `metadata.ownerReferences[]`: who the owner is and whether it controls the object.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct OwnerRefView {
+    /// The owner's uid.
+    #[serde(default)]
+    pub uid: String,
+    /// `true` for the one owner that manages the object.
+    #[serde(default)]
+    pub controller: Option<bool>,
 }
 
 impl From<ObjectMeta> for MetaView {
@@ -90,6 +116,15 @@ impl From<ObjectMeta> for MetaView {
             namespace: m.namespace,
             uid: m.uid,
             resource_version: m.resource_version,
+            owner_references: m
+                .owner_references
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| OwnerRefView {
+                    uid: o.uid,
+                    controller: o.controller,
+                })
+                .collect(),
         }
     }
 }

@@ -338,7 +338,8 @@ fn add_annotations(ops: &mut Vec<PatchOperation>, pod: &PodView, entries: [(Stri
 /// device plugin passes the device only into the container whose resources claim it, so
 /// a probe anywhere else fails forever: the container that already claims the device's
 /// resource; else the one the `devices-container` annotation names; else containers[0].
-/// `None` too when only an init container claims it: no app container sees the device.
+/// `None` too when only an init container claims it, or when its resource name is not
+/// valid (no limit is injected): no app container sees the device.
 /// A named container the pod does not have is a warning.
 fn device_containers(
     pod: &PodView,
@@ -373,14 +374,17 @@ fn device_containers(
             if m.origin != Origin::Device {
                 return None;
             }
-            let resource = m.id().and_then(|id| drivers.resource_name(&id));
-            if let Some(resource) = resource.as_deref() {
-                if let Some(holder) = containers.iter().position(|c| c.claims(resource)) {
-                    return Some(holder);
-                }
-                if pod.all_containers().any(|c| c.claims(resource)) {
-                    return None;
-                }
+            // Without a valid resource name no limit is injected, so the device plugin
+            // passes the device to no container: a probe of it could never pass.
+            let resource = m
+                .id()
+                .and_then(|id| drivers.resource_name(&id))
+                .filter(|r| names::extended_resource(r).is_ok())?;
+            if let Some(holder) = containers.iter().position(|c| c.claims(&resource)) {
+                return Some(holder);
+            }
+            if pod.all_containers().any(|c| c.claims(&resource)) {
+                return None;
             }
             Some(named.unwrap_or(0))
         })

@@ -95,7 +95,11 @@ pub fn resolve(
             PodVolume::Claim { claim, .. } => resolve_claim(claim, namespace, state)?,
             PodVolume::Ephemeral {
                 claim, template, ..
-            } => match v.claim().filter(|c| state.pvc(namespace, c).is_some()) {
+            } => match v.claim().filter(|c| {
+                state.pvc(namespace, c).is_some_and(|pvc| {
+                    pvc.controller.is_some() && pvc.controller.as_deref() == pod.uid()
+                })
+            }) {
                 Some(created) => resolve_claim(created, namespace, state)?,
                 None => template.and_then(|t| {
                     Some(ManagedVolume {
