@@ -365,6 +365,22 @@ async fn a_claim_on_a_foreign_driver_passes_everywhere() {
     );
 }
 
+/// A Pod written as an array of its fields is refused, not read field by field into a
+/// pod without volumes that every node would pass.
+#[tokio::test]
+async fn a_pod_written_as_an_array_is_refused() {
+    let server = TestServer::example().await;
+    for pod in [json!([]), json!([{"name": "p"}, {"volumes": []}])] {
+        let body = json!({"Pod": pod, "NodeNames": NODES}).to_string();
+        refused(
+            &server,
+            body,
+            "not ExtenderArgs: invalid type: sequence, expected an object",
+        )
+        .await;
+    }
+}
+
 /// Deep nesting where a Pod or a name is expected is refused; where it is skipped
 /// (a field volguard does not read) or echoed (a Node item) it is carried without
 /// recursion, so it cannot exhaust the stack.

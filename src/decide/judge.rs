@@ -19,6 +19,7 @@ use crate::{
     model::{
         config::{Config, DriverConfig},
         drivers::{DriverId, Mode, VolumeId},
+        fast_hash::FastSet,
     },
 };
 
@@ -616,7 +617,7 @@ impl<'s> Judge<'s> {
         for (i, d) in plan.drivers.iter().enumerate() {
             let (scheduling, landing) = match presume {
                 Some(presume) => self.landing(i, presume, name, &holdings),
-                None => (0, Vec::new()),
+                None => (0, Distinct::default()),
             };
             let held = d
                 .known
@@ -669,8 +670,8 @@ impl<'s> Judge<'s> {
         presume: Presume,
         node: &str,
         holdings: &Holdings<'_>,
-    ) -> (u32, Vec<&VolumeId>) {
-        let mut landing: Vec<&VolumeId> = Vec::new();
+    ) -> (u32, Distinct<'_>) {
+        let mut landing = Distinct::default();
         let mut slots = 0;
         let Some(placements) = self.in_flight.per_driver.get(i) else {
             return (0, landing);
@@ -681,8 +682,7 @@ impl<'s> Judge<'s> {
             }
             slots += volumes.pending;
             for v in &volumes.known {
-                if !holdings.holds(v) && !landing.contains(&v) {
-                    landing.push(v);
+                if !holdings.holds(v) && landing.insert(v) {
                     slots += 1;
                 }
             }
@@ -692,6 +692,41 @@ impl<'s> Judge<'s> {
 
     fn config_of(&self, id: DriverId) -> &'s DriverConfig {
         &self.config.drivers[usize::from(id.0)]
+    }
+}
+
+/// Distinct volumes: a short list searched in order, a set once it holds more than
+/// [`Distinct::LIST`], so that a burst of placements in flight on one node (up to 512)
+/// costs each node's judgement a linear time, not a quadratic one.
+#[derive(Default)]
+struct Distinct<'a> {
+    list: Vec<&'a VolumeId>,
+    set: Option<FastSet<&'a VolumeId>>,
+}
+
+impl<'a> Distinct<'a> {
+    const LIST: usize = 16;
+
+    /// Adds `v`; whether it was not there yet.
+    fn insert(&mut self, v: &'a VolumeId) -> bool {
+        if let Some(set) = &mut self.set {
+            return set.insert(v);
+        }
+        if self.list.contains(&v) {
+            return false;
+        }
+        self.list.push(v);
+        if self.list.len() > Self::LIST {
+            self.set = Some(self.list.drain(..).collect());
+        }
+        true
+    }
+
+    fn contains(&self, v: &VolumeId) -> bool {
+        match &self.set {
+            Some(set) => set.contains(v),
+            None => self.list.contains(&v),
+        }
     }
 }
 
@@ -857,6 +892,24 @@ impl Exclusive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distinct_volumes_stay_distinct_past_the_short_list() {
+        let volumes: Vec<VolumeId> = (0..40)
+            .map(|i| VolumeId {
+                driver: DriverId(0),
+                handle: format!("vol-{i}").into(),
+            })
+            .collect();
+        let mut distinct = Distinct::default();
+        for (i, v) in volumes.iter().enumerate() {
+            assert!(distinct.insert(v), "vol-{i} is new");
+            assert!(!distinct.insert(&volumes[i / 2]), "vol-{} is there", i / 2);
+            assert_eq!(distinct.set.is_some(), i >= Distinct::LIST, "after vol-{i}");
+            assert!(volumes[..=i].iter().all(|v| distinct.contains(v)));
+            assert!(volumes[i + 1..].iter().all(|v| !distinct.contains(v)));
+        }
+    }
 
     #[test]
     fn free_score_scales_from_one_to_nine() {

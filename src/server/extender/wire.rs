@@ -14,7 +14,11 @@ use crate::model::podview::PodView;
 #[derive(Debug, Deserialize)]
 pub struct ExtenderArgs<'a> {
     /// The pod being scheduled.
-    #[serde(rename = "Pod", default)]
+    #[serde(
+        rename = "Pod",
+        default,
+        deserialize_with = "crate::model::json_shape::object_or_null"
+    )]
     pub pod: Option<Box<PodView>>,
     /// Candidate nodes as full objects (`nodeCacheCapable: false`).
     #[serde(
