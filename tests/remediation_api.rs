@@ -69,6 +69,9 @@ struct Fake {
     calls: Vec<(String, String, Value)>,
     /// The Lease writes: method and body.
     lease_writes: Vec<(String, Value)>,
+    /// A slow API server: each read other than the Lease's moves this clock on by
+    /// this many seconds.
+    slow_reads: Option<(Arc<AtomicU64>, u64)>,
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -83,6 +86,9 @@ impl Fake {
         }
         self.calls
             .push((method.to_owned(), path.to_owned(), body.clone()));
+        if let (Some((clock, secs)), "GET") = (&self.slow_reads, method) {
+            clock.fetch_add(*secs, Ordering::SeqCst);
+        }
         match method {
             "GET" => match self.objects.get(path) {
                 Some(object) => (200, object.clone()),
@@ -500,6 +506,27 @@ async fn a_failed_renewal_stops_acting_at_once() {
     assert!(plan.evict.is_empty());
     assert_eq!(plan.waiting.len(), 1);
     assert_eq!(h.calls(), Vec::<String>::new());
+}
+
+/// Reads slow enough to outlast the Lease's deadline: no eviction is sent once this
+/// replica may no longer hold the Lease, though every check before it passed.
+#[tokio::test]
+async fn no_eviction_is_sent_once_the_reads_before_it_outlast_the_lease() {
+    let mut h = Harness::new(CONFIG);
+    h.at(0).await;
+    h.at(4).await;
+    let clock = h.clock.clone();
+    h.fake().slow_reads = Some((clock, 4));
+    // Renewed at 5; three reads of 4 s each end at 17, past the deadline at 15.
+    let plan = h.at(5).await;
+    assert_eq!(plan.evict.len(), 1, "{plan:?}");
+    assert_eq!(h.calls(), with_reads(&[]));
+    let text = h.metrics();
+    assert!(
+        text.contains("volguard_remediation_evictions_total{outcome=\"cancelled\"} 1\n"),
+        "{text}"
+    );
+    assert!(!text.contains("outcome=\"evicted\""), "{text}");
 }
 
 #[tokio::test]

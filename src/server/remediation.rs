@@ -351,6 +351,11 @@ impl Remediator {
         ) {
             return self.cancel(d, &why);
         }
+        // The reads above may have taken most of the Lease's time: act only while this
+        // replica still holds it, so that no eviction is sent after another may lead.
+        if let Err(why) = self.may_act() {
+            return self.cancel(d, &why);
+        }
         if self.config.remediation.dry_run {
             let message = format!("Dry run, not evicted: {}", d.whereabouts());
             tracing::info!(pod = %d.pod, "remediation: {message}");
