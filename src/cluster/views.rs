@@ -83,7 +83,7 @@ pub struct MetaView {
     pub resource_version: Option<String>,
     /// `metadata.ownerReferences`: a generic ephemeral volume's claim is its pod's only
     /// when that pod controls it.
-    #[serde(default, deserialize_with = "null_or_default")]
+    #[serde(default, deserialize_with = "json_shape::objects_or_null")]
     pub owner_references: Vec<OwnerRefView>,
 }
 
@@ -102,7 +102,7 @@ impl MetaView {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct OwnerRefView {
     /// The owner's uid.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_or_default")]
     pub uid: String,
     /// `true` for the one owner that manages the object.
     #[serde(default)]
@@ -503,7 +503,10 @@ mod tests {
         assert_eq!(straight.metadata.resource_version.as_deref(), Some("7"));
 
         let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"namespace": "ns", "name": "data", "uid": "c1", "resourceVersion": "8"},
+            "metadata": {"namespace": "ns", "name": "data", "uid": "c1", "resourceVersion": "8",
+                "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "s", "uid": "s1"},
+                    {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "p1", "controller": true}]},
             "spec": {"accessModes": ["ReadWriteOncePod"], "volumeName": "pv-1",
                 "storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}},
             "status": {"phase": "Bound"}});
@@ -511,6 +514,7 @@ mod tests {
         let full: PersistentVolumeClaim = serde_json::from_value(pvc).unwrap();
         assert_eq!(straight, PvcView::from(full));
         assert_eq!(straight.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(straight.metadata.controller_uid(), Some("p1"));
 
         for source in [
             json!({"persistentVolumeName": "pv-1"}),
@@ -575,6 +579,11 @@ mod tests {
             json!({"metadata": null, "spec": null}),
             json!({"spec": {"volumeName": 3}}),
             json!({"spec": {"accessModes": [1]}}),
+            json!({"metadata": {"ownerReferences": null}}),
+            json!({"metadata": {"ownerReferences": {}}}),
+            json!({"metadata": {"ownerReferences": [["p1", true]]}}),
+            json!({"metadata": {"ownerReferences": [{"uid": null, "controller": true}]}}),
+            json!({"metadata": {"ownerReferences": [{"uid": "p1", "controller": "yes"}]}}),
         ]);
         alike::<VolumeAttachment, VaView>(&[
             json!({}),

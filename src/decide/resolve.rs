@@ -78,7 +78,11 @@ pub struct Resolution {
 /// Resolves the managed volumes of `pod` in `namespace` against the cluster state. The
 /// pod's volumes are read by [`pod_volumes`] and each claim by
 /// [`ClusterState::claim_binding`], the readings by which the state counts what bound
-/// pods use: the pod under review and the pods already placed are seen alike.
+/// pods use: the pod under review and the pods already placed are seen alike. One
+/// difference: a generic ephemeral volume's claim is this pod's only when the pod
+/// controls it (on a CREATE the pod has no uid yet, so never), while the state counts a
+/// bound pod's `<pod>-<volume>` claim as it finds it: kube-scheduler and the kubelet
+/// refuse a pod that does not control its claim, so a bound pod almost always does.
 pub fn resolve(
     pod: &PodView,
     namespace: &str,
