@@ -365,6 +365,42 @@ async fn a_claim_on_a_foreign_driver_passes_everywhere() {
     );
 }
 
+/// Once a writer has panicked while holding the cluster state (the lock is poisoned),
+/// pods with managed volumes get `Error` (and `/prioritize` a 503) while pods without
+/// any are still judged from their spec alone and pass everywhere.
+#[tokio::test]
+async fn a_poisoned_state_still_passes_pods_without_managed_volumes() {
+    let server = TestServer::example().await;
+    let cluster = server.app.cluster.clone();
+    let panicked = std::thread::spawn(move || {
+        let _held = cluster.write().unwrap();
+        panic!("a writer panics while it holds the state");
+    })
+    .join();
+    assert!(panicked.is_err());
+
+    let plain = pod("no-volumes");
+    let f = filter(&server, &by_names(&plain, &NODES)).await;
+    assert_eq!(f.passing, NODES);
+    let p = priorities(&server, &by_names(&plain, &NODES)).await;
+    assert_eq!(p, NODES.map(|n| (n.to_owned(), 0)));
+
+    let web = by_names(&pod("linode-web"), &NODES).to_string();
+    match ask(&server, Endpoint::Filter, web.clone()).await {
+        Answer::Filter(f) => {
+            assert_eq!(f.error, "volguard's cluster state is unavailable");
+            assert!(f.passing.is_empty(), "{f:?}");
+        }
+        other => panic!("not a filter answer: {other:?}"),
+    }
+    match ask(&server, Endpoint::Prioritize, web).await {
+        Answer::Refused(503, line) => {
+            assert_eq!(line, "volguard's cluster state is unavailable")
+        }
+        other => panic!("not a 503: {other:?}"),
+    }
+}
+
 /// A Pod written as an array of its fields is refused, not read field by field into a
 /// pod without volumes that every node would pass.
 #[tokio::test]

@@ -457,6 +457,50 @@ async fn missing_claim_is_denied_when_on_error_is_deny() {
     );
 }
 
+/// Once a writer has panicked while holding the cluster state (the lock is poisoned),
+/// `onError: deny` refuses pods with claims, which need the state, and still decides
+/// every other pod from its spec: a device pod gets its limit, a pod without volumes
+/// is admitted.
+#[tokio::test]
+async fn a_poisoned_state_with_on_error_deny_refuses_only_pods_with_claims() {
+    let mut config = common::example_config();
+    config.on_error = volguard::model::config::OnError::Deny;
+    let state = common::example_state(&config);
+    let server = TestServer::start(config, state).await;
+    let cluster = server.app.cluster.clone();
+    let panicked = std::thread::spawn(move || {
+        let _held = cluster.write().unwrap();
+        panic!("a writer panics while it holds the state");
+    })
+    .join();
+    assert!(panicked.is_err());
+
+    let claims = read_doc("examples/pods/linode-web.yaml");
+    let (_, body) = server
+        .post("/mutate", create_review(&claims, "shop").to_string())
+        .await;
+    let response = response_of(&body, UID);
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        response["status"]["message"],
+        "volguard could not check this pod's volumes: cluster state is unavailable"
+    );
+
+    let device = read_doc("examples/pods/seed-000-device.yaml");
+    let (pod, _) = admit_twice(&server, &device, "default").await;
+    assert_eq!(
+        limits(&pod, 0)
+            .get("volumes.brightbox.com/vol-qsk4v")
+            .map(String::as_str),
+        Some("1")
+    );
+    let plain = read_doc("examples/pods/no-volumes.yaml");
+    let (_, body) = server
+        .post("/mutate", create_review(&plain, "default").to_string())
+        .await;
+    assert_eq!(response_of(&body, UID)["allowed"], true);
+}
+
 #[tokio::test]
 async fn unsynced_state_allows_with_a_warning() {
     let config = common::example_config();

@@ -8,7 +8,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use std::sync::{RwLockReadGuard, TryLockError};
+use std::sync::{LockResult, RwLockReadGuard, TryLockError};
 
 use tokio::runtime::Handle;
 
@@ -130,15 +130,33 @@ fn decide_from(
     resolved.map(|resolution| finish(pod, resolution, &app.config, &drivers))
 }
 
+/// Why a pod with claims gets no decision once a writer has panicked.
+const UNAVAILABLE: &str = "cluster state is unavailable";
+
+/// The state for deciding `pod`. Once a writer has panicked while holding it (the lock
+/// is poisoned), a pod without claims is still decided: from its spec and the driver
+/// table, which never changes, so that `onError: deny` does not refuse every pod.
+fn usable<'a>(
+    locked: LockResult<RwLockReadGuard<'a, ClusterState>>,
+    pod: &PodView,
+) -> Option<RwLockReadGuard<'a, ClusterState>> {
+    match locked {
+        Ok(state) => Some(state),
+        Err(poisoned) if !pod.uses_claims() => Some(poisoned.into_inner()),
+        Err(_) => None,
+    }
+}
+
 /// The decision if it needs no waiting: the state's lock is free and, when watching the
 /// API, the cache holds every claim and PV of the pod.
 fn decide_now(app: &App, pod: &PodView, namespace: &str) -> Option<Decision> {
     let state = match app.cluster.try_read() {
         Ok(state) => state,
         Err(TryLockError::WouldBlock) => return None,
-        Err(TryLockError::Poisoned(_)) => {
-            return Some(Decision::Trouble("cluster state is unavailable".into()));
-        }
+        Err(TryLockError::Poisoned(poisoned)) => match usable(Err(poisoned), pod) {
+            Some(state) => state,
+            None => return Some(Decision::Trouble(UNAVAILABLE.into())),
+        },
     };
     match decide_from(state, app, pod, namespace) {
         Ok(decision) => Some(decision),
@@ -154,8 +172,8 @@ fn decide_with_lookups(app: &App, pod: &PodView, namespace: &str, runtime: &Hand
     let deadline = tokio::time::Instant::now() + watch::DIRECT_GET_TIMEOUT;
     let mut fetched = Vec::new();
     loop {
-        let Ok(state) = app.cluster.read() else {
-            return Decision::Trouble("cluster state is unavailable".into());
+        let Some(state) = usable(app.cluster.read(), pod) else {
+            return Decision::Trouble(UNAVAILABLE.into());
         };
         let miss = match decide_from(state, app, pod, namespace) {
             Ok(decision) => return decision,

@@ -5,7 +5,7 @@
 use std::{
     borrow::Cow,
     sync::{
-        Arc,
+        Arc, RwLockReadGuard,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -159,6 +159,22 @@ impl Candidates<'_> {
 /// alone: no lookups, and an answer even before the cluster state is synced.
 fn has_no_managed_volumes(pod: &PodView, state: &ClusterState, config: &Config) -> bool {
     pod_volumes(pod, state.drivers(), config).volumes.is_empty()
+}
+
+/// The cluster state for judging `pod`, waiting for writers. Once a writer has panicked
+/// (the lock is poisoned) only a pod with no managed volume is still judged, from its
+/// spec alone; any other gets the line to answer instead.
+fn read_state<'a>(
+    pod: &PodView,
+    app: &'a App,
+) -> Result<RwLockReadGuard<'a, ClusterState>, String> {
+    match app.cluster.read() {
+        Ok(state) => Ok(state),
+        Err(poisoned) if has_no_managed_volumes(pod, poisoned.get_ref(), &app.config) => {
+            Ok(poisoned.into_inner())
+        }
+        Err(_) => Err("volguard's cluster state is unavailable".to_owned()),
+    }
 }
 
 /// The state's readiness problem (not synced yet, or a watch failing beyond its grace
@@ -420,11 +436,7 @@ fn judge_settled(
     let mut waited = false;
     loop {
         let may_wait = Instant::now() < burst_deadline;
-        let Ok(state) = app.cluster.read() else {
-            return Err(Unjudged::NotReady(
-                "volguard's cluster state is unavailable".to_owned(),
-            ));
-        };
+        let state = read_state(pod, app).map_err(Unjudged::NotReady)?;
         match look(pod, names, &state, app, abandoned, may_wait, Take::Wait)? {
             Look::Contended => {
                 drop(state);
@@ -584,10 +596,7 @@ pub fn filter(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, 
 pub fn prioritize(body: &[u8], app: &App, abandoned: &Abandoned) -> Result<Vec<u8>, ExtenderError> {
     still_wanted(abandoned)?;
     let (pod, candidates) = parse(body)?;
-    let state = app
-        .cluster
-        .read()
-        .map_err(|_| ExtenderError::NotReady("volguard's cluster state is unavailable".into()))?;
+    let state = read_state(&pod, app).map_err(ExtenderError::NotReady)?;
     prioritize_with(&pod, &candidates, state, app, abandoned, Take::Wait).unwrap_or_else(|| {
         Err(ExtenderError::Internal(
             "the placements in flight could not be taken".into(),
@@ -619,7 +628,7 @@ fn prioritize_now(body: &[u8], app: &App) -> Option<Result<Vec<u8>, ExtenderErro
 fn prioritize_with(
     pod: &PodView,
     candidates: &Candidates<'_>,
-    state: std::sync::RwLockReadGuard<'_, ClusterState>,
+    state: RwLockReadGuard<'_, ClusterState>,
     app: &App,
     abandoned: &Abandoned,
     take: Take,
