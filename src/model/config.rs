@@ -414,6 +414,18 @@ impl Config {
                         "{at}.resourceTemplate: {t:?} makes resource names such as {sample:?} that Kubernetes refuses: {why}; use a lower-case domain/name, e.g. \"volumes.example.com/{HANDLE_PLACEHOLDER}\""
                     ));
                 }
+                for (other, earlier) in self.drivers[..i].iter().enumerate() {
+                    if let Some(shared) = earlier
+                        .resource_template
+                        .as_deref()
+                        .and_then(|e| name_both_make(e, t))
+                    {
+                        return Err(format!(
+                            "{at}.resourceTemplate: {t:?} and the one of drivers[{other}] ({}) both match resource names such as {shared:?}, so a node's resource could stand for a volume of either: give each driver a template of its own, e.g. another domain",
+                            earlier.name
+                        ));
+                    }
+                }
             }
             if let Some(key) = d
                 .attach_limit
@@ -510,6 +522,23 @@ impl RemediationConfig {
 
 /// Records that entry `index` selects `key: value`, refusing a value another entry (or
 /// the same one) selects already.
+/// A resource name both templates match, each with a non-empty handle, if there is
+/// one: when one prefix starts the other and one suffix ends the other, the longer
+/// prefix, a handle and the longer suffix make one.
+fn name_both_make(a: &str, b: &str) -> Option<String> {
+    let (a_prefix, a_suffix) = a.split_once(HANDLE_PLACEHOLDER)?;
+    let (b_prefix, b_suffix) = b.split_once(HANDLE_PLACEHOLDER)?;
+    let prefix = longer_of(a_prefix, b_prefix, |long, short| long.starts_with(short))?;
+    let suffix = longer_of(a_suffix, b_suffix, |long, short| long.ends_with(short))?;
+    Some(format!("{prefix}{SAMPLE_HANDLE}{suffix}"))
+}
+
+/// The longer of `a` and `b` when it `extends` the shorter one.
+fn longer_of<'a>(a: &'a str, b: &'a str, extends: fn(&str, &str) -> bool) -> Option<&'a str> {
+    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    extends(long, short).then_some(long)
+}
+
 fn claim(
     selected: &mut std::collections::HashMap<(&'static str, String), (usize, String)>,
     (key, value): (&'static str, String),
@@ -758,9 +787,36 @@ mod tests {
                 "drivers:\n  - {name: a, sourceKinds: [local, local]}\n",
                 "drivers[0].sourceKinds: \"local\" is listed twice: list it once",
             ),
+            (
+                "drivers:\n  - {name: a, resourceTemplate: \"volumes.example.com/{volumeHandle}\"}\n  - {name: b, resourceTemplate: \"volumes.example.com/ssd-{volumeHandle}\"}\n",
+                "drivers[1].resourceTemplate: \"volumes.example.com/ssd-{volumeHandle}\" and the one of drivers[0] (a) both match resource names such as \"volumes.example.com/ssd-vol-qsk4v\", so a node's resource could stand for a volume of either: give each driver a template of its own, e.g. another domain",
+            ),
+            (
+                "drivers:\n  - {name: a, resourceTemplate: \"example.com/{volumeHandle}-disk\"}\n  - {name: b, resourceTemplate: \"example.com/{volumeHandle}\"}\n",
+                "drivers[1].resourceTemplate: \"example.com/{volumeHandle}\" and the one of drivers[0] (a) both match resource names such as \"example.com/vol-qsk4v-disk\", so a node's resource could stand for a volume of either: give each driver a template of its own, e.g. another domain",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(Config::parse(text).unwrap_err(), want, "{text}");
+        }
+        for apart in [
+            "drivers:\n  - {name: a, resourceTemplate: \"a.example.com/{volumeHandle}\"}\n  - {name: b, resourceTemplate: \"b.example.com/{volumeHandle}\"}\n",
+            "drivers:\n  - {name: a, resourceTemplate: \"example.com/{volumeHandle}-a\"}\n  - {name: b, resourceTemplate: \"example.com/{volumeHandle}-b\"}\n",
+        ] {
+            let config = Config::parse(apart).unwrap();
+            let drivers = crate::model::drivers::Drivers::new(&config);
+            for (name, template) in config
+                .drivers
+                .iter()
+                .map(|d| (&d.name, &d.resource_template))
+            {
+                let resource = template
+                    .as_deref()
+                    .unwrap()
+                    .replace(HANDLE_PLACEHOLDER, "v");
+                let volume = drivers.volume_of_resource(&resource).unwrap();
+                assert_eq!(&drivers.get(volume.driver).name, name, "{resource}");
+            }
         }
     }
 
