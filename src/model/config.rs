@@ -520,8 +520,6 @@ impl RemediationConfig {
     }
 }
 
-/// Records that entry `index` selects `key: value`, refusing a value another entry (or
-/// the same one) selects already.
 /// A resource name both templates match, each with a non-empty handle, if there is
 /// one: when one prefix starts the other and one suffix ends the other, the longer
 /// prefix, a handle and the longer suffix make one.
@@ -539,6 +537,8 @@ fn longer_of<'a>(a: &'a str, b: &'a str, extends: fn(&str, &str) -> bool) -> Opt
     extends(long, short).then_some(long)
 }
 
+/// Records that entry `index` selects `key: value`, refusing a value another entry (or
+/// the same one) selects already.
 fn claim(
     selected: &mut std::collections::HashMap<(&'static str, String), (usize, String)>,
     (key, value): (&'static str, String),

@@ -83,6 +83,17 @@ pub fn example_app() -> App {
 }
 
 /// An empty state for `config`.
+/// Poisons the state's lock as a writer that panics while it holds the state does.
+pub fn poison(state: &SharedState) {
+    let held = state.clone();
+    let panicked = std::thread::spawn(move || {
+        let _writing = held.write().unwrap();
+        panic!("a writer panics while it holds the state");
+    })
+    .join();
+    assert!(panicked.is_err() && state.is_poisoned());
+}
+
 pub fn empty_state(config: &Config) -> ClusterState {
     let config = Arc::new(config.clone());
     let drivers = Arc::new(Drivers::new(&config));
