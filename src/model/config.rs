@@ -803,21 +803,20 @@ mod tests {
             "drivers:\n  - {name: a, resourceTemplate: \"a.example.com/{volumeHandle}\"}\n  - {name: b, resourceTemplate: \"b.example.com/{volumeHandle}\"}\n",
             "drivers:\n  - {name: a, resourceTemplate: \"example.com/{volumeHandle}-a\"}\n  - {name: b, resourceTemplate: \"example.com/{volumeHandle}-b\"}\n",
         ] {
-            let config = Config::parse(apart).unwrap();
-            let drivers = crate::model::drivers::Drivers::new(&config);
-            for (name, template) in config
-                .drivers
-                .iter()
-                .map(|d| (&d.name, &d.resource_template))
-            {
-                let resource = template
-                    .as_deref()
-                    .unwrap()
-                    .replace(HANDLE_PLACEHOLDER, "v");
-                let volume = drivers.volume_of_resource(&resource).unwrap();
-                assert_eq!(&drivers.get(volume.driver).name, name, "{resource}");
-            }
+            assert_eq!(Config::parse(apart).unwrap().drivers.len(), 2, "{apart}");
         }
+        assert_eq!(
+            name_both_make("x/{volumeHandle}", "x/{volumeHandle}-a"),
+            Some("x/vol-qsk4v-a".into())
+        );
+        assert_eq!(
+            name_both_make("x/a-{volumeHandle}", "x/b-{volumeHandle}"),
+            None
+        );
+        assert_eq!(
+            name_both_make("x/{volumeHandle}-a", "x/{volumeHandle}-b"),
+            None
+        );
     }
 
     #[test]
