@@ -771,7 +771,9 @@ async fn a_handle_that_makes_an_invalid_resource_name_is_not_injected() {
         common::first_warning(&response),
         "volguard: volume projects/p/disks/d of driver brightbox: \
          \"volumes.brightbox.com/projects/p/disks/d\" is not a valid resource name \
-         (it has more than one '/'), so no limit was injected for it"
+         (it has more than one '/'), so no limit was injected for it \
+         and no node can advertise it: the pod cannot use the volume until its handle or \
+         the driver's resourceTemplate makes a valid name"
     );
     let limits = limits(&pod, 0);
     assert!(
@@ -795,7 +797,9 @@ async fn an_annotated_device_without_a_valid_resource_name_gets_no_probe() {
         "volguard: volume vol-qsk4v_ of driver brightbox: \
          \"volumes.brightbox.com/vol-qsk4v_\" is not a valid resource name \
          (\"vol-qsk4v_\" must be letters, digits, '-', '_' or '.', starting and ending \
-         with a letter or digit), so no limit was injected for it"
+         with a letter or digit), so no limit was injected for it \
+         and no node can advertise it: the pod cannot use the volume until its handle or \
+         the driver's resourceTemplate makes a valid name"
     );
     assert!(limits(&pod, 0).is_empty(), "{:?}", limits(&pod, 0));
     assert_eq!(

@@ -132,7 +132,7 @@ fn device_limits(
         };
         if let Err(why) = names::extended_resource(&resource) {
             warnings.push(format!(
-                "volume {} of driver {}: {resource:?} is not a valid resource name ({why}), so no limit was injected for it",
+                "volume {} of driver {}: {resource:?} is not a valid resource name ({why}), so no limit was injected for it and no node can advertise it: the pod cannot use the volume until its handle or the driver's resourceTemplate makes a valid name",
                 id.handle,
                 drivers.get(id.driver).name
             ));
