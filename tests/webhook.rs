@@ -436,10 +436,16 @@ async fn missing_claim_allows_unchanged_with_a_warning() {
     );
 }
 
-#[tokio::test]
-async fn missing_claim_is_denied_when_on_error_is_deny() {
+/// The example config with `onError: deny`.
+fn deny_config() -> volguard::model::config::Config {
     let mut config = common::example_config();
     config.on_error = volguard::model::config::OnError::Deny;
+    config
+}
+
+#[tokio::test]
+async fn missing_claim_is_denied_when_on_error_is_deny() {
+    let config = deny_config();
     let state = common::example_state(&config);
     let server = TestServer::start(config, state).await;
     let mut pod = read_doc("examples/pods/linode-web.yaml");
@@ -463,8 +469,7 @@ async fn missing_claim_is_denied_when_on_error_is_deny() {
 /// is admitted.
 #[tokio::test]
 async fn a_poisoned_state_with_on_error_deny_refuses_only_pods_with_claims() {
-    let mut config = common::example_config();
-    config.on_error = volguard::model::config::OnError::Deny;
+    let config = deny_config();
     let state = common::example_state(&config);
     let server = TestServer::start(config, state).await;
     common::poison(&server.app.cluster);
@@ -514,8 +519,7 @@ async fn unsynced_state_allows_with_a_warning() {
 
 #[tokio::test]
 async fn a_pod_without_claims_is_decided_from_its_spec_whatever_the_cache_says() {
-    let mut config = common::example_config();
-    config.on_error = volguard::model::config::OnError::Deny;
+    let config = deny_config();
     let state = common::empty_state(&config);
     let server = TestServer::start(config, state).await;
     // No volume at all: allowed unchanged, not a word about the cache.
